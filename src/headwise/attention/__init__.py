@@ -1,0 +1,21 @@
+"""The multi-head attention layer, its masks, RoPE, KV cache and backends."""
+
+from .backends import available_backends, get_backend, register_backend
+from .functional import attend
+from .kv_cache import KVCache
+from .layer import HeadView, MultiHeadAttention
+from .masks import MaskSpec, normalize_mask
+from .rope import RotaryEmbedding
+
+__all__ = [
+    "MultiHeadAttention",
+    "HeadView",
+    "KVCache",
+    "RotaryEmbedding",
+    "MaskSpec",
+    "normalize_mask",
+    "attend",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+]

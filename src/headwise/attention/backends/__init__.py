@@ -1,0 +1,59 @@
+"""The backend registry: every way of computing attention, behind one name.
+
+``get_backend("auto", call)`` returns the highest-priority backend that can serve
+``call``; an explicit name that cannot serve it raises ``ValueError`` naming what it
+lacks. New backends (Triton ``tiled``, ``int8``) register themselves with
+:func:`register_backend`.
+"""
+
+from __future__ import annotations
+
+from .base import AttentionCall, Backend
+from .math import MathBackend
+from .reference import ReferenceBackend
+from .sdpa import SdpaBackend
+
+__all__ = ["AttentionCall", "Backend", "register_backend", "get_backend", "available_backends"]
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add ``backend`` to the registry under ``backend.name`` (replacing any previous)."""
+    if not backend.name or backend.name == "auto":
+        raise ValueError(f"a backend needs a name other than 'auto', got {backend.name!r}")
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def available_backends() -> list[str]:
+    """Names of the registered backends, most preferred first."""
+    return [b.name for b in sorted(_REGISTRY.values(), key=lambda b: -b.priority)]
+
+
+def check_backend_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is ``"auto"`` or a registered backend."""
+    if name != "auto" and name not in _REGISTRY:
+        raise ValueError(
+            f"backend must be 'auto' or one of {available_backends()}, got {name!r}"
+        )
+
+
+def get_backend(name: str, call: AttentionCall) -> Backend:
+    """The backend that will serve ``call``: ``name`` itself, or for ``"auto"`` the
+    highest-priority one that supports it."""
+    check_backend_name(name)
+    if name == "auto":
+        for backend in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
+            if backend.unsupported(call) is None:
+                return backend
+        raise RuntimeError("no attention backend can serve this call")  # reference serves all
+    backend = _REGISTRY[name]
+    reason = backend.unsupported(call)
+    if reason is not None:
+        raise ValueError(f"backend {name!r} cannot serve this call: {reason}")
+    return backend
+
+
+for _b in (ReferenceBackend(), MathBackend(), SdpaBackend()):
+    register_backend(_b)

@@ -1,0 +1,46 @@
+"""torch.nn.functional.scaled_dot_product_attention: PyTorch's fused kernels
+(FlashAttention-style on CPU and CUDA, memory-efficient, cuDNN), chosen by PyTorch.
+
+It never materialises the weights, so it cannot return them.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from ..masks import MaskSpec
+from .base import AttentionCall, Backend, zero_masked_rows
+
+
+class SdpaBackend(Backend):
+    name = "sdpa"
+    priority = 20
+
+    def unsupported(self, call: AttentionCall) -> str | None:
+        if call.need_weights:
+            return "it cannot return attention weights (need_weights=True)"
+        return None
+
+    def attend(self, q, k, v, mask: MaskSpec, *, scale, dropout_p, need_weights):
+        n_heads, n_kv = q.shape[1], k.shape[1]
+        if n_kv != n_heads:
+            # enable_gqa is not served by every fused kernel; repeating is what the
+            # efficient kernels would otherwise fall back to.
+            k = k.repeat_interleave(n_heads // n_kv, dim=1)
+            v = v.repeat_interleave(n_heads // n_kv, dim=1)
+        plain_causal = (
+            mask.causal
+            and mask.q_len == mask.k_len
+            and mask.key_lengths is None
+            and mask.bias is None
+        )
+        if mask.is_empty or plain_causal:
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout_p, is_causal=plain_causal, scale=scale
+            )
+            return out, None
+        additive = mask.additive(q.dtype, q.device)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=additive, dropout_p=dropout_p, scale=scale
+        )
+        return zero_masked_rows(out, mask), None

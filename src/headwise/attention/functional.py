@@ -1,0 +1,70 @@
+"""attend(): run one attention call through the chosen backend.
+
+This is the single door between the layer (projections, RoPE, cache) and the
+backends, so that ``nn.MultiheadAttention`` and ``MultiHeadAttention`` share it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .backends import AttentionCall, get_backend
+from .masks import MaskSpec
+
+__all__ = ["attend"]
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: MaskSpec,
+    *,
+    backend: str = "auto",
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """softmax(q k^T * scale + mask) v for every head at once.
+
+    Args:
+        q: ``(B, H, Tq, D)``; k: ``(B, Hkv, Tk, D)``; v: ``(B, Hkv, Tk, Dv)``, with
+            ``H`` a multiple of ``Hkv``.
+        mask: the canonical mask (see :mod:`headwise.attention.masks`).
+        backend: ``"auto"`` or a registered backend name.
+        scale: defaults to ``1 / sqrt(D)``.
+        dropout_p: dropout on the attention probabilities.
+        need_weights: also return the weights ``(B, H, Tq, Tk)`` (before dropout).
+
+    Returns:
+        ``(out (B, H, Tq, Dv), weights or None)``.
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q, k, v must be 4-D (batch, heads, seq, head_dim), got shapes "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(
+            f"the number of query heads ({q.shape[1]}) must be a multiple of the number of "
+            f"key/value heads ({k.shape[1]})"
+        )
+    call = AttentionCall(
+        dtype=q.dtype,
+        device=q.device,
+        head_dim=q.shape[-1],
+        value_dim=v.shape[-1],
+        n_heads=q.shape[1],
+        n_kv_heads=k.shape[1],
+        mask=mask,
+        need_weights=need_weights,
+        dropout_p=dropout_p,
+        requires_grad=torch.is_grad_enabled()
+        and (q.requires_grad or k.requires_grad or v.requires_grad),
+    )
+    chosen = get_backend(backend, call)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return chosen.attend(q, k, v, mask, scale=scale, dropout_p=dropout_p, need_weights=need_weights)

@@ -1,0 +1,383 @@
+"""MultiHeadAttention: H heads, each with its own (W_Q, W_K, W_V), concatenated and
+projected back by W_O, with the weights stored fused so one GEMM projects every head.
+
+Storage (PyTorch's ``(out_features, in_features)`` convention):
+
+* self-attention (``kdim == vdim == d_model``): ``qkv_weight`` of shape
+  ``((H + 2*Hkv) * Dh, d_model)``: rows ``[0, H*Dh)`` are every head's W_Q, then
+  ``Hkv*Dh`` rows of W_K, then ``Hkv*Dh`` rows of W_V; head ``i`` owns rows
+  ``i*Dh .. (i+1)*Dh`` of its block.
+* otherwise (``kdim`` or ``vdim`` differ): ``q_weight``, ``k_weight``, ``v_weight``.
+* ``out_proj``: a ``Linear(H*Dh, d_model)``; head ``i`` owns columns ``i*Dh ..``.
+
+``layer.heads[i]`` shows head ``i`` in the textbook orientation (``x @ W_Q``), as views.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backends import check_backend_name
+from .functional import attend
+from .kv_cache import KVCache
+from .masks import normalize_mask
+from .rope import RotaryEmbedding
+
+__all__ = ["MultiHeadAttention", "HeadView"]
+
+
+@dataclass(frozen=True)
+class HeadView:
+    """One head's weights as views into the layer's fused storage (no copies: writing
+    into them changes the layer). Shapes follow ``x @ W``:
+
+    * ``W_Q (d_model, Dh)``, ``W_K (kdim, Dh)``, ``W_V (vdim, Dh)``, ``W_O (Dh, d_model)``
+    * ``b_Q``, ``b_K``, ``b_V`` ``(Dh,)`` or ``None`` without bias.
+
+    With grouped-query attention, ``W_K``/``W_V`` are those of the key/value head
+    shared by this head's group (``kv_index``), so writing to them changes every
+    head in the group. The views are detached: they share storage but carry no
+    gradient; train through the layer's parameters.
+    """
+
+    index: int
+    kv_index: int
+    W_Q: Tensor
+    W_K: Tensor
+    W_V: Tensor
+    W_O: Tensor
+    b_Q: Tensor | None
+    b_K: Tensor | None
+    b_V: Tensor | None
+
+
+class _Heads(Sequence):
+    def __init__(self, layer: MultiHeadAttention) -> None:
+        self._layer = layer
+
+    def __len__(self) -> int:
+        return self._layer.n_heads
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not isinstance(i, int) or not -n <= i < n:
+            raise IndexError(f"head index must be an int in [-{n}, {n}), got {i!r}")
+        return self._layer._head_view(i % n)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with fused projections and pluggable backends.
+
+    Args:
+        d_model: width of the input and output.
+        n_heads: number of query heads ``H``.
+        head_dim: per-head width ``Dh`` (default ``d_model // n_heads``, which must then
+            divide evenly); any positive value is allowed, independent of d_model.
+        n_kv_heads: number of key/value heads ``Hkv`` (default ``n_heads``); must divide
+            ``n_heads``. ``1`` is multi-query attention, in between grouped-query.
+        bias: add biases to the Q/K/V and output projections.
+        dropout: dropout on the attention probabilities (training only).
+        backend: ``"auto"`` or a registered backend (``"reference"``, ``"math"``,
+            ``"sdpa"``, ...).
+        rope: apply rotary position embeddings to queries and keys.
+        rope_theta: RoPE base.
+        kdim, vdim: widths of the keys' and values' source (cross-attention);
+            default ``d_model``.
+
+    Fully masked query rows give an output of zero (before W_O's bias), never NaN.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        head_dim: int | None = None,
+        n_kv_heads: int | None = None,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        backend: str = "auto",
+        rope: bool = False,
+        rope_theta: float = 10000.0,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("d_model", d_model), ("n_heads", n_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if head_dim is None:
+            if d_model % n_heads != 0:
+                raise ValueError(
+                    f"n_heads ({n_heads}) must divide d_model ({d_model}) when head_dim is "
+                    f"not given; pass head_dim explicitly to use heads of another width"
+                )
+            head_dim = d_model // n_heads
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        kdim = d_model if kdim is None else kdim
+        vdim = d_model if vdim is None else vdim
+        for name, value in (
+            ("head_dim", head_dim),
+            ("n_kv_heads", n_kv_heads),
+            ("kdim", kdim),
+            ("vdim", vdim),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if n_heads % n_kv_heads != 0:
+            raise ValueError(
+                f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads}) "
+                f"(grouped-query attention shares each K/V head among a whole group)"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_backend_name(backend)
+
+        self.d_model, self.n_heads, self.head_dim, self.n_kv_heads = (
+            d_model,
+            n_heads,
+            head_dim,
+            n_kv_heads,
+        )
+        self.kdim, self.vdim = kdim, vdim
+        self.dropout = dropout
+        self.backend = backend
+        self.fused = kdim == d_model and vdim == d_model
+        factory = {"device": device, "dtype": dtype}
+        q_out, kv_out = n_heads * head_dim, n_kv_heads * head_dim
+        if self.fused:
+            self.qkv_weight = nn.Parameter(torch.empty(q_out + 2 * kv_out, d_model, **factory))
+            self.qkv_bias = (
+                nn.Parameter(torch.empty(q_out + 2 * kv_out, **factory)) if bias else None
+            )
+        else:
+            self.q_weight = nn.Parameter(torch.empty(q_out, d_model, **factory))
+            self.k_weight = nn.Parameter(torch.empty(kv_out, kdim, **factory))
+            self.v_weight = nn.Parameter(torch.empty(kv_out, vdim, **factory))
+            if bias:
+                self.q_bias = nn.Parameter(torch.empty(q_out, **factory))
+                self.k_bias = nn.Parameter(torch.empty(kv_out, **factory))
+                self.v_bias = nn.Parameter(torch.empty(kv_out, **factory))
+            else:
+                self.q_bias = self.k_bias = self.v_bias = None
+        self.out_proj = nn.Linear(q_out, d_model, bias=bias, **factory)
+        self.rotary = RotaryEmbedding(head_dim, rope_theta) if rope else None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ weights
+    def reset_parameters(self) -> None:
+        """Xavier-uniform per projection (as torch.nn.MultiheadAttention), zero biases."""
+        for w in self._split_weights():
+            _xavier_(w)
+        for b in self._split_biases():
+            if b is not None:
+                with torch.no_grad():
+                    b.zero_()
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        if self.out_proj.bias is not None:
+            nn.init.zeros_(self.out_proj.bias)
+
+    def _split_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(W_q, W_k, W_v) in (out, in) layout; views of the fused weight if fused."""
+        if self.fused:
+            q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            return tuple(self.qkv_weight.split([q_out, kv_out, kv_out], dim=0))  # type: ignore
+        return self.q_weight, self.k_weight, self.v_weight
+
+    def _split_biases(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        if self.fused:
+            if self.qkv_bias is None:
+                return None, None, None
+            q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            return tuple(self.qkv_bias.split([q_out, kv_out, kv_out], dim=0))  # type: ignore
+        return self.q_bias, self.k_bias, self.v_bias
+
+    @property
+    def heads(self) -> Sequence[HeadView]:
+        """``heads[i]``: head ``i``'s W_Q, W_K, W_V, W_O and biases as views."""
+        return _Heads(self)
+
+    def _head_view(self, i: int) -> HeadView:
+        d = self.head_dim
+        kv = i // (self.n_heads // self.n_kv_heads)
+        wq, wk, wv = (w.detach() for w in self._split_weights())
+        bq, bk, bv = (None if b is None else b.detach() for b in self._split_biases())
+        rows_q, rows_kv = slice(i * d, (i + 1) * d), slice(kv * d, (kv + 1) * d)
+        return HeadView(
+            index=i,
+            kv_index=kv,
+            W_Q=wq[rows_q].T,
+            W_K=wk[rows_kv].T,
+            W_V=wv[rows_kv].T,
+            W_O=self.out_proj.weight.detach()[:, rows_q].T,
+            b_Q=None if bq is None else bq[rows_q],
+            b_K=None if bk is None else bk[rows_kv],
+            b_V=None if bv is None else bv[rows_kv],
+        )
+
+    # ------------------------------------------------------------------ forward
+    def project(
+        self, x: Tensor, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Project to per-head ``q (B, H, Tq, Dh)``, ``k, v (B, Hkv, Tk, Dh)``.
+
+        Self-attention runs one GEMM for every head's Q, K and V."""
+        b, t, _ = x.shape
+        h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        wq, wk, wv = self._split_weights()
+        bq, bk, bv = self._split_biases()
+        if context is None and self.fused:
+            qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
+            q, k, v = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
+            s = t
+        else:
+            src = x if context is None else context
+            s = src.shape[1]
+            q = F.linear(x, wq, bq)
+            if self.fused:  # cross-attention with a same-width context: one GEMM for K and V
+                kv_w = self.qkv_weight[h * d :]
+                kv_b = None if self.qkv_bias is None else self.qkv_bias[h * d :]
+                k, v = F.linear(src, kv_w, kv_b).split([hkv * d, hkv * d], dim=-1)
+            else:
+                k, v = F.linear(src, wk, bk), F.linear(src, wv, bv)
+        q = q.view(b, t, h, d).transpose(1, 2)
+        k = k.view(b, s, hkv, d).transpose(1, 2)
+        v = v.view(b, s, hkv, d).transpose(1, 2)
+        return q, k, v
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        causal: bool = False,
+        key_padding_mask: Tensor | None = None,
+        key_lengths: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from ``x`` to itself (or to ``context``) with every head.
+
+        Args:
+            x: ``(B, Tq, d_model)``.
+            context: ``(B, Tk, kdim)`` for cross-attention (``kdim == vdim`` then), or None.
+            causal: each query sees only keys at or before its own position (bottom-right
+                aligned when a cache makes Tk > Tq).
+            key_padding_mask: ``(B, Tk)`` bool, True = padding (or additive float).
+            key_lengths: ``(B,)`` ints, the number of valid keys per sequence.
+            attn_mask: bool (True = masked out) or additive float, broadcastable to
+                ``(B, H, Tq, Tk)``: ``(Tq, Tk)``, ``(B, Tq, Tk)`` or 4-D.
+            kv_cache: a :class:`KVCache`; this call's keys/values are appended to it and
+                attention runs over everything cached (incremental decoding).
+            need_weights: also return the attention weights.
+
+        Returns:
+            ``out (B, Tq, d_model)``, or ``(out, weights (B, H, Tq, Tk))`` when
+            ``need_weights``.
+        """
+        self._check_input("x", x, self.d_model)
+        if context is not None:
+            if self.kdim != self.vdim:
+                raise ValueError(
+                    f"context serves as both key and value source, so kdim ({self.kdim}) and "
+                    f"vdim ({self.vdim}) must match; use headwise.nn.MultiheadAttention for "
+                    f"separate key and value tensors"
+                )
+            self._check_input("context", context, self.kdim)
+            if context.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"context has batch size {context.shape[0]} but x has {x.shape[0]}"
+                )
+        elif not self.fused:
+            raise ValueError(
+                f"this layer was built for cross-attention (kdim={self.kdim}, vdim={self.vdim}, "
+                f"d_model={self.d_model}); pass context"
+            )
+        if kv_cache is not None and not isinstance(kv_cache, KVCache):
+            raise TypeError(f"kv_cache must be a headwise KVCache, got {type(kv_cache).__name__}")
+
+        q, k, v = self.project(x, context)
+        offset = len(kv_cache) if kv_cache is not None else 0
+        if self.rotary is not None:
+            q = self.rotary(q, offset)
+            if context is None:
+                k = self.rotary(k, offset)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+        b, tq, tk = x.shape[0], q.shape[2], k.shape[2]
+        mask = normalize_mask(
+            batch=b,
+            n_heads=self.n_heads,
+            q_len=tq,
+            k_len=tk,
+            device=x.device,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            key_lengths=key_lengths,
+            attn_mask=attn_mask,
+            float_dtype=q.dtype,
+        )
+        out, weights = attend(
+            q,
+            k,
+            v,
+            mask,
+            backend=self.backend,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
+        )
+        out = self.out_proj(out.transpose(1, 2).reshape(b, tq, self.n_heads * self.head_dim))
+        return (out, weights) if need_weights else out
+
+    def _check_input(self, name: str, t: Tensor, width: int) -> None:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3:
+            raise ValueError(
+                f"{name} must be 3-D (batch, seq, {width}), got {t.dim()}-D with shape "
+                f"{tuple(t.shape)}"
+            )
+        if t.shape[-1] != width:
+            raise ValueError(
+                f"{name} must have last dimension {width}, got shape {tuple(t.shape)}"
+            )
+        w = self.out_proj.weight
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.dtype != w.dtype:
+            raise TypeError(
+                f"{name} has dtype {t.dtype} but the layer's weights are {w.dtype}; "
+                f"convert one of them (e.g. layer.to({t.dtype}))"
+            )
+        if t.device != w.device:
+            raise ValueError(
+                f"{name} is on {t.device} but the layer's weights are on {w.device}"
+            )
+
+    def extra_repr(self) -> str:
+        s = (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
+            f"n_kv_heads={self.n_kv_heads}, backend={self.backend!r}"
+        )
+        if not self.fused:
+            s += f", kdim={self.kdim}, vdim={self.vdim}"
+        return s
+
+
+def _xavier_(w: Tensor) -> None:
+    """Xavier-uniform on a (possibly non-leaf view) weight, in place."""
+    fan_out, fan_in = w.shape
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        w.uniform_(-bound, bound)

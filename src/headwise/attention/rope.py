@@ -1,0 +1,49 @@
+"""Rotary position embedding (RoPE), rotate-half convention (GPT-NeoX, Llama).
+
+Dimension pairs ``(i, i + D/2)`` of each head vector are rotated by
+``position * theta^(-2i/D)``, so that ``q_m . k_n`` depends on ``m - n`` only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["RotaryEmbedding"]
+
+
+class RotaryEmbedding(nn.Module):
+    """Applies RoPE to ``(B, H, T, D)`` tensors at positions ``offset .. offset+T-1``.
+
+    Args:
+        head_dim: ``D``, must be even.
+        theta: the base (10000 in the original paper, 500000 in Llama 3).
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2 != 0:
+            raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+        if theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {theta}")
+        self.head_dim = head_dim
+        self.theta = float(theta)
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+
+    def cos_sin(self, length: int, offset: int, device, dtype) -> tuple[Tensor, Tensor]:
+        """``cos, sin`` of shape ``(length, D)`` for positions ``offset ..``."""
+        pos = torch.arange(offset, offset + length, device=device, dtype=torch.float32)
+        freqs = torch.outer(pos, self.inv_freq.to(device))
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
+        """Rotate ``x (B, H, T, D)`` as if its tokens sat at ``offset + t``."""
+        cos, sin = self.cos_sin(x.shape[-2], offset, x.device, x.dtype)
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, theta={self.theta}"
