@@ -1,0 +1,276 @@
+"""A drop-in replacement for ``torch.nn.MultiheadAttention``.
+
+Same constructor, same ``forward`` signature and return values, same parameter
+names (so a torch module's ``state_dict`` loads as is), computed through headwise's
+backends. Swap one import::
+
+    from headwise.nn import MultiheadAttention   # was: from torch.nn import ...
+
+Differences from torch, both deliberate: query rows that can see no key give zeros
+(output and weights) instead of NaN, and ``backend=`` picks how attention runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention.backends import check_backend_name
+from .attention.functional import attend
+from .attention.masks import normalize_mask
+
+__all__ = ["MultiheadAttention"]
+
+
+class MultiheadAttention(nn.Module):
+    """``torch.nn.MultiheadAttention`` with headwise backends.
+
+    Args: as torch's (``embed_dim``, ``num_heads``, ``dropout``, ``bias``,
+    ``add_bias_kv``, ``add_zero_attn``, ``kdim``, ``vdim``, ``batch_first``), plus
+    ``backend`` (``"auto"`` or a registered backend name).
+
+    Shapes: ``query (L, N, E)`` (``(N, L, E)`` with ``batch_first``, or ``(L, E)``
+    unbatched), ``key (S, N, kdim)``, ``value (S, N, vdim)``. Returns
+    ``(attn_output, attn_weights)`` with weights ``(N, L, S)`` averaged over heads,
+    ``(N, H, L, S)`` with ``average_attn_weights=False``, or ``None``.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0:
+            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
+            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+        if embed_dim % num_heads != 0:
+            raise ValueError(
+                f"num_heads ({num_heads}) must divide embed_dim ({embed_dim}); for heads of "
+                f"another width use headwise.attention.MultiHeadAttention(head_dim=...)"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_backend_name(backend)
+        factory = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self.kdim = embed_dim if kdim is None else kdim
+        self.vdim = embed_dim if vdim is None else vdim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.add_zero_attn = add_zero_attn
+        self.backend = backend
+
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim, **factory))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        else:
+            self.q_proj_weight = nn.Parameter(torch.empty(embed_dim, embed_dim, **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty(embed_dim, self.kdim, **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty(embed_dim, self.vdim, **factory))
+            self.register_parameter("in_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        if add_bias_kv:
+            self.bias_k = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+            self.bias_v = nn.Parameter(torch.empty(1, 1, embed_dim, **factory))
+        else:
+            self.bias_k = self.bias_v = None
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        if self._qkv_same_embed_dim:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            nn.init.xavier_uniform_(self.q_proj_weight)
+            nn.init.xavier_uniform_(self.k_proj_weight)
+            nn.init.xavier_uniform_(self.v_proj_weight)
+        if self.in_proj_bias is not None:
+            nn.init.zeros_(self.in_proj_bias)
+            nn.init.zeros_(self.out_proj.bias)
+        if self.bias_k is not None:
+            nn.init.xavier_normal_(self.bias_k)
+            nn.init.xavier_normal_(self.bias_v)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention as ``torch.nn.MultiheadAttention.forward`` (see the class docstring).
+
+        ``attn_mask``: ``(L, S)`` or ``(N*num_heads, L, S)``, bool (True = not allowed)
+        or additive float. ``key_padding_mask``: ``(N, S)``, bool (True = padding) or
+        float. ``is_causal`` is a hint, as in torch: it needs ``attn_mask`` and, when
+        set, the mask is taken to be the causal one.
+        """
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        batched = query.dim() == 3
+        if query.dim() not in (2, 3):
+            raise ValueError(
+                f"query must be 2-D (L, E) or 3-D ({'N, L' if self.batch_first else 'L, N'}, E), "
+                f"got shape {tuple(query.shape)}"
+            )
+        for name, t in (("key", key), ("value", value)):
+            if t.dim() != query.dim():
+                raise ValueError(
+                    f"{name} must have the same rank as query ({query.dim()}-D), got shape "
+                    f"{tuple(t.shape)}"
+                )
+        if is_causal and attn_mask is None:
+            raise ValueError(
+                "is_causal=True is a hint that attn_mask is the causal mask; pass attn_mask too"
+            )
+        if not batched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        # from here: (L, N, E) as in torch's functional implementation
+        tgt_len, bsz, e = query.shape
+        src_len = key.shape[0]
+        if e != self.embed_dim:
+            raise ValueError(f"query must have last dimension {self.embed_dim}, got {e}")
+        if key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
+            raise ValueError(
+                f"key and value must have last dimensions kdim={self.kdim} and "
+                f"vdim={self.vdim}, got {key.shape[-1]} and {value.shape[-1]}"
+            )
+        if key.shape[:2] != value.shape[:2] or key.shape[1] != bsz:
+            raise ValueError(
+                f"key {tuple(key.shape)} and value {tuple(value.shape)} must share sequence "
+                f"length and batch size ({bsz})"
+            )
+        w = self.out_proj.weight
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.dtype != w.dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but the module's weights are {w.dtype}")
+            if t.device != w.device:
+                raise ValueError(f"{name} is on {t.device} but the module's weights are on {w.device}")
+
+        h, d = self.num_heads, self.head_dim
+        b_q = b_k = b_v = None
+        if self.in_proj_bias is not None:
+            b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        if self._qkv_same_embed_dim:
+            if query is key and key is value:
+                q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+            else:
+                w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+                q, k, v = F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+        else:
+            q = F.linear(query, self.q_proj_weight, b_q)
+            k = F.linear(key, self.k_proj_weight, b_k)
+            v = F.linear(value, self.v_proj_weight, b_v)
+
+        attn_mask = self._canonical_attn_mask(attn_mask, bsz, tgt_len, src_len)
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(1, bsz, -1)])
+            v = torch.cat([v, self.bias_v.expand(1, bsz, -1)])
+            attn_mask, key_padding_mask = _pad_masks(attn_mask, key_padding_mask)
+        # (T, N, H*D) -> (N, H, T, D)
+        q = q.view(tgt_len, bsz, h, d).permute(1, 2, 0, 3)
+        k = k.view(k.shape[0], bsz, h, d).permute(1, 2, 0, 3)
+        v = v.view(v.shape[0], bsz, h, d).permute(1, 2, 0, 3)
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(bsz, h, 1, d)], dim=2)
+            v = torch.cat([v, v.new_zeros(bsz, h, 1, d)], dim=2)
+            attn_mask, key_padding_mask = _pad_masks(attn_mask, key_padding_mask)
+
+        mask = normalize_mask(
+            batch=bsz,
+            n_heads=h,
+            q_len=tgt_len,
+            k_len=k.shape[2],
+            device=q.device,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            float_dtype=q.dtype,
+        )
+        out, weights = attend(
+            q,
+            k,
+            v,
+            mask,
+            backend=self.backend,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
+        )
+        out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)
+        out = self.out_proj(out)
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(dim=1)
+        if not batched:
+            out = out.squeeze(1)
+            if weights is not None:
+                weights = weights.squeeze(0)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+    def _canonical_attn_mask(
+        self, attn_mask: Tensor | None, bsz: int, tgt_len: int, src_len: int
+    ) -> Tensor | None:
+        """torch's (L, S) or (N*H, L, S) attn_mask as (1|N, 1|H, L, S)."""
+        if attn_mask is None:
+            return None
+        if attn_mask.dim() == 2:
+            if tuple(attn_mask.shape) != (tgt_len, src_len):
+                raise ValueError(
+                    f"2-D attn_mask must have shape (L, S) = ({tgt_len}, {src_len}), got "
+                    f"{tuple(attn_mask.shape)}"
+                )
+            return attn_mask[None, None]
+        if attn_mask.dim() == 3:
+            want = (bsz * self.num_heads, tgt_len, src_len)
+            if tuple(attn_mask.shape) != want:
+                raise ValueError(
+                    f"3-D attn_mask must have shape (N*num_heads, L, S) = {want}, got "
+                    f"{tuple(attn_mask.shape)}"
+                )
+            return attn_mask.view(bsz, self.num_heads, tgt_len, src_len)
+        raise ValueError(
+            f"attn_mask must be 2-D (L, S) or 3-D (N*num_heads, L, S), got shape "
+            f"{tuple(attn_mask.shape)}"
+        )
+
+
+def _pad_masks(
+    attn_mask: Tensor | None, key_padding_mask: Tensor | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """Let every query see one appended key (bias_kv or zero_attn)."""
+    if attn_mask is not None:
+        attn_mask = F.pad(attn_mask, (0, 1))
+    if key_padding_mask is not None:
+        key_padding_mask = F.pad(key_padding_mask, (0, 1))
+    return attn_mask, key_padding_mask
