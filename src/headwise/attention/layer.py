@@ -42,8 +42,8 @@ class HeadView:
 
     With grouped-query attention, ``W_K``/``W_V`` are those of the key/value head
     shared by this head's group (``kv_index``), so writing to them changes every
-    head in the group. The views are detached: they share storage but carry no
-    gradient; train through the layer's parameters.
+    head in the group. The views carry gradients to the layer's parameters; to
+    write into them, do it under ``torch.no_grad()`` as for any parameter.
     """
 
     index: int
@@ -210,8 +210,8 @@ class MultiHeadAttention(nn.Module):
     def _head_view(self, i: int) -> HeadView:
         d = self.head_dim
         kv = i // (self.n_heads // self.n_kv_heads)
-        wq, wk, wv = (w.detach() for w in self._split_weights())
-        bq, bk, bv = (None if b is None else b.detach() for b in self._split_biases())
+        wq, wk, wv = self._split_weights()
+        bq, bk, bv = self._split_biases()
         rows_q, rows_kv = slice(i * d, (i + 1) * d), slice(kv * d, (kv + 1) * d)
         return HeadView(
             index=i,
@@ -219,7 +219,7 @@ class MultiHeadAttention(nn.Module):
             W_Q=wq[rows_q].T,
             W_K=wk[rows_kv].T,
             W_V=wv[rows_kv].T,
-            W_O=self.out_proj.weight.detach()[:, rows_q].T,
+            W_O=self.out_proj.weight[:, rows_q].T,
             b_Q=None if bq is None else bq[rows_q],
             b_K=None if bk is None else bk[rows_kv],
             b_V=None if bv is None else bv[rows_kv],
