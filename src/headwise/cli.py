@@ -11,6 +11,7 @@ import sys
 # module paths, each with register(subparsers)
 COMMANDS = [
     "headwise.bench_command",
+    "headwise.hardware.command",
 ]
 
 

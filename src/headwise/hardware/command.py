@@ -1,0 +1,264 @@
+"""``headwise plan``: predict how an attention layer's GEMMs fit a GPU (or the local
+CPU), and suggest head layouts that waste less.
+
+Examples::
+
+    headwise plan --preset gpt2-small --gpu h100 --dtype bf16 --seq 2048
+    headwise plan --d-model 300 --n-heads 30 --head-dim 10 --gpu a100 --explain
+    headwise plan --preset bert-base --gpu cpu --json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .planner import (
+    AttentionConfig,
+    GemmPlan,
+    LayerPlan,
+    Recommendation,
+    k_slice_waste,
+    recommend,
+    textbook_examples,
+)
+from .profiles import DTYPE_BYTES, PROFILE_NAMES, HardwareProfile, get_profile
+
+__all__ = ["register", "run", "resolve_preset", "FALLBACK_PRESETS"]
+
+
+@dataclass(frozen=True)
+class _Shape:
+    d_model: int
+    n_heads: int
+    head_dim: int | None
+    n_kv_heads: int | None
+    n_layers: int
+
+
+# Used only while headwise.models (the owner of presets) is not importable.
+FALLBACK_PRESETS: dict[str, _Shape] = {
+    "gpt2-small": _Shape(768, 12, None, None, 12),
+    "bert-base": _Shape(768, 12, None, None, 12),
+    "electra-small": _Shape(256, 4, None, None, 12),
+    "tiny": _Shape(128, 4, None, None, 2),
+}
+
+
+def resolve_preset(name: str):
+    """The model shape for preset ``name``: from ``headwise.models.get_preset`` when that
+    module exists, else from :data:`FALLBACK_PRESETS`. Returns an object with
+    ``d_model, n_heads, head_dim, n_kv_heads, n_layers`` (``None`` = default)."""
+    try:
+        from headwise.models import get_preset  # imported lazily: optional sibling
+    except ImportError:
+        get_preset = None
+    if get_preset is not None:
+        try:
+            return get_preset(name)
+        except KeyError as e:  # normalise to the CLI's error type
+            raise ValueError(f"unknown preset {name!r}: {e}") from None
+    if name not in FALLBACK_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(FALLBACK_PRESETS)}, got {name!r}")
+    return FALLBACK_PRESETS[name]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="predict GEMM tiling, alignment and waste of an attention layer on a GPU",
+        description=(
+            "List every GEMM of one attention layer with its alignment, tile and wave "
+            "quantisation, arithmetic intensity and roofline time bound on a GPU profile "
+            "(or the measured local CPU), then suggest head layouts that waste less."
+        ),
+    )
+    p.add_argument("--preset", help="model preset, e.g. gpt2-small, bert-base, electra-small")
+    p.add_argument("--d-model", type=int, help="model width (overrides the preset)")
+    p.add_argument("--n-heads", type=int, help="query heads H")
+    p.add_argument("--head-dim", type=int, help="per-head width Dh (default d_model // H)")
+    p.add_argument("--n-kv-heads", type=int, help="key/value heads Hkv (default H)")
+    p.add_argument("--layers", type=int, help="number of layers (default: preset's, else 1)")
+    p.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
+    p.add_argument("--seq", type=int, default=2048, help="sequence length T (default 2048)")
+    p.add_argument("--gpu", default="h100", help=f"one of {PROFILE_NAMES} (default h100)")
+    p.add_argument(
+        "--dtype",
+        help=f"one of {list(DTYPE_BYTES)} (default bf16 on GPUs, fp32 on the CPU)",
+    )
+    p.add_argument("--top", type=int, default=5, help="recommendations to show (default 5)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.125,
+        help="allowed relative change of H*Dh for recommendations (default 0.125)",
+    )
+    p.add_argument("--explain", action="store_true", help="add the K-slice padding example")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument(
+        "--refresh-cpu", action="store_true", help="re-measure the cached CPU profile"
+    )
+    p.set_defaults(func=run)
+
+
+def _config(args) -> tuple[str, AttentionConfig]:
+    base = resolve_preset(args.preset) if args.preset else None
+    if base is None and (args.d_model is None or args.n_heads is None):
+        raise ValueError(
+            "give --preset NAME or both --d-model and --n-heads "
+            f"(got preset={args.preset!r}, d_model={args.d_model!r}, n_heads={args.n_heads!r})"
+        )
+
+    def pick(arg, attr, default=None):
+        if arg is not None:
+            return arg
+        return getattr(base, attr, default) if base is not None else default
+
+    d_model = pick(args.d_model, "d_model")
+    n_heads = pick(args.n_heads, "n_heads")
+    # a preset's head_dim / n_kv_heads only carry over if the head count is the preset's
+    same_heads = base is not None and n_heads == base.n_heads and d_model == base.d_model
+    head_dim = args.head_dim if args.head_dim is not None else (
+        base.head_dim if same_heads else None
+    )
+    n_kv = args.n_kv_heads if args.n_kv_heads is not None else (
+        base.n_kv_heads if same_heads else None
+    )
+    layers = pick(args.layers, "n_layers", 1)
+    cfg = AttentionConfig(d_model, n_heads, head_dim, n_kv, layers)
+    return (args.preset or "custom"), cfg
+
+
+def run(args) -> int:
+    name, cfg = _config(args)
+    prof = get_profile(args.gpu, refresh=args.refresh_cpu) if str(args.gpu).lower() == "cpu" \
+        else get_profile(args.gpu)
+    dtype = args.dtype if args.dtype is not None else ("fp32" if prof.is_cpu else "bf16")
+    dtype = prof.check_dtype(dtype)
+    if args.top < 0:
+        raise ValueError(f"--top must be >= 0, got {args.top}")
+    plan, recs = recommend(
+        cfg, args.batch, args.seq, prof, dtype, tolerance=args.tolerance, top=args.top
+    )
+    assert cfg.head_dim is not None
+    own = k_slice_waste(cfg.head_dim, dtype, max(prof.mma_k_bytes, DTYPE_BYTES[dtype]))
+    # (on the CPU mma_k_bytes is one element, so this reports no padding)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": name,
+                    "profile": prof.to_dict(),
+                    "plan": plan.to_dict(),
+                    "recommendations": [r.to_dict() for r in recs],
+                    "head_dim_k_slice": own.to_dict(),
+                    "textbook": [w.to_dict() for w in textbook_examples()],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(_render(name, prof, plan, recs, args.explain))
+    return 0
+
+
+# ------------------------------------------------------------------ text output
+def _rate(flops: float) -> str:
+    return f"{flops / 1e12:,.1f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:,.1f} GFLOP/s"
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:,.1f}"
+
+
+def _align_note(g: GemmPlan) -> str:
+    bad = [f"{d.upper()}:{a.size}->{a.padded}" for d, a in g.align.items() if not a.aligned]
+    return "ok" if not bad else " ".join(bad)
+
+
+def _gemm_rows(gemms: list[GemmPlan]) -> list[str]:
+    head = (
+        f"{'GEMM':<9}{'count':>10}{'M':>8}{'N':>8}{'K':>8}  {'alignment':<22}{'tile':<12}"
+        f"{'tile_eff':>9}{'wave_eff':>9}{'AI F/B':>9}{'ridge':>7}  {'bound':<8}{'time us':>10}"
+    )
+    rows = [head, "-" * len(head)]
+    for g in gemms:
+        count = f"{g.launches}x" if g.launches > 1 else (f"b{g.batch}" if g.batch > 1 else "1")
+        rows.append(
+            f"{g.name:<9}{count:>10}{g.m:>8}{g.n:>8}{g.k:>8}  {_align_note(g):<22}"
+            f"{str(g.tile):<12}{g.tile_eff:>9.1%}{g.wave_eff:>9.1%}{g.intensity:>9.1f}"
+            f"{g.ridge:>7.0f}  {g.bound:<8}{_us(g.time_s):>10}"
+        )
+    return rows
+
+
+def _render(
+    name: str,
+    prof: HardwareProfile,
+    plan: LayerPlan,
+    recs: list[Recommendation],
+    explain: bool,
+) -> str:
+    c, d = plan.config, plan.dtype
+    lines = [
+        f"{name}: d_model={c.d_model} n_heads={c.n_heads} head_dim={c.head_dim} "
+        f"n_kv_heads={c.n_kv_heads} layers={c.n_layers} | batch={plan.batch} seq={plan.seq} "
+        f"| {d} on {prof.name}",
+        f"  {prof.sm_count} {'threads' if prof.is_cpu else 'SMs'}, peak "
+        f"{_rate(prof.peak(d))}, {prof.mem_bandwidth / 1e9:,.0f} GB/s, ridge "
+        f"{prof.ridge(d):.0f} FLOP/B, alignment {prof.align_elems(d)} elements "
+        f"({prof.align_bytes} B), MMA K {prof.mma_k_elems(d)} elements",
+        "",
+        "count: 1 launch; bN = one launch batched over N = B*H; Nx = N separate launches.",
+        "time = launches * (max(FLOPs/(peak*tile_eff*wave_eff), bytes/bandwidth) "
+        f"+ {prof.launch_overhead_s * 1e6:.1f} us launch)",
+        "",
+        *_gemm_rows(plan.gemms),
+        "",
+        f"fused layer: {_us(plan.layer_time_s)} us; x {c.n_layers} layers = "
+        f"{plan.model_time_s * 1e3:,.3f} ms; padding waste {plan.waste:.1%}",
+        f"naive layer (per-head projections instead of one qkv GEMM): "
+        f"{_us(plan.naive_time_s)} us, {plan.naive_time_s / plan.layer_time_s:.2f}x the fused",
+        *_gemm_rows([plan.per_head])[2:],
+        "",
+    ]
+    assert c.head_dim is not None
+    if not prof.is_cpu:  # a CPU steps K one element at a time: nothing to pad
+        own = k_slice_waste(c.head_dim, d, prof.mma_k_bytes)
+        lines.append(
+            f"head_dim {c.head_dim} in {d}: {own.used_bytes} B of {own.padded_bytes} B in "
+            f"{own.slices} MMA K-slice(s) of {prof.mma_k_bytes} B -> "
+            f"{own.wasted_fraction:.1%} padding"
+        )
+    if explain:
+        lines += ["", "K-slice padding (a 64 x 32-byte tile; one 32-byte MMA K-slice holds "
+                  "16 bf16 or 32 int8):"]
+        lines.append(
+            f"  {'head_dim':>8} {'dtype':<6}{'per slice':>10}{'used B':>8}{'padded B':>9}"
+            f"{'wasted':>8}{'tile B':>8}{'wasted B':>9}"
+        )
+        for w in [*textbook_examples(), k_slice_waste(c.head_dim, d)]:
+            lines.append(
+                f"  {w.head_dim:>8} {w.dtype:<6}{w.elems_per_slice:>10}{w.used_bytes:>8}"
+                f"{w.padded_bytes:>9}{w.wasted_fraction:>8.1%}{w.tile_bytes:>8}"
+                f"{w.wasted_tile_bytes:>9}"
+            )
+    lines += ["", "recommendations (same d_model; no slower, no more padding; fastest first):"]
+    if not recs:
+        lines.append("  none: no nearby layout is predicted faster or less wasteful")
+    else:
+        lines.append(
+            f"  {'n_heads':>7}{'head_dim':>9}{'n_kv':>6}{'H*Dh':>7}{'time us':>10}"
+            f"{'speedup':>9}{'waste':>8}"
+        )
+        lines.append(
+            f"  {c.n_heads:>7}{c.head_dim:>9}{c.n_kv_heads:>6}{c.n_heads * c.head_dim:>7}"
+            f"{_us(plan.layer_time_s):>10}{1.0:>8.2f}x{plan.waste:>8.1%}  (given)"
+        )
+        for r in recs:
+            lines.append(
+                f"  {r.n_heads:>7}{r.head_dim:>9}{r.n_kv_heads:>6}{r.width:>7}"
+                f"{_us(r.layer_time_s):>10}{r.speedup:>8.2f}x{r.waste:>8.1%}"
+            )
+    return "\n".join(lines)
+
