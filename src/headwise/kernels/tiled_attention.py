@@ -1,0 +1,707 @@
+"""FlashAttention-style tiled attention in Triton: forward and backward.
+
+The forward pass walks the key/value tiles of one query tile with an online
+softmax (running max ``m``, running sum ``l``, rescaled accumulator), so the
+``Tq x Tk`` score matrix never exists; one launch covers every
+``(batch, head, query tile)``. It returns the output and the log-sum-exp of each
+query row's scores (natural log, float32), which is all the backward pass needs
+to recompute the probabilities tile by tile:
+
+* ``delta_i = sum_d dO_id * O_id`` (one small kernel),
+* dK/dV: one program per ``(batch, kv head, key tile)``, looping over the query
+  tiles of every query head that shares this K/V head (grouped-query attention
+  sums the group's gradients in registers: no repeated K/V, no atomics),
+* dQ: one program per ``(batch, head, query tile)``, looping over key tiles.
+
+Masks: causal (bottom-right aligned: query ``i`` sees key ``j`` iff
+``j <= i + Tk - Tq``) and key lengths (keys ``>= key_lengths[b]`` are padding).
+Tiles that are masked out entirely are never visited (the loop bounds exclude
+them), tiles that are entirely visible run without mask arithmetic, and only the
+tiles on a boundary pay for ``tl.where``. A query row that sees no key gets an
+output of exactly 0, a log-sum-exp of ``-inf`` and zero gradients.
+
+Head dims up to 256 of any size: tiles are padded to the next power of two
+(at least 16, the smallest ``tl.dot``) with masked loads. Any strides: the
+launchers pass every stride, so the ``(B, H, T, D)`` views that the layer makes
+by transposing ``(B, T, H, D)`` buffers are read in place.
+
+fp32 inputs use IEEE fp32 ``tl.dot`` unless ``torch.set_float32_matmul_precision``
+is ``"high"``/``"medium"``, which selects TF32 (faster on GPUs, ~1e-3 relative).
+
+This module imports Triton and defines the kernels at import time (Triton reads
+``TRITON_INTERPRET`` then); :mod:`headwise.kernels` imports it lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["tiled_attention", "tiled_attention_lse", "INTERPRET"]
+
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
+"""True when the kernels run under the Triton interpreter (numpy on the CPU)."""
+
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+# --------------------------------------------------------------------------- helpers
+@triton.jit
+def _load_tile(ptrs, rows, n_rows, cols, N_COLS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+               CHECK_ROWS: tl.constexpr):
+    """Load a (rows x cols) tile, zero-filling rows >= n_rows (if CHECK_ROWS) and
+    padded columns >= N_COLS (only when the head dim is not a power of two)."""
+    if CHECK_ROWS:
+        if N_COLS == BLOCK_COLS:
+            t = tl.load(ptrs, mask=(rows < n_rows)[:, None], other=0.0)
+        else:
+            t = tl.load(ptrs, mask=(rows < n_rows)[:, None] & (cols < N_COLS)[None, :], other=0.0)
+    else:
+        if N_COLS == BLOCK_COLS:
+            t = tl.load(ptrs)
+        else:
+            t = tl.load(ptrs, mask=(cols < N_COLS)[None, :], other=0.0)
+    return t
+
+
+@triton.jit
+def _store_tile(ptrs, value, rows, n_rows, cols, N_COLS: tl.constexpr):
+    tl.store(ptrs, value, mask=(rows < n_rows)[:, None] & (cols < N_COLS)[None, :])
+
+
+# --------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+               start_n, end_n, offs_m, kv_end, causal_off, qk_scale,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
+               V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+               BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    for n0 in range(start_n, end_n, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                       offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                       offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, MASKED)
+        # scores in log2 units: exp(s * scale) == exp2(s * scale * log2(e))
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        if MASKED:
+            ok = offs_n[None, :] < kv_end
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None] + causal_off)
+            qk = tl.where(ok, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, LSE, KLEN,
+              stride_qb, stride_qh, stride_qm, stride_qd,
+              stride_kb, stride_kh, stride_kn, stride_kd,
+              stride_vb, stride_vh, stride_vn, stride_vd,
+              stride_ob, stride_oh, stride_om, stride_od,
+              H, GROUP, Tq, Tk, qk_scale, SEQ_BUCKET,
+              HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
+              DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # one flat grid: consecutive programs are the query tiles of one head, so they
+    # share that head's K/V in L2; causal runs the heaviest (last) tiles first.
+    num_m = tl.cdiv(Tq, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    tile = pid % num_m
+    if CAUSAL:
+        tile = num_m - 1 - tile
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    hkv = h // GROUP
+    m0 = tile * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+
+    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+    q = _load_tile(q_ptrs, offs_m, Tq, offs_d, HEAD_DIM, BLOCK_D, True)
+    k_base = K + b * stride_kb + hkv * stride_kh
+    v_base = V + b * stride_vb + hkv * stride_vh
+
+    kv_end = Tk
+    if HAS_KLEN:
+        kv_end = tl.minimum(tl.load(KLEN + b), Tk)
+    causal_off = Tk - Tq
+    if CAUSAL:
+        hi = tl.minimum(kv_end, tl.maximum(0, tl.minimum(m0 + BLOCK_M, Tq) + causal_off))
+        full = tl.minimum(hi, tl.maximum(0, m0 + causal_off + 1))
+    else:
+        hi = kv_end
+        full = kv_end
+    full = (full // BLOCK_N) * BLOCK_N  # key tiles before this need no mask
+
+    # a finite start for the running max keeps exp2(m_old - m_new) NaN-free in
+    # rows that have seen only masked keys so far
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd,
+                               stride_vn, stride_vd, 0, full, offs_m, kv_end, causal_off,
+                               qk_scale, False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
+                               BLOCK_N, DOT_PREC)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd,
+                               stride_vn, stride_vd, full, hi, offs_m, kv_end, causal_off,
+                               qk_scale, True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
+                               BLOCK_N, DOT_PREC)
+    empty = l_i == 0.0  # rows that saw no key: output 0, lse -inf
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+
+    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
+    _store_tile(o_ptrs, out.to(O.dtype.element_ty), offs_m, Tq, offs_dv, V_DIM)
+    tl.store(LSE + (b * H + h) * Tq + offs_m, lse, mask=offs_m < Tq)
+
+
+# --------------------------------------------------------------------------- backward
+@triton.jit
+def _bwd_delta(O, DO, DELTA,
+               stride_ob, stride_oh, stride_om, stride_od,
+               stride_dob, stride_doh, stride_dom, stride_dod,
+               H, Tq, V_DIM: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr):
+    num_m = tl.cdiv(Tq, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = (pid // num_m).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    o = _load_tile(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om
+                   + offs_dv[None, :] * stride_od, offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
+    do = _load_tile(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                    + offs_dv[None, :] * stride_dod, offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh * Tq + offs_m, delta, mask=offs_m < Tq)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                stride_qm, stride_qd, stride_dom, stride_dod,
+                start_m, end_m, offs_n, kv_end, causal_off, Tq, qk_scale,
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
+                V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                BLOCK_M: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    for m0 in range(start_m, end_m, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        q = _load_tile(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                       offs_m, Tq, offs_d, HEAD_DIM, BLOCK_D, True)
+        do = _load_tile(do_base + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                        offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
+        # rows past Tq and rows that saw no key (lse = -inf) must give p = 0
+        lse = tl.load(lse_base + offs_m, mask=offs_m < Tq, other=float("inf"))
+        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+        delta = tl.load(delta_base + offs_m, mask=offs_m < Tq, other=0.0)
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
+        p_t = tl.exp2(qk_t - lse[None, :])
+        if MASKED:
+            ok = offs_n[:, None] < kv_end
+            if CAUSAL:
+                ok = ok & (offs_n[:, None] <= offs_m[None, :] + causal_off)
+            p_t = tl.where(ok, p_t, 0.0)
+        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, KLEN,
+                   stride_qb, stride_qh, stride_qm, stride_qd,
+                   stride_kb, stride_kh, stride_kn, stride_kd,
+                   stride_vb, stride_vh, stride_vn, stride_vd,
+                   stride_dob, stride_doh, stride_dom, stride_dod,
+                   stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+                   stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                   H, HKV, GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET,
+                   HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
+                   DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    num_n = tl.cdiv(Tk, BLOCK_N)
+    pid = tl.program_id(0)
+    bhkv = pid // num_n
+    n0 = (pid % num_n) * BLOCK_N
+    b = (bhkv // HKV).to(tl.int64)
+    hkv = (bhkv % HKV).to(tl.int64)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+
+    kv_end = Tk
+    if HAS_KLEN:
+        kv_end = tl.minimum(tl.load(KLEN + b), Tk)
+    causal_off = Tk - Tq
+    k = _load_tile(K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn
+                   + offs_d[None, :] * stride_kd, offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, True)
+    v = _load_tile(V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn
+                   + offs_dv[None, :] * stride_vd, offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, True)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+
+    # query tiles [start_m, full_from) straddle a mask boundary, [full_from, Tq) see
+    # every key of this tile; a key tile past kv_end is skipped (zero gradient)
+    start_m = 0
+    full_from = 0
+    if CAUSAL:
+        start_m = (tl.maximum(0, n0 - causal_off) // BLOCK_M) * BLOCK_M
+        full_from = tl.cdiv(tl.maximum(0, n0 + BLOCK_N - 1 - causal_off), BLOCK_M) * BLOCK_M
+    full_from = tl.where(n0 + BLOCK_N > kv_end, Tq, full_from)
+    start_m = tl.where(n0 >= kv_end, Tq, start_m)
+    full_from = tl.where(n0 >= kv_end, Tq, full_from)
+    mask_end = tl.minimum(full_from, Tq)
+
+    for g in range(0, GROUP):
+        h = hkv * GROUP + g
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DO + b * stride_dob + h * stride_doh
+        lse_base = LSE + (b * H + h) * Tq
+        delta_base = DELTA + (b * H + h) * Tq
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                             stride_qm, stride_qd, stride_dom, stride_dod,
+                             start_m, mask_end, offs_n, kv_end, causal_off, Tq, qk_scale,
+                             True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC)
+        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                             stride_qm, stride_qd, stride_dom, stride_dod,
+                             full_from, Tq, offs_n, kv_end, causal_off, Tq, qk_scale,
+                             False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC)
+
+    dk = dk * sm_scale
+    _store_tile(DK + b * stride_dkb + hkv * stride_dkh + offs_n[:, None] * stride_dkn
+                + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), offs_n, Tk, offs_d,
+                HEAD_DIM)
+    _store_tile(DV + b * stride_dvb + hkv * stride_dvh + offs_n[:, None] * stride_dvn
+                + offs_dv[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), offs_n, Tk, offs_dv,
+                V_DIM)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+              start_n, end_n, offs_m, kv_end, causal_off, qk_scale,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
+              V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+              BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    for n0 in range(start_n, end_n, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                       offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                       offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, MASKED)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        p = tl.exp2(qk - lse[:, None])
+        if MASKED:
+            ok = offs_n[None, :] < kv_end
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None] + causal_off)
+            p = tl.where(ok, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KLEN,
+                 stride_qb, stride_qh, stride_qm, stride_qd,
+                 stride_kb, stride_kh, stride_kn, stride_kd,
+                 stride_vb, stride_vh, stride_vn, stride_vd,
+                 stride_dob, stride_doh, stride_dom, stride_dod,
+                 stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+                 H, GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET,
+                 HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
+                 DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    num_m = tl.cdiv(Tq, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    tile = pid % num_m
+    if CAUSAL:
+        tile = num_m - 1 - tile
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    hkv = h // GROUP
+    m0 = tile * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+
+    q = _load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
+                   + offs_d[None, :] * stride_qd, offs_m, Tq, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = _load_tile(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                    + offs_dv[None, :] * stride_dod, offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
+    lse = tl.load(LSE + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(DELTA + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=0.0)
+    k_base = K + b * stride_kb + hkv * stride_kh
+    v_base = V + b * stride_vb + hkv * stride_vh
+
+    kv_end = Tk
+    if HAS_KLEN:
+        kv_end = tl.minimum(tl.load(KLEN + b), Tk)
+    causal_off = Tk - Tq
+    if CAUSAL:
+        hi = tl.minimum(kv_end, tl.maximum(0, tl.minimum(m0 + BLOCK_M, Tq) + causal_off))
+        full = tl.minimum(hi, tl.maximum(0, m0 + causal_off + 1))
+    else:
+        hi = kv_end
+        full = kv_end
+    full = (full // BLOCK_N) * BLOCK_N
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn,
+                   stride_vd, 0, full, offs_m, kv_end, causal_off, qk_scale, False, CAUSAL,
+                   HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn,
+                   stride_vd, full, hi, offs_m, kv_end, causal_off, qk_scale, True, CAUSAL,
+                   HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC)
+    dq = dq * sm_scale
+    _store_tile(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm
+                + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), offs_m, Tq, offs_d,
+                HEAD_DIM)
+
+
+# --------------------------------------------------------------------------- configs
+def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+# Hopper (H100/H200, 228 KB shared memory per SM). Small lists on purpose: each
+# config compiles once per head dim/dtype/mask combination. Configs that do not
+# fit in shared memory are discarded by the autotuner (OutOfResources).
+_FWD_CONFIGS = {
+    "small": [_cfg(128, 64, 4, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 4)],  # D <= 64
+    "medium": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 3)],  # D <= 128
+    "large": [_cfg(64, 64, 4, 2), _cfg(128, 32, 8, 2), _cfg(64, 32, 4, 2)],  # D <= 256
+}
+_DKDV_CONFIGS = {  # BLOCK_N is the key tile each program owns, BLOCK_M the query step
+    "small": [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(64, 64, 4, 3)],
+    "medium": [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 3)],
+    "large": [_cfg(32, 64, 4, 2), _cfg(64, 64, 8, 1), _cfg(16, 64, 4, 2)],
+}
+_DQ_CONFIGS = {
+    "small": [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3)],
+    "medium": [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 3)],
+    "large": [_cfg(64, 32, 4, 2), _cfg(64, 64, 8, 1), _cfg(64, 16, 4, 2)],
+}
+# Without autotuning (HEADWISE_TILED_AUTOTUNE=0, or first-call latency matters):
+_FIXED_INDEX = 0
+# The interpreter runs programs one after another in numpy: small tiles keep the
+# test shapes multi-tile (so masks and loop bounds are exercised) and fast.
+_INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
+_DELTA_BLOCK_M = 64
+_KEYS = ["HEAD_DIM", "V_DIM", "CAUSAL", "HAS_KLEN", "SEQ_BUCKET", "GROUP"]
+
+
+def _dim_class(d: int) -> str:
+    return "small" if d <= 64 else ("medium" if d <= 128 else "large")
+
+
+def _seq_bucket(tq: int, tk: int) -> int:
+    t = max(tq, tk)
+    return 0 if t <= 1024 else (1 if t <= 4096 else 2)
+
+
+_TUNERS: dict[tuple[str, str], object] = {}
+
+
+def _tuned(kind: str, dim_class: str):
+    key = (kind, dim_class)
+    if key not in _TUNERS:
+        fn, configs = {
+            "fwd": (_attn_fwd, _FWD_CONFIGS),
+            "dkdv": (_attn_bwd_dkdv, _DKDV_CONFIGS),
+            "dq": (_attn_bwd_dq, _DQ_CONFIGS),
+        }[kind]
+        _TUNERS[key] = triton.autotune(configs=configs[dim_class], key=_KEYS)(fn)
+    return _TUNERS[key]
+
+
+def _autotune_enabled() -> bool:
+    return os.environ.get("HEADWISE_TILED_AUTOTUNE", "1") != "0"
+
+
+def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tuple,
+            meta: dict) -> None:
+    """Launch ``fn`` on a flat grid of ``cdiv(n_rows, BLOCK) * n_programs_per_row_tile``
+    programs with the interpreter's, a fixed or the autotuned config."""
+    tile_key = "BLOCK_N" if kind == "dkdv" else "BLOCK_M"
+    dim_class = _dim_class(max(meta["BLOCK_D"], meta["BLOCK_DV"]))
+    if INTERPRET:
+        bm, bn = _INTERPRET_BLOCKS[kind]
+        blocks = {"BLOCK_M": bm, "BLOCK_N": bn}
+        grid = (triton.cdiv(n_rows, blocks[tile_key]) * n_programs_per_row_tile,)
+        fn[grid](*args, **meta, **blocks)
+        return
+    if not _autotune_enabled():
+        configs = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}[kind]
+        cfg = configs[dim_class][_FIXED_INDEX]
+        grid = (triton.cdiv(n_rows, cfg.kwargs[tile_key]) * n_programs_per_row_tile,)
+        fn[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return
+
+    def grid(m):
+        return (triton.cdiv(n_rows, m[tile_key]) * n_programs_per_row_tile,)
+
+    _tuned(kind, dim_class)[grid](*args, **meta)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"  # Triton's default; ignored for fp16/bf16 operands
+
+
+def _pad_dim(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def _empty_bhtd(b: int, h: int, t: int, d: int, like: Tensor) -> Tensor:
+    """A ``(B, H, T, D)`` view of a ``(B, T, H, D)`` buffer: the layout the layer
+    flattens back to ``(B, T, H * D)`` without a copy."""
+    return torch.empty((b, t, h, d), dtype=like.dtype, device=like.device).transpose(1, 2)
+
+
+def _klen_arg(key_lengths: Tensor | None, q: Tensor) -> Tensor:
+    if key_lengths is None:
+        return q  # never read: HAS_KLEN is False
+    return key_lengths.to(device=q.device, dtype=torch.int32).contiguous()
+
+
+# --------------------------------------------------------------------------- launchers
+def _forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, causal: bool,
+             scale: float) -> tuple[Tensor, Tensor]:
+    b, h, tq, d = q.shape
+    hkv, tk, dv = k.shape[1], k.shape[2], v.shape[3]
+    out = _empty_bhtd(b, h, tq, dv, q)
+    lse = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
+    if b * h * tq == 0:
+        return out, lse
+    if tk == 0:
+        out.zero_()
+        lse.fill_(float("-inf"))
+        return out, lse
+    args = (q, k, v, out, lse, _klen_arg(key_lengths, q), *q.stride(), *k.stride(), *v.stride(),
+            *out.stride(), h, h // hkv, tq, tk, scale * _LOG2E, _seq_bucket(tq, tk))
+    meta = dict(HEAD_DIM=d, V_DIM=dv, BLOCK_D=_pad_dim(d), BLOCK_DV=_pad_dim(dv),
+                CAUSAL=causal, HAS_KLEN=key_lengths is not None,
+                DOT_PREC=_dot_precision(q.dtype))
+    _launch("fwd", _attn_fwd, tq, b * h, args, meta)
+    return out, lse
+
+
+def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+              dlse: Tensor | None, key_lengths: Tensor | None, causal: bool,
+              scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    b, h, tq, d = q.shape
+    hkv, tk, dv_dim = k.shape[1], k.shape[2], v.shape[3]
+    dq = _empty_bhtd(b, h, tq, d, q)
+    dk = _empty_bhtd(b, hkv, tk, d, k)
+    dv = _empty_bhtd(b, hkv, tk, dv_dim, v)
+    if b * h * tq == 0 or tk == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    dout = dout.to(q.dtype)
+    delta = torch.empty((b, h, tq), dtype=torch.float32, device=q.device)
+    bdv = _pad_dim(dv_dim)
+    grid = (triton.cdiv(tq, _DELTA_BLOCK_M) * b * h,)
+    _bwd_delta[grid](out, dout, delta, *out.stride(), *dout.stride(), h, tq,
+                     V_DIM=dv_dim, BLOCK_DV=bdv, BLOCK_M=_DELTA_BLOCK_M)
+    if dlse is not None:
+        # d lse_i / d s_ij = p_ij, so a gradient on the lse shifts delta:
+        # dS = P * (dP - (delta - dlse))
+        delta = delta - dlse.to(torch.float32)
+    klen = _klen_arg(key_lengths, q)
+    meta = dict(HEAD_DIM=d, V_DIM=dv_dim, BLOCK_D=_pad_dim(d), BLOCK_DV=bdv, CAUSAL=causal,
+                HAS_KLEN=key_lengths is not None, DOT_PREC=_dot_precision(q.dtype))
+    bucket = _seq_bucket(tq, tk)
+    common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
+    _launch("dkdv", _attn_bwd_dkdv, tk, b * hkv,
+            (q, k, v, dout, lse, delta, dk, dv, klen, *common, *dk.stride(), *dv.stride(),
+             h, hkv, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta)
+    _launch("dq", _attn_bwd_dq, tq, b * h,
+            (q, k, v, dout, lse, delta, dq, klen, *common, *dq.stride(),
+             h, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta)
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("headwise::tiled_attention_fwd", mutates_args=())
+def _tiled_attention_fwd(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None,
+                         causal: bool, scale: float) -> tuple[Tensor, Tensor]:
+    return _forward(q, k, v, key_lengths, causal, scale)
+
+
+@_tiled_attention_fwd.register_fake
+def _(q, k, v, key_lengths, causal, scale):
+    b, h, tq, _ = q.shape
+    out = _empty_bhtd(b, h, tq, v.shape[3], q)
+    return out, q.new_empty((b, h, tq), dtype=torch.float32)
+
+
+@torch.library.custom_op("headwise::tiled_attention_bwd", mutates_args=())
+def _tiled_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+                         lse: Tensor, dlse: Tensor | None, key_lengths: Tensor | None,
+                         causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    return _backward(dout, q, k, v, out, lse, dlse, key_lengths, causal, scale)
+
+
+@_tiled_attention_bwd.register_fake
+def _(dout, q, k, v, out, lse, dlse, key_lengths, causal, scale):
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    return (_empty_bhtd(b, h, tq, d, q), _empty_bhtd(b, hkv, tk, d, k),
+            _empty_bhtd(b, hkv, tk, v.shape[3], v))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, key_lengths, causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_lengths)
+    ctx.causal, ctx.scale = causal, scale
+
+
+def _backward_rule(ctx, dout, dlse):
+    q, k, v, out, lse, key_lengths = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = _tiled_attention_bwd(dout, q, k, v, out, lse, dlse, key_lengths,
+                                      ctx.causal, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+_tiled_attention_fwd.register_autograd(_backward_rule, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- public API
+def _check_inputs(q: object, k: object, v: object, key_lengths: object, causal: object,
+                  scale: object) -> float:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}"
+            )
+        if t.dtype not in _SUPPORTED_DTYPES:
+            raise TypeError(
+                f"{name} must be float16, bfloat16 or float32, got dtype {t.dtype}"
+            )
+    assert isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    b, h, _, d = q.shape
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(
+            f"q, k, v must share the batch size, got shapes {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError(
+            f"k and v must have the same (heads, seq), got shapes {tuple(k.shape)} and "
+            f"{tuple(v.shape)}"
+        )
+    if k.shape[1] == 0 or h % k.shape[1] != 0:
+        raise ValueError(
+            f"the number of query heads ({h}) must be a multiple of the number of key/value "
+            f"heads ({k.shape[1]})"
+        )
+    if k.shape[3] != d:
+        raise ValueError(f"q and k must share head_dim, got {d} and {k.shape[3]}")
+    for name, dim in (("head_dim", d), ("value head_dim", v.shape[3])):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise ValueError(f"{name} must be in [1, {MAX_HEAD_DIM}], got {dim}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if key_lengths is not None:
+        if not isinstance(key_lengths, Tensor):
+            raise TypeError(
+                f"key_lengths must be a ({b},) integer torch.Tensor or None, "
+                f"got {type(key_lengths).__name__}"
+            )
+        if key_lengths.dtype.is_floating_point or key_lengths.dtype in (torch.bool,) or (
+            key_lengths.dtype.is_complex
+        ):
+            raise TypeError(f"key_lengths must be an integer tensor, got dtype {key_lengths.dtype}")
+        if tuple(key_lengths.shape) != (b,):
+            raise ValueError(
+                f"key_lengths must have shape ({b},) (one length per sequence), "
+                f"got {tuple(key_lengths.shape)}"
+            )
+        if key_lengths.device != q.device:
+            raise ValueError(f"key_lengths is on {key_lengths.device} but q is on {q.device}")
+    if scale is None:
+        return 1.0 / math.sqrt(d)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float or None, got {scale!r}")
+    return float(scale)
+
+
+def tiled_attention_lse(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    key_lengths: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """softmax(q k^T * scale + mask) v with the tiled Triton kernels, plus the
+    log-sum-exp of each query row's masked, scaled scores.
+
+    Args:
+        q: ``(B, H, Tq, D)``; k: ``(B, Hkv, Tk, D)``; v: ``(B, Hkv, Tk, Dv)``, with
+            ``H`` a multiple of ``Hkv`` (query head ``h`` reads K/V head
+            ``h // (H // Hkv)``); float16, bfloat16 or float32; any strides;
+            ``D, Dv <= 256``.
+        causal: query ``i`` sees key ``j`` iff ``j <= i + Tk - Tq``.
+        key_lengths: ``(B,)`` integers; keys at positions ``>= key_lengths[b]`` are
+            padding (values are clamped to ``[0, Tk]``).
+        scale: score scale, default ``1 / sqrt(D)``.
+
+    Returns:
+        ``out (B, H, Tq, Dv)`` in the inputs' dtype (a view of a ``(B, Tq, H, Dv)``
+        buffer) and ``lse (B, H, Tq)`` float32, natural log; rows that see no key
+        give ``out = 0`` and ``lse = -inf``. Both are differentiable.
+    """
+    scale_f = _check_inputs(q, k, v, key_lengths, causal, scale)
+    return torch.ops.headwise.tiled_attention_fwd(q, k, v, key_lengths, causal, scale_f)
+
+
+def tiled_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    key_lengths: Tensor | None = None,
+    scale: float | None = None,
+) -> Tensor:
+    """softmax(q k^T * scale + mask) v for every head at once with the tiled Triton
+    kernels; returns ``out (B, H, Tq, Dv)``. Arguments as in
+    :func:`tiled_attention_lse`."""
+    return tiled_attention_lse(q, k, v, causal=causal, key_lengths=key_lengths, scale=scale)[0]
