@@ -1,0 +1,43 @@
+"""Models built from headwise attention: config, blocks, Encoder (BERT/ELECTRA-like),
+Decoder (GPT-like), heads, and named presets."""
+
+from .blocks import MLP, Block, Embeddings, init_weights
+from .config import ACTIVATIONS, CONFIG_NAME, NORMS, POSITIONS, ModelConfig
+from .decoder import Decoder
+from .encoder import (
+    Encoder,
+    EncoderForMLM,
+    EncoderForRTD,
+    MLMHead,
+    RTDHead,
+    build_electra,
+)
+from .presets import PRESETS, generator_config, get_preset
+
+__all__ = [
+    "ModelConfig",
+    "ACTIVATIONS",
+    "POSITIONS",
+    "NORMS",
+    "CONFIG_NAME",
+    "Embeddings",
+    "MLP",
+    "Block",
+    "init_weights",
+    "Encoder",
+    "MLMHead",
+    "RTDHead",
+    "EncoderForMLM",
+    "EncoderForRTD",
+    "build_electra",
+    "Decoder",
+    "PRESETS",
+    "get_preset",
+    "generator_config",
+    "count_parameters",
+]
+
+
+def count_parameters(module) -> int:
+    """Number of distinct parameters (a tied or shared weight counts once)."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,212 @@
+"""The small parts every model is built from: embeddings, MLP, transformer block, and
+the initialisation they share.
+
+Module names are plain and stable so that others can attach hooks by name:
+``blocks[i].attn`` is the block's :class:`~headwise.attention.MultiHeadAttention`,
+``blocks[i].mlp`` its MLP, ``blocks[i].ln_1`` / ``blocks[i].ln_2`` its LayerNorms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import KVCache, MultiHeadAttention
+from .config import ModelConfig
+
+__all__ = ["Embeddings", "MLP", "Block", "activation_module", "init_weights", "check_input_ids"]
+
+
+def activation_module(name: str) -> nn.Module:
+    """The elementwise activation called ``name`` (for ``swiglu``, its gate: SiLU)."""
+    if name == "gelu":
+        return nn.GELU()
+    if name == "gelu_tanh":
+        return nn.GELU(approximate="tanh")
+    if name == "relu":
+        return nn.ReLU()
+    if name == "swiglu":
+        return nn.SiLU()
+    raise ValueError(f"activation must be one of gelu, gelu_tanh, relu, swiglu; got {name!r}")
+
+
+def check_input_ids(input_ids: Tensor, name: str = "input_ids") -> None:
+    """Raise TypeError/ValueError unless ``input_ids`` is an integer ``(B, T)`` tensor."""
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(input_ids).__name__}")
+    if input_ids.dtype not in (torch.long, torch.int32):
+        raise TypeError(
+            f"{name} must hold token ids as torch.long (or torch.int32), got dtype "
+            f"{input_ids.dtype}"
+        )
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"{name} must be 2-D (batch, seq), got {input_ids.dim()}-D with shape "
+            f"{tuple(input_ids.shape)}"
+        )
+
+
+class Embeddings(nn.Module):
+    """Token (+ learned position) (+ token type) embeddings, summed, then optionally a
+    LayerNorm, then dropout. Output width is ``cfg.embed_dim``.
+
+    This is the unit ELECTRA shares between its generator and discriminator.
+
+    Args:
+        cfg: the model config (``positions``, ``type_vocab_size``, ``embed_dim``...).
+        layer_norm: apply a LayerNorm to the sum (BERT/ELECTRA do; GPT-2 does not).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, layer_norm: bool) -> None:
+        super().__init__()
+        self.max_len = cfg.max_len
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.pos = nn.Embedding(cfg.max_len, cfg.embed_dim) if cfg.positions == "learned" else None
+        self.tok_type = (
+            nn.Embedding(cfg.type_vocab_size, cfg.embed_dim) if cfg.type_vocab_size > 0 else None
+        )
+        self.ln = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if layer_norm else None
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, offset: int = 0
+    ) -> Tensor:
+        """``input_ids (B, T)`` -> ``(B, T, embed_dim)``; tokens sit at positions
+        ``offset .. offset + T - 1`` (``offset`` > 0 when decoding with a KV cache)."""
+        t = input_ids.shape[1]
+        x = self.tok(input_ids)
+        if self.pos is not None:
+            if offset + t > self.max_len:
+                raise ValueError(
+                    f"sequence length {offset + t} exceeds max_len={self.max_len} of the "
+                    f"learned position embeddings"
+                    + (f" ({offset} cached + {t} new tokens)" if offset else "")
+                )
+            x = x + self.pos(torch.arange(offset, offset + t, device=input_ids.device))
+        if self.tok_type is not None:
+            if token_type_ids is None:
+                # BERT's convention: a single segment is type 0.
+                x = x + self.tok_type.weight[0]
+            else:
+                if token_type_ids.shape != input_ids.shape:
+                    raise ValueError(
+                        f"token_type_ids must have the shape of input_ids "
+                        f"{tuple(input_ids.shape)}, got {tuple(token_type_ids.shape)}"
+                    )
+                x = x + self.tok_type(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError(
+                "token_type_ids were given but the model has no token type embeddings "
+                "(type_vocab_size=0)"
+            )
+        if self.ln is not None:
+            x = self.ln(x)
+        return self.drop(x)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: ``fc_out(act(fc_in(x)))``, or with ``swiglu``
+    ``fc_out(silu(a) * b)`` where ``fc_in`` produces ``[a, b]`` in one GEMM.
+    ``(B, T, d_model) -> (B, T, d_model)``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gated = cfg.activation == "swiglu"
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_ff * (2 if self.gated else 1), bias=cfg.bias)
+        self.act = activation_module(cfg.activation)
+        self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc_in(x)
+        if self.gated:
+            a, b = h.chunk(2, dim=-1)
+            h = self.act(a) * b
+        else:
+            h = self.act(h)
+        return self.fc_out(h)
+
+
+class Block(nn.Module):
+    """One transformer block: multi-head attention then MLP, each with a residual.
+
+    * ``norm="pre"`` (GPT-2): ``x + drop(attn(ln_1(x)))``, then ``x + drop(mlp(ln_2(x)))``.
+    * ``norm="post"`` (BERT): ``ln_1(x + drop(attn(x)))``, then ``ln_2(x + drop(mlp(x)))``.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.attn = MultiHeadAttention(
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.head_dim,
+            cfg.n_kv_heads,
+            bias=cfg.bias,
+            dropout=cfg.attn_dropout,
+            backend=cfg.attn_backend,
+            rope=cfg.positions == "rope",
+            rope_theta=cfg.rope_theta,
+        )
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.mlp = MLP(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        causal: bool = False,
+        key_padding_mask: Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> Tensor:
+        """``x (B, T, d_model)`` -> ``(B, T, d_model)``. ``key_padding_mask (B, Tk)``
+        bool, True = padding; ``kv_cache`` for incremental decoding."""
+        attn_kw = {"causal": causal, "key_padding_mask": key_padding_mask, "kv_cache": kv_cache}
+        if self.pre_norm:
+            x = x + self.drop(self.attn(self.ln_1(x), **attn_kw))
+            x = x + self.drop(self.mlp(self.ln_2(x)))
+        else:
+            x = self.ln_1(x + self.drop(self.attn(x, **attn_kw)))
+            x = self.ln_2(x + self.drop(self.mlp(x)))
+        return x
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, cfg: ModelConfig) -> None:
+    """Initialise ``module`` and its children as BERT/GPT-2 do.
+
+    Linear and embedding weights ~ N(0, init_std), biases 0, LayerNorm 1/0; the
+    projections that write into the residual stream (attention ``out_proj`` and MLP
+    ``fc_out``) get std ``init_std / sqrt(2 * n_layers)`` (GPT-2), so the variance the
+    residual stream accumulates over ``2 * n_layers`` adds stays O(1).
+    :class:`MultiHeadAttention` initialises itself with Xavier; this overrides it.
+    """
+    std = cfg.init_std
+    residual_std = std / math.sqrt(2 * cfg.n_layers)
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, std)
+        elif isinstance(m, nn.LayerNorm):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, MultiHeadAttention):
+            for w in m._split_weights():
+                w.normal_(0.0, std)
+            for b in m._split_biases():
+                if b is not None:
+                    b.zero_()
+    # Second pass, so the residual scaling wins over the generic Linear rule above
+    # whatever order modules() visits them in.
+    for m in module.modules():
+        if isinstance(m, Block):
+            nn.init.normal_(m.attn.out_proj.weight, 0.0, residual_std)
+            nn.init.normal_(m.mlp.fc_out.weight, 0.0, residual_std)

@@ -1,0 +1,131 @@
+"""Named configs: ``tiny`` for CPU experiments, and three published models whose
+parameter counts the built models reproduce exactly (tested against Hugging Face
+transformers):
+
+=================  ==============================  =============================
+preset             headwise model                  Hugging Face class, same count
+=================  ==============================  =============================
+``bert-base``      ``Encoder``                     ``BertModel(add_pooling_layer=False)``
+``bert-base``      ``EncoderForMLM``               ``BertForMaskedLM``
+``electra-small``  ``EncoderForRTD``               ``ElectraForPreTraining``
+``electra-small``  ``EncoderForMLM(generator_      ``ElectraForMaskedLM`` of the same
+                   config(cfg))``                  widths (64 wide, 1 head, FFN 256)
+``gpt2-small``     ``Decoder``                     ``GPT2LMHeadModel`` (tied head)
+=================  ==============================  =============================
+
+BERT's pooler (the ``[CLS]`` dense + tanh used by next-sentence prediction) is not
+part of headwise's Encoder: ``BertModel`` with its pooler has 768*768 + 768 more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .config import ModelConfig
+
+__all__ = ["PRESETS", "get_preset", "generator_config"]
+
+PRESETS: dict[str, ModelConfig] = {
+    # Trains on 2 CPU cores in minutes; vocab_size is a placeholder to override with the
+    # tokenizer's (get_preset("tiny", vocab_size=tok.vocab_size)).
+    "tiny": ModelConfig(
+        vocab_size=8192,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        d_ff=512,
+        max_len=128,
+        positions="learned",
+        norm="pre",
+        dropout=0.0,
+        attn_dropout=0.0,
+        activation="gelu",
+        layer_norm_eps=1e-5,
+    ),
+    # google/electra-small-discriminator: 256 wide, 128-wide shared embeddings.
+    "electra-small": ModelConfig(
+        vocab_size=30522,
+        d_model=256,
+        n_layers=12,
+        n_heads=4,
+        d_ff=1024,
+        max_len=512,
+        positions="learned",
+        norm="post",
+        dropout=0.1,
+        attn_dropout=0.1,
+        activation="gelu",
+        layer_norm_eps=1e-12,
+        type_vocab_size=2,
+        embedding_size=128,
+    ),
+    # bert-base-uncased.
+    "bert-base": ModelConfig(
+        vocab_size=30522,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        d_ff=3072,
+        max_len=512,
+        positions="learned",
+        norm="post",
+        dropout=0.1,
+        attn_dropout=0.1,
+        activation="gelu",
+        layer_norm_eps=1e-12,
+        type_vocab_size=2,
+    ),
+    # gpt2 (124M).
+    "gpt2-small": ModelConfig(
+        vocab_size=50257,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        d_ff=3072,
+        max_len=1024,
+        positions="learned",
+        norm="pre",
+        dropout=0.1,
+        attn_dropout=0.1,
+        activation="gelu_tanh",
+        layer_norm_eps=1e-5,
+        tied_embeddings=True,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> ModelConfig:
+    """The config named ``name`` (one of :data:`PRESETS`), with any field replaced by
+    ``overrides`` (validated), e.g. ``get_preset("tiny", vocab_size=tok.vocab_size)``."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def generator_config(cfg: ModelConfig, fraction: float = 0.25) -> ModelConfig:
+    """ELECTRA's generator for discriminator ``cfg``: ``d_model``, ``d_ff`` and
+    ``n_heads`` scaled by ``fraction`` (ELECTRA's "generator size" multiplier), same
+    depth, and ``embedding_size`` pinned to the discriminator's embedding width so both
+    can share one embedding table (each projects it to its own width).
+
+    Head width is kept when ``head_dim`` is explicit; otherwise it stays
+    ``d_model // n_heads`` of the scaled sizes. Raises ValueError if the scaled sizes
+    do not divide evenly.
+    """
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    d_model = round(cfg.d_model * fraction)
+    n_heads = max(1, round(cfg.n_heads * fraction))
+    d_ff = round(cfg.d_ff * fraction)
+    n_kv_heads = None
+    if cfg.n_kv_heads is not None:
+        # Keep the grouping ratio; at least one K/V head.
+        n_kv_heads = max(1, n_heads * cfg.n_kv_heads // cfg.n_heads)
+    return dataclasses.replace(
+        cfg,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        d_ff=d_ff,
+        embedding_size=cfg.embed_dim,
+    )

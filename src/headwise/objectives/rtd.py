@@ -1,0 +1,186 @@
+"""Replaced-token detection (ELECTRA): a small generator fills masked positions with
+plausible tokens, and the discriminator learns to tell, for every token, whether it is
+the original or a replacement.
+
+The generator is an :class:`~headwise.models.EncoderForMLM` trained by MLM; its samples
+are drawn without gradient, so the discriminator's loss reaches the generator only
+through what they share (the embeddings, see :func:`~headwise.models.build_electra`).
+``generator="uniform"`` replaces the selected tokens by uniformly random ones instead
+(no generator; for ablations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import EncoderForMLM, EncoderForRTD
+from .base import ObjectiveOutput, check_batch
+from .mlm import TokenMasker, _tokenizer_facts, mlm_loss_and_accuracy
+
+__all__ = ["ReplacedTokenDetection"]
+
+
+class ReplacedTokenDetection(nn.Module):
+    """The ELECTRA objective: ``batch (B, T) long -> ObjectiveOutput``.
+
+    1. Select ``mask_prob`` of the maskable tokens; the generator's input has
+       ``mask_token_prob`` of them replaced by ``[MASK]`` (ELECTRA: 0.85, the rest kept).
+    2. The generator predicts the selected tokens (MLM loss); one token per selected
+       position is sampled from its softmax (no gradient flows through the sample).
+    3. The discriminator reads the batch with the selected tokens swapped for the
+       samples and labels every non-pad token: 1 = replaced, 0 = original. A sample
+       equal to the original token counts as original.
+    4. ``loss = gen_loss + disc_weight * disc_loss`` (BCE averaged over non-pad tokens).
+
+    Metrics: ``loss``, ``gen_loss``, ``disc_loss``, ``gen_accuracy`` (argmax on selected
+    positions), ``disc_accuracy``, ``disc_precision`` / ``disc_recall`` / ``disc_f1``
+    (replaced is the positive class), ``replaced_fraction`` (of non-pad tokens),
+    ``n_selected``. ``losses`` holds the ``"gen"`` and ``"disc"`` tensors.
+
+    Args:
+        discriminator: an :class:`~headwise.models.EncoderForRTD`.
+        generator: an :class:`~headwise.models.EncoderForMLM`, or ``"uniform"``.
+        vocab_size, mask_id, pad_id, special_ids, is_continuation, mask_prob,
+            whole_word: as for :class:`~headwise.objectives.TokenMasker`.
+        mask_token_prob, random_token_prob: the generator input's corruption split.
+        disc_weight: weight of the discriminator loss (ELECTRA: 50).
+        sampling_temperature: temperature of the generator's softmax when sampling.
+    """
+
+    def __init__(
+        self,
+        discriminator: EncoderForRTD,
+        generator: EncoderForMLM | str,
+        *,
+        vocab_size: int,
+        mask_id: int,
+        pad_id: int,
+        special_ids: Sequence[int] = (),
+        is_continuation: Tensor | None = None,
+        mask_prob: float = 0.15,
+        mask_token_prob: float = 0.85,
+        random_token_prob: float = 0.0,
+        whole_word: bool = False,
+        disc_weight: float = 50.0,
+        sampling_temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(discriminator, EncoderForRTD):
+            raise TypeError(
+                f"discriminator must be an EncoderForRTD, got {type(discriminator).__name__}"
+            )
+        if isinstance(generator, str):
+            if generator != "uniform":
+                raise ValueError(
+                    f"generator must be an EncoderForMLM or 'uniform', got {generator!r}"
+                )
+        elif not isinstance(generator, EncoderForMLM):
+            raise TypeError(
+                f"generator must be an EncoderForMLM or 'uniform', got {type(generator).__name__}"
+            )
+        models = [("discriminator", discriminator)]
+        if isinstance(generator, EncoderForMLM):
+            models.append(("generator", generator))
+        for name, m in models:
+            if m.cfg.vocab_size != vocab_size:
+                raise ValueError(
+                    f"vocab_size={vocab_size} does not match the {name}'s "
+                    f"cfg.vocab_size={m.cfg.vocab_size}"
+                )
+        if not disc_weight >= 0:
+            raise ValueError(f"disc_weight must be >= 0, got {disc_weight!r}")
+        if not sampling_temperature > 0:
+            raise ValueError(f"sampling_temperature must be > 0, got {sampling_temperature!r}")
+        self.discriminator = discriminator
+        # Kept out of the module tree in uniform mode so parameters() holds only models.
+        self.generator = generator if isinstance(generator, EncoderForMLM) else None
+        self.mode = "model" if self.generator is not None else "uniform"
+        self.disc_weight = float(disc_weight)
+        self.sampling_temperature = float(sampling_temperature)
+        self.masker = TokenMasker(
+            vocab_size=vocab_size,
+            mask_id=mask_id,
+            pad_id=pad_id,
+            special_ids=special_ids,
+            is_continuation=is_continuation,
+            mask_prob=mask_prob,
+            mask_token_prob=mask_token_prob,
+            random_token_prob=random_token_prob,
+            whole_word=whole_word,
+        )
+
+    @classmethod
+    def from_tokenizer(
+        cls, tok, discriminator: EncoderForRTD, generator: EncoderForMLM | str, **kwargs
+    ) -> ReplacedTokenDetection:
+        """Build with ``tok``'s ``vocab_size``, ``mask_id``, ``pad_id``, ``special_ids``
+        and ``is_continuation``; ``kwargs`` as for the constructor."""
+        return cls(discriminator, generator, **_tokenizer_facts(tok), **kwargs)
+
+    def corrupt(
+        self, batch: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Steps 1-2. Returns ``(corrupted (B, T), selected (B, T) bool, gen_loss,
+        gen_accuracy or None)``; in uniform mode ``gen_loss`` is a constant 0."""
+        check_batch(batch)
+        masker = self.masker
+        pad = batch == masker.pad_id
+        if self.generator is None:
+            selected = masker.select(batch, generator)
+            pick = torch.randint(
+                len(masker.replacements), batch.shape, generator=generator, device=batch.device
+            )
+            corrupted = torch.where(selected, masker.replacements[pick].to(batch.dtype), batch)
+            return corrupted, selected, batch.new_zeros((), dtype=torch.float32), None
+        gen_inputs, selected = masker(batch, generator)
+        hidden = self.generator.encoder(gen_inputs, pad if bool(pad.any()) else None)
+        targets = batch[selected].long()
+        logits = self.generator.head(hidden[selected])  # (N, V)
+        gen_loss, gen_accuracy = mlm_loss_and_accuracy(logits, targets, hidden)
+        with torch.no_grad():
+            probs = torch.softmax(logits.detach().float() / self.sampling_temperature, dim=-1)
+            if len(targets):
+                sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                sampled = targets
+        corrupted = batch.clone()
+        corrupted[selected] = sampled.to(batch.dtype)
+        return corrupted, selected, gen_loss, gen_accuracy
+
+    def forward(self, batch: Tensor, generator: torch.Generator | None = None) -> ObjectiveOutput:
+        corrupted, selected, gen_loss, gen_accuracy = self.corrupt(batch, generator)
+        pad = batch == self.masker.pad_id
+        real = ~pad
+        replaced = (corrupted != batch) & real
+        disc_logits = self.discriminator(corrupted, pad if bool(pad.any()) else None)  # (B, T)
+        disc_loss = F.binary_cross_entropy_with_logits(
+            disc_logits[real].float(), replaced[real].float()
+        )
+        loss = gen_loss + self.disc_weight * disc_loss
+
+        with torch.no_grad():
+            predicted = (disc_logits > 0) & real
+            tp = (predicted & replaced).sum().item()
+            n_pred, n_true, n_real = predicted.sum().item(), replaced.sum().item(), real.sum().item()
+            correct = ((predicted == replaced) & real).sum().item()
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_true if n_true else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        metrics = {
+            "loss": loss.item(),
+            "gen_loss": gen_loss.item(),
+            "disc_loss": disc_loss.item(),
+            "disc_accuracy": correct / n_real if n_real else 0.0,
+            "disc_precision": precision,
+            "disc_recall": recall,
+            "disc_f1": f1,
+            "replaced_fraction": n_true / n_real if n_real else 0.0,
+            "n_selected": float(selected.sum().item()),
+        }
+        if gen_accuracy is not None:
+            metrics["gen_accuracy"] = gen_accuracy
+        return ObjectiveOutput(loss, metrics, losses={"gen": gen_loss, "disc": disc_loss})
