@@ -1,0 +1,447 @@
+"""Tokenizers trained from scratch with Hugging Face ``tokenizers``.
+
+Three kinds, each stored as a plain ``tokenizer.json`` that ``tokenizers`` (and
+``transformers``' ``PreTrainedTokenizerFast``) can read back:
+
+* ``"wordpiece"`` (MLM, RTD): BERT normalizer (optional lowercasing, NFD + accent
+  stripping), ``BertPreTokenizer``, ``##`` continuation pieces. Specials, in id
+  order: ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``. ``eos_id`` is ``[SEP]``,
+  the token that closes a document in the encoder packing.
+* ``"bpe"`` (CLM): GPT-2 style byte-level BPE (``ByteLevel`` pre-tokenizer and
+  decoder, every byte in the base alphabet, so there is no unknown token).
+  Specials: ``[PAD]=0, <|endoftext|>=1``. Padding gets its own id rather than
+  reusing ``<|endoftext|>``: a loss that ignores ``pad_id`` must still learn to
+  predict the end of a document.
+* ``"char"``: every character seen in training becomes a token (the most frequent
+  ones when there are more than ``vocab_size`` allows), unseen characters map to
+  ``[UNK]``. Specials: ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4,
+  <|endoftext|>=5``, so a character model serves any objective.
+
+``pad_id`` is 0 for every kind trained here. Text is encoded *without* specials by
+default, and special-token strings occurring in the text (``"[MASK]"`` in a
+docstring) are encoded as plain text unless ``parse_special=True``: corpus text must
+never be able to inject control tokens.
+
+Training is reproducible for BPE and char. For WordPiece the ids are put in a
+canonical order, but the ``tokenizers`` trainer breaks ties between equally
+frequent merges in hash order, so a few marginal pieces can differ between fresh
+trainings; :func:`load_or_train_tokenizer` caches one result for reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as _HFTokenizer
+
+from .corpus import Corpus
+
+__all__ = ["Tokenizer", "TokenizerKind", "train_tokenizer", "load_or_train_tokenizer", "KINDS"]
+
+TokenizerKind = Literal["wordpiece", "bpe", "char"]
+KINDS: tuple[str, ...] = ("wordpiece", "bpe", "char")
+
+PAD, UNK, CLS, SEP, MASK, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<|endoftext|>"
+_SPECIALS: dict[str, list[str]] = {
+    "wordpiece": [PAD, UNK, CLS, SEP, MASK],
+    "bpe": [PAD, EOS],
+    "char": [PAD, UNK, CLS, SEP, MASK, EOS],
+}
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _byte_level_whitespace() -> frozenset[str]:
+    """The characters the GPT-2 byte-to-unicode table gives whitespace bytes.
+
+    Printable latin-1 bytes map to themselves; the others are shifted to 256 + n in
+    byte order (so space becomes 'Ġ', newline 'Ċ')."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    table, shift = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + shift)
+            shift += 1
+    return frozenset(table[b] for b in b" \t\n\r\x0b\x0c")
+
+
+_BYTE_LEVEL_WS = _byte_level_whitespace()
+
+
+class Tokenizer:
+    """A trained tokenizer: ids in, ids out, plus what objectives need to know.
+
+    Wraps a ``tokenizers.Tokenizer``. ``kind`` is ``"wordpiece"``, ``"bpe"`` or
+    ``"char"``; special ids that a kind lacks are ``None``. ``is_continuation`` and
+    ``is_special`` are boolean numpy arrays of shape ``(vocab_size,)`` indexed by
+    token id (whole-word masking groups a word-start token with the continuation
+    tokens that follow it).
+
+    Build one with :func:`train_tokenizer`, :meth:`load` or :meth:`from_hf`.
+    """
+
+    def __init__(self, hf: _HFTokenizer, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self._tok = hf
+        self.kind: str = kind
+        vocab = hf.get_vocab(with_added_tokens=True)
+        self._vocab_size = max(vocab.values()) + 1 if vocab else 0
+        special_strings = {
+            t.content for t in hf.get_added_tokens_decoder().values() if t.special
+        }
+        self.special_ids: list[int] = sorted(vocab[s] for s in special_strings if s in vocab)
+        self.pad_id: int | None = self._id(PAD) if self._id(PAD) is not None else self._id("<pad>")
+        self.unk_id: int | None = self._id(UNK)
+        self.cls_id: int | None = self._id(CLS)
+        self.sep_id: int | None = self._id(SEP)
+        self.mask_id: int | None = self._id(MASK)
+        eos = self._id(EOS)
+        # For WordPiece the document terminator in packed blocks is [SEP].
+        self.eos_id: int | None = eos if eos is not None else (
+            self.sep_id if kind == "wordpiece" else None
+        )
+        self.is_special = np.zeros(self._vocab_size, dtype=bool)
+        self.is_special[self.special_ids] = True
+        self.is_continuation = self._continuation_marks(vocab)
+        self._json: str | None = None
+
+    # ------------------------------------------------------------------ basics
+    def _id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (``max id + 1``), specials included."""
+        return self._vocab_size
+
+    def __len__(self) -> int:
+        return self._vocab_size
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of ``token``, or ``None`` when it is not in the vocabulary."""
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, idx: int) -> str | None:
+        """Token string of id ``idx``, or ``None`` when out of range."""
+        return self._tok.id_to_token(int(idx))
+
+    @property
+    def backend(self) -> _HFTokenizer:
+        """The wrapped ``tokenizers.Tokenizer``."""
+        return self._tok
+
+    def _continuation_marks(self, vocab: dict[str, int]) -> np.ndarray:
+        marks = np.zeros(self._vocab_size, dtype=bool)
+        if self.kind == "char":
+            return marks
+        if self.kind == "wordpiece":
+            prefix = getattr(self._tok.model, "continuing_subword_prefix", None) or "##"
+            for token, idx in vocab.items():
+                marks[idx] = token.startswith(prefix)
+        else:
+            # A byte-level token begins a word when it starts with whitespace
+            # ('Ġ' space, 'Ċ' newline, ...); anything else glues to the token before.
+            for token, idx in vocab.items():
+                marks[idx] = bool(token) and token[0] not in _BYTE_LEVEL_WS
+        marks[self.special_ids] = False
+        return marks
+
+    # ---------------------------------------------------------------- encoding
+    def _set_special_parsing(self, parse_special: bool) -> None:
+        self._tok.encode_special_tokens = not parse_special
+
+    def encode(
+        self, text: str, *, add_special_tokens: bool = False, parse_special: bool = False
+    ) -> list[int]:
+        """Token ids of ``text``.
+
+        ``add_special_tokens`` applies the post-processor (WordPiece:
+        ``[CLS] ... [SEP]``); ``parse_special`` lets special-token strings in the
+        text become special ids (off by default, see the module docstring)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        self._set_special_parsing(parse_special)
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        add_special_tokens: bool = False,
+        parse_special: bool = False,
+    ) -> list[list[int]]:
+        """Token ids of each text (encoded in parallel by ``tokenizers``)."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+        self._set_special_parsing(parse_special)
+        encs = self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return [e.ids for e in encs]
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
+        """Text of ``ids`` (a list, numpy array or 1-D tensor of token ids)."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        ids = [int(i) for i in ids]
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def tokens(self, text: str) -> list[str]:
+        """Token strings of ``text`` (for display)."""
+        self._set_special_parsing(False)
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
+    # ------------------------------------------------------------- persistence
+    def to_json(self) -> str:
+        """The ``tokenizer.json`` content."""
+        if self._json is None:
+            self._json = self._tok.to_str()
+        return self._json
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex sha256 of the ``tokenizer.json`` content (keys caches of token ids)."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``tokenizer.json`` into ``directory`` (created if needed), atomically;
+        returns the file's path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / TOKENIZER_FILE
+        tmp = directory / f".{TOKENIZER_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], kind: str | None = None) -> Tokenizer:
+        """Load a ``tokenizer.json`` (or a directory holding one).
+
+        ``kind`` is inferred from the model (WordPiece, BPE, or a per-character
+        WordLevel) unless given."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / TOKENIZER_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"tokenizer path {str(path)!r} does not exist; expected a tokenizer.json "
+                "file or a directory containing one"
+            )
+        try:
+            hf = _HFTokenizer.from_file(str(path))
+        except Exception as err:
+            raise ValueError(f"tokenizer file {str(path)!r} could not be read: {err}") from err
+        return cls.from_hf(hf, kind=kind, source=str(path))
+
+    @classmethod
+    def load_from_json(cls, content: str, kind: str | None = None) -> Tokenizer:
+        """A tokenizer from ``tokenizer.json`` content (a string)."""
+        try:
+            hf = _HFTokenizer.from_str(content)
+        except Exception as err:
+            raise ValueError(f"tokenizer JSON could not be parsed: {err}") from err
+        return cls.from_hf(hf, kind=kind, source="tokenizer JSON")
+
+    @classmethod
+    def from_hf(
+        cls, hf: _HFTokenizer, kind: str | None = None, *, source: str = "tokenizer"
+    ) -> Tokenizer:
+        """Wrap an existing ``tokenizers.Tokenizer``, inferring ``kind`` if not given."""
+        if kind is None:
+            model = type(hf.model).__name__
+            kind = {"WordPiece": "wordpiece", "BPE": "bpe", "WordLevel": "char"}.get(model)
+            if kind is None:
+                raise ValueError(
+                    f"{source}: model type {model!r} is not supported; accepted are "
+                    "WordPiece, BPE and (character) WordLevel"
+                )
+        return cls(hf, kind)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+# ---------------------------------------------------------------------- training
+
+
+def _texts(corpus: Corpus | Iterable[str]) -> Iterable[str]:
+    return corpus.documents() if isinstance(corpus, Corpus) else corpus
+
+
+def _build_wordpiece(
+    texts: Iterable[str],
+    vocab_size: int,
+    min_frequency: int,
+    lowercase: bool,
+    strip_accents: bool | None,
+    show_progress: bool,
+) -> _HFTokenizer:
+    tok = _HFTokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents,
+        lowercase=lowercase,
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=_SPECIALS["wordpiece"],
+        continuing_subword_prefix="##", show_progress=show_progress,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    _canonical_wordpiece_ids(tok)
+    cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+        special_tokens=[(CLS, cls_id), (SEP, sep_id)],
+    )
+    return tok
+
+
+def _canonical_wordpiece_ids(tok: _HFTokenizer) -> None:
+    """Renumber a trained WordPiece vocabulary in a fixed order.
+
+    The trainer hands out ids in hash-map order, so two runs on the same corpus give
+    the same pieces under different ids. WordPiece's greedy longest-match depends
+    only on the set of pieces, so renumbering changes no segmentation and makes the
+    ids (and everything keyed on ``tokenizer.json``) a function of that set. (The set
+    itself can still differ by a few pieces between fresh trainings: the trainer
+    breaks ties between equally frequent merges in hash order, e.g. 14 of 8192
+    pieces on stdlib-docs. :func:`load_or_train_tokenizer` caches the result so
+    repeated runs share one tokenizer.) Specials keep
+    their ids; other pieces follow by length, then word-initial before ``##``, then
+    by string."""
+    vocab = tok.get_vocab(with_added_tokens=False)
+    specials = _SPECIALS["wordpiece"]
+    rest = sorted(
+        (t for t in vocab if t not in specials),
+        key=lambda t: (len(t[2:]) if t.startswith("##") else len(t), t.startswith("##"), t),
+    )
+    canonical = {t: i for i, t in enumerate(specials)}
+    canonical.update((t, i) for i, t in enumerate(rest, start=len(specials)))
+    old = tok.model
+    tok.model = models.WordPiece(
+        canonical,
+        unk_token=UNK,
+        continuing_subword_prefix="##",
+        max_input_chars_per_word=old.max_input_chars_per_word,
+    )
+
+
+def _build_bpe(
+    texts: Iterable[str], vocab_size: int, min_frequency: int, show_progress: bool
+) -> _HFTokenizer:
+    tok = _HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=_SPECIALS["bpe"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def _build_char(texts: Iterable[str], vocab_size: int) -> _HFTokenizer:
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text)
+    specials = _SPECIALS["char"]
+    room = vocab_size - len(specials)
+    if room <= 0:
+        raise ValueError(
+            f"vocab_size={vocab_size} leaves no room for characters next to the "
+            f"{len(specials)} special tokens; use vocab_size > {len(specials)}"
+        )
+    # Most frequent first when capped; the kept ones are then ordered by code point
+    # so the vocabulary reads naturally.
+    kept = sorted(c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:room])
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in kept:
+        vocab[ch] = len(vocab)
+    tok = _HFTokenizer(models.WordLevel(vocab, unk_token=UNK))
+    # [\s\S]: one piece per character, newlines included ('.' would skip them).
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(specials)
+    return tok
+
+
+def train_tokenizer(
+    corpus: Corpus | Iterable[str],
+    kind: str = "wordpiece",
+    vocab_size: int = 8192,
+    *,
+    min_frequency: int = 2,
+    lowercase: bool = True,
+    strip_accents: bool | None = None,
+    show_progress: bool = False,
+) -> Tokenizer:
+    """Train a tokenizer of ``kind`` from scratch on ``corpus`` (a :class:`Corpus`
+    or any iterable of strings).
+
+    Args:
+        kind: ``"wordpiece"`` (MLM/RTD), ``"bpe"`` (CLM) or ``"char"``.
+        vocab_size: the largest vocabulary allowed, specials included (a small
+            corpus may yield fewer tokens; for ``"char"`` it caps the characters kept).
+        min_frequency: a merge/piece must occur this often (wordpiece, bpe).
+        lowercase, strip_accents: WordPiece normalisation; ``strip_accents=None``
+            strips accents exactly when lowercasing (BERT's rule).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    if kind == "bpe" and vocab_size < 256 + len(_SPECIALS["bpe"]):
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small for byte-level BPE; it needs at least "
+            f"{256 + len(_SPECIALS['bpe'])} (256 bytes + specials)"
+        )
+    texts = _texts(corpus)
+    if kind == "wordpiece":
+        hf = _build_wordpiece(texts, vocab_size, min_frequency, lowercase, strip_accents,
+                              show_progress)
+    elif kind == "bpe":
+        hf = _build_bpe(texts, vocab_size, min_frequency, show_progress)
+    else:
+        hf = _build_char(texts, vocab_size)
+    return Tokenizer(hf, kind)
+
+
+def load_or_train_tokenizer(
+    corpus: Corpus,
+    kind: str = "wordpiece",
+    vocab_size: int = 8192,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    **train_kwargs: object,
+) -> Tokenizer:
+    """Train once per (corpus content, kind, vocab size, options) and reuse.
+
+    The tokenizer is kept as ``<cache_dir>/tokenizers/<key>/tokenizer.json``;
+    ``cache_dir`` defaults to :func:`headwise.data.blocks.default_cache_dir`."""
+    from .blocks import default_cache_dir
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key_src = repr((corpus.content_hash, kind, vocab_size, sorted(train_kwargs.items())))
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
+    folder = root / "tokenizers" / f"{kind}-{vocab_size}-{key}"
+    if (folder / TOKENIZER_FILE).is_file():
+        return Tokenizer.load(folder, kind=kind)
+    tok = train_tokenizer(corpus, kind, vocab_size, **train_kwargs)  # type: ignore[arg-type]
+    tok.save(folder)
+    return tok
