@@ -4,6 +4,7 @@ cached and injectable."""
 import json
 
 import pytest
+import torch
 
 from headwise.hardware import profiles as P
 from headwise.hardware.profiles import (
@@ -91,7 +92,8 @@ def test_cpu_profile_is_measured_once_and_cached(tmp_path):
     assert p.align_bytes in (16, 32, 64)  # SSE/NEON, AVX2, AVX-512
     assert p.align_elems("fp32") == p.align_bytes // 4
     assert all(t.bk == 1 for t in p.tiles_for("fp32"))  # no K padding on a CPU
-    saved = json.loads((tmp_path / "cpu_profile.json").read_text())
+    (path,) = tmp_path.glob("cpu_profile_t*.json")
+    saved = json.loads(path.read_text())
     assert saved["measured"] == FAKE
 
     again = cpu_profile(tmp_path, measure=fake)  # read from the cache
@@ -105,11 +107,12 @@ def test_cpu_profile_is_measured_once_and_cached(tmp_path):
 def test_cpu_cache_follows_xdg_and_corrupt_cache_is_remeasured(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(P, "measure_cpu", lambda: FAKE)
-    (tmp_path / "headwise").mkdir()
-    (tmp_path / "headwise" / "cpu_profile.json").write_text("{not json")
+    path = tmp_path / "headwise" / f"cpu_profile_t{torch.get_num_threads()}.json"
+    path.parent.mkdir()
+    path.write_text("{not json")
     p = get_profile("cpu")
     assert p.peak("fp32") == 1e11
-    assert json.loads((tmp_path / "headwise" / "cpu_profile.json").read_text())["measured"]
+    assert json.loads(path.read_text())["measured"]["fp32_flops"] == 1e11
 
 
 def test_measure_cpu_tiny():

@@ -382,17 +382,19 @@ def cpu_profile(
     """The local CPU's profile, measured once and cached.
 
     Args:
-        cache: folder for ``cpu_profile.json`` (default :func:`cache_dir`).
+        cache: folder for ``cpu_profile_t<threads>.json`` (default :func:`cache_dir`).
         measure: callable returning ``{"fp32_flops", "bandwidth", "launch_overhead_s"}``
             (default :func:`measure_cpu`); tests inject a fake one.
         refresh: measure again even if a cached result for this machine exists.
 
     The cache is keyed on CPU model, torch thread count and torch version, so a
-    different machine or thread setting is measured afresh.
+    different machine or thread setting (``torch.set_num_threads``) is measured afresh.
     """
     folder = Path(cache) if cache is not None else cache_dir()
-    path = folder / "cpu_profile.json"
     ident = _cpu_identity()
+    # one file per thread count, so runs with different torch.set_num_threads settings
+    # do not keep overwriting each other's measurement
+    path = folder / f"cpu_profile_t{ident['threads']}.json"
     if not refresh and path.is_file():
         try:
             saved = json.loads(path.read_text())
