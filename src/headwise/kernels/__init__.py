@@ -5,7 +5,7 @@ reads ``TRITON_INTERPRET`` at that moment, so this package loads them lazily and
 ``import headwise.kernels`` alone never touches Triton.
 
 * :func:`tiled_attention`, :func:`tiled_attention_lse` — FlashAttention-style
-  forward and backward (``headwise.kernels.tiled_attention``), registered as the
+  forward and backward (``headwise.kernels.tiled``), registered as the
   custom ops ``torch.ops.headwise.tiled_attention_fwd`` / ``_bwd``.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 __all__ = ["tiled_attention", "tiled_attention_lse", "triton_available"]
 
 _LAZY = {
-    "tiled_attention": "tiled_attention",
-    "tiled_attention_lse": "tiled_attention",
+    "tiled_attention": "tiled",
+    "tiled_attention_lse": "tiled",
 }
 
 

@@ -45,6 +45,10 @@ def get_backend(name: str, call: AttentionCall) -> Backend:
     check_backend_name(name)
     if name == "auto":
         for backend in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
+            # a backend may serve some devices only when asked for by name
+            devices = getattr(backend, "auto_devices", None)
+            if devices is not None and call.device.type not in devices:
+                continue
             if backend.unsupported(call) is None:
                 return backend
         raise RuntimeError("no attention backend can serve this call")  # reference serves all
@@ -57,3 +61,9 @@ def get_backend(name: str, call: AttentionCall) -> Backend:
 
 for _b in (ReferenceBackend(), MathBackend(), SdpaBackend()):
     register_backend(_b)
+
+# tiled.py imports no Triton until its first call, so a missing Triton cannot break
+# this import (the backend then reports "triton is not installed").
+from .tiled import TiledBackend  # noqa: E402
+
+register_backend(TiledBackend())

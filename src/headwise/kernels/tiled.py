@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime.errors import OutOfResources
 
 __all__ = ["tiled_attention", "tiled_attention_lse", "INTERPRET"]
 
@@ -77,6 +78,17 @@ def _store_tile(ptrs, value, rows, n_rows, cols, N_COLS: tl.constexpr):
     tl.store(ptrs, value, mask=(rows < n_rows)[:, None] & (cols < N_COLS)[None, :])
 
 
+@triton.jit
+def _dot(a, b, DOT_PREC: tl.constexpr):
+    if DOT_PREC == "upcast":
+        # the interpreter (Triton <= 3.9) multiplies bf16 tiles as raw uint16 bits:
+        # there, and only there, bf16 operands are widened to fp32 first
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        c = tl.dot(a, b, input_precision=DOT_PREC)
+    return c
+
+
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
@@ -93,7 +105,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn
         v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                        offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, MASKED)
         # scores in log2 units: exp(s * scale) == exp2(s * scale * log2(e))
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale
         if MASKED:
             ok = offs_n[None, :] < kv_end
             if CAUSAL:
@@ -103,12 +115,12 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "GROUP", "Tq", "Tk", "SEQ_BUCKET"])
 def _attn_fwd(Q, K, V, O, LSE, KLEN,
               stride_qb, stride_qh, stride_qm, stride_qd,
               stride_kb, stride_kh, stride_kn, stride_kd,
@@ -175,7 +187,7 @@ def _attn_fwd(Q, K, V, O, LSE, KLEN,
 
 
 # --------------------------------------------------------------------------- backward
-@triton.jit
+@triton.jit(do_not_specialize=["H", "Tq"])
 def _bwd_delta(O, DO, DELTA,
                stride_ob, stride_oh, stride_om, stride_od,
                stride_dob, stride_doh, stride_dom, stride_dod,
@@ -214,21 +226,21 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
         lse = tl.load(lse_base + offs_m, mask=offs_m < Tq, other=float("inf"))
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
         delta = tl.load(delta_base + offs_m, mask=offs_m < Tq, other=0.0)
-        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
+        qk_t = _dot(k, tl.trans(q), DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
         p_t = tl.exp2(qk_t - lse[None, :])
         if MASKED:
             ok = offs_n[:, None] < kv_end
             if CAUSAL:
                 ok = ok & (offs_n[:, None] <= offs_m[None, :] + causal_off)
             p_t = tl.where(ok, p_t, 0.0)
-        dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dv += _dot(p_t.to(do.dtype), do, DOT_PREC)
+        dp_t = _dot(v, tl.trans(do), DOT_PREC)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+        dk += _dot(ds_t.to(q.dtype), q, DOT_PREC)
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "HKV", "GROUP", "Tq", "Tk", "SEQ_BUCKET"])
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, KLEN,
                    stride_qb, stride_qh, stride_qm, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
@@ -311,20 +323,20 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, strid
                        offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                        offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, MASKED)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
+        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:
             ok = offs_n[None, :] < kv_end
             if CAUSAL:
                 ok = ok & (offs_n[None, :] <= offs_m[:, None] + causal_off)
             p = tl.where(ok, p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        dp = _dot(do, tl.trans(v), DOT_PREC)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+        dq += _dot(ds.to(k.dtype), k, DOT_PREC)
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "GROUP", "Tq", "Tk", "SEQ_BUCKET"])
 def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KLEN,
                  stride_qb, stride_qh, stride_qm, stride_qd,
                  stride_kb, stride_kh, stride_kn, stride_kd,
@@ -393,22 +405,24 @@ def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
 # config compiles once per head dim/dtype/mask combination. Configs that do not
 # fit in shared memory are discarded by the autotuner (OutOfResources).
 _FWD_CONFIGS = {
-    "small": [_cfg(128, 64, 4, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 4)],  # D <= 64
-    "medium": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 3)],  # D <= 128
-    "large": [_cfg(64, 64, 4, 2), _cfg(128, 32, 8, 2), _cfg(64, 32, 4, 2)],  # D <= 256
+    "small": [_cfg(128, 64, 4, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3)],  # D <= 64
+    "medium": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 2)],  # D <= 128
+    "large": [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 2)],  # D <= 256
 }
-_DKDV_CONFIGS = {  # BLOCK_N is the key tile each program owns, BLOCK_M the query step
-    "small": [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(64, 64, 4, 3)],
-    "medium": [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 3)],
-    "large": [_cfg(32, 64, 4, 2), _cfg(64, 64, 8, 1), _cfg(16, 64, 4, 2)],
+_DKDV_CONFIGS = {  # BLOCK_N: the key tile a program owns; BLOCK_M: its query step
+    "small": [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3)],
+    "medium": [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 3)],
+    "large": [_cfg(32, 64, 8, 2), _cfg(64, 64, 8, 1), _cfg(16, 64, 4, 2)],
 }
 _DQ_CONFIGS = {
-    "small": [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3)],
-    "medium": [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 3)],
+    "small": [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3)],
+    "medium": [_cfg(128, 32, 8, 3), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 3)],
     "large": [_cfg(64, 32, 4, 2), _cfg(64, 64, 8, 1), _cfg(64, 16, 4, 2)],
 }
-# Without autotuning (HEADWISE_TILED_AUTOTUNE=0, or first-call latency matters):
-_FIXED_INDEX = 0
+_CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}
+# Without autotuning (HEADWISE_TILED_AUTOTUNE=0): the first config that compiles,
+# in list order (the last, smallest, first for fp32, whose tiles are twice as big).
+_FIXED: dict[tuple, triton.Config] = {}
 # The interpreter runs programs one after another in numpy: small tiles keep the
 # test shapes multi-tile (so masks and loop bounds are exercised) and fast.
 _INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
@@ -445,7 +459,7 @@ def _autotune_enabled() -> bool:
 
 
 def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tuple,
-            meta: dict) -> None:
+            meta: dict, dtype: torch.dtype) -> None:
     """Launch ``fn`` on a flat grid of ``cdiv(n_rows, BLOCK) * n_programs_per_row_tile``
     programs with the interpreter's, a fixed or the autotuned config."""
     tile_key = "BLOCK_N" if kind == "dkdv" else "BLOCK_M"
@@ -456,20 +470,34 @@ def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tupl
         grid = (triton.cdiv(n_rows, blocks[tile_key]) * n_programs_per_row_tile,)
         fn[grid](*args, **meta, **blocks)
         return
-    if not _autotune_enabled():
-        configs = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}[kind]
-        cfg = configs[dim_class][_FIXED_INDEX]
-        grid = (triton.cdiv(n_rows, cfg.kwargs[tile_key]) * n_programs_per_row_tile,)
-        fn[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if _autotune_enabled():
+        def grid(m):
+            return (triton.cdiv(n_rows, m[tile_key]) * n_programs_per_row_tile,)
+
+        _tuned(kind, dim_class)[grid](*args, **meta)
         return
-
-    def grid(m):
-        return (triton.cdiv(n_rows, m[tile_key]) * n_programs_per_row_tile,)
-
-    _tuned(kind, dim_class)[grid](*args, **meta)
+    key = (kind, dtype, *sorted(meta.items()))
+    configs = _CONFIGS[kind][dim_class]
+    if key in _FIXED:
+        configs = [_FIXED[key]]
+    elif dtype == torch.float32:
+        configs = configs[::-1]
+    for i, cfg in enumerate(configs):
+        grid = (triton.cdiv(n_rows, cfg.kwargs[tile_key]) * n_programs_per_row_tile,)
+        try:
+            fn[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
+                     num_stages=cfg.num_stages)
+        except OutOfResources:
+            if i == len(configs) - 1:
+                raise
+            continue
+        _FIXED[key] = cfg
+        return
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
+    if INTERPRET and dtype == torch.bfloat16:
+        return "upcast"
     if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
         return "ieee"
     return "tf32"  # Triton's default; ignored for fp16/bf16 operands
@@ -509,7 +537,7 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, causal
     meta = dict(HEAD_DIM=d, V_DIM=dv, BLOCK_D=_pad_dim(d), BLOCK_DV=_pad_dim(dv),
                 CAUSAL=causal, HAS_KLEN=key_lengths is not None,
                 DOT_PREC=_dot_precision(q.dtype))
-    _launch("fwd", _attn_fwd, tq, b * h, args, meta)
+    _launch("fwd", _attn_fwd, tq, b * h, args, meta, q.dtype)
     return out, lse
 
 
@@ -540,10 +568,10 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
     _launch("dkdv", _attn_bwd_dkdv, tk, b * hkv,
             (q, k, v, dout, lse, delta, dk, dv, klen, *common, *dk.stride(), *dv.stride(),
-             h, hkv, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta)
+             h, hkv, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta, q.dtype)
     _launch("dq", _attn_bwd_dq, tq, b * h,
             (q, k, v, dout, lse, delta, dq, klen, *common, *dq.stride(),
-             h, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta)
+             h, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta, q.dtype)
     return dq, dk, dv
 
 
