@@ -3,12 +3,12 @@ K-slice example, the attention GEMM list, recommendations and the CLI."""
 
 import json
 import sys
-import types
 from dataclasses import dataclass
 
 import pytest
 
 from headwise.cli import main
+from headwise.hardware import command as C
 from headwise.hardware import profiles as P
 from headwise.hardware.planner import (
     AttentionConfig,
@@ -204,8 +204,24 @@ def test_bad_inputs():
 # ------------------------------------------------------------------ CLI
 @pytest.fixture
 def no_models(monkeypatch):
-    """Pretend headwise.models is absent, so the built-in preset table is used."""
-    monkeypatch.setitem(sys.modules, "headwise.models", None)
+    """Pretend headwise.models is absent, so the built-in preset table is used (patched
+    at the plan command's import helper: other commands may need the real module)."""
+    monkeypatch.setattr(C, "_models_get_preset", lambda: None)
+
+
+def test_preset_falls_back_without_headwise_models(monkeypatch):
+    monkeypatch.setitem(sys.modules, "headwise.models", None)  # import now raises
+    assert C._models_get_preset() is None
+    cfg = C.resolve_preset("gpt2-small")
+    assert (cfg.d_model, cfg.n_heads, cfg.n_layers) == (768, 12, 12)
+    with pytest.raises(ValueError, match=r"preset must be one of .*gpt2-small.*'nope'"):
+        C.resolve_preset("nope")
+
+
+def test_preset_from_headwise_models_when_importable():
+    pytest.importorskip("headwise.models")
+    cfg = C.resolve_preset("gpt2-small")
+    assert (cfg.d_model, cfg.n_heads) == (768, 12)
 
 
 def test_cli_prints_table(capsys, no_models):
@@ -239,9 +255,7 @@ def test_cli_uses_headwise_models_when_present(capsys, monkeypatch):
         n_kv_heads: int | None = 5
         n_layers: int = 3
 
-    fake = types.ModuleType("headwise.models")
-    fake.get_preset = lambda name: Cfg()
-    monkeypatch.setitem(sys.modules, "headwise.models", fake)
+    monkeypatch.setattr(C, "_models_get_preset", lambda: (lambda name: Cfg()))
     assert main(["plan", "--preset", "anything", "--json", "--top", "0"]) == 0
     cfg = json.loads(capsys.readouterr().out)["plan"]["config"]
     assert cfg == {"d_model": 640, "n_heads": 10, "head_dim": 64, "n_kv_heads": 5, "n_layers": 3}

@@ -41,18 +41,25 @@ FALLBACK_PRESETS: dict[str, _Shape] = {
     "gpt2-small": _Shape(768, 12, None, None, 12),
     "bert-base": _Shape(768, 12, None, None, 12),
     "electra-small": _Shape(256, 4, None, None, 12),
-    "tiny": _Shape(128, 4, None, None, 2),
+    "tiny": _Shape(128, 4, None, None, 4),
 }
+
+
+def _models_get_preset():
+    """``headwise.models.get_preset``, or None while that module is not importable.
+    Imported lazily so ``plan`` works without the models package."""
+    try:
+        from headwise.models import get_preset
+    except ImportError:
+        return None
+    return get_preset
 
 
 def resolve_preset(name: str):
     """The model shape for preset ``name``: from ``headwise.models.get_preset`` when that
     module exists, else from :data:`FALLBACK_PRESETS`. Returns an object with
     ``d_model, n_heads, head_dim, n_kv_heads, n_layers`` (``None`` = default)."""
-    try:
-        from headwise.models import get_preset  # imported lazily: optional sibling
-    except ImportError:
-        get_preset = None
+    get_preset = _models_get_preset()
     if get_preset is not None:
         try:
             return get_preset(name)
