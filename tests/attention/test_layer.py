@@ -215,3 +215,38 @@ def test_mismatched_devices_are_named():
     x = torch.randn(1, 3, 16, dtype=torch.float64)
     with pytest.raises(ValueError, match="key_padding_mask is on meta"):
         layer(x, key_padding_mask=torch.zeros(1, 3, dtype=torch.bool, device="meta"))
+
+
+# ---------------------------------------------------------------- head hooks
+def test_head_hook_sees_weights_and_can_ablate_a_head():
+    layer = _layer()
+    x = torch.randn(2, 6, 16, dtype=torch.float64)
+    seen = {}
+
+    def capture(mod, z, w):
+        seen["z"], seen["w"] = z, w
+
+    handle = layer.register_head_hook(capture, need_weights=True)
+    base = layer(x, causal=True)  # auto picks a backend that can return the weights
+    assert seen["z"].shape == (2, 4, 6, 4) and seen["w"].shape == (2, 4, 6, 6)
+    torch.testing.assert_close(seen["w"].sum(-1), torch.ones(2, 4, 6, dtype=torch.float64))
+    handle.remove()
+    layer.backend = "sdpa"
+    with pytest.raises(ValueError, match="cannot serve this call"):  # an explicit choice stays strict
+        layer.register_head_hook(capture, need_weights=True)
+        layer(x)
+    layer._head_hooks.clear()
+    layer.backend = "auto"
+
+    def zero_head(mod, z, w):
+        z = z.clone()
+        z[:, 2] = 0
+        return z
+
+    h2 = layer.register_head_hook(zero_head)
+    ablated = layer(x, causal=True)
+    h2.remove()
+    # zeroing head 2 removes exactly its W_O contribution
+    contribution = seen["z"][:, 2] @ layer.heads[2].W_O
+    torch.testing.assert_close(ablated, base - contribution)
+    torch.testing.assert_close(layer(x, causal=True), base)

@@ -16,12 +16,14 @@ Storage (PyTorch's ``(out_features, in_features)`` convention):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .backends import check_backend_name
 from .functional import attend
@@ -29,7 +31,10 @@ from .kv_cache import KVCache
 from .masks import normalize_mask
 from .rope import RotaryEmbedding
 
-__all__ = ["MultiHeadAttention", "HeadView"]
+__all__ = ["MultiHeadAttention", "HeadView", "HeadHook"]
+
+# fn(layer, z (B, H, Tq, Dh), weights (B, H, Tq, Tk) or None) -> replacement z or None
+HeadHook = Callable[["MultiHeadAttention", Tensor, "Tensor | None"], "Tensor | None"]
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,19 @@ class MultiHeadAttention(nn.Module):
                 self.q_bias = self.k_bias = self.v_bias = None
         self.out_proj = nn.Linear(q_out, d_model, bias=bias, **factory)
         self.rotary = RotaryEmbedding(head_dim, rope_theta) if rope else None
+        self._head_hooks: OrderedDict[int, tuple[HeadHook, bool]] = OrderedDict()
         self.reset_parameters()
+
+    # ------------------------------------------------------------------ hooks
+    def register_head_hook(self, fn: HeadHook, *, need_weights: bool = False) -> RemovableHandle:
+        """Call ``fn(layer, z, weights)`` on every forward, where ``z (B, H, Tq, Dh)`` is
+        each head's output before W_O; if ``fn`` returns a tensor it replaces ``z``
+        (ablation, head masks). With ``need_weights=True`` the attention weights
+        ``(B, H, Tq, Tk)`` are computed and passed too (else ``None``). Layers
+        without hooks pay nothing. Returns a handle whose ``remove()`` undoes it."""
+        handle = RemovableHandle(self._head_hooks)
+        self._head_hooks[handle.id] = (fn, need_weights)
+        return handle
 
     # ------------------------------------------------------------------ weights
     def reset_parameters(self) -> None:
@@ -328,6 +345,7 @@ class MultiHeadAttention(nn.Module):
             attn_mask=attn_mask,
             float_dtype=q.dtype,
         )
+        hooks_want_weights = any(w for _, w in self._head_hooks.values())
         out, weights = attend(
             q,
             k,
@@ -335,8 +353,17 @@ class MultiHeadAttention(nn.Module):
             mask,
             backend=self.backend,
             dropout_p=self.dropout if self.training else 0.0,
-            need_weights=need_weights,
+            need_weights=need_weights or hooks_want_weights,
         )
+        for fn, wants in list(self._head_hooks.values()):
+            replaced = fn(self, out, weights if wants else None)
+            if replaced is not None:
+                if replaced.shape != out.shape:
+                    raise ValueError(
+                        f"a head hook must return a tensor of shape {tuple(out.shape)} (B, H, Tq, Dh), "
+                        f"got {tuple(replaced.shape)}"
+                    )
+                out = replaced
         out = self.out_proj(out.transpose(1, 2).reshape(b, tq, self.n_heads * self.head_dim))
         return (out, weights) if need_weights else out
 
