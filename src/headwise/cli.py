@@ -10,6 +10,7 @@ import sys
 
 # module paths, each with register(subparsers)
 COMMANDS = [
+    "headwise.train.command",
     "headwise.bench_command",
     "headwise.hardware.command",
 ]

@@ -239,5 +239,7 @@ def _tokenizer_facts(tok) -> dict:
             raise TypeError(f"tokenizer {type(tok).__name__} has no attribute {name!r}")
         facts[name] = getattr(tok, name)
     facts["special_ids"] = list(facts["special_ids"])
-    facts["is_continuation"] = getattr(tok, "is_continuation", None)
+    marks = getattr(tok, "is_continuation", None)
+    # headwise.data's Tokenizer keeps the marks as a NumPy array
+    facts["is_continuation"] = None if marks is None else torch.as_tensor(marks, dtype=torch.bool)
     return facts

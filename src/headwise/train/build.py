@@ -1,0 +1,97 @@
+"""Assemble a run's parts from its TrainConfig: corpus -> tokenizer -> token blocks
+-> model config -> objective (which holds the model). Data flows one way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import BlockSampler, Tokenizer, TokenBlocks, build_blocks, load_corpus, load_or_train_tokenizer
+from ..models import CONFIG_NAME, ModelConfig, get_preset
+from .config import TrainConfig
+
+__all__ = ["RunParts", "build_parts", "build_objective", "default_tokenizer_kind"]
+
+TOKENIZER_KIND = {"mlm": "wordpiece", "rtd": "wordpiece", "clm": "bpe"}
+
+
+def default_tokenizer_kind(objective: str) -> str:
+    return TOKENIZER_KIND[objective]
+
+
+@dataclass
+class RunParts:
+    tokenizer: Tokenizer
+    model_config: ModelConfig
+    objective: nn.Module
+    train: TokenBlocks
+    val: TokenBlocks
+    sampler: BlockSampler
+
+
+def build_objective(objective: str, model_cfg: ModelConfig, tok: Tokenizer, cfg: TrainConfig) -> nn.Module:
+    """The objective module (it owns the model or models) for ``objective``."""
+    from ..models import Decoder, EncoderForMLM, build_electra
+    from ..objectives import CausalLM, MaskedLM, ReplacedTokenDetection
+
+    if objective == "mlm":
+        return MaskedLM.from_tokenizer(tok, EncoderForMLM(model_cfg), whole_word=cfg.whole_word_masking)
+    if objective == "rtd":
+        generator, discriminator = build_electra(model_cfg)
+        return ReplacedTokenDetection.from_tokenizer(
+            tok, discriminator, generator if cfg.rtd_generator == "model" else "uniform",
+            disc_weight=cfg.rtd_disc_weight, whole_word=cfg.whole_word_masking,
+        )
+    return CausalLM.from_tokenizer(tok, Decoder(model_cfg))
+
+
+def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool) -> RunParts:
+    """Build (or, on resume, reload) tokenizer, data, model config and objective."""
+    run_dir = Path(run_dir)
+    corpus = load_corpus(cfg.corpus)
+    tok_path = run_dir / "tokenizer.json"
+    kind = cfg.tokenizer_kind or default_tokenizer_kind(cfg.objective)
+    if tok_path.is_file():  # resume, or a tokenizer given earlier: the run's own copy rules
+        tok = Tokenizer.load(tok_path)
+    elif cfg.tokenizer is not None:
+        tok = Tokenizer.load(cfg.tokenizer)
+        tok.save(run_dir)
+    else:
+        tok = load_or_train_tokenizer(corpus, kind, cfg.vocab_size)
+        tok.save(run_dir)
+    if cfg.objective in ("mlm", "rtd") and tok.mask_id is None:
+        raise ValueError(
+            f"objective {cfg.objective!r} needs a tokenizer with a [MASK] token; "
+            f"the {tok.kind} tokenizer has none (use --tokenizer-kind wordpiece or char)"
+        )
+    style = "decoder" if cfg.objective == "clm" else "encoder"
+    blocks = build_blocks(corpus, tok, cfg.block_len, style=style, val_fraction=cfg.val_fraction,
+                          seed=cfg.seed)
+    train, val = blocks.split("train"), blocks.split("val")
+    if len(train) < cfg.batch_size:
+        raise ValueError(
+            f"corpus {cfg.corpus!r} gives {len(train)} training blocks of {cfg.block_len} tokens, "
+            f"fewer than one batch of {cfg.batch_size}; use a larger corpus or smaller "
+            f"--batch-size/--block-len"
+        )
+    config_path = run_dir / CONFIG_NAME
+    if resume and config_path.is_file():
+        model_cfg = ModelConfig.from_json(config_path)
+    else:
+        overrides = {**cfg.model, "vocab_size": tok.vocab_size}
+        if cfg.dropout is not None:
+            overrides["dropout"] = cfg.dropout
+        model_cfg = get_preset(cfg.preset, **overrides)
+        # a CLM block of L tokens feeds L-1 to the model (the last one is only a target)
+        seen = cfg.block_len - 1 if cfg.objective == "clm" else cfg.block_len
+        if model_cfg.max_len < seen:
+            raise ValueError(
+                f"--block-len {cfg.block_len} exceeds preset {cfg.preset!r}'s max_len {model_cfg.max_len}"
+            )
+        model_cfg.to_json(config_path)
+    objective = build_objective(cfg.objective, model_cfg, tok, cfg).to(device)
+    sampler = train.sampler(cfg.batch_size, seed=cfg.seed)
+    return RunParts(tok, model_cfg, objective, train, val, sampler)

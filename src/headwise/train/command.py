@@ -1,0 +1,135 @@
+"""``headwise train | check | generate | eval``: the training run and what reads it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .config import TrainConfig
+
+
+def register(sub) -> None:
+    t = sub.add_parser("train", help="train a model from scratch (mlm, rtd or clm)",
+                       description="Train a model from random weights; see README for the run directory.")
+    d = TrainConfig()
+    t.add_argument("--objective", choices=["mlm", "rtd", "clm"], default="mlm")
+    t.add_argument("--corpus", default=None,
+                   help="a file or folder (.txt .md .jsonl), stdlib-docs, stdlib-code or hf:NAME[:CONFIG] "
+                        "(default: stdlib-docs for mlm/rtd, stdlib-code for clm)")
+    t.add_argument("--preset", default=d.preset, help="tiny, electra-small, bert-base, gpt2-small")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {d.steps})")
+    g.add_argument("--max-time", type=float, default=None, help="minutes; the schedule assumes --steps")
+    t.add_argument("--out", default=None, help="run directory (default runs/<objective>-<preset>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    for name, typ in (("batch-size", int), ("block-len", int), ("accum", int), ("lr", float),
+                      ("weight-decay", float), ("warmup", int), ("grad-clip", float), ("eval-every", int),
+                      ("eval-batches", int), ("log-every", int), ("checkpoint-every", int), ("seed", int),
+                      ("vocab-size", int), ("dropout", float)):
+        field = name.replace("-", "_")
+        t.add_argument(f"--{name}", type=typ, default=getattr(d, field), dest=field)
+    t.add_argument("--decay", choices=["cosine", "linear", "constant"], default=d.decay)
+    t.add_argument("--tokenizer", default=None, help="a tokenizer.json to use instead of training one")
+    t.add_argument("--tokenizer-kind", choices=["wordpiece", "bpe", "char"], default=None)
+    t.add_argument("--whole-word-masking", action="store_true")
+    t.add_argument("--rtd-generator", choices=["model", "uniform"], default=d.rtd_generator,
+                   help="'uniform': generator-free random replacement (ablation)")
+    t.add_argument("--model", type=_overrides, default={},
+                   help="override preset fields, e.g. d_model=64,n_layers=2,positions=rope")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--no-sanity-checks", dest="sanity_checks", action="store_false")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=run_train)
+
+    c = sub.add_parser("check", help="run the sanity checks on a run directory")
+    c.add_argument("run", type=Path)
+    c.set_defaults(func=run_check)
+
+    gen = sub.add_parser("generate", help="sample text from a trained decoder (clm run)")
+    gen.add_argument("run", type=Path)
+    gen.add_argument("--prompt", default="")
+    gen.add_argument("--max-new-tokens", type=int, default=100)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int, default=50)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=run_generate)
+
+    e = sub.add_parser("eval", help="evaluate a run on its validation split or another corpus")
+    e.add_argument("run", type=Path)
+    e.add_argument("--corpus", default=None, help="evaluate on this corpus instead of the run's validation split")
+    e.add_argument("--batches", type=int, default=50)
+    e.set_defaults(func=run_eval)
+
+
+def _overrides(text: str) -> dict:
+    """``"a=1,b=x"`` -> ``{"a": 1, "b": "x"}`` (values parsed as JSON when they can be)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"--model expects KEY=VALUE pairs, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .loop import Trainer
+
+    fields = {k: v for k, v in vars(args).items()
+              if k in TrainConfig.__dataclass_fields__ and v is not None}
+    fields.setdefault("out", f"runs/{args.objective}-{args.preset}")
+    if args.max_time is not None and args.steps is None:
+        fields["steps"] = 10**9 if args.max_time else TrainConfig().steps
+        # with only a time budget the schedule cannot know its length: keep the lr flat
+        fields["decay"] = "constant"
+    cfg = TrainConfig(**fields)
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+    val = trainer.run()
+    print(f"run {trainer.run_dir}: step {trainer.step}; validation " + json.dumps(
+        {k: round(v, 4) for k, v in val.items()}))
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from .reader import load_run
+    from .sanity import run_checks
+
+    run = load_run(args.run, fresh_weights=True)
+    batch = run.train.batch(run.train.sampler(min(8, len(run.train)), seed=0).batch_indices(0))
+    results = run_checks(run.objective, batch, run.tokenizer.vocab_size, run.cfg.objective)
+    for r in results:
+        print(r.line())
+    return 0 if all(r.passed for r in results) else 1
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .reader import load_run
+
+    run = load_run(args.run)
+    if run.cfg.objective != "clm":
+        raise ValueError(f"generate needs a decoder (a clm run); {args.run} is a {run.cfg.objective} run")
+    tok = run.tokenizer
+    ids = tok.encode(args.prompt) if args.prompt else [tok.eos_id]
+    x = torch.tensor([ids], dtype=torch.long)
+    g = torch.Generator().manual_seed(args.seed)
+    out = run.objective.model.generate(x, args.max_new_tokens, temperature=args.temperature,
+                                       top_k=args.top_k, generator=g)
+    print(tok.decode(out[0].tolist()))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .reader import evaluate_run, load_run
+
+    run = load_run(args.run)
+    metrics = evaluate_run(run, corpus=args.corpus, max_batches=args.batches)
+    print(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=2))
+    return 0

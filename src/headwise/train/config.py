@@ -1,0 +1,92 @@
+"""TrainConfig: everything that defines a training run, saved as run.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TrainConfig", "DEFAULT_CORPUS"]
+
+OBJECTIVES = ("mlm", "rtd", "clm")
+# the built-in corpora, present on every machine (the running Python's standard library)
+DEFAULT_CORPUS = {"mlm": "stdlib-docs", "rtd": "stdlib-docs", "clm": "stdlib-code"}
+
+
+@dataclass
+class TrainConfig:
+    """A training run. ``steps`` are optimizer steps; each takes ``accum`` batches of
+    ``batch_size`` blocks of ``block_len`` tokens."""
+
+    objective: str = "mlm"
+    corpus: str | None = None  # None: DEFAULT_CORPUS[objective]
+    preset: str = "tiny"
+    out: str = "runs/default"
+    steps: int = 1000
+    max_time: float | None = None  # minutes; stops (with a checkpoint) when reached
+    batch_size: int = 32
+    block_len: int = 128
+    accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup: int = 100
+    decay: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_batches: int = 20
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    seed: int = 0
+    tokenizer: str | None = None  # a tokenizer.json to load instead of training one
+    tokenizer_kind: str | None = None  # wordpiece | bpe | char; None: by objective
+    vocab_size: int = 8192
+    val_fraction: float = 0.05
+    whole_word_masking: bool = False
+    rtd_generator: str = "model"  # model | uniform (generator-free corruption)
+    rtd_disc_weight: float = 50.0
+    compile: bool = False
+    device: str = "auto"
+    dropout: float | None = None  # None: the preset's
+    sanity_checks: bool = True
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's ModelConfig
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        for name in ("steps", "batch_size", "block_len", "accum", "eval_every", "log_every",
+                     "checkpoint_every", "eval_batches", "keep_checkpoints", "vocab_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be positive minutes, got {self.max_time}")
+        if self.decay not in ("cosine", "linear", "constant"):
+            raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
+        if self.rtd_generator not in ("model", "uniform"):
+            raise ValueError(f"rtd_generator must be 'model' or 'uniform', got {self.rtd_generator!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        self.betas = tuple(self.betas)  # JSON gives a list
+        if self.corpus is None:
+            self.corpus = DEFAULT_CORPUS[self.objective]
+
+    def to_json(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainConfig:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
+        return cls(**data)

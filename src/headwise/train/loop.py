@@ -1,0 +1,227 @@
+"""The training loop: from a TrainConfig to a run directory.
+
+A run directory holds ``run.json`` (the TrainConfig), ``config.json`` (the model),
+``tokenizer.json``, ``metrics.jsonl``, ``loss.png`` and ``checkpoints/``. Batches
+are a pure function of the step (see :class:`headwise.data.BlockSampler`) and every
+random state is checkpointed, so ``resume=True`` continues exactly: a run
+interrupted and resumed ends with the same weights as one that was not.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .build import RunParts, build_parts
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .evaluate import evaluate_blocks
+from .metrics import MetricsLog, plot_loss_curve
+from .schedule import make_scheduler
+
+__all__ = ["Trainer", "NonFiniteError", "prepare_run_dir"]
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN or infinite."""
+
+
+def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Create ``out``, refusing to touch an existing run unless asked."""
+    out = Path(out)
+    if resume and overwrite:
+        raise ValueError("choose one of resume and overwrite, not both")
+    if resume:
+        if not (out / "run.json").is_file():
+            raise FileNotFoundError(f"--resume: {out} holds no headwise run (no run.json)")
+        return out
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"run directory {out} already exists and is not empty; pass --resume to continue "
+                f"it or --overwrite to replace it"
+            )
+        if not (out / "run.json").is_file():
+            raise FileExistsError(
+                f"--overwrite refused: {out} is not a headwise run directory (no run.json); "
+                f"choose another --out"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices, none on biases, norms and other vectors."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Owns one run: builds the parts, trains, evaluates, checkpoints.
+
+    Args:
+        cfg: the run's settings (ignored on resume: the saved run.json is used).
+        resume: continue the run in ``cfg.out`` from its last checkpoint.
+        overwrite: replace an existing run directory.
+        progress: show a progress bar.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True) -> None:
+        self.run_dir = prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
+        if resume:
+            saved = TrainConfig.from_json(self.run_dir / "run.json")
+            # a resumed run may be given more steps or time; nothing else may change
+            saved.steps, saved.max_time = cfg.steps, cfg.max_time
+            cfg = saved
+        cfg.to_json(self.run_dir / "run.json")
+        self.cfg = cfg
+        self.progress = progress
+        self.device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.parts: RunParts = build_parts(cfg, self.run_dir, self.device, resume=resume)
+        self.objective = self.parts.objective
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.objective, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+            fused=self.device.type == "cuda" or None,
+        )
+        self.scheduler = make_scheduler(self.optimizer, warmup=cfg.warmup, total=cfg.steps,
+                                        decay=cfg.decay, min_ratio=cfg.min_lr_ratio)
+        self.mask_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+        self.step = 0
+        self.resumed_from: Path | None = None
+        if resume:
+            ckpt = latest_checkpoint(self.run_dir)
+            if ckpt is not None:
+                self._restore(ckpt)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else -1)
+        self.forward = torch.compile(self.objective) if cfg.compile else self.objective
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state({"mask": self.mask_rng}),
+        }
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir, self.step, self.objective, self._state(),
+                               keep=self.cfg.keep_checkpoints)
+
+    def _restore(self, ckpt: Path) -> None:
+        state = load_checkpoint(ckpt, self.objective, map_location=self.device)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], {"mask": self.mask_rng})
+        self.step = state["step"]
+        self.resumed_from = ckpt
+
+    # ------------------------------------------------------------------ steps
+    def _batch(self, micro: int) -> torch.Tensor:
+        idx = self.parts.sampler.batch_indices(self.step * self.cfg.accum + micro)
+        return self.parts.train.batch(idx).to(self.device, non_blocking=True)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (``accum`` micro-batches); returns averaged metrics."""
+        self.objective.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(self.cfg.accum):
+            out = self.forward(self._batch(micro), generator=self.mask_rng)
+            if not torch.isfinite(out.loss):
+                self._fail(f"the loss is {out.loss.item()} at step {self.step}")
+            (out.loss / self.cfg.accum).backward()
+            for k, v in {"loss": out.loss.item(), **out.metrics}.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / self.cfg.accum
+        for name, p in self.objective.named_parameters():
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                self._fail(f"the gradient of parameter {name!r} is not finite at step {self.step}")
+        norm = nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        totals["grad_norm"] = float(norm)
+        totals["lr"] = self.scheduler.get_last_lr()[0]
+        return totals
+
+    def _fail(self, what: str) -> None:
+        path = self.save()  # the weights are still those before this step: worth keeping
+        raise NonFiniteError(f"{what}; stopped and saved the last good state to {path}")
+
+    def evaluate(self, split: str = "val", max_batches: int | None = None) -> dict[str, float]:
+        """Mean metrics over up to ``max_batches`` batches of ``split``."""
+        blocks = self.parts.val if split == "val" else self.parts.train
+        return evaluate_blocks(self.objective, blocks, batch_size=self.cfg.batch_size,
+                               max_batches=self.cfg.eval_batches if max_batches is None else max_batches,
+                               device=self.device)
+
+    # ------------------------------------------------------------------ run
+    def run(self, until_step: int | None = None) -> dict[str, float]:
+        """Train to ``cfg.steps`` (or ``until_step``, or ``cfg.max_time``), then
+        checkpoint; returns the last validation metrics."""
+        cfg = self.cfg
+        stop = cfg.steps if until_step is None else min(until_step, cfg.steps)
+        if self.step == 0 and cfg.sanity_checks and self.resumed_from is None:
+            from .sanity import run_start_checks
+
+            for line in run_start_checks(self):
+                self._print(line)
+        tokens_per_step = cfg.batch_size * cfg.block_len * cfg.accum
+        t0 = time.perf_counter()
+        start_step = self.step
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=stop, initial=self.step, unit="step", dynamic_ncols=True)
+        last_val: dict[str, float] = {}
+        try:
+            while self.step < stop:
+                m = self.train_step()
+                elapsed = time.perf_counter() - t0
+                tok_s = (self.step - start_step) * tokens_per_step / max(elapsed, 1e-9)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
+                if self.step % cfg.log_every == 0 or self.step == stop:
+                    self.metrics.write({"step": self.step, "split": "train", "tokens_per_s": tok_s,
+                                        "elapsed_s": elapsed, **m})
+                if self.step % cfg.eval_every == 0 or self.step == stop:
+                    last_val = self.evaluate()
+                    self.metrics.write({"step": self.step, "split": "val", **last_val})
+                    plot_loss_curve(self.metrics.read(), self.run_dir / "loss.png",
+                                    title=f"{cfg.objective} {cfg.preset} on {cfg.corpus}")
+                    self._print(f"step {self.step}: val " + ", ".join(
+                        f"{k} {v:.4g}" for k, v in last_val.items()))
+                if self.step % cfg.checkpoint_every == 0 or self.step == stop:
+                    self.save()
+                if cfg.max_time is not None and elapsed > cfg.max_time * 60:
+                    self._print(f"--max-time {cfg.max_time} min reached at step {self.step}")
+                    self.save()
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return last_val
+
+    def _print(self, line: str) -> None:
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line)
