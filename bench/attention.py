@@ -72,15 +72,16 @@ def peak_memory_mb(impl: str, seq: int, causal: bool) -> float:
     """Peak memory (MB) above the resident set before one forward+backward, in a fresh
     process. Large blocks are mmapped (MALLOC_MMAP_THRESHOLD_) so freed memory leaves
     the resident set, and the kernel's peak (VmHWM) is reset just before the step."""
+    bench_dir = str(Path(__file__).resolve().parent)
     code = (
-        "import sys; sys.path.insert(0, %r); import attention as b, gc\n"
-        "s = b.build(%r, %d, %r); gc.collect()\n"
+        f"import sys; sys.path.insert(0, {bench_dir!r}); import attention as b, gc\n"
+        f"s = b.build({impl!r}, {seq}, {causal!r}); gc.collect()\n"
         "def kb(key):\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith(key): return int(line.split()[1])\n"
         "open('/proc/self/clear_refs', 'w').write('5')\n"
         "r0 = kb('VmRSS:'); s(); print((kb('VmHWM:') - r0) / 1024)"
-    ) % (str(Path(__file__).resolve().parent), impl, seq, causal)
+    )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])

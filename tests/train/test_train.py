@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from headwise.cli import main
-from headwise.train import NonFiniteError, Trainer, TrainConfig
+from headwise.train import NonFiniteError, TrainConfig, Trainer
 from headwise.train.checkpoint import latest_checkpoint
 from headwise.train.schedule import lr_lambda
 

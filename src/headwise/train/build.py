@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import BlockSampler, Tokenizer, TokenBlocks, build_blocks, load_corpus, load_or_train_tokenizer
+from ..data import BlockSampler, TokenBlocks, Tokenizer, build_blocks, load_corpus, load_or_train_tokenizer
 from ..models import CONFIG_NAME, ModelConfig, get_preset
 from .config import TrainConfig
 

@@ -34,7 +34,7 @@ def rng_state(extra: dict[str, torch.Generator] | None = None) -> dict[str, Any]
     CUDA) and any named ``torch.Generator``s."""
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (the legacy global state is what code uses)
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "generators": {k: g.get_state() for k, g in (extra or {}).items()},
@@ -45,7 +45,7 @@ def rng_state(extra: dict[str, torch.Generator] | None = None) -> dict[str, Any]
 def set_rng_state(state: dict[str, Any], extra: dict[str, torch.Generator] | None = None) -> None:
     """Restore what :func:`rng_state` captured."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
