@@ -407,17 +407,18 @@ def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
 _FWD_CONFIGS = {
     "small": [_cfg(128, 64, 4, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3)],  # D <= 64
     "medium": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 2)],  # D <= 128
-    "large": [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 2)],  # D <= 256
+    "large": [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 2),  # D <= 256
+              _cfg(32, 32, 4, 1)],  # the last of each list fits fp32 tiles too
 }
 _DKDV_CONFIGS = {  # BLOCK_N: the key tile a program owns; BLOCK_M: its query step
     "small": [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3)],
     "medium": [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 3)],
-    "large": [_cfg(32, 64, 8, 2), _cfg(64, 64, 8, 1), _cfg(16, 64, 4, 2)],
+    "large": [_cfg(32, 64, 8, 2), _cfg(64, 64, 8, 1), _cfg(16, 64, 4, 2), _cfg(16, 32, 4, 1)],
 }
 _DQ_CONFIGS = {
     "small": [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3)],
     "medium": [_cfg(128, 32, 8, 3), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 3)],
-    "large": [_cfg(64, 32, 4, 2), _cfg(64, 64, 8, 1), _cfg(64, 16, 4, 2)],
+    "large": [_cfg(64, 32, 4, 2), _cfg(64, 64, 8, 1), _cfg(64, 16, 4, 2), _cfg(32, 16, 4, 1)],
 }
 _CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}
 # Without autotuning (HEADWISE_TILED_AUTOTUNE=0): the first config that compiles,
