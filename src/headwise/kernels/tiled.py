@@ -240,6 +240,31 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
     return dk, dv
 
 
+@triton.jit
+def _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, b, h, H,
+               stride_qb, stride_qh, stride_qm, stride_qd,
+               stride_dob, stride_doh, stride_dom, stride_dod,
+               start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq, qk_scale,
+               CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+               DOT_PREC: tl.constexpr):
+    """One query head's contribution to a key tile's dk, dv: the query tiles on a
+    mask boundary, then those that see every key of the tile."""
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_dob + h * stride_doh
+    lse_base = LSE + (b * H + h) * Tq
+    delta_base = DELTA + (b * H + h) * Tq
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                         stride_qm, stride_qd, stride_dom, stride_dod,
+                         start_m, mask_end, offs_n, kv_end, causal_off, Tq, qk_scale,
+                         True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+                         stride_qm, stride_qd, stride_dom, stride_dod,
+                         full_from, Tq, offs_n, kv_end, causal_off, Tq, qk_scale,
+                         False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC)
+    return dk, dv
+
+
 @triton.jit(do_not_specialize=["H", "HKV", "GROUP", "Tq", "Tk", "SEQ_BUCKET"])
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, KLEN,
                    stride_qb, stride_qh, stride_qm, stride_qd,
@@ -251,7 +276,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, KLEN,
                    H, HKV, GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET,
                    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
-                   DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   DOT_PREC: tl.constexpr, GQA: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
     num_n = tl.cdiv(Tk, BLOCK_N)
     pid = tl.program_id(0)
     bhkv = pid // num_n
@@ -285,20 +311,21 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, KLEN,
     full_from = tl.where(n0 >= kv_end, Tq, full_from)
     mask_end = tl.minimum(full_from, Tq)
 
-    for g in range(0, GROUP):
-        h = hkv * GROUP + g
-        q_base = Q + b * stride_qb + h * stride_qh
-        do_base = DO + b * stride_dob + h * stride_doh
-        lse_base = LSE + (b * H + h) * Tq
-        delta_base = DELTA + (b * H + h) * Tq
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                             stride_qm, stride_qd, stride_dom, stride_dod,
-                             start_m, mask_end, offs_n, kv_end, causal_off, Tq, qk_scale,
-                             True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                             stride_qm, stride_qd, stride_dom, stride_dod,
-                             full_from, Tq, offs_n, kv_end, causal_off, Tq, qk_scale,
-                             False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC)
+    if GQA:  # the whole group's gradients meet in dk, dv
+        for g in range(0, GROUP):
+            dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, b, hkv * GROUP + g, H,
+                                stride_qb, stride_qh, stride_qm, stride_qd,
+                                stride_dob, stride_doh, stride_dom, stride_dod,
+                                start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq,
+                                qk_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M,
+                                DOT_PREC)
+    else:  # no loop around the pipelined loops: ptxas then keeps it all in registers
+        dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, b, hkv, H,
+                            stride_qb, stride_qh, stride_qm, stride_qd,
+                            stride_dob, stride_doh, stride_dom, stride_dod,
+                            start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq,
+                            qk_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M,
+                            DOT_PREC)
 
     dk = dk * sm_scale
     _store_tile(DK + b * stride_dkb + hkv * stride_dkh + offs_n[:, None] * stride_dkn
@@ -402,23 +429,26 @@ def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
 
 
 # Hopper (H100/H200, 228 KB shared memory per SM). Small lists on purpose: each
-# config compiles once per head dim/dtype/mask combination. Configs that do not
-# fit in shared memory are discarded by the autotuner (OutOfResources).
+# config compiles once per head dim/dtype/mask combination. Chosen by compiling
+# every candidate for sm_90a (bf16, causal, key lengths) and keeping those that
+# ptxas reports with no or few register spills; the last config of each list has
+# tiles small enough for fp32 too. Configs that do not fit in shared memory are
+# discarded by the autotuner (OutOfResources).
 _FWD_CONFIGS = {
-    "small": [_cfg(128, 64, 4, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3)],  # D <= 64
-    "medium": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 64, 4, 2)],  # D <= 128
-    "large": [_cfg(64, 64, 4, 2), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 2),  # D <= 256
-              _cfg(32, 32, 4, 1)],  # the last of each list fits fp32 tiles too
+    "small": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3)],  # D <= 64
+    "medium": [_cfg(128, 32, 8, 3), _cfg(64, 64, 8, 3), _cfg(128, 64, 8, 3),  # D <= 128
+               _cfg(64, 64, 4, 2)],
+    "large": [_cfg(64, 32, 8, 2), _cfg(64, 64, 8, 2), _cfg(32, 32, 4, 1)],  # D <= 256
 }
 _DKDV_CONFIGS = {  # BLOCK_N: the key tile a program owns; BLOCK_M: its query step
-    "small": [_cfg(32, 128, 4, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3)],
-    "medium": [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 3)],
-    "large": [_cfg(32, 64, 8, 2), _cfg(64, 64, 8, 1), _cfg(16, 64, 4, 2), _cfg(16, 32, 4, 1)],
+    "small": [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3)],
+    "medium": [_cfg(32, 64, 8, 3), _cfg(16, 64, 4, 3), _cfg(64, 64, 8, 3), _cfg(32, 64, 4, 2)],
+    "large": [_cfg(32, 32, 8, 2), _cfg(16, 32, 8, 2), _cfg(16, 32, 4, 1)],
 }
 _DQ_CONFIGS = {
-    "small": [_cfg(128, 32, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3)],
-    "medium": [_cfg(128, 32, 8, 3), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 3)],
-    "large": [_cfg(64, 32, 4, 2), _cfg(64, 64, 8, 1), _cfg(64, 16, 4, 2), _cfg(32, 16, 4, 1)],
+    "small": [_cfg(128, 32, 8, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3)],
+    "medium": [_cfg(64, 32, 8, 3), _cfg(128, 32, 8, 3), _cfg(64, 32, 4, 2)],
+    "large": [_cfg(32, 16, 4, 2), _cfg(64, 32, 8, 2), _cfg(32, 16, 4, 1)],
 }
 _CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}
 # Without autotuning (HEADWISE_TILED_AUTOTUNE=0): the first config that compiles,
@@ -569,7 +599,8 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
     _launch("dkdv", _attn_bwd_dkdv, tk, b * hkv,
             (q, k, v, dout, lse, delta, dk, dv, klen, *common, *dk.stride(), *dv.stride(),
-             h, hkv, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta, q.dtype)
+             h, hkv, h // hkv, tq, tk, scale * _LOG2E, scale, bucket),
+            {**meta, "GQA": h > hkv}, q.dtype)
     _launch("dq", _attn_bwd_dq, tq, b * h,
             (q, k, v, dout, lse, delta, dq, klen, *common, *dq.stride(),
              h, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta, q.dtype)
