@@ -6,8 +6,11 @@ backends. Swap one import::
 
     from headwise.nn import MultiheadAttention   # was: from torch.nn import ...
 
-Differences from torch, both deliberate: query rows that can see no key give zeros
-(output and weights) instead of NaN, and ``backend=`` picks how attention runs.
+Differences from torch, all deliberate: query rows that can see no key give zeros
+(output and weights) instead of NaN; ``backend=`` picks how attention runs; and with
+``is_causal=True`` plus ``add_zero_attn``/``add_bias_kv``, headwise applies the mask it
+was given (every query also sees the appended key) where torch, taking the hint, applies
+a top-left causal mask to the extended keys and so hides the appended key from every query.
 """
 
 from __future__ import annotations
