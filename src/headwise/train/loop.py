@@ -114,7 +114,13 @@ class Trainer:
             if ckpt is not None:
                 self._restore(ckpt)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else -1)
-        self.forward = torch.compile(self.objective) if cfg.compile else self.objective
+        if cfg.compile:
+            # compile the models, not the objective: its metrics call .item(), which
+            # would break the graph at every step
+            for child in self.objective.children():
+                if any(True for _ in child.parameters()):
+                    child.compile()
+        self.forward = self.objective
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
