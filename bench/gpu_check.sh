@@ -31,13 +31,16 @@ if torch.cuda.is_available() else 'NO CUDA')"
 } 2>&1 | tee -a "$OUT/gpu_env.log"
 
 echo "== 2/3 CUDA tests" | tee "$OUT/gpu_tests.log"
-timeout 180 "$PY" -m pytest -q -m gpu tests/kernels -x -p no:cacheprovider --durations=10 \
+timeout "${TEST_TIMEOUT:-180}" "$PY" -m pytest -q -m gpu tests/kernels -x -p no:cacheprovider --durations=10 \
   2>&1 | tee -a "$OUT/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== 3/3 benchmark" | tee "$OUT/gpu_attention.log"
-timeout 225 "$PY" bench/gpu_attention.py --budget-s 180 2>&1 | tee -a "$OUT/gpu_attention.log"
+timeout $(( ${BENCH_BUDGET:-180} + 45 )) "$PY" bench/gpu_attention.py --budget-s "${BENCH_BUDGET:-180}" 2>&1 | tee -a "$OUT/gpu_attention.log"
 bench_rc=${PIPESTATUS[0]}
+
+echo "== 4/4 tile planner against torch.matmul" | tee "$OUT/planner_gpu.log"
+timeout 90 "$PY" bench/planner.py --device cuda 2>&1 | tee -a "$OUT/planner_gpu.log"
 
 echo "== done: tests rc=$tests_rc, benchmark rc=$bench_rc (124 = timed out)" \
   | tee -a "$OUT/gpu_attention.log"
