@@ -42,6 +42,11 @@ def register(sub) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--no-sanity-checks", dest="sanity_checks", action="store_false")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="train on N local processes (data parallel; gloo on CPU, NCCL on GPUs); "
+                        "--batch-size stays the global batch. For several machines use torchrun -m headwise.train")
+    t.add_argument("--tp", type=int, default=1,
+                   help="head-parallel degree: split each attention layer's heads over this many of the processes")
     t.set_defaults(func=run_train)
 
     c = sub.add_parser("check", help="run the sanity checks on a run directory")
@@ -89,6 +94,20 @@ def run_train(args: argparse.Namespace) -> int:
         # with only a time budget the schedule cannot know its length: keep the lr flat
         fields["decay"] = "constant"
     cfg = TrainConfig(**fields)
+    nproc, tp = getattr(args, "nproc", 1), getattr(args, "tp", 1)
+    from ..distributed.ddp import in_distributed_env
+
+    if in_distributed_env():  # started by torchrun: this process is one rank
+        if nproc != 1:
+            raise ValueError(f"--nproc {nproc} inside torchrun: torchrun already started the processes; drop --nproc")
+        from ..distributed.trainer import run_distributed
+
+        run_distributed(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, tp=tp)
+        return 0
+    if nproc != 1 or tp != 1:
+        from ..distributed.trainer import launch
+
+        return launch(cfg, nproc, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, tp=tp)
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     val = trainer.run()
     print(f"run {trainer.run_dir}: step {trainer.step}; validation " + json.dumps(

@@ -81,24 +81,22 @@ class Trainer:
         progress: show a progress bar.
     """
 
+    #: whether this process writes the run directory (metrics, figures, checkpoints);
+    #: False on every rank but 0 of a distributed run (headwise.distributed).
+    is_main: bool = True
+
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                  progress: bool = True) -> None:
-        self.run_dir = prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
-        if resume:
-            saved = TrainConfig.from_json(self.run_dir / "run.json")
-            # a resumed run may be given more steps or time; nothing else may change
-            saved.steps, saved.max_time = cfg.steps, cfg.max_time
-            cfg = saved
-        cfg.to_json(self.run_dir / "run.json")
+        self.run_dir, cfg = self._open_run_dir(cfg, resume=resume, overwrite=overwrite)
         self.cfg = cfg
         self.progress = progress
-        self.device = pick_device(cfg.device)
+        self.device = self._pick_device(cfg)
         if self.device.type == "cpu":
             # Adam's second moments of tiny gradients reach subnormal floats, which x86
             # handles ~100x slower; flushing them to zero costs nothing in accuracy here.
             torch.set_flush_denormal(True)
         torch.manual_seed(cfg.seed)
-        self.parts: RunParts = build_parts(cfg, self.run_dir, self.device, resume=resume)
+        self.parts: RunParts = self._build_parts(cfg, resume=resume)
         self.objective = self.parts.objective
         self.optimizer = torch.optim.AdamW(
             param_groups(self.objective, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
@@ -113,7 +111,9 @@ class Trainer:
             ckpt = latest_checkpoint(self.run_dir)
             if ckpt is not None:
                 self._restore(ckpt)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if resume else -1)
+        # only the writing process may trim the log of a resumed run
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
+                                  resume_step=(self.step if resume else -1) if self.is_main else None)
         if cfg.compile:
             # compile the models, not the objective: its metrics call .item(), which
             # would break the graph at every step
@@ -121,6 +121,26 @@ class Trainer:
                 if any(True for _ in child.parameters()):
                     child.compile()
         self.forward = self.objective
+
+    # ------------------------------------------------------------------ setup
+    # The _open_run_dir/_pick_device/_build_parts/_micro_step/_reduce_metrics/_clip_grad_norm
+    # hooks are what headwise.distributed's trainer overrides; here they are the
+    # single-process behaviour.
+    def _open_run_dir(self, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> tuple[Path, TrainConfig]:
+        run_dir = prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
+        if resume:
+            saved = TrainConfig.from_json(run_dir / "run.json")
+            # a resumed run may be given more steps or time; nothing else may change
+            saved.steps, saved.max_time = cfg.steps, cfg.max_time
+            cfg = saved
+        cfg.to_json(run_dir / "run.json")
+        return run_dir, cfg
+
+    def _pick_device(self, cfg: TrainConfig) -> torch.device:
+        return pick_device(cfg.device)
+
+    def _build_parts(self, cfg: TrainConfig, *, resume: bool) -> RunParts:
+        return build_parts(cfg, self.run_dir, self.device, resume=resume)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
@@ -153,13 +173,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for micro in range(self.cfg.accum):
-            out = self.forward(self._batch(micro), generator=self.mask_rng)
-            if not torch.isfinite(out.loss):
-                self._fail(f"the loss is {out.loss.item()} at step {self.step}")
-            (out.loss / self.cfg.accum).backward()
-            for k, v in {"loss": out.loss.item(), **out.metrics}.items():
+            for k, v in self._micro_step(micro).items():
                 totals[k] = totals.get(k, 0.0) + float(v) / self.cfg.accum
-        norm = nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
+        totals = self._reduce_metrics(totals)
+        norm = self._clip_grad_norm()
         if not torch.isfinite(norm):  # one reduction; look for the culprit only when needed
             for name, p in self.objective.named_parameters():
                 if p.grad is not None and not torch.isfinite(p.grad).all():
@@ -170,6 +187,20 @@ class Trainer:
         totals["grad_norm"] = float(norm)
         totals["lr"] = self.scheduler.get_last_lr()[0]
         return totals
+
+    def _micro_step(self, micro: int) -> dict[str, float]:
+        """Forward and backward of micro-batch ``micro``; returns its metrics."""
+        out = self.forward(self._batch(micro), generator=self.mask_rng)
+        if not torch.isfinite(out.loss):
+            self._fail(f"the loss is {out.loss.item()} at step {self.step}")
+        (out.loss / self.cfg.accum).backward()
+        return {"loss": out.loss.item(), **out.metrics}
+
+    def _reduce_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+        return totals
+
+    def _clip_grad_norm(self) -> torch.Tensor:
+        return nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
 
     def _fail(self, what: str) -> None:
         path = self.save()  # the weights are still those before this step: worth keeping
@@ -210,14 +241,15 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tok_s:,.0f}")
-                if self.step % cfg.log_every == 0 or self.step == stop:
+                if self.is_main and (self.step % cfg.log_every == 0 or self.step == stop):
                     self.metrics.write({"step": self.step, "split": "train", "tokens_per_s": tok_s,
                                         "elapsed_s": elapsed, **m})
                 if self.step % cfg.eval_every == 0 or self.step == stop:
                     last_val = self.evaluate()
-                    self.metrics.write({"step": self.step, "split": "val", **last_val})
-                    plot_loss_curve(self.metrics.read(), self.run_dir / "loss.png",
-                                    title=f"{cfg.objective} {cfg.preset} on {cfg.corpus}")
+                    if self.is_main:
+                        self.metrics.write({"step": self.step, "split": "val", **last_val})
+                        plot_loss_curve(self.metrics.read(), self.run_dir / "loss.png",
+                                        title=f"{cfg.objective} {cfg.preset} on {cfg.corpus}")
                     self._print(f"step {self.step}: val " + ", ".join(
                         f"{k} {v:.4g}" for k, v in last_val.items()))
                 if self.step % cfg.checkpoint_every == 0 or self.step == stop:
