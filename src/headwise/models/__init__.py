@@ -1,8 +1,8 @@
 """Models built from headwise attention: config, blocks, Encoder (BERT/ELECTRA-like),
 Decoder (GPT-like), heads, and named presets."""
 
-from .blocks import MLP, Block, Embeddings, init_weights
-from .config import ACTIVATIONS, CONFIG_NAME, NORMS, POSITIONS, ModelConfig
+from .blocks import MLP, Block, Embeddings, RMSNorm, init_weights, norm_module
+from .config import ACTIVATIONS, CONFIG_NAME, NORM_TYPES, NORMS, POSITIONS, ModelConfig
 from .decoder import Decoder
 from .encoder import (
     Encoder,
@@ -19,10 +19,13 @@ __all__ = [
     "ACTIVATIONS",
     "POSITIONS",
     "NORMS",
+    "NORM_TYPES",
     "CONFIG_NAME",
     "Embeddings",
     "MLP",
     "Block",
+    "RMSNorm",
+    "norm_module",
     "init_weights",
     "Encoder",
     "MLMHead",

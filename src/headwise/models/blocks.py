@@ -3,7 +3,8 @@ the initialisation they share.
 
 Module names are plain and stable so that others can attach hooks by name:
 ``blocks[i].attn`` is the block's :class:`~headwise.attention.MultiHeadAttention`,
-``blocks[i].mlp`` its MLP, ``blocks[i].ln_1`` / ``blocks[i].ln_2`` its LayerNorms.
+``blocks[i].mlp`` its MLP, ``blocks[i].ln_1`` / ``blocks[i].ln_2`` its norms (LayerNorm,
+or :class:`RMSNorm` with ``norm_type="rmsnorm"``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from torch import Tensor, nn
 from ..attention import KVCache, MultiHeadAttention
 from .config import ModelConfig
 
-__all__ = ["Embeddings", "MLP", "Block", "activation_module", "init_weights", "check_input_ids"]
+__all__ = [
+    "Embeddings",
+    "MLP",
+    "Block",
+    "RMSNorm",
+    "norm_module",
+    "activation_module",
+    "init_weights",
+    "check_input_ids",
+]
 
 
 def activation_module(name: str) -> nn.Module:
@@ -30,6 +40,37 @@ def activation_module(name: str) -> nn.Module:
     if name == "swiglu":
         return nn.SiLU()
     raise ValueError(f"activation must be one of gelu, gelu_tanh, relu, swiglu; got {name!r}")
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama): ``x / sqrt(mean(x^2) + eps) * weight`` over the
+    last dimension, ``(..., dim) -> (..., dim)``; no mean subtraction, no bias.
+
+    The statistics are computed in float32 whatever the input dtype, and the result is
+    cast back before the weight is applied, as Hugging Face's LlamaRMSNorm does, so a
+    bf16 model imported from a Llama checkpoint rounds the same way.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def norm_module(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    """The block/final norm ``cfg.norm_type`` asks for, ``dim`` wide (default d_model)."""
+    dim = cfg.d_model if dim is None else dim
+    if cfg.norm_type == "rmsnorm":
+        return RMSNorm(dim, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps)
 
 
 def check_input_ids(input_ids: Tensor, name: str = "input_ids") -> None:
@@ -149,9 +190,9 @@ class Block(nn.Module):
             rope=cfg.positions == "rope",
             rope_theta=cfg.rope_theta,
         )
-        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.ln_1 = norm_module(cfg)
         self.mlp = MLP(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.ln_2 = norm_module(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -198,6 +239,8 @@ def init_weights(module: nn.Module, cfg: ModelConfig) -> None:
                 nn.init.ones_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, RMSNorm):
+            nn.init.ones_(m.weight)
         elif isinstance(m, MultiHeadAttention):
             for w in m._split_weights():
                 w.normal_(0.0, std)

@@ -14,13 +14,16 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["ModelConfig", "ACTIVATIONS", "POSITIONS", "NORMS", "CONFIG_NAME"]
+__all__ = ["ModelConfig", "ACTIVATIONS", "POSITIONS", "NORMS", "NORM_TYPES", "CONFIG_NAME"]
 
 #: ``gelu`` is the exact (erf) GELU of BERT/ELECTRA; ``gelu_tanh`` is GPT-2's tanh
 #: approximation (Hugging Face calls it ``gelu_new``); ``swiglu`` is Llama's gated MLP.
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
 POSITIONS = ("learned", "rope")
 NORMS = ("pre", "post")
+#: ``layernorm`` (BERT, GPT-2: centre, scale, shift) or ``rmsnorm`` (Llama: scale only,
+#: no mean subtraction and no bias).
+NORM_TYPES = ("layernorm", "rmsnorm")
 #: file name used when ``to_json``/``from_json`` are given a directory.
 CONFIG_NAME = "config.json"
 
@@ -49,13 +52,17 @@ class ModelConfig:
         tied_embeddings: the output projection (LM/MLM decoder) reuses the token
             embedding matrix.
         activation: one of :data:`ACTIVATIONS`.
-        layer_norm_eps: LayerNorm epsilon (BERT 1e-12, GPT-2 1e-5).
+        layer_norm_eps: epsilon of every norm (BERT 1e-12, GPT-2 1e-5, Llama's
+            RMSNorm 1e-6 or 1e-5).
         type_vocab_size: number of BERT token types (segments); 0 for none. Encoder only.
         embedding_size: width of the embedding tables when it differs from
             ``d_model`` (ELECTRA/ALBERT): embeddings are projected to ``d_model``.
             None = ``d_model``. Encoder only.
         bias: biases in the attention and MLP projections.
         rope_theta: RoPE base (``positions="rope"`` only).
+        norm_type: one of :data:`NORM_TYPES`: ``"layernorm"`` or ``"rmsnorm"`` (Llama).
+            Used for the blocks' and the final norm; BERT-style embedding and MLM-head
+            norms stay LayerNorms.
         init_std: standard deviation of the normal initialisation.
         attn_backend: attention backend name passed to every
             :class:`~headwise.attention.MultiHeadAttention` (``"auto"`` picks per call).
@@ -82,6 +89,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     init_std: float = 0.02
     attn_backend: str = "auto"
+    norm_type: str = "layernorm"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
@@ -105,6 +113,7 @@ class ModelConfig:
             )
         _check_choice("positions", self.positions, POSITIONS)
         _check_choice("norm", self.norm, NORMS)
+        _check_choice("norm_type", self.norm_type, NORM_TYPES)
         _check_choice("activation", self.activation, ACTIVATIONS)
         if self.positions == "rope" and self.attn_head_dim % 2 != 0:
             raise ValueError(

@@ -5,7 +5,7 @@ Layout (names are stable hook points)::
 
     embeddings   token (+ learned position) embeddings, dropout          (B, T, d_model)
     blocks[i]    Block: .attn (MultiHeadAttention, causal), .mlp, .ln_1, .ln_2
-    ln_f         final LayerNorm, only with norm="pre" (GPT-2)
+    ln_f         final norm (LayerNorm or RMSNorm), only with norm="pre" (GPT-2)
     lm_head      Linear(d_model, V, bias=False), weight = token embedding when tied
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import KVCache
-from .blocks import Block, Embeddings, check_input_ids, init_weights
+from .blocks import Block, Embeddings, check_input_ids, init_weights, norm_module
 from .config import ModelConfig
 
 __all__ = ["Decoder"]
@@ -43,7 +43,7 @@ class Decoder(nn.Module):
         self.cfg = cfg
         self.embeddings = Embeddings(cfg, layer_norm=False)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+        self.ln_f = norm_module(cfg) if cfg.norm == "pre" else None
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         init_weights(self, cfg)
         if cfg.tied_embeddings:

@@ -7,14 +7,14 @@ Layout (names are stable hook points)::
     embeddings   token + position + token type, LayerNorm, dropout   (B, T, E)
     embed_proj   Linear(E, d_model), only when embedding_size != d_model (ELECTRA)
     blocks[i]    Block: .attn (MultiHeadAttention), .mlp, .ln_1, .ln_2
-    ln_f         final LayerNorm, only with norm="pre"
+    ln_f         final norm (LayerNorm or RMSNorm), only with norm="pre"
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .blocks import Block, Embeddings, activation_module, check_input_ids, init_weights
+from .blocks import Block, Embeddings, activation_module, check_input_ids, init_weights, norm_module
 from .config import ModelConfig
 
 __all__ = ["Encoder", "MLMHead", "RTDHead", "EncoderForMLM", "EncoderForRTD", "build_electra"]
@@ -48,7 +48,7 @@ class Encoder(nn.Module):
             nn.Linear(cfg.embed_dim, cfg.d_model) if cfg.embed_dim != cfg.d_model else None
         )
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm == "pre" else None
+        self.ln_f = norm_module(cfg) if cfg.norm == "pre" else None
         for name, child in self.named_children():
             if not (shared and name == "embeddings"):
                 init_weights(child, cfg)
