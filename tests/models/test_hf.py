@@ -76,6 +76,7 @@ def hf_dir(tmp_path_factory):
         "gpt2": lambda: transformers.GPT2LMHeadModel(gpt2_config()),
         "gpt2_base": lambda: transformers.GPT2Model(gpt2_config(activation_function="gelu")),
         "llama": lambda: transformers.LlamaForCausalLM(llama_config()),
+        "llama_bias": lambda: transformers.LlamaForCausalLM(llama_config(attention_bias=True, mlp_bias=True)),
         "llama_tied": lambda: transformers.LlamaForCausalLM(
             llama_config(tie_word_embeddings=True, num_key_value_heads=1, head_dim=16)
         ),
@@ -132,13 +133,14 @@ def test_gpt2_model_without_head_reads_embeddings_as_head(hf_dir):
         assert max_diff(ours(ids), hidden @ hf.wte.weight.T) < TOL
 
 
-@pytest.mark.parametrize("name", ["llama", "llama_tied"])
+@pytest.mark.parametrize("name", ["llama", "llama_tied", "llama_bias"])
 def test_llama_logits_gqa_rope_rmsnorm_swiglu(hf_dir, name):
     folder, hf = hf_dir[name]
     ours = from_pretrained(folder)
     cfg = ours.cfg
-    assert (cfg.norm_type, cfg.activation, cfg.positions, cfg.bias) == ("rmsnorm", "swiglu", "rope", False)
-    assert cfg.rope_theta == 5e5 and cfg.kv_heads == (2 if name == "llama" else 1)
+    assert (cfg.norm_type, cfg.activation, cfg.positions) == ("rmsnorm", "swiglu", "rope")
+    assert cfg.bias == (name == "llama_bias")
+    assert cfg.rope_theta == 5e5 and cfg.kv_heads == (1 if name == "llama_tied" else 2)
     assert (ours.lm_head.weight is ours.embeddings.tok.weight) == (name == "llama_tied")
     ids, _, _ = batch()
     with torch.no_grad():
@@ -202,6 +204,20 @@ def test_pytorch_bin_and_sharded_safetensors(hf_dir, tmp_path):
             assert max_diff(from_pretrained(f)(ids), want) < TOL
 
 
+def test_tokenizer_is_loaded_and_exported(hf_dir, tmp_path):
+    folder = _copy(hf_dir["bert"][0], tmp_path / "with_vocab")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "head", "##s", "attend"]
+    (folder / "vocab.txt").write_text("\n".join(words + [f"w{i}" for i in range(V - len(words))]) + "\n")
+    ours = from_pretrained(folder)
+    assert ours.tokenizer is not None
+    assert ours.tokenizer("heads attend")["input_ids"] == [2, 5, 6, 7, 3]
+    assert from_pretrained(folder, tokenizer=False).tokenizer is None
+    assert from_pretrained(hf_dir["bert"][0]).tokenizer is None  # no tokenizer files there
+    out = save_pretrained(ours, tmp_path / "exported")
+    again = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert again("heads attend")["input_ids"] == [2, 5, 6, 7, 3]
+
+
 # ------------------------------------------------------------------ export
 def _random_headwise(kind: str) -> torch.nn.Module:
     torch.manual_seed(3)
@@ -256,7 +272,9 @@ def test_export_loads_in_transformers_with_equal_outputs(tmp_path, kind, auto):
         assert torch.equal(theirs[k], v), k
 
 
-@pytest.mark.parametrize("name", ["bert", "bert_mlm", "bert_mlm_untied", "gpt2", "llama", "llama_tied"])
+@pytest.mark.parametrize(
+    "name", ["bert", "bert_mlm", "bert_mlm_untied", "gpt2", "llama", "llama_tied", "llama_bias"]
+)
 def test_hf_to_headwise_to_hf_same_weights(hf_dir, tmp_path, name):
     folder, _ = hf_dir[name]
     out = save_pretrained(from_pretrained(folder), tmp_path / "again")

@@ -12,6 +12,7 @@ from .encoder import (
     RTDHead,
     build_electra,
 )
+from .hf import from_pretrained, load_minilm, save_pretrained
 from .presets import PRESETS, generator_config, get_preset
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "get_preset",
     "generator_config",
     "count_parameters",
+    "from_pretrained",
+    "save_pretrained",
+    "load_minilm",
 ]
 
 
