@@ -1,0 +1,195 @@
+"""How far a quantised model is from its float32 original: every block's output and the
+final output (cosine similarity, relative L1 error), and the task metric."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .convert import quantize
+
+__all__ = ["compare_formats", "default_layers", "evaluate_run_format"]
+
+_BLOCK = re.compile(r"(^|\.)blocks\.\d+$")
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Names of the modules whose outputs are compared by default: every transformer
+    block (``...blocks.<i>``), in forward order."""
+    return [name for name, _ in model.named_modules() if _BLOCK.search(name)]
+
+
+class _Stats:
+    """Running sums over tokens for one compared tensor."""
+
+    def __init__(self) -> None:
+        self.cos_sum = 0.0
+        self.cos_min = math.inf
+        self.n = 0
+        self.abs_err = 0.0
+        self.abs_ref = 0.0
+
+    def add(self, ref: Tensor, got: Tensor) -> None:
+        if ref.shape != got.shape:
+            raise ValueError(f"outputs differ in shape: fp32 {tuple(ref.shape)}, quantised {tuple(got.shape)}")
+        a = ref.detach().double().reshape(-1, ref.shape[-1])
+        b = got.detach().double().reshape(-1, got.shape[-1])
+        cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
+        self.cos_sum += float(cos.sum())
+        self.cos_min = min(self.cos_min, float(cos.min()))
+        self.n += cos.numel()
+        self.abs_err += float((a - b).abs().sum())
+        self.abs_ref += float(a.abs().sum())
+
+    def report(self) -> dict[str, float]:
+        return {"cosine": self.cos_sum / max(self.n, 1), "cosine_min": self.cos_min,
+                "rel_l1": self.abs_err / max(self.abs_ref, 1e-30)}
+
+
+def _first_tensor(output: Any) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise TypeError(f"a compared module must return a tensor (or a tuple starting with one), "
+                    f"got {type(output).__name__}")
+
+
+@torch.no_grad()
+def compare_formats(
+    model_fp32: nn.Module,
+    model_q: nn.Module,
+    batches: Iterable[Any],
+    *,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    layers: list[str] | None = None,
+    task: Callable[[nn.Module], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Compare ``model_q`` (a quantised copy) with ``model_fp32`` on the same inputs.
+
+    For every compared layer and for the final output, over all tokens of all batches:
+    ``cosine`` (mean over tokens of the cosine between the two ``(d,)`` vectors),
+    ``cosine_min`` (the worst token), ``rel_l1`` (``sum|q - f| / sum|f|``).
+
+    Args:
+        model_fp32, model_q: the reference and the quantised model (same module names).
+        batches: inputs, e.g. ``input_ids (B, T)`` long tensors.
+        forward: ``forward(model, batch) -> output (B, T, d)``; default ``model(batch)``.
+        layers: module names whose outputs ``(B, T, d)`` to compare; default
+            :func:`default_layers` (every block's output hidden states).
+        task: ``task(model) -> metrics`` (e.g. masked-token accuracy, perplexity), run
+            on both models and reported with their differences.
+
+    Returns:
+        ``{"layers": {name: stats}, "output": stats, "min_layer_cosine",
+        "max_layer_rel_l1", "n_batches", "n_tokens", "task"}`` where ``task`` (present
+        only with ``task``) is ``{"fp32": m, "quantized": m, "delta": q - f,
+        "relative": (q - f) / |f|}``.
+    """
+    forward = forward if forward is not None else (lambda m, b: m(b))
+    layers = default_layers(model_fp32) if layers is None else list(layers)
+    stats = {name: _Stats() for name in layers}
+    out_stats = _Stats()
+    captured: dict[str, dict[str, Tensor]] = {"ref": {}, "q": {}}
+    handles = []
+    for tag, model in (("ref", model_fp32), ("q", model_q)):
+        modules = dict(model.named_modules())
+        for name in layers:
+            if name not in modules:
+                raise ValueError(f"layers: {name!r} is not a module of the {tag} model")
+
+            def hook(_m, _a, out, _tag=tag, _name=name):
+                captured[_tag][_name] = _first_tensor(out)
+
+            handles.append(modules[name].register_forward_hook(hook))
+    was = (model_fp32.training, model_q.training)
+    model_fp32.eval()
+    model_q.eval()
+    n_batches = 0
+    try:
+        for batch in batches:
+            ref = _first_tensor(forward(model_fp32, batch))
+            got = _first_tensor(forward(model_q, batch))
+            out_stats.add(ref, got)
+            for name in layers:
+                stats[name].add(captured["ref"][name], captured["q"][name])
+            n_batches += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model_fp32.train(was[0])
+        model_q.train(was[1])
+    if n_batches == 0:
+        raise ValueError("batches is empty: nothing to compare")
+    layer_reports = {name: s.report() for name, s in stats.items()}
+    report: dict[str, Any] = {
+        "layers": layer_reports,
+        "output": out_stats.report(),
+        "min_layer_cosine": min((r["cosine"] for r in layer_reports.values()), default=float("nan")),
+        "max_layer_rel_l1": max((r["rel_l1"] for r in layer_reports.values()), default=float("nan")),
+        "n_batches": n_batches,
+        "n_tokens": out_stats.n,
+    }
+    if task is not None:
+        f, q = task(model_fp32), task(model_q)
+        report["task"] = {
+            "fp32": f,
+            "quantized": q,
+            "delta": {k: q[k] - f[k] for k in f if k in q},
+            "relative": {k: (q[k] - f[k]) / abs(f[k]) if f[k] else float("nan") for k in f if k in q},
+        }
+    return report
+
+
+def _objective_models(objective: nn.Module) -> list[str]:
+    """Attribute names of the models an objective owns (``model``; RTD's
+    ``discriminator`` and ``generator``)."""
+    return [a for a in ("model", "discriminator", "generator") if isinstance(getattr(objective, a, None), nn.Module)]
+
+
+def evaluate_run_format(run, format: str, *, corpus: str | None = None, max_batches: int = 50,
+                        compare_batches: int = 8) -> dict[str, Any]:
+    """``headwise eval RUN --format FORMAT``: the run's metrics in float32 and in
+    ``format`` on the same blocks and masks, and :func:`compare_formats` of the main
+    model (the discriminator for RTD) on ``compare_batches`` batches.
+
+    Args:
+        run: a :class:`~headwise.train.reader.LoadedRun`.
+        format: ``"bf16"`` or ``"int8"`` (``"fp32"`` compares the model with a copy).
+    """
+    from ..data import build_blocks, load_corpus
+    from ..train.reader import evaluate_run
+
+    objective = run.objective
+    objective_q = copy.deepcopy(objective)
+    for attr in _objective_models(objective_q):
+        quantize(getattr(objective_q, attr), format, inplace=True)
+    run_q = dataclasses.replace(run, parts=dataclasses.replace(run.parts, objective=objective_q))
+
+    blocks = run.val
+    if corpus is not None:
+        style = "decoder" if run.cfg.objective == "clm" else "encoder"
+        blocks = build_blocks(load_corpus(corpus), run.tokenizer, run.cfg.block_len, style=style)
+
+    def some_batches():
+        for i, batch in enumerate(blocks.iter_batches(run.cfg.batch_size)):
+            if i >= compare_batches:
+                break
+            yield batch.to(run.device)
+
+    attr = _objective_models(objective)[0]
+    runs = {id(getattr(objective, attr)): run, id(getattr(objective_q, attr)): run_q}
+    report = compare_formats(
+        getattr(objective, attr), getattr(objective_q, attr), some_batches(),
+        task=lambda m: evaluate_run(runs[id(m)], corpus=corpus, max_batches=max_batches),
+    )
+    report["format"] = format
+    report["compared_model"] = attr
+    return report

@@ -1,0 +1,252 @@
+"""``quantize(model, "bf16" | "int8")``, the bf16 capability check, and saving/loading
+quantised models."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import MultiHeadAttention
+from .int8 import Int8Linear, Int8MultiHeadAttention, _cpu_capabilities, int8_kernel_for
+
+__all__ = [
+    "FORMATS",
+    "quantize",
+    "model_format",
+    "bf16_math_support",
+    "save_quantized",
+    "load_quantized",
+]
+
+FORMATS = ("fp32", "bf16", "int8")
+_FORMAT_ATTR = "_headwise_format"
+# submodules a caller runs on their own (MaskedLM runs model.encoder then model.head):
+# a bf16 model takes and returns float32 at each of them
+_BF16_ENTRY_POINTS = ("encoder", "head", "lm_head")
+
+
+# ------------------------------------------------------------------ capabilities
+def bf16_math_support(device: torch.device | str = "cpu") -> tuple[bool, str]:
+    """``(True, what)`` when ``device`` computes in bf16 natively, else ``(False, why)``.
+
+    CPU: x86 needs AVX512_BF16 or AMX-BF16 (oneDNN then runs bf16 GEMMs faster than
+    fp32); Arm needs the BF16 extension. Without them every bf16 op converts to fp32
+    and back, which is slower than staying in fp32. CUDA: compute capability >= 8.0.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        if major >= 8:
+            return True, f"CUDA compute capability {major}.{minor} has bf16 tensor cores"
+        return False, (f"CUDA compute capability {major}.{minor} < 8.0 has no bf16 tensor cores "
+                       f"(bf16 is emulated)")
+    if device.type != "cpu":
+        return False, f"no bf16 capability check for device type {device.type!r}"
+    caps = _cpu_capabilities()
+    arch = platform.machine().lower()
+    if arch in ("x86_64", "amd64", "i386", "i686"):
+        found = [f for f in ("amx_bf16", "avx512_bf16") if caps.get(f)]
+        if found:
+            return True, f"this CPU has {' and '.join(f.upper() for f in found)}"
+        return False, ("this CPU lacks AVX512_BF16 and AMX-BF16 (torch CPU capability "
+                       f"{torch.backends.cpu.get_cpu_capability()!r}), so bf16 math is emulated "
+                       "by converting to fp32 and back")
+    if arch in ("aarch64", "arm64"):
+        if _arm_has_bf16():
+            return True, "this Arm CPU has the BF16 extension"
+        return False, "this Arm CPU lacks the BF16 extension, so bf16 math is emulated in fp32"
+    return False, f"no bf16 capability check for CPU architecture {arch!r}"
+
+
+def _arm_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("Features") and " bf16" in line for line in f)
+    except OSError:
+        return platform.system() == "Darwin"  # Apple M2 and later
+
+
+# ------------------------------------------------------------------ quantize
+def model_format(model: nn.Module) -> str:
+    """``"int8"``, ``"bf16"`` or ``"fp32"``: the format :func:`quantize` gave ``model``
+    (``"fp32"`` for a model it never touched)."""
+    fmt = getattr(model, _FORMAT_ATTR, None)
+    if fmt is not None:
+        return fmt
+    if any(isinstance(m, (Int8Linear, Int8MultiHeadAttention)) for m in model.modules()):
+        return "int8"
+    return "fp32"
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention: str | None = None,
+             kernel: str = "auto") -> nn.Module:
+    """Return ``model`` in number ``format``: ``"fp32"`` (unchanged), ``"bf16"`` or ``"int8"``.
+
+    * ``"bf16"``: weights and activations in bfloat16; the model (and its ``encoder``,
+      ``head`` and ``lm_head`` submodules) take float32 inputs and return float32
+      outputs, so losses and metrics are computed in float32. Warns (``UserWarning``)
+      when the device has no native bf16 math, naming what is missing: it still works,
+      slowly.
+    * ``"int8"``: every ``nn.Linear`` (MLP, heads, ELECTRA's ``embed_proj``) becomes an
+      :class:`Int8Linear` and every :class:`MultiHeadAttention` an
+      :class:`Int8MultiHeadAttention` (int8 fused QKV and output projections).
+      Embeddings and norms stay float32. CPU: PyTorch's quantized CPU kernels; CUDA:
+      ``torch._int_mm``.
+
+    Args:
+        model: a float32 model (any ``nn.Module``; headwise models can also be saved
+            with :func:`save_quantized`).
+        format: one of :data:`FORMATS`.
+        inplace: modify ``model`` itself instead of a deep copy.
+        attention: ``"int8"`` also switches every attention layer to the int8 Triton
+            backend (int8 Q K^T; CUDA, fp16/bf16 activations); None keeps each layer's
+            backend.
+        kernel: int8 GEMM of the new :class:`Int8Linear` modules (``"auto"`` picks per
+            device; ``"emulate"`` is a float reference for tests).
+
+    Raises:
+        ValueError: ``format`` is not one of :data:`FORMATS`, the model's device has no
+            path for it (int8 needs PyTorch's quantized CPU engine or CUDA sm_75+), or
+            the model was already quantised.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    current = model_format(model)
+    if current != "fp32":
+        raise ValueError(f"model is already in format {current!r}; quantize a float32 model")
+    if attention not in (None, "int8"):
+        raise ValueError(f"attention must be None or 'int8', got {attention!r}")
+    device = _device_of(model)
+    if format == "int8" and kernel == "auto" and int8_kernel_for(device) is None:
+        raise ValueError(
+            f"format 'int8' has no int8 GEMM on device {device} (needs a CPU with one of PyTorch's "
+            f"quantized engines {torch.backends.quantized.supported_engines}, engine now "
+            f"{torch.backends.quantized.engine!r}, or CUDA sm_75+); accepted formats here: "
+            f"{[f for f in FORMATS if f != 'int8']}"
+        )
+    if not inplace:
+        model = copy.deepcopy(model)
+    if format == "bf16":
+        _to_bf16(model, device)
+    elif format == "int8":
+        _to_int8(model, kernel)
+    if attention == "int8":
+        for m in model.modules():
+            if isinstance(m, MultiHeadAttention):
+                m.backend = "int8"
+    setattr(model, _FORMAT_ATTR, format)
+    return model
+
+
+def _to_int8(model: nn.Module, kernel: str) -> None:
+    # attention first: its out_proj is an nn.Linear that the layer converts itself
+    for m in list(model.modules()):
+        if isinstance(m, MultiHeadAttention) and not isinstance(m, Int8MultiHeadAttention):
+            Int8MultiHeadAttention.convert(m, kernel=kernel)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:  # subclasses (NonDynamicallyQuantizableLinear...) too risky
+                setattr(parent, name, Int8Linear.from_float(child.weight, child.bias, kernel=kernel))
+    if type(model) is nn.Linear:
+        raise TypeError("quantize() replaces a model's submodules; wrap a bare nn.Linear in a module "
+                        "or use Int8Linear.from_float")
+
+
+def _to_bf16(model: nn.Module, device: torch.device) -> None:
+    ok, why = bf16_math_support(device)
+    if not ok:
+        warnings.warn(
+            f"format 'bf16' on {device} will be slow: {why}. The model is converted anyway; "
+            f"fp32 is faster here.", UserWarning, stacklevel=3)
+    model.to(torch.bfloat16)
+    for name, m in model.named_modules():
+        if m is model or name.rsplit(".", 1)[-1] in _BF16_ENTRY_POINTS:
+            m.register_forward_pre_hook(_inputs_to_bf16)
+            m.register_forward_hook(_outputs_to_fp32)
+
+
+def _cast(obj, dtype: torch.dtype):
+    if isinstance(obj, Tensor):
+        return obj.to(dtype) if obj.is_floating_point() and obj.dtype != dtype else obj
+    if isinstance(obj, tuple):
+        return tuple(_cast(o, dtype) for o in obj)
+    if isinstance(obj, list):
+        return [_cast(o, dtype) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def _inputs_to_bf16(module: nn.Module, args: tuple):
+    return _cast(args, torch.bfloat16)
+
+
+def _outputs_to_fp32(module: nn.Module, args: tuple, output):
+    return _cast(output, torch.float32)
+
+
+# ------------------------------------------------------------------ save / load
+def _model_classes() -> dict[str, type]:
+    from ..models import Decoder, Encoder, EncoderForMLM, EncoderForRTD
+
+    return {c.__name__: c for c in (Encoder, EncoderForMLM, EncoderForRTD, Decoder)}
+
+
+def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write a quantised (or float) headwise model to one ``.safetensors`` file: its
+    tensors (int8 weights and their scales included) plus, as metadata, its format,
+    class and :class:`~headwise.models.ModelConfig`. Returns the path.
+
+    Raises TypeError for a model that is not a headwise Encoder, EncoderForMLM,
+    EncoderForRTD or Decoder (only those can be rebuilt by :func:`load_quantized`).
+    """
+    from safetensors.torch import save_model
+
+    classes = _model_classes()
+    name = type(model).__name__
+    if name not in classes or not hasattr(model, "cfg"):
+        raise TypeError(f"save_quantized takes a headwise model, one of {sorted(classes)}; got {name}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"headwise_format": model_format(model), "model_class": name,
+            "config": json.dumps(model.cfg.to_dict())}
+    tmp = path.with_name(path.name + ".tmp")
+    save_model(model, str(tmp), metadata=meta)
+    os.replace(tmp, path)  # never a half-written file under the real name
+    return path
+
+
+def load_quantized(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model written by :func:`save_quantized`, in its format, on ``device``
+    (int8 models are quantised on ``device`` and then given the saved int8 weights and
+    scales, so outputs match the saved model's exactly)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    from ..models import ModelConfig
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "headwise_format" not in meta:
+        raise ValueError(f"{path} was not written by save_quantized (no headwise_format metadata)")
+    cls = _model_classes()[meta["model_class"]]
+    cfg = ModelConfig.from_dict(json.loads(meta["config"]))
+    with warnings.catch_warnings():
+        # the bf16 speed warning was given when the model was first quantised
+        warnings.simplefilter("ignore", UserWarning)
+        model = quantize(cls(cfg).to(device), meta["headwise_format"], inplace=True)
+    load_model(model, str(path), strict=True, device=str(device))
+    return model.eval()

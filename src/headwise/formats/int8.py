@@ -1,0 +1,304 @@
+"""int8 modules: a Linear with per-output-channel symmetric int8 weights and dynamically
+quantised int8 activations, and the int8 variant of :class:`MultiHeadAttention`.
+
+Weights: ``w ~= w_int8 * scale[:, None]`` with ``scale = max|w[row]| / 127`` and
+``w_int8`` in ``[-127, 127]`` (symmetric: no zero point, so ``0.0`` stays exact).
+
+Activations are quantised at every call, from the values of that call:
+
+* CPU (kernel ``"fbgemm"``): PyTorch's quantized CPU op ``quantized::linear_dynamic``
+  on weights packed once for the engine in ``torch.backends.quantized.engine``
+  (``x86``/``fbgemm``/``onednn``/``qnnpack``). It quantises the activation per
+  tensor (asymmetric uint8: scale and zero point from the tensor's min/max) and
+  accumulates in int32. On CPUs without VNNI it uses 7-bit activations
+  (``reduce_range``) so that the int16 pair sums of ``vpmaddubsw`` cannot saturate.
+* CUDA (kernel ``"int_mm"``): per-token symmetric int8 activations
+  (``scale_t = max|x[t]| / 127``) and ``torch._int_mm`` (cuBLASLt IMMA, int32
+  accumulation), then ``acc * scale_t * scale_w + bias``. ``torch._int_mm`` also
+  runs on the CPU, which is how the CUDA path is tested here.
+* ``"emulate"``: the same per-token arithmetic with a float matmul of the integer
+  values: a readable reference, on any device.
+
+The quantized CPU ops are deprecated in PyTorch 2.13 and warn when weights are packed;
+those warnings are silenced locally (see docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attention import MultiHeadAttention
+
+__all__ = [
+    "Int8Linear",
+    "Int8MultiHeadAttention",
+    "quantize_per_channel",
+    "quantize_per_token",
+    "int8_kernel_for",
+    "KERNELS",
+]
+
+KERNELS = ("auto", "fbgemm", "int_mm", "emulate")
+_CPU_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
+
+
+@contextmanager
+def _quiet_quantized_ops():
+    # torch 2.13 deprecates quantized tensors and their ops with a UserWarning on every
+    # packing; the ops still are PyTorch's int8 CPU GEMM, so the noise is kept local.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantiz.*", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+def quantize_per_channel(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-output-channel int8: ``weight (N, K)`` -> ``(w_int8 (N, K) int8,
+    scale (N,) float32)`` with ``weight ~= w_int8 * scale[:, None]``; an all-zero row
+    gets scale 1 (its int8 values are 0 either way)."""
+    w = weight.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    w_int8 = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return w_int8, scale
+
+
+def quantize_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: ``x (M, K)`` -> ``(x_int8 (M, K), scale (M, 1) float32)``."""
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127.0
+    return torch.round(xf / scale).clamp_(-127, 127).to(torch.int8), scale
+
+
+def _cpu_has_vnni() -> bool:
+    caps = _cpu_capabilities()
+    return bool(caps.get("avx512_vnni") or caps.get("avx_vnni") or caps.get("amx_int8"))
+
+
+def _cpu_capabilities() -> dict:
+    try:
+        caps = torch._C._cpu._get_cpu_capability()  # a dict of flags in torch >= 2.8
+        return caps if isinstance(caps, dict) else {}
+    except Exception:  # older or other builds: no flags to read
+        return {}
+
+
+def int8_kernel_for(device: torch.device) -> str | None:
+    """The int8 GEMM that serves ``device`` (``"fbgemm"`` on CPU, ``"int_mm"`` on
+    CUDA), or ``None`` when this PyTorch build has no int8 path there."""
+    if device.type == "cpu":
+        engine = torch.backends.quantized.engine
+        if engine in _CPU_ENGINES and engine in torch.backends.quantized.supported_engines:
+            return "fbgemm"
+        return None
+    if device.type == "cuda" and hasattr(torch, "_int_mm"):
+        # cuBLASLt's int8 tensor-core GEMM (IMMA) needs Turing (sm_75) or newer
+        if torch.cuda.get_device_capability(device) >= (7, 5):
+            return "int_mm"
+    return None
+
+
+class Int8Linear(nn.Module):
+    """``y = x W^T + b`` with int8 weights (per output channel) and int8 activations
+    (quantised per call); ``x (..., in_features)`` -> ``y (..., out_features)`` in
+    ``x``'s dtype.
+
+    Buffers (all in the state dict): ``weight_int8 (out, in)`` int8, ``weight_scale
+    (out,)`` float32, ``bias (out,)`` float32 or None. Packed weights for the CPU op and
+    transposed ones for ``torch._int_mm`` are caches, rebuilt when the buffers change
+    (``load_state_dict``, ``.to(device)``) and never saved.
+
+    Args:
+        kernel: ``"auto"`` (fbgemm on CPU, int_mm on CUDA), ``"fbgemm"``, ``"int_mm"``
+            or ``"emulate"`` (see the module docstring).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 kernel: str = "auto", device=None) -> None:
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.kernel = kernel
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8,
+                                                        device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        self._cache: tuple[tuple, object] | None = None
+
+    @classmethod
+    def from_float(cls, weight: Tensor, bias: Tensor | None = None, *, kernel: str = "auto") -> Int8Linear:
+        """Quantise a float ``weight (out, in)`` (and ``bias (out,)``) into a new module."""
+        out_features, in_features = weight.shape
+        m = cls(in_features, out_features, bias is not None, kernel=kernel, device=weight.device)
+        w_int8, scale = quantize_per_channel(weight)
+        m.weight_int8.copy_(w_int8)
+        m.weight_scale.copy_(scale)
+        if bias is not None:
+            m.bias.copy_(bias.detach().float())
+        return m
+
+    @property
+    def weight(self) -> Tensor:
+        """The dequantised weight ``(out, in)`` float32: a new tensor at each access (for
+        inspection, e.g. ``layer.heads``), not a parameter."""
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def __getstate__(self):
+        # packed CPU weights are opaque C++ objects: copies and pickles rebuild them
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
+
+    def _kernel(self, device: torch.device) -> str:
+        if self.kernel != "auto":
+            return self.kernel
+        kernel = int8_kernel_for(device)
+        if kernel is None:
+            raise RuntimeError(f"no int8 GEMM serves device {device}; use kernel='emulate'")
+        return kernel
+
+    def _cached(self, kernel: str, build):
+        key = (kernel, self.weight_int8.device, self.weight_int8.data_ptr(), self.weight_int8._version,
+               self.weight_scale._version, None if self.bias is None else self.bias._version,
+               torch.backends.quantized.engine)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, build())
+        return self._cache[1]
+
+    def _packed(self):
+        def build():
+            n = self.out_features
+            with _quiet_quantized_ops():
+                qw = torch._make_per_channel_quantized_tensor(
+                    self.weight_int8.cpu(), self.weight_scale.double().cpu(),
+                    torch.zeros(n, dtype=torch.long), 0)
+                return torch.ops.quantized.linear_prepack(qw, None if self.bias is None else self.bias.cpu())
+        return self._cached("fbgemm", build)
+
+    def _int_mm_weight(self) -> Tensor:
+        def build():
+            # cuBLASLt wants K and N multiples of 8: zero rows/columns add nothing
+            n, k = self.weight_int8.shape
+            return F.pad(self.weight_int8, (0, (-k) % 8, 0, (-n) % 8)).contiguous()
+        return self._cached("int_mm", build)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        kernel = self._kernel(x.device)
+        if kernel == "fbgemm":
+            with _quiet_quantized_ops():
+                y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed(),
+                                                       not _cpu_has_vnni())
+        elif kernel == "int_mm":
+            y = self._int_mm(x2)
+        else:
+            xq, sx = quantize_per_token(x2)
+            y = (xq.float() @ self.weight_int8.float().t()) * sx * self.weight_scale
+            if self.bias is not None:
+                y = y + self.bias
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def _int_mm(self, x2: Tensor) -> Tensor:
+        w = self._int_mm_weight()
+        m, k = x2.shape
+        xq, sx = quantize_per_token(x2)
+        # torch._int_mm needs more than 16 rows and K a multiple of 8
+        xq = F.pad(xq, (0, w.shape[1] - k, 0, max(0, 17 - m)))
+        acc = torch._int_mm(xq, w.t())[:m, : self.out_features]
+        y = acc.float() * sx * self.weight_scale
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, kernel={self.kernel!r}")
+
+
+class Int8MultiHeadAttention(MultiHeadAttention):
+    """:class:`MultiHeadAttention` whose projections are :class:`Int8Linear`: the fused
+    ``qkv_proj`` (one int8 GEMM for every head's Q, K and V; or ``q_proj``/``k_proj``/
+    ``v_proj`` for cross-attention layers) and ``out_proj``. Attention itself runs in
+    the input's float dtype with the layer's backend.
+
+    Made by :meth:`convert` from a float layer (in place); ``layer.heads[i]`` then
+    shows dequantised copies, not views. Inference only: there are no parameters.
+    """
+
+    @classmethod
+    def convert(cls, layer: MultiHeadAttention, *, kernel: str = "auto") -> Int8MultiHeadAttention:
+        """Quantise ``layer``'s projections and turn it into this class, in place (its
+        hooks, backend, rotary embedding and attributes are kept)."""
+        if not isinstance(layer, MultiHeadAttention) or isinstance(layer, Int8MultiHeadAttention):
+            raise TypeError(f"layer must be a float MultiHeadAttention, got {type(layer).__name__}")
+        if layer.fused:
+            proj = Int8Linear.from_float(layer.qkv_weight, layer.qkv_bias, kernel=kernel)
+            del layer.qkv_weight, layer.qkv_bias
+            layer.qkv_proj = proj
+        else:
+            for p in ("q", "k", "v"):
+                proj = Int8Linear.from_float(getattr(layer, f"{p}_weight"), getattr(layer, f"{p}_bias"),
+                                             kernel=kernel)
+                delattr(layer, f"{p}_weight")
+                delattr(layer, f"{p}_bias")
+                setattr(layer, f"{p}_proj", proj)
+        layer.out_proj = Int8Linear.from_float(layer.out_proj.weight, layer.out_proj.bias, kernel=kernel)
+        layer.__class__ = cls
+        return layer  # type: ignore[return-value]
+
+    def reset_parameters(self) -> None:
+        raise RuntimeError("an int8 attention layer has no parameters to reset; quantise a float layer")
+
+    def _split_weights(self):
+        if self.fused:
+            q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            return tuple(self.qkv_proj.weight.split([q_out, kv_out, kv_out], dim=0))
+        return self.q_proj.weight, self.k_proj.weight, self.v_proj.weight
+
+    def _split_biases(self):
+        if self.fused:
+            b = self.qkv_proj.bias
+            if b is None:
+                return None, None, None
+            q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            return tuple(b.split([q_out, kv_out, kv_out], dim=0))
+        return self.q_proj.bias, self.k_proj.bias, self.v_proj.bias
+
+    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`MultiHeadAttention.project`, through the int8 projections."""
+        b, t, _ = x.shape
+        h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        sizes = [h * d, hkv * d, hkv * d]
+        if self.fused:
+            q, k, v = self.qkv_proj(x).split(sizes, dim=-1)
+            if context is not None:
+                # the packed int8 weight holds Q, K and V together: project the context
+                # through all of it and keep K and V (cross-attention is rare here)
+                _, k, v = self.qkv_proj(context).split(sizes, dim=-1)
+        else:
+            src = x if context is None else context
+            q, k, v = self.q_proj(x), self.k_proj(src), self.v_proj(src)
+        s = k.shape[1]
+        return (q.view(b, t, h, d).transpose(1, 2), k.view(b, s, hkv, d).transpose(1, 2),
+                v.view(b, s, hkv, d).transpose(1, 2))
+
+    def _check_input(self, name: str, t: Tensor, width: int) -> None:
+        # as the float layer's check, but any float dtype is accepted: the int8
+        # projections quantise their input whatever its precision
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 3 or t.shape[-1] != width:
+            raise ValueError(f"{name} must be 3-D (batch, seq, {width}), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        device = self.out_proj.weight_int8.device
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but the layer's weights are on {device}")
