@@ -67,3 +67,8 @@ for _b in (ReferenceBackend(), MathBackend(), SdpaBackend()):
 from .tiled import TiledBackend  # noqa: E402
 
 register_backend(TiledBackend())
+
+# int8.py, like tiled.py, imports Triton only at its first call.
+from .int8 import Int8Backend  # noqa: E402
+
+register_backend(Int8Backend())

@@ -1,0 +1,61 @@
+"""int8 attention: SageAttention-style int8 ``Q K^T`` in Triton
+(:mod:`headwise.kernels.int8_attention`), softmax and ``P V`` in fp16/bf16.
+
+Lossy (about 1e-2 relative error on the output) and forward only: it serves
+inference calls on CUDA with float16/bfloat16 tensors. ``backend="auto"`` considers
+it only on CUDA and ranks it below every exact backend, so in practice it runs when
+asked for by name (``backend="int8"``, or ``headwise.quantize(model, "int8",
+attention="int8")``). On the CPU it runs only under ``TRITON_INTERPRET=1``, for tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..masks import MaskSpec
+from .base import AttentionCall, Backend
+
+_DTYPES = (torch.float16, torch.bfloat16)
+_MAX_HEAD_DIM = 256  # as headwise.kernels.int8_attention.MAX_HEAD_DIM, without importing Triton
+
+
+class Int8Backend(Backend):
+    """int8 ``Q K^T`` with per-tile scales (forward only)."""
+
+    name = "int8"
+    priority = 5  # below math (10), sdpa, tiled: "auto" never trades accuracy away silently
+    auto_devices: tuple[str, ...] = ("cuda",)
+
+    def unsupported(self, call: AttentionCall) -> str | None:
+        if call.requires_grad:
+            return "it is forward-only (inference): no backward, but gradients are required here"
+        if call.need_weights:
+            return "it cannot return attention weights (need_weights=True)"
+        if call.dropout_p > 0:
+            return f"it has no attention dropout (dropout_p={call.dropout_p}, needs 0)"
+        if call.mask.bias is not None:
+            return "dense attn_mask/key_padding_mask bias; pass key_lengths instead"
+        if call.dtype not in _DTYPES:
+            return f"dtype {call.dtype} (supports float16, bfloat16: P V stays in them)"
+        if not (1 <= call.head_dim <= _MAX_HEAD_DIM and 1 <= call.value_dim <= _MAX_HEAD_DIM):
+            return f"head_dim {call.head_dim} / value_dim {call.value_dim} (supports 1..{_MAX_HEAD_DIM})"
+        device = call.device.type
+        if device == "cpu":
+            if os.environ.get("TRITON_INTERPRET") != "1":
+                return ("it runs on CPU only under TRITON_INTERPRET=1 (the Triton interpreter) "
+                        "and only when asked for explicitly")
+        elif device != "cuda":
+            return f"device {call.device} (supports cuda)"
+        from ...kernels import triton_available
+
+        if not triton_available():
+            return "triton is not installed (pip install triton)"
+        return None
+
+    def attend(self, q, k, v, mask: MaskSpec, *, scale, dropout_p, need_weights):
+        from ...kernels.int8_attention import int8_attention
+
+        out = int8_attention(q, k, v, causal=mask.causal, key_lengths=mask.key_lengths, scale=float(scale))
+        return out, None
