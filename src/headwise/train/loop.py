@@ -104,7 +104,8 @@ class Trainer:
         )
         self.scheduler = make_scheduler(self.optimizer, warmup=cfg.warmup, total=cfg.steps,
                                         decay=cfg.decay, min_ratio=cfg.min_lr_ratio)
-        self.mask_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+        # on the batches' device: the maskers draw with it where the tokens are (CPU: as before)
+        self.mask_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         self.resumed_from: Path | None = None
         if resume:
