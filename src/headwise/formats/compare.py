@@ -186,10 +186,14 @@ def evaluate_run_format(run, format: str, *, corpus: str | None = None, max_batc
 
     attr = _objective_models(objective)[0]
     runs = {id(getattr(objective, attr)): run, id(getattr(objective_q, attr)): run_q}
-    report = compare_formats(
-        getattr(objective, attr), getattr(objective_q, attr), some_batches(),
-        task=lambda m: evaluate_run(runs[id(m)], corpus=corpus, max_batches=max_batches),
-    )
+
+    def task(model: nn.Module) -> dict[str, float]:
+        metrics = evaluate_run(runs[id(model)], corpus=corpus, max_batches=max_batches)
+        # MLM reports no perplexity: exp(mean masked-token loss) is its perplexity
+        metrics.setdefault("perplexity", math.exp(min(metrics["loss"], 50.0)))
+        return metrics
+
+    report = compare_formats(getattr(objective, attr), getattr(objective_q, attr), some_batches(), task=task)
     report["format"] = format
     report["compared_model"] = attr
     return report

@@ -66,6 +66,9 @@ def register(sub) -> None:
     e.add_argument("run", type=Path)
     e.add_argument("--corpus", default=None, help="evaluate on this corpus instead of the run's validation split")
     e.add_argument("--batches", type=int, default=50)
+    e.add_argument("--format", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="also run the model in this number format and compare it with fp32: every block's "
+                        "output (cosine, relative L1) and the metrics (see docs/formats.md)")
     e.set_defaults(func=run_eval)
 
 
@@ -149,6 +152,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from .reader import evaluate_run, load_run
 
     run = load_run(args.run)
+    if getattr(args, "format", "fp32") != "fp32":
+        from ..formats import evaluate_run_format
+
+        report = evaluate_run_format(run, args.format, corpus=args.corpus, max_batches=args.batches)
+        print(json.dumps(report, indent=2))
+        return 0
     metrics = evaluate_run(run, corpus=args.corpus, max_batches=args.batches)
     print(json.dumps({k: round(v, 5) for k, v in metrics.items()}, indent=2))
     return 0
