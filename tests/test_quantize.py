@@ -66,7 +66,7 @@ def test_per_channel_scales_are_row_max_over_127():
     assert torch.all((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-7)
 
 
-@pytest.mark.parametrize("kernel", ["fbgemm", "int_mm", "emulate"])
+@pytest.mark.parametrize("kernel", ["qcpu", "int_mm", "emulate"])
 @pytest.mark.parametrize("shape", [(4, 37, 96), (3, 96), (2, 5, 96)])  # 5 rows: int_mm pads to 17
 def test_int8_linear_error_bound(kernel, shape):
     g = torch.Generator().manual_seed(0)

