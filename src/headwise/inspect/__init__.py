@@ -391,7 +391,7 @@ def inspect_model(
     measures_acc = MeasureAccumulator(causal=causal)
     syn_acc = None
     if conllu:
-        rels = sorted({r for it in kept for r in it.relations or []})
+        rels = sorted({r for it in kept for r, h in zip(it.relations, it.heads, strict=True) if h >= 0})
         syn_acc = SyntaxAccumulator(rels, n_layers, n_heads, exclude_self=exclude_self)
     examples_wanted = {it.index for it in sorted(kept, key=lambda it: it.index)[: max(keep_examples, 0)]}
     examples: dict[int, dict[str, Any]] = {}
@@ -437,7 +437,7 @@ def inspect_model(
                     for i, it in enumerate(batch):
                         k = len(it.words)
                         heads[i, :k] = torch.tensor(it.heads)
-                        rel_ids[i, :k] = torch.tensor([syn_acc.rel_index[r] for r in it.relations])
+                        rel_ids[i, :k] = torch.tensor([syn_acc.rel_index.get(r, -1) for r in it.relations])
                     syn_acc.update(word_maps, word_valid, heads, rel_ids)
 
                 for i, it in enumerate(batch):

@@ -166,6 +166,9 @@ class MeasureAccumulator:
         attendable = valid[:, :, None] & valid[:, None, :]  # (B, Tq, Tk)
         if self.causal:
             attendable = attendable & torch.ones(t, t, dtype=torch.bool, device=dev).tril()
+        # a model gives padded (and, if causal, future) keys zero weight already; zeroing
+        # them here keeps garbage out of hand-made maps too
+        w = w * attendable[:, None, None].to(w.dtype)
         qv = valid.to(w.dtype)[:, None, None, :]  # (B, 1, 1, T) weights of query rows
         self._n_rows += int(valid.sum())
 

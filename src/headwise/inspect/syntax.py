@@ -215,7 +215,8 @@ def probe_syntax(
     if not sentences:
         raise ValueError("sentences is empty")
     n_layers, n_heads = word_maps[0].shape[:2]
-    rels = sorted({r for s in sentences for r in s.relations(base_relations)})
+    # relations of words that have a head word (the root's "root" is never scored)
+    rels = sorted({r for s in sentences for r, h in zip(s.relations(base_relations), s.heads, strict=True) if h >= 0})
     acc = SyntaxAccumulator(rels, n_layers, n_heads, exclude_self=exclude_self)
     for i, (m, s) in enumerate(zip(word_maps, sentences, strict=True)):
         if m.dim() != 4 or m.shape[-1] != len(s) or m.shape[-2] != len(s):
@@ -227,6 +228,6 @@ def probe_syntax(
             m[None],
             torch.ones(1, w, dtype=torch.bool),
             torch.tensor([s.heads]),
-            torch.tensor([[acc.rel_index[r] for r in s.relations(base_relations)]]),
+            torch.tensor([[acc.rel_index.get(r, -1) for r in s.relations(base_relations)]]),
         )
     return acc.result()

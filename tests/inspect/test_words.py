@@ -1,0 +1,131 @@
+"""Pieces <-> words: alignment with both tokenizer kinds, and Clark et al.'s pooling."""
+
+import pytest
+import torch
+
+from headwise.inspect import (
+    align_text,
+    align_words,
+    batch_pooling,
+    is_punctuation,
+    pooling_matrices,
+    word_level,
+    word_units,
+)
+
+# [CLS] un ##aff [SEP]-style: word 0 has two pieces, word 1 one.
+WIDS = [None, 0, 0, 1, None]
+A = torch.tensor(
+    [
+        [0.20, 0.20, 0.20, 0.20, 0.20],
+        [0.10, 0.30, 0.20, 0.40, 0.00],
+        [0.50, 0.10, 0.10, 0.10, 0.20],
+        [0.00, 0.60, 0.00, 0.40, 0.00],
+        [0.25, 0.25, 0.25, 0.25, 0.00],
+    ],
+    dtype=torch.float64,
+)
+
+
+def test_word_level_hand_example_keeps_specials_as_units():
+    # to a word: sum over its pieces' columns; from a word: mean over its pieces' rows
+    expected = torch.tensor(
+        [
+            [0.20, 0.40, 0.20, 0.20],  # [CLS]
+            [0.30, 0.35, 0.25, 0.10],  # word 0 = mean of rows 1, 2 after summing cols 1+2
+            [0.00, 0.60, 0.40, 0.00],  # word 1
+            [0.25, 0.50, 0.25, 0.00],  # [SEP]
+        ],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(word_level(A, WIDS), expected)
+    torch.testing.assert_close(word_level(A, WIDS).sum(-1), torch.ones(4, dtype=torch.float64))
+    assert word_units(WIDS) == [None, 0, 1, None]
+
+
+def test_word_level_drop_specials_loses_their_mass():
+    got = word_level(A, WIDS, specials="drop")
+    torch.testing.assert_close(got, torch.tensor([[0.35, 0.25], [0.60, 0.40]], dtype=torch.float64))
+    assert word_units(WIDS, "drop") == [0, 1]
+
+
+def test_rows_sum_to_one_for_random_maps_and_batched_dims():
+    g = torch.Generator().manual_seed(0)
+    wids = [None, 0, 1, 1, 1, 2, 3, 3, None]
+    a = torch.rand(2, 3, 9, 9, generator=g).softmax(-1)
+    w = word_level(a, wids)
+    assert w.shape == (2, 3, 6, 6)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 3, 6))
+    # pooling matrices: from @ to = identity on units (each unit's mean of its own indicator)
+    f, t, units = pooling_matrices(wids)
+    torch.testing.assert_close(f @ t, torch.eye(len(units)))
+
+
+def test_batch_pooling_matches_word_level_per_sentence():
+    g = torch.Generator().manual_seed(1)
+    batch = [[None, 0, 0, 1, None], [None, 0, 1, 2, 2, 2, None]]
+    t = 7
+    a = torch.rand(2, 3, t, t, generator=g).softmax(-1)
+    frm, to, valid = batch_pooling(batch, t)
+    pooled = frm[:, None] @ a @ to[:, None]
+    assert valid.tolist() == [[True, True, False], [True, True, True]]
+    for i, wids in enumerate(batch):
+        n, k = len(wids), 1 + max(w for w in wids if w is not None)
+        ref = word_level(a[i, :, :n, :n], wids, specials="drop")
+        torch.testing.assert_close(pooled[i, :, :k, :k], ref)
+
+
+def test_align_words_headwise_wordpiece(wordpiece):
+    words = ["Unaffable", "dogs", "."]
+    ids, wids = align_words(words, wordpiece)
+    assert len(ids) == len(wids)
+    assert wids[0] is None and wids[-1] is None  # [CLS] ... [SEP]
+    assert ids[0] == wordpiece.cls_id and ids[-1] == wordpiece.sep_id
+    assert [w for w in wids if w is not None] == sorted(w for w in wids if w is not None)
+    for k, word in enumerate(words):
+        pieces = [i for i, w in zip(ids, wids, strict=True) if w == k]
+        assert len(pieces) >= 1
+        assert wordpiece.decode(pieces).replace(" ", "") == word.lower()
+    assert len([w for w in wids if w == 0]) > 1  # the rare word is split
+    ids2, wids2 = align_words(words, wordpiece, add_special_tokens=False)
+    assert None not in wids2 and ids2 == ids[1:-1]
+
+
+def test_align_words_headwise_never_parses_special_strings(wordpiece):
+    ids, wids = align_words(["[MASK]", "dog"], wordpiece)
+    assert wordpiece.mask_id not in ids
+    assert wids.count(None) == 2
+
+
+def test_align_words_hugging_face_tokenizer(minilm_tokenizer):
+    words = ["Unaffable", "people", "jump", "."]
+    ids, wids = align_words(words, minilm_tokenizer)
+    ref = minilm_tokenizer(words, is_split_into_words=True)
+    assert ids == ref["input_ids"] and wids == ref.word_ids()
+    assert wids[0] is None and wids[-1] is None
+    assert wids.count(0) > 1
+    toks = minilm_tokenizer.convert_ids_to_tokens([i for i, w in zip(ids, wids, strict=True) if w == 0])
+    assert "".join(t.removeprefix("##") for t in toks) == "unaffable"
+
+
+def test_align_text_recovers_words(wordpiece, minilm_tokenizer):
+    for tok in (wordpiece, minilm_tokenizer):
+        a = align_text("Unaffable dogs, never.", tok)
+        assert a.words == ["Unaffable", "dogs", ",", "never", "."]
+        assert len(a.input_ids) == len(a.word_ids)
+        assert {w for w in a.word_ids if w is not None} == set(range(5))
+
+
+def test_is_punctuation_and_errors():
+    assert is_punctuation(",") and is_punctuation("...") and is_punctuation("$")
+    assert not is_punctuation("dog") and not is_punctuation("U.S.") and not is_punctuation("")
+    with pytest.raises(ValueError, match="word_ids has 3 entries"):
+        word_level(A, [None, 0, None])
+    with pytest.raises(ValueError, match="specials must be"):
+        word_units(WIDS, "merge")
+    with pytest.raises(TypeError, match="words must be a sequence"):
+        align_words("a sentence", object())
+    with pytest.raises(TypeError, match="tokenizer must be"):
+        align_words(["a"], object())
+    with pytest.raises(ValueError, match=r"words\[1\]"):
+        align_words(["a", ""], object())
