@@ -129,3 +129,30 @@ def test_is_punctuation_and_errors():
         align_words(["a"], object())
     with pytest.raises(ValueError, match=r"words\[1\]"):
         align_words(["a", ""], object())
+
+
+class _NoWordIds:
+    """A Hugging Face-like tokenizer that refuses pre-split words (as GPT-2's does
+    without add_prefix_space): align_words encodes word by word instead."""
+
+    def __init__(self, wp):
+        self.wp = wp
+
+    def __call__(self, *a, **kw):
+        raise ValueError("You need to instantiate with add_prefix_space=True to use it with pretokenized inputs")
+
+    def convert_ids_to_tokens(self, ids):
+        return [self.wp.id_to_token(i) for i in ids]
+
+    def encode(self, text, add_special_tokens=False):
+        return self.wp.encode(text.strip())
+
+    def build_inputs_with_special_tokens(self, ids):
+        return [self.wp.cls_id, *ids, self.wp.sep_id]
+
+
+def test_align_words_falls_back_to_word_by_word(wordpiece):
+    words = ["Unaffable", "dogs", "."]
+    assert align_words(words, _NoWordIds(wordpiece)) == align_words(words, wordpiece)
+    ids, wids = align_words(words, _NoWordIds(wordpiece), add_special_tokens=False)
+    assert None not in wids and wids[-1] == 2
