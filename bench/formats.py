@@ -13,6 +13,15 @@ GEMMs, attention, and int8's quantise/dequantise overhead.
 
 Prints tokens/s and the ratios int8/fp32 and bf16/fp32, and writes
 bench/results/formats_cpu.json.
+
+``--accuracy`` instead measures MiniLM's accuracy in int8 and bf16 against fp32 on
+256 sentences of the stdlib-docs corpus (MiniLM has no language-model head, so its
+task metric is the sentence embedding): every layer's cosine / relative L1 (padding
+excluded), the cosine of each sentence embedding (mean-pooled, L2-normalised), the
+largest change of a pairwise sentence similarity, and how often each sentence's
+nearest neighbour stays the same. Writes bench/results/formats_minilm_accuracy.json.
+
+    PYTHONPATH=src python bench/formats.py --accuracy   # ~1 minute
 """
 
 from __future__ import annotations
@@ -41,8 +50,96 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="batch 4, 3 repeats (smoke)")
-    p.add_argument("--out", type=Path, default=RESULTS / "formats_cpu.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON path (default bench/results/formats_cpu.json, or "
+                        "formats_minilm_accuracy.json with --accuracy)")
+    p.add_argument("--accuracy", action="store_true", help="MiniLM accuracy in int8/bf16 instead of speed")
+    p.add_argument("--sentences", type=int, default=256)
     return p.parse_args(argv)
+
+
+def sentences(n: int, skip: int = 0) -> list[str]:
+    """``n`` sentences of 8..60 words from the stdlib-docs corpus, in corpus order,
+    after the first ``skip`` of them."""
+    from headwise.data import load_corpus
+
+    out: list[str] = []
+    for doc in load_corpus("stdlib-docs").documents():
+        for para in doc.split("\n\n"):
+            for sent in " ".join(para.split()).split(". "):
+                if 8 <= len(sent.split()) <= 60:
+                    out.append(sent)
+                    if len(out) == skip + n:
+                        return out[skip:]
+    return out[skip:]
+
+
+@torch.no_grad()
+def minilm_accuracy(args: argparse.Namespace) -> int:
+    from headwise.formats import compare_formats
+    from headwise.models.hf import load_minilm
+
+    model, tok = load_minilm()
+    model.eval()
+    texts = sentences(args.sentences)
+    enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    ids, valid = enc["input_ids"], enc["attention_mask"].bool()
+    batches = [(ids[i:i + 32], valid[i:i + 32]) for i in range(0, len(texts), 32)]
+
+    def forward(m, batch):
+        return m(batch[0], key_padding_mask=~batch[1])
+
+    # calibration sentences: 64 others, after the evaluated ones
+    cal = tok(sentences(64, skip=args.sentences), padding=True, truncation=True, max_length=128,
+              return_tensors="pt")
+    cal_batches = [(cal["input_ids"][i:i + 32], cal["attention_mask"][i:i + 32].bool()) for i in (0, 32)]
+
+    def embed(m) -> torch.Tensor:
+        outs = []
+        for b in batches:
+            h = forward(m, b).float()
+            mask = b[1][..., None].float()
+            outs.append(torch.nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1))
+        return torch.cat(outs)
+
+    ref = embed(model)
+    sim_ref = ref @ ref.T
+    sim_ref.fill_diagonal_(-2)
+    result = {"model": "all-MiniLM-L6-v2", "sentences": len(texts), "max_tokens": int(ids.shape[1]),
+              "command": "PYTHONPATH=src python bench/formats.py --accuracy", "formats": {}}
+    for fmt in ("int8", "int8-smoothquant", "int8-per-token", "bf16"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            if fmt == "int8-smoothquant":
+                q = quantize(model, "int8", calibration=cal_batches, calibration_forward=forward)
+            elif fmt == "int8-per-token":
+                q = quantize(model, "int8", kernel="int_mm")
+            else:
+                q = quantize(model, fmt)
+        report = compare_formats(model, q, batches, forward=forward, tokens=lambda b: b[1])
+        emb = embed(q)
+        sim = emb @ emb.T
+        sim.fill_diagonal_(-2)
+        off = ~torch.eye(len(texts), dtype=torch.bool)
+        report["sentence_embedding"] = {
+            "cosine_mean": float((emb * ref).sum(-1).mean()),
+            "cosine_min": float((emb * ref).sum(-1).min()),
+            "max_abs_similarity_change": float((sim - sim_ref)[off].abs().max()),
+            "same_nearest_neighbour": float((sim.argmax(1) == sim_ref.argmax(1)).float().mean()),
+        }
+        result["formats"][fmt] = report
+        e = report["sentence_embedding"]
+        print(f"{fmt}: min layer cosine {report['min_layer_cosine']:.5f}, max layer rel L1 "
+              f"{report['max_layer_rel_l1']:.4f}; sentence embedding cosine mean {e['cosine_mean']:.5f} "
+              f"min {e['cosine_min']:.5f}; max |d similarity| {e['max_abs_similarity_change']:.4f}; "
+              f"same nearest neighbour {e['same_nearest_neighbour']:.1%}")
+        for name, r in report["layers"].items():
+            print(f"  {name}: cosine {r['cosine']:.5f} (min {r['cosine_min']:.4f}), rel L1 {r['rel_l1']:.4f}")
+    out = args.out or RESULTS / "formats_minilm_accuracy.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
 
 
 def models() -> list[tuple[str, torch.nn.Module, int]]:
@@ -88,6 +185,10 @@ def profile_top(model: torch.nn.Module, ids: torch.Tensor, n: int = 8) -> list[d
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.accuracy:
+        return minilm_accuracy(args)
+    args.out = args.out or RESULTS / "formats_cpu.json"
     if args.quick:
         args.batch, args.repeats, args.warmup = 4, 3, 1
     torch.set_num_threads(args.threads)
@@ -106,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         ids = torch.randint(0, vocab, (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
         with warnings.catch_warnings():
             warnings.simplefilter("always", UserWarning)
-            variants = {"fp32": model, "int8": quantize(model, "int8")}
+            variants = {"fp32": model, "int8": quantize(model, "int8"),
+                        # speed only: calibrated on the timed batch itself (its statistics do
+                        # not change the cost, which is one extra division of each input)
+                        "int8-smoothquant": quantize(model, "int8", calibration=[ids[:8]])}
             with warnings.catch_warnings(record=True) as caught:
                 variants["bf16"] = quantize(model, "bf16")
             for w in caught:
@@ -117,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             med = statistics.median(times)
             rows[fmt] = {"median_s": med, "tokens_per_s": args.batch * args.seq / med,
                          "times_s": times, "top_ops": profile_top(m, ids)}
-        for fmt in ("int8", "bf16"):
+        for fmt in ("int8", "int8-smoothquant", "bf16"):
             rows[fmt]["speedup_vs_fp32"] = rows["fp32"]["median_s"] / rows[fmt]["median_s"]
         result["models"][name] = rows
         print(f"\n{name}: batch {args.batch} x {args.seq} tokens, {args.threads} threads")

@@ -10,6 +10,7 @@ from unittest import mock
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import headwise
@@ -99,7 +100,7 @@ def test_packed_cpu_weights_follow_load_state_dict():
     b(x)  # packs b's weights
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
-    assert set(a.state_dict()) == {"weight_int8", "weight_scale", "bias"}
+    assert set(a.state_dict()) == {"weight_int8", "weight_scale", "bias", "input_smooth"}
 
 
 # ------------------------------------------------------------------ which modules
@@ -284,3 +285,59 @@ def test_cli_eval_format(tmp_path, monkeypatch, capsys):
 def test_int8_linear_on_float16_input_returns_float16():
     q = Int8Linear.from_float(torch.randn(8, 16), None, kernel="emulate")
     assert q(torch.randn(2, 16).half()).dtype == torch.float16
+
+
+# ------------------------------------------------------------------ SmoothQuant calibration
+def _outlier_inputs(n: int = 256, k: int = 64, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, k, generator=g)
+    x[:, 3] *= 30.0  # one outlier channel, as BERT-like models have
+    return x
+
+
+def test_smoothing_moves_an_outlier_channel_into_the_weights():
+    g = torch.Generator().manual_seed(1)
+    w, b = torch.randn(48, 64, generator=g) * 0.05, torch.randn(48, generator=g)
+    x = _outlier_inputs()
+    ref = F.linear(x, w, b)
+    plain = Int8Linear.from_float(w, b)  # per-tensor activations (CPU op)
+    smooth = Int8Linear.from_float(w, b, input_absmax=_outlier_inputs(seed=2).abs().amax(0))
+    assert smooth.smoothed and not plain.smoothed
+    assert rel(smooth(x), ref) < rel(plain(x), ref) / 2
+    # the dequantised weight undoes the smoothing (coarser: the outlier column now sets
+    # each row's scale, which is the price SmoothQuant pays on the weight side)
+    assert rel(smooth.weight, w) < 5e-2
+
+
+def test_calibrate_records_every_projection_input():
+    from headwise.formats.convert import calibrate
+
+    torch.manual_seed(0)
+    model = EncoderForMLM(small_cfg(embedding_size=32)).eval()
+    stats = calibrate(model, [torch.randint(0, 200, (2, 16))])
+    linears = {n for n, m in model.named_modules() if type(m) is nn.Linear}
+    qkv = {f"{n}.qkv_proj" for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
+    assert set(stats) == linears | qkv
+    assert stats["encoder.blocks.0.mlp.fc_in"].shape == (64,)
+    with pytest.raises(ValueError, match="calibration is empty"):
+        calibrate(model, [])
+
+
+def test_calibrated_model_is_closer_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = Decoder(small_cfg(d_model=64)).eval()
+    with torch.no_grad():  # give the residual stream an outlier channel
+        model.embeddings.tok.weight[:, 5] += 3.0
+    ids = torch.randint(0, 200, (4, 32), generator=torch.Generator().manual_seed(3))
+    cal = [torch.randint(0, 200, (4, 32), generator=torch.Generator().manual_seed(4))]
+    q = quantize(model, "int8", calibration=cal)
+    assert all(m.smoothed for m in q.modules() if isinstance(m, Int8Linear))
+    plain = compare_formats(model, quantize(model, "int8"), [ids])
+    smooth = compare_formats(model, q, [ids])
+    assert smooth["max_layer_rel_l1"] < plain["max_layer_rel_l1"]
+    back = load_quantized(save_quantized(q, tmp_path / "sq.safetensors"))
+    assert all(m.smoothed for m in back.modules() if isinstance(m, Int8Linear))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), q(ids), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="calibration is used by format 'int8' only"):
+        quantize(model, "bf16", calibration=cal)

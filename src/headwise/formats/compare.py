@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -36,11 +37,13 @@ class _Stats:
         self.abs_err = 0.0
         self.abs_ref = 0.0
 
-    def add(self, ref: Tensor, got: Tensor) -> None:
+    def add(self, ref: Tensor, got: Tensor, keep: Tensor | None = None) -> None:
         if ref.shape != got.shape:
             raise ValueError(f"outputs differ in shape: fp32 {tuple(ref.shape)}, quantised {tuple(got.shape)}")
         a = ref.detach().double().reshape(-1, ref.shape[-1])
         b = got.detach().double().reshape(-1, got.shape[-1])
+        if keep is not None:
+            a, b = a[keep.reshape(-1)], b[keep.reshape(-1)]
         cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
         self.cos_sum += float(cos.sum())
         self.cos_min = min(self.cos_min, float(cos.min()))
@@ -71,6 +74,7 @@ def compare_formats(
     forward: Callable[[nn.Module, Any], Any] | None = None,
     layers: list[str] | None = None,
     task: Callable[[nn.Module], dict[str, float]] | None = None,
+    tokens: Callable[[Any], Tensor] | None = None,
 ) -> dict[str, Any]:
     """Compare ``model_q`` (a quantised copy) with ``model_fp32`` on the same inputs.
 
@@ -86,6 +90,8 @@ def compare_formats(
             :func:`default_layers` (every block's output hidden states).
         task: ``task(model) -> metrics`` (e.g. masked-token accuracy, perplexity), run
             on both models and reported with their differences.
+        tokens: ``tokens(batch) -> (B, T)`` bool, True for the tokens to count (e.g.
+            not padding); default every token.
 
     Returns:
         ``{"layers": {name: stats}, "output": stats, "min_layer_cosine",
@@ -117,9 +123,10 @@ def compare_formats(
         for batch in batches:
             ref = _first_tensor(forward(model_fp32, batch))
             got = _first_tensor(forward(model_q, batch))
-            out_stats.add(ref, got)
+            keep = None if tokens is None else tokens(batch).to(ref.device)
+            out_stats.add(ref, got, keep)
             for name in layers:
-                stats[name].add(captured["ref"][name], captured["q"][name])
+                stats[name].add(captured["ref"][name], captured["q"][name], keep)
             n_batches += 1
     finally:
         for h in handles:
@@ -155,7 +162,7 @@ def _objective_models(objective: nn.Module) -> list[str]:
 
 
 def evaluate_run_format(run, format: str, *, corpus: str | None = None, max_batches: int = 50,
-                        compare_batches: int = 8) -> dict[str, Any]:
+                        compare_batches: int = 8, calibration_batches: int = 4) -> dict[str, Any]:
     """``headwise eval RUN --format FORMAT``: the run's metrics in float32 and in
     ``format`` on the same blocks and masks, and :func:`compare_formats` of the main
     model (the discriminator for RTD) on ``compare_batches`` batches.
@@ -163,14 +170,20 @@ def evaluate_run_format(run, format: str, *, corpus: str | None = None, max_batc
     Args:
         run: a :class:`~headwise.train.reader.LoadedRun`.
         format: ``"bf16"`` or ``"int8"`` (``"fp32"`` compares the model with a copy).
+        calibration_batches: int8: this many batches of the run's *training* split
+            calibrate SmoothQuant (see :func:`~headwise.formats.quantize`); 0 = none.
     """
     from ..data import build_blocks, load_corpus
     from ..train.reader import evaluate_run
 
     objective = run.objective
     objective_q = copy.deepcopy(objective)
+    n_cal = calibration_batches if format == "int8" else 0
     for attr in _objective_models(objective_q):
-        quantize(getattr(objective_q, attr), format, inplace=True)
+        cal = None
+        if n_cal:
+            cal = [b.to(run.device) for b in itertools.islice(run.train.iter_batches(run.cfg.batch_size), n_cal)]
+        quantize(getattr(objective_q, attr), format, inplace=True, calibration=cal)
     run_q = dataclasses.replace(run, parts=dataclasses.replace(run.parts, objective=objective_q))
 
     blocks = run.val
@@ -196,4 +209,5 @@ def evaluate_run_format(run, format: str, *, corpus: str | None = None, max_batc
     report = compare_formats(getattr(objective, attr), getattr(objective_q, attr), some_batches(), task=task)
     report["format"] = format
     report["compared_model"] = attr
+    report["calibration_batches"] = n_cal
     return report

@@ -8,7 +8,9 @@ import json
 import os
 import platform
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ from .int8 import Int8Linear, Int8MultiHeadAttention, _cpu_capabilities, int8_ke
 __all__ = [
     "FORMATS",
     "quantize",
+    "calibrate",
     "model_format",
     "bf16_math_support",
     "save_quantized",
@@ -92,7 +95,9 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention: str | None = None,
-             kernel: str = "auto") -> nn.Module:
+             kernel: str = "auto", calibration: Iterable[Any] | None = None,
+             calibration_forward: Callable[[nn.Module, Any], Any] | None = None,
+             smooth_alpha: float = 0.75) -> nn.Module:
     """Return ``model`` in number ``format``: ``"fp32"`` (unchanged), ``"bf16"`` or ``"int8"``.
 
     * ``"bf16"``: weights and activations in bfloat16; the model (and its ``encoder``,
@@ -116,6 +121,15 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
             backend.
         kernel: int8 GEMM of the new :class:`Int8Linear` modules (``"auto"`` picks per
             device; ``"emulate"`` is a float reference for tests).
+        calibration: int8 only: a few input batches (e.g. ``input_ids (B, T)``) run
+            through the float model to record each projection's largest ``|x|`` per
+            input channel; outlier channels are then smoothed into the weights
+            (SmoothQuant). Recommended on CPU, where activations get one int8 scale
+            per tensor: BERT-like models have a few channels 5x larger than the rest.
+        calibration_forward: ``f(model, batch)`` to run a calibration batch; default
+            ``model(batch)``.
+        smooth_alpha: SmoothQuant's migration strength in [0, 1] (0: none; 1: all of
+            the activations' range moves into the weights).
 
     Raises:
         ValueError: ``format`` is not one of :data:`FORMATS`, the model's device has no
@@ -129,6 +143,10 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
         raise ValueError(f"model is already in format {current!r}; quantize a float32 model")
     if attention not in (None, "int8"):
         raise ValueError(f"attention must be None or 'int8', got {attention!r}")
+    if calibration is not None and format != "int8":
+        raise ValueError(f"calibration is used by format 'int8' only, got format {format!r}")
+    if not 0.0 <= smooth_alpha <= 1.0:
+        raise ValueError(f"smooth_alpha must be in [0, 1], got {smooth_alpha!r}")
     device = _device_of(model)
     if format == "int8" and kernel == "auto" and int8_kernel_for(device) is None:
         raise ValueError(
@@ -137,12 +155,13 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
             f"{torch.backends.quantized.engine!r}, or CUDA sm_75+); accepted formats here: "
             f"{[f for f in FORMATS if f != 'int8']}"
         )
+    stats = None if calibration is None else calibrate(model, calibration, calibration_forward)
     if not inplace:
         model = copy.deepcopy(model)
     if format == "bf16":
         _to_bf16(model, device)
     elif format == "int8":
-        _to_int8(model, kernel)
+        _to_int8(model, kernel, stats or {}, smooth_alpha)
     if attention == "int8":
         for m in model.modules():
             if isinstance(m, MultiHeadAttention):
@@ -151,15 +170,58 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
     return model
 
 
-def _to_int8(model: nn.Module, kernel: str) -> None:
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Any],
+              forward: Callable[[nn.Module, Any], Any] | None = None) -> dict[str, Tensor]:
+    """Largest ``|x|`` per input channel ``(in,)`` of every projection over ``batches``:
+    keys are the names of ``nn.Linear`` modules and ``"<attention layer>.qkv_proj"``
+    for each fused attention projection."""
+    forward = forward if forward is not None else (lambda m, b: m(b))
+    stats: dict[str, Tensor] = {}
+
+    def record(key: str, x: Tensor) -> None:
+        a = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
+        stats[key] = a if key not in stats else torch.maximum(stats[key], a)
+
+    handles = []
+    for name, m in model.named_modules():
+        if type(m) is nn.Linear:
+            handles.append(m.register_forward_pre_hook(lambda _m, args, _n=name: record(_n, args[0])))
+        elif isinstance(m, MultiHeadAttention) and m.fused:
+            # the fused Q/K/V projection reads the layer's input x (self-attention)
+            handles.append(m.register_forward_pre_hook(
+                lambda _m, args, _n=name: record(f"{_n}.qkv_proj" if _n else "qkv_proj", args[0])))
+    was = model.training
+    model.eval()
+    n = 0
+    try:
+        for batch in batches:
+            forward(model, batch)
+            n += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    if n == 0:
+        raise ValueError("calibration is empty: give at least one batch")
+    return stats
+
+
+def _to_int8(model: nn.Module, kernel: str, stats: dict[str, Tensor], alpha: float) -> None:
+    def sub(prefix: str) -> dict[str, Tensor]:
+        p = f"{prefix}." if prefix else ""
+        return {k[len(p):]: v for k, v in stats.items() if k.startswith(p)}
+
     # attention first: its out_proj is an nn.Linear that the layer converts itself
-    for m in list(model.modules()):
+    for name, m in list(model.named_modules()):
         if isinstance(m, MultiHeadAttention) and not isinstance(m, Int8MultiHeadAttention):
-            Int8MultiHeadAttention.convert(m, kernel=kernel)
-    for parent in list(model.modules()):
+            Int8MultiHeadAttention.convert(m, kernel=kernel, input_absmax=sub(name), alpha=alpha)
+    for pname, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:  # subclasses (NonDynamicallyQuantizableLinear...) too risky
-                setattr(parent, name, Int8Linear.from_float(child.weight, child.bias, kernel=kernel))
+                full = f"{pname}.{name}" if pname else name
+                setattr(parent, name, Int8Linear.from_float(child.weight, child.bias, kernel=kernel,
+                                                            input_absmax=stats.get(full), alpha=alpha))
     if type(model) is nn.Linear:
         raise TypeError("quantize() replaces a model's submodules; wrap a bare nn.Linear in a module "
                         "or use Int8Linear.from_float")

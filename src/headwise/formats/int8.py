@@ -139,13 +139,35 @@ class Int8Linear(nn.Module):
                                                         device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
+        # SmoothQuant's per-input-channel factors s: the weight holds W * s, the input is
+        # divided by s before it is quantised (all ones, and skipped, without calibration)
+        self.register_buffer("input_smooth", torch.ones(in_features, device=device))
+        self.smoothed = False
+        self.register_load_state_dict_post_hook(_after_load)
         self._cache: tuple[tuple, object] | None = None
 
     @classmethod
-    def from_float(cls, weight: Tensor, bias: Tensor | None = None, *, kernel: str = "auto") -> Int8Linear:
-        """Quantise a float ``weight (out, in)`` (and ``bias (out,)``) into a new module."""
+    def from_float(cls, weight: Tensor, bias: Tensor | None = None, *, kernel: str = "auto",
+                   input_absmax: Tensor | None = None, alpha: float = 0.75) -> Int8Linear:
+        """Quantise a float ``weight (out, in)`` (and ``bias (out,)``) into a new module.
+
+        With ``input_absmax (in,)``, the largest ``|x|`` seen per input channel on
+        calibration data, outlier channels are smoothed first (SmoothQuant, Xiao et al.
+        2023): ``s_j = absmax_j^alpha / max_i |W_ij|^(1 - alpha)``, the weight becomes
+        ``W * s`` and inputs are divided by ``s``, which moves the activations' range
+        into the weights, where per-channel scales absorb it."""
         out_features, in_features = weight.shape
         m = cls(in_features, out_features, bias is not None, kernel=kernel, device=weight.device)
+        weight = weight.detach().float()
+        if input_absmax is not None:
+            if input_absmax.shape != (in_features,):
+                raise ValueError(f"input_absmax must have shape ({in_features},), got {tuple(input_absmax.shape)}")
+            w_max = weight.abs().amax(dim=0).clamp_min(1e-5)
+            smooth = (input_absmax.float().to(weight.device).clamp_min(1e-5) ** alpha / w_max ** (1 - alpha))
+            smooth = smooth.clamp(1e-2, 1e2)  # a dead channel must not blow up its weights
+            weight = weight * smooth[None, :]
+            m.input_smooth.copy_(smooth)
+            m.smoothed = True
         w_int8, scale = quantize_per_channel(weight)
         m.weight_int8.copy_(w_int8)
         m.weight_scale.copy_(scale)
@@ -157,7 +179,8 @@ class Int8Linear(nn.Module):
     def weight(self) -> Tensor:
         """The dequantised weight ``(out, in)`` float32: a new tensor at each access (for
         inspection, e.g. ``layer.heads``), not a parameter."""
-        return self.weight_int8.float() * self.weight_scale[:, None]
+        w = self.weight_int8.float() * self.weight_scale[:, None]
+        return w / self.input_smooth if self.smoothed else w
 
     def __getstate__(self):
         # packed CPU weights are opaque C++ objects: copies and pickles rebuild them
@@ -210,6 +233,8 @@ class Int8Linear(nn.Module):
             raise ValueError(f"x must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        if self.smoothed:
+            x2 = x2.float() / self.input_smooth
         kernel = self._kernel(x.device)
         if kernel == "qcpu":
             with _quiet_quantized_ops():
@@ -236,7 +261,11 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, kernel={self.kernel!r}")
+                f"bias={self.bias is not None}, kernel={self.kernel!r}, smoothed={self.smoothed}")
+
+
+def _after_load(module: Int8Linear, incompatible) -> None:
+    module.smoothed = bool((module.input_smooth != 1).any())
 
 
 class Int8MultiHeadAttention(MultiHeadAttention):
@@ -250,13 +279,18 @@ class Int8MultiHeadAttention(MultiHeadAttention):
     """
 
     @classmethod
-    def convert(cls, layer: MultiHeadAttention, *, kernel: str = "auto") -> Int8MultiHeadAttention:
+    def convert(cls, layer: MultiHeadAttention, *, kernel: str = "auto",
+                input_absmax: dict[str, Tensor] | None = None, alpha: float = 0.75) -> Int8MultiHeadAttention:
         """Quantise ``layer``'s projections and turn it into this class, in place (its
-        hooks, backend, rotary embedding and attributes are kept)."""
+        hooks, backend, rotary embedding and attributes are kept). ``input_absmax``
+        may hold calibration statistics for ``"qkv_proj"`` and ``"out_proj"`` (see
+        :meth:`Int8Linear.from_float`)."""
         if not isinstance(layer, MultiHeadAttention) or isinstance(layer, Int8MultiHeadAttention):
             raise TypeError(f"layer must be a float MultiHeadAttention, got {type(layer).__name__}")
+        stats = input_absmax or {}
         if layer.fused:
-            proj = Int8Linear.from_float(layer.qkv_weight, layer.qkv_bias, kernel=kernel)
+            proj = Int8Linear.from_float(layer.qkv_weight, layer.qkv_bias, kernel=kernel,
+                                         input_absmax=stats.get("qkv_proj"), alpha=alpha)
             del layer.qkv_weight, layer.qkv_bias
             layer.qkv_proj = proj
         else:
@@ -266,7 +300,8 @@ class Int8MultiHeadAttention(MultiHeadAttention):
                 delattr(layer, f"{p}_weight")
                 delattr(layer, f"{p}_bias")
                 setattr(layer, f"{p}_proj", proj)
-        layer.out_proj = Int8Linear.from_float(layer.out_proj.weight, layer.out_proj.bias, kernel=kernel)
+        layer.out_proj = Int8Linear.from_float(layer.out_proj.weight, layer.out_proj.bias, kernel=kernel,
+                                               input_absmax=stats.get("out_proj"), alpha=alpha)
         layer.__class__ = cls
         return layer  # type: ignore[return-value]
 
