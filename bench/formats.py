@@ -30,6 +30,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                     "quantized_engine": torch.backends.quantized.engine,
                     "bf16_native": bf16_ok, "bf16_note": bf16_why},
         "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
-        "command": "PYTHONPATH=src python bench/formats.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["PYTHONPATH=src python bench/formats.py", *sys.argv[1:]]),
         "models": {},
     }
     for name, model, vocab in models():

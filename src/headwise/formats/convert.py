@@ -123,7 +123,8 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
             device; ``"emulate"`` is a float reference for tests).
         calibration: int8 only: a few input batches (e.g. ``input_ids (B, T)``) run
             through the float model to record each projection's largest ``|x|`` per
-            input channel; outlier channels are then smoothed into the weights
+            input channel; outlier channels of the Q/K/V and MLP-input projections
+            (:data:`SMOOTHED_PROJECTIONS`) are then smoothed into the weights
             (SmoothQuant). Recommended on CPU, where activations get one int8 scale
             per tensor: BERT-like models have a few channels 5x larger than the rest.
         calibration_forward: ``f(model, batch)`` to run a calibration batch; default
@@ -207,7 +208,16 @@ def calibrate(model: nn.Module, batches: Iterable[Any],
     return stats
 
 
+# SmoothQuant smooths the projections that read a norm's output (attention's Q/K/V and
+# the MLP's first layer), whose outliers sit in a few fixed channels; the inputs of
+# out_proj and fc_out (after softmax-weighting and GELU) gain little from it, and
+# fc_out's 4x-wide input is where the extra division would cost most.
+SMOOTHED_PROJECTIONS = ("qkv_proj", "fc_in")
+
+
 def _to_int8(model: nn.Module, kernel: str, stats: dict[str, Tensor], alpha: float) -> None:
+    stats = {k: v for k, v in stats.items() if k.rsplit(".", 1)[-1] in SMOOTHED_PROJECTIONS}
+
     def sub(prefix: str) -> dict[str, Tensor]:
         p = f"{prefix}." if prefix else ""
         return {k[len(p):]: v for k, v in stats.items() if k.startswith(p)}
