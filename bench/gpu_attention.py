@@ -11,6 +11,9 @@ matmuls), 2.5x that for the backward, halved when causal.
 
     PYTHONPATH=src python bench/gpu_attention.py            # ~4 minutes on an H100
     PYTHONPATH=src python bench/gpu_attention.py --quick    # smoke run, one shape
+    # focused: D=128 only, both masks, three lengths, against flash and cuDNN (~1.5 min)
+    PYTHONPATH=src python bench/gpu_attention.py --head-dims 128 --causal both \
+        --seqs 1024 4096 16384 --peers flash cudnn
 
 Prints a markdown table per pass with the ratio headwise / best torch kernel and
 headwise's fraction of the GPU's dense bf16 peak; writes
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,11 +56,59 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flex-compile-budget-s", type=float, default=100.0,
                    help="skip FlexAttention once its compilations took this long (default 100)")
     p.add_argument("--no-flex", action="store_true", help="leave FlexAttention out")
+    p.add_argument("--head-dims", type=int, nargs="+", default=None, metavar="D",
+                   help=f"head dims to measure (default {' '.join(map(str, HEAD_DIMS))})")
+    p.add_argument("--seqs", type=int, nargs="+", default=None, metavar="T",
+                   help=f"sequence lengths (default {' '.join(map(str, SEQS))}); batch is "
+                        f"{TOKENS} // T")
+    p.add_argument("--causal", choices=["no", "yes", "both"], default="both",
+                   help="which masks (default both)")
+    p.add_argument("--peers", nargs="+", choices=TORCH_IMPLS, default=TORCH_IMPLS,
+                   help="torch kernels to compare against (default all: "
+                        f"{' '.join(TORCH_IMPLS)}); leaving out flex skips its compilation")
+    p.add_argument("--warmup-ms", type=float, default=None,
+                   help="do_bench warm-up per measurement (default 25, --quick 5)")
+    p.add_argument("--rep-ms", type=float, default=None,
+                   help="do_bench measuring time per measurement (default 100, --quick 20)")
+    p.add_argument("--precompile", action="store_true",
+                   help="only compile headwise's kernels for every autotune config of the "
+                        "planned head dims and masks (Triton's on-disk cache then serves a "
+                        "later run); no timing, so it can overlap other work")
+    p.add_argument("--precompile-jobs", type=int, default=4,
+                   help="processes for --precompile (default 4)")
+    p.add_argument("--precompile-slice", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=RESULTS / "gpu_attention.json")
     args = p.parse_args(argv)
+    if args.precompile_jobs < 1:
+        p.error(f"--precompile-jobs must be >= 1, got {args.precompile_jobs}")
     if args.peak is not None and not (args.peak > 0):
         p.error(f"--peak must be a positive number of TFLOP/s, got {args.peak}")
+    for name in ("head_dims", "seqs"):
+        values = getattr(args, name)
+        if values is not None and any(x <= 0 for x in values):
+            p.error(f"--{name.replace('_', '-')} must be positive integers, got {values}")
+    if args.head_dims is not None and any(d > 256 for d in args.head_dims):
+        p.error(f"--head-dims must be <= 256 (the kernels' limit), got {args.head_dims}")
+    for name in ("warmup_ms", "rep_ms"):
+        value = getattr(args, name)
+        if value is not None and not (value > 0):
+            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if "flex" not in args.peers:
+        args.no_flex = True
     return args
+
+
+def plan(args: argparse.Namespace) -> list[tuple[int, bool, int]]:
+    """(head_dim, causal, seq) in measuring order: per head dim, per length, the
+    masks side by side, so that a run cut short by --budget-s still compares
+    causal and non-causal at the lengths it reached."""
+    if args.quick:
+        head_dims, seqs = [64], [512]
+    else:
+        head_dims = args.head_dims or HEAD_DIMS
+        seqs = args.seqs or SEQS
+    masks = {"no": [False], "yes": [True], "both": [False, True]}[args.causal]
+    return [(d, c, t) for d in head_dims for t in seqs for c in masks]
 
 
 def flops(batch: int, seq: int, head_dim: int, causal: bool, mode: str) -> float:
@@ -110,7 +162,7 @@ class Flex:
             return self.fn(q, k, v, block_mask=mask)
 
 
-def make_impls(flex: Flex | None):
+def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from headwise.kernels import tiled_attention
@@ -122,13 +174,13 @@ def make_impls(flex: Flex | None):
 
         return run
 
-    impls = {
-        "headwise": lambda q, k, v, causal: tiled_attention(q, k, v, causal=causal),
-        "flash": sdpa(SDPBackend.FLASH_ATTENTION),
-        "cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
-        "efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION),
-    }
-    if flex is not None:
+    impls = {"headwise": lambda q, k, v, causal: tiled_attention(q, k, v, causal=causal)}
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    for name in TORCH_IMPLS:
+        if name in peers and name in backends:
+            impls[name] = sdpa(backends[name])
+    if flex is not None and "flex" in peers:
         impls["flex"] = flex.call
     return impls
 
@@ -191,7 +243,92 @@ def bench_point(impls, flex, head_dim, seq, causal, warmup, rep):
     if reference_out is not None and hw_out is not None:
         diff = (hw_out.float() - reference_out.float()).abs().max().item()
         row["max_abs_diff_vs_first_torch"] = diff
+    row["headwise_configs"] = tuned_configs()
     return row
+
+
+def tuned_configs() -> dict[str, str]:
+    """The config each of headwise's autotuners picked last (this shape's, since
+    every kernel just ran): which tiles win is what the next tuning step needs."""
+    try:
+        from headwise.kernels import tiled as tiled_mod
+    except ImportError:
+        return {}
+    picked = {}
+    for (kind, dim_class), tuner in getattr(tiled_mod, "_TUNERS", {}).items():
+        best = getattr(tuner, "best_config", None)
+        if best is not None:
+            picked[f"{kind}/{dim_class}"] = str(best)
+    return picked
+
+
+def _best_torch(tflops: dict[str, float]) -> float | None:
+    """The fastest torch kernel measured at one shape and pass."""
+    return max((tflops[n] for n in TORCH_IMPLS if n in tflops), default=None)
+
+
+def precompile_items(args: argparse.Namespace) -> list[tuple[int, bool, int]]:
+    """(head_dim, causal, config index): one forward and one backward each."""
+    from headwise.kernels import tiled as tiled_mod
+
+    items = []
+    for head_dim, causal in dict.fromkeys((d, c) for d, c, _ in plan(args)):
+        dim_class = tiled_mod._dim_class(tiled_mod._pad_dim(head_dim))
+        n = max(len(tiled_mod._CONFIGS[k][dim_class]) for k in ("fwd", "dkdv", "dq"))
+        items += [(head_dim, causal, i) for i in range(n)]
+    return items
+
+
+def precompile_worker(items: list[tuple[int, bool, int]]) -> int:
+    """Run the forward and backward kernels once per item with only its config in
+    the lists (config i of each kind, the last one where a list is shorter), on
+    small inputs laid out as bench_point's, so that Triton specializes them the
+    same way and the compiled kernels land in its cache under the keys the
+    autotuned run will look up."""
+    from headwise.kernels import tiled as tiled_mod
+
+    os.environ["HEADWISE_TILED_AUTOTUNE"] = "0"
+    originals = {k: {c: list(v) for c, v in tiled_mod._CONFIGS[k].items()}
+                 for k in ("fwd", "dkdv", "dq")}
+    failures = 0
+    for head_dim, causal, i in items:
+        dim_class = tiled_mod._dim_class(tiled_mod._pad_dim(head_dim))
+        for kind, lists in originals.items():
+            cfgs = lists[dim_class]
+            tiled_mod._CONFIGS[kind][dim_class] = [cfgs[min(i, len(cfgs) - 1)]]
+        tiled_mod._FIXED.clear()
+        batch, seq = 2, 256
+        x = [torch.randn(batch, seq, HEADS, head_dim, device="cuda", dtype=torch.bfloat16)
+             .transpose(1, 2) for _ in range(3)]
+        dout = torch.randn(batch, HEADS, seq, head_dim, device="cuda", dtype=torch.bfloat16)
+        scale = head_dim ** -0.5
+        try:
+            out, lse = tiled_mod._forward(*x, None, causal, scale)
+            tiled_mod._backward(dout, *x, out, lse, None, None, causal, scale)
+            torch.cuda.synchronize()
+        except Exception as e:  # e.g. OutOfResources: the autotuner skips it too
+            failures += 1
+            print(f"precompile D={head_dim} causal={causal} config {i}: "
+                  f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+    for kind, lists in originals.items():
+        tiled_mod._CONFIGS[kind].update(lists)
+    return 0 if failures < len(items) else 1
+
+
+def precompile(args: argparse.Namespace, argv: list[str]) -> int:
+    """--precompile: split the items over --precompile-jobs processes."""
+    items = precompile_items(args)
+    if args.precompile_slice is not None:
+        j, n = (int(x) for x in args.precompile_slice.split("/"))
+        return precompile_worker(items[j::n])
+    t0 = time.perf_counter()
+    jobs = min(args.precompile_jobs, len(items))
+    procs = [subprocess.Popen([sys.executable, __file__, *argv, "--precompile-slice",
+                               f"{j}/{jobs}"]) for j in range(jobs)]
+    rcs = [proc.wait() for proc in procs]
+    print(f"precompiled {len(items)} (head dim, mask, config) items in {jobs} processes "
+          f"in {time.perf_counter() - t0:.1f} s; exit codes {rcs}", flush=True)
+    return max(rcs)
 
 
 def fmt(x: float | None, digits: int = 0) -> str:
@@ -207,7 +344,7 @@ def tables(rows: list[dict], peak: float | None) -> str:
         out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             tf = r["tflops"][mode]
-            torch_best = max((tf[n] for n in TORCH_IMPLS if n in tf), default=None)
+            torch_best = _best_torch(tf)
             hw = tf.get("headwise")
             ratio = None if (hw is None or not torch_best) else hw / torch_best
             frac = None if (hw is None or peak is None) else 100 * hw / peak
@@ -233,12 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/gpu_attention.py needs a CUDA GPU (torch.cuda.is_available() is False); "
               "nothing was measured.", file=sys.stderr)
         return 2
+    if args.precompile:
+        return precompile(args, list(argv if argv is not None else sys.argv[1:]))
     import triton
 
     name = torch.cuda.get_device_name()
     peak = args.peak if args.peak is not None else detect_peak(name)
-    seqs, head_dims = ([512], [64]) if args.quick else (SEQS, HEAD_DIMS)
+    points = plan(args)
     warmup, rep = (5, 20) if args.quick else (25, 100)
+    warmup = args.warmup_ms if args.warmup_ms is not None else warmup
+    rep = args.rep_ms if args.rep_ms is not None else rep
     flex = None
     flex_error = None
     if not args.no_flex:
@@ -246,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             flex = Flex(args.flex_compile_budget_s)
         except Exception as e:
             flex_error = f"{type(e).__name__}: {e}"
-    impls = make_impls(flex)
+    impls = make_impls(flex, args.peers)
     payload = {
         "device": name, "peak_tflops_bf16_dense": peak, "torch": torch.__version__,
         "triton": triton.__version__, "python": platform.python_version(),
@@ -254,27 +395,31 @@ def main(argv: list[str] | None = None) -> int:
         "flops": "4*B*H*T^2*D forward, x3.5 forward+backward, /2 causal",
         "timing": f"triton.testing.do_bench median, warmup={warmup} ms, rep={rep} ms",
         "flex_error": flex_error, "flex_dynamic_shapes": None, "skipped_for_time": [],
+        "command": " ".join(["bench/gpu_attention.py", *(argv if argv is not None
+                                                        else sys.argv[1:])]),
+        "autotune": os.environ.get("HEADWISE_TILED_AUTOTUNE", "1") != "0",
         "rows": [],
     }
     print(f"# {name}: peak {fmt(peak, 1)} TFLOP/s bf16 dense; torch {torch.__version__}, "
           f"triton {triton.__version__}", flush=True)
     start = time.perf_counter()
-    for head_dim in head_dims:
-        for causal in (False, True):
-            for seq in seqs:
-                if time.perf_counter() - start > args.budget_s:
-                    payload["skipped_for_time"].append([head_dim, causal, seq])
-                    continue
-                t0 = time.perf_counter()
-                row = bench_point(impls, flex, head_dim, seq, causal, warmup, rep)
-                payload["rows"].append(row)
-                payload["flex_dynamic_shapes"] = None if flex is None else flex.dynamic
-                write(payload, args.out)
-                hw = row["tflops"]["fwd+bwd"].get("headwise")
-                print(f"D={head_dim} causal={causal} T={seq}: headwise fwd+bwd "
-                      f"{fmt(hw)} TFLOP/s, diff vs torch {row['max_abs_diff_vs_first_torch']}, "
-                      f"errors {row['errors'] or '-'} ({time.perf_counter() - t0:.1f} s)",
-                      flush=True)
+    for head_dim, causal, seq in points:
+        if time.perf_counter() - start > args.budget_s:
+            payload["skipped_for_time"].append([head_dim, causal, seq])
+            continue
+        t0 = time.perf_counter()
+        row = bench_point(impls, flex, head_dim, seq, causal, warmup, rep)
+        payload["rows"].append(row)
+        payload["flex_dynamic_shapes"] = None if flex is None else flex.dynamic
+        write(payload, args.out)
+        tf = row["tflops"]
+        print(f"D={head_dim} causal={causal} T={seq}: headwise fwd "
+              f"{fmt(tf['fwd'].get('headwise'))} / fwd+bwd {fmt(tf['fwd+bwd'].get('headwise'))}"
+              f" TFLOP/s (best torch {fmt(_best_torch(tf['fwd']))} / "
+              f"{fmt(_best_torch(tf['fwd+bwd']))}), diff vs torch "
+              f"{row['max_abs_diff_vs_first_torch']}, errors {row['errors'] or '-'} "
+              f"({time.perf_counter() - t0:.1f} s); configs {row['headwise_configs']}",
+              flush=True)
     write(payload, args.out)
     print(tables(payload["rows"], peak))
     if payload["skipped_for_time"]:

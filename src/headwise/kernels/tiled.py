@@ -89,6 +89,17 @@ def _dot(a, b, DOT_PREC: tl.constexpr):
     return c
 
 
+@triton.jit
+def _dot_acc(a, b, acc, DOT_PREC: tl.constexpr):
+    """acc + a @ b with the accumulator handed to the MMA (wgmma accumulates in
+    place instead of a separate tile add after a zero-initialised product)."""
+    if DOT_PREC == "upcast":
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        c = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    return c
+
+
 # --------------------------------------------------------------------------- forward
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
@@ -104,18 +115,20 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn
                        offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, MASKED)
         v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                        offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, MASKED)
-        # scores in log2 units: exp(s * scale) == exp2(s * scale * log2(e))
-        qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale
+        # scores in log2 units: exp(s * scale) == exp2(s * scale * log2(e)). The
+        # launcher makes qk_scale > 0, so max(s) * qk_scale is the scaled row max
+        # and s * qk_scale - m is one FMA per score (no separate scaling pass).
+        qk = _dot(q, tl.trans(k), DOT_PREC)
         if MASKED:
             ok = offs_n[None, :] < kv_end
             if CAUSAL:
                 ok = ok & (offs_n[None, :] <= offs_m[:, None] + causal_off)
             qk = tl.where(ok, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
+        p = tl.exp2(qk * qk_scale - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PREC)
+        acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_PREC)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -178,7 +191,7 @@ def _attn_fwd(Q, K, V, O, LSE, KLEN,
                                BLOCK_N, DOT_PREC)
     empty = l_i == 0.0  # rows that saw no key: output 0, lse -inf
     l_safe = tl.where(empty, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out = acc * (1.0 / l_safe)[:, None]  # one division per row, not per element
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
 
     o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
@@ -233,10 +246,10 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
             if CAUSAL:
                 ok = ok & (offs_n[:, None] <= offs_m[None, :] + causal_off)
             p_t = tl.where(ok, p_t, 0.0)
-        dv += _dot(p_t.to(do.dtype), do, DOT_PREC)
+        dv = _dot_acc(p_t.to(do.dtype), do, dv, DOT_PREC)
         dp_t = _dot(v, tl.trans(do), DOT_PREC)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += _dot(ds_t.to(q.dtype), q, DOT_PREC)
+        dk = _dot_acc(ds_t.to(q.dtype), q, dk, DOT_PREC)
     return dk, dv
 
 
@@ -359,7 +372,7 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, strid
             p = tl.where(ok, p, 0.0)
         dp = _dot(do, tl.trans(v), DOT_PREC)
         ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, DOT_PREC)
+        dq = _dot_acc(ds.to(k.dtype), k, dq, DOT_PREC)
     return dq
 
 
@@ -428,26 +441,38 @@ def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
 
-# Hopper (H100/H200, 228 KB shared memory per SM). Small lists on purpose: each
-# config compiles once per head dim/dtype/mask combination. Chosen by compiling
-# every candidate for sm_90a (bf16, causal, key lengths) and keeping those that
-# ptxas reports with no or few register spills; the last config of each list has
-# tiles small enough for fp32 too. Configs that do not fit in shared memory are
-# discarded by the autotuner (OutOfResources).
+# Hopper (H100/H200, 227 KB shared memory per SM). Short lists on purpose: under
+# autotuning each config compiles once per head dim/dtype/mask combination, and
+# without it (HEADWISE_TILED_AUTOTUNE=0) the first one is used, so each list starts
+# with the shape known to work for FlashAttention-style Triton kernels on Hopper
+# (Triton's fused-attention tutorial, FA2): forward 128 queries x 64/128 keys,
+# 8 warps; dK/dV 128 keys per program stepping 32 queries; dQ 128 queries x
+# 32/64 keys. Every config was compiled for sm_90a (bf16, causal and not, key
+# lengths, Hkv == H and grouped) and kept only if ptxas reported no register
+# spills (at most ~100 bytes in the grouped dK/dV variant, where the loop over the
+# group keeps more live); the shared memory of each is under 227 KB (the largest,
+# forward 128 x 128 x 3 stages at D=128, needs 224 KB). The last config of each
+# list has tiles small enough for fp32 (tried first for fp32 without autotuning).
+# Configs that do not fit are discarded by the autotuner (OutOfResources).
 _FWD_CONFIGS = {
-    "small": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3)],  # D <= 64
-    "medium": [_cfg(128, 32, 8, 3), _cfg(64, 64, 8, 3), _cfg(128, 64, 8, 3),  # D <= 128
-               _cfg(64, 64, 4, 2)],
+    "small": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3),  # D <= 64
+              _cfg(64, 64, 4, 3)],
+    "medium": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(128, 128, 8, 3),  # D <= 128
+               _cfg(128, 64, 8, 4), _cfg(64, 64, 4, 2)],
     "large": [_cfg(64, 32, 8, 2), _cfg(64, 64, 8, 2), _cfg(32, 32, 4, 1)],  # D <= 256
 }
 _DKDV_CONFIGS = {  # BLOCK_N: the key tile a program owns; BLOCK_M: its query step
-    "small": [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 3), _cfg(32, 64, 4, 3)],
-    "medium": [_cfg(32, 64, 8, 3), _cfg(16, 64, 4, 3), _cfg(64, 64, 8, 3), _cfg(32, 64, 4, 2)],
+    "small": [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 3), _cfg(64, 128, 8, 2),
+              _cfg(32, 64, 4, 3)],
+    "medium": [_cfg(32, 128, 8, 2), _cfg(32, 128, 8, 3), _cfg(32, 64, 8, 3),
+               _cfg(64, 64, 8, 3), _cfg(32, 64, 4, 2)],
     "large": [_cfg(32, 32, 8, 2), _cfg(16, 32, 8, 2), _cfg(16, 32, 4, 1)],
 }
 _DQ_CONFIGS = {
-    "small": [_cfg(128, 32, 8, 3), _cfg(128, 64, 8, 3), _cfg(64, 32, 4, 3)],
-    "medium": [_cfg(64, 32, 8, 3), _cfg(128, 32, 8, 3), _cfg(64, 32, 4, 2)],
+    "small": [_cfg(128, 64, 8, 3), _cfg(128, 32, 8, 3), _cfg(128, 32, 4, 3),
+              _cfg(64, 32, 4, 3)],
+    "medium": [_cfg(128, 64, 8, 3), _cfg(128, 64, 8, 2), _cfg(128, 32, 8, 3),
+               _cfg(64, 32, 8, 3), _cfg(64, 32, 4, 2)],
     "large": [_cfg(32, 16, 4, 2), _cfg(64, 32, 8, 2), _cfg(32, 16, 4, 1)],
 }
 _CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}
@@ -563,6 +588,10 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, causal
         out.zero_()
         lse.fill_(float("-inf"))
         return out, lse
+    if scale <= 0.0:
+        # the kernel takes the row max of the raw scores and scales it, which needs
+        # scale > 0: q k^T * s == (-q) k^T * (-s), and s == 0 scores every key 0
+        q, scale = (-q, -scale) if scale < 0.0 else (torch.zeros_like(q), 1.0)
     args = (q, k, v, out, lse, _klen_arg(key_lengths, q), *q.stride(), *k.stride(), *v.stride(),
             *out.stride(), h, h // hkv, tq, tk, scale * _LOG2E, _seq_bucket(tq, tk))
     meta = dict(HEAD_DIM=d, V_DIM=dv, BLOCK_D=_pad_dim(d), BLOCK_DV=_pad_dim(dv),
