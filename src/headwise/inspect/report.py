@@ -144,7 +144,7 @@ def report_data(result: InspectResult | dict[str, Any], *, title: str = "", comm
     relations, the probe's best-head table, and the example sentences' attention maps
     as integers in thousandths (``weights[l][h][q][k]``)."""
     d = _as_dict(result)
-    n_layers, n_heads = int(d["model"]["n_layers"]), int(d["model"]["n_heads"])
+    n_layers = int(d["model"]["n_layers"])
     meas = d["measures"]
     measure_names = [k for k, v in meas.items() if isinstance(v, list) and len(v) == n_layers
                      and all(isinstance(row, list) for row in v)]
@@ -235,7 +235,8 @@ def _figures(d: dict[str, Any], out: Path, pruning_metric: str | None) -> list[P
     for r in d["roles"]:
         role = _base_role(r["primary"])
         idx[r["layer"]][r["head"]] = names.index(role) if role in names else names.index("other")
-        labels[r["layer"]][r["head"]] = r["primary"].split(":", 1)[1] if ":" in r["primary"] else ROLE_ABBREV.get(role, "")
+        rel = r["primary"].split(":", 1)[1] if ":" in r["primary"] else None
+        labels[r["layer"]][r["head"]] = rel if rel else ROLE_ABBREV.get(role, "")
     fig, ax = plt.subplots(figsize=(grid_w, grid_h))
     ax.imshow(idx, cmap=ListedColormap([ROLE_COLORS[n] for n in names]), vmin=-0.5, vmax=len(names) - 0.5,
               aspect="equal")
@@ -385,7 +386,8 @@ _JS = r"""
   }
   function fmt(v, d){
     if (v === null || v === undefined || (typeof v === 'number' && !isFinite(v))) return '\u2014';
-    if (typeof v === 'number') return (Math.abs(v) >= 100 || Number.isInteger(v)) ? String(v) : v.toFixed(d === undefined ? 3 : d);
+    if (typeof v === 'number')
+      return (Math.abs(v) >= 100 || Number.isInteger(v)) ? String(v) : v.toFixed(d === undefined ? 3 : d);
     return String(v);
   }
   function kvTable(rows, head){
@@ -393,7 +395,9 @@ _JS = r"""
     if (head){ var tr = el('tr'); head.forEach(function(c){ tr.appendChild(el('th', null, c)); }); t.appendChild(tr); }
     rows.forEach(function(r){
       var tr = el('tr');
-      r.forEach(function(c, i){ var td = el('td', typeof c === 'number' ? {'class': 'num'} : null, fmt(c)); tr.appendChild(td); });
+      r.forEach(function(c){
+        tr.appendChild(el('td', typeof c === 'number' ? {'class': 'num'} : null, fmt(c)));
+      });
       t.appendChild(tr);
     });
     return t;
@@ -424,7 +428,8 @@ _JS = r"""
     function short(t){ return t.length > 14 ? t.slice(0, 13) + '\u2026' : t; }
     for (var i = 0; i < n; i++){
       var ty = document.createElementNS(NS, 'text');
-      ty.setAttribute('x', pad - 4); ty.setAttribute('y', pad + i * c + c * 0.72); ty.setAttribute('text-anchor', 'end');
+      ty.setAttribute('x', pad - 4); ty.setAttribute('y', pad + i * c + c * 0.72);
+      ty.setAttribute('text-anchor', 'end');
       ty.textContent = short(toks[i]); svg.appendChild(ty);
       var tx = document.createElementNS(NS, 'text');
       var x = pad + i * c + c * 0.72;
@@ -444,7 +449,8 @@ _JS = r"""
       }
     }
     wrap.appendChild(svg);
-    wrap.appendChild(el('p', {'class': 'muted'}, 'rows: query token (attends from); columns: key token (attends to); darker = more attention (square-root scale). Hover a cell for its weight.'));
+    wrap.appendChild(el('p', {'class': 'muted'}, 'rows: query token (attends from); columns: key token ' +
+      '(attends to); darker = more attention (square-root scale). Hover a cell for its weight.'));
   }
 
   function select(id){
@@ -474,12 +480,16 @@ _JS = r"""
     var sel = el('select', {'id': 'sentence'});
     D.examples.forEach(function(ex, k){
       var words = ex.words ? ex.words.join(' ') : ex.tokens.join(' ');
-      sel.appendChild(el('option', {'value': String(k)}, (k + 1) + '. ' + (words.length > 90 ? words.slice(0, 89) + '\u2026' : words)));
+      var label = words.length > 90 ? words.slice(0, 89) + '\u2026' : words;
+      sel.appendChild(el('option', {'value': String(k)}, (k + 1) + '. ' + label));
     });
     var chosen = Number(sessionStorage.getItem('headwise-sentence') || 0);
     if (chosen >= D.examples.length) chosen = 0;
     sel.value = String(chosen);
-    sel.addEventListener('change', function(){ sessionStorage.setItem('headwise-sentence', sel.value); heatmap(current, Number(sel.value)); });
+    sel.addEventListener('change', function(){
+      sessionStorage.setItem('headwise-sentence', sel.value);
+      heatmap(current, Number(sel.value));
+    });
     if (D.examples.length) p.appendChild(sel);
     p.appendChild(el('div', {'id': 'heatmap-wrap'}));
     heatmap(h, chosen);
@@ -488,7 +498,8 @@ _JS = r"""
     if (h.relations.length){
       p.appendChild(kvTable(h.relations.map(function(r){
         return [r.relation + (r.judged ? '' : ' (few)'), r.count, r.direction, r.accuracy,
-                (r.baseline_offset === null ? '\u2014' : (r.baseline_offset > 0 ? '+' : '') + r.baseline_offset), r.baseline_accuracy,
+                (r.baseline_offset === null ? '\u2014' : (r.baseline_offset > 0 ? '+' : '') + r.baseline_offset),
+                r.baseline_accuracy,
                 r.margin === null ? null : (r.margin >= 0 ? '+' : '') + r.margin.toFixed(3)];
       }), ['relation', 'n', 'direction', 'accuracy', 'offset', 'baseline', 'margin']));
     } else {
@@ -500,13 +511,16 @@ _JS = r"""
     Object.keys(h.evidence).forEach(function(k){
       var v = h.evidence[k];
       if (v !== null && typeof v === 'object'){
-        Object.keys(v).forEach(function(rel){ ev.push(['syntactic:' + rel, v[rel].accuracy, 'margin ' + fmt(v[rel].margin)]); });
+        Object.keys(v).forEach(function(rel){
+          ev.push(['syntactic:' + rel, v[rel].accuracy, 'margin ' + fmt(v[rel].margin)]);
+        });
       } else ev.push([k, v, '']);
     });
     p.appendChild(kvTable(ev, ['test', 'value', '']));
 
     p.appendChild(el('h3', null, 'Measures'));
-    p.appendChild(kvTable(Object.keys(h.measures).map(function(k){ return [k, h.measures[k]]; }), ['measure', 'value']));
+    var ms = Object.keys(h.measures).map(function(k){ return [k, h.measures[k]]; });
+    p.appendChild(kvTable(ms, ['measure', 'value']));
     if (location.hash !== '#select=' + id) history.replaceState(null, '', '#select=' + id);
     mark();
   }
@@ -514,6 +528,13 @@ _JS = r"""
   var cells = document.querySelectorAll('td.cell');
   for (var i = 0; i < cells.length; i++){
     cells[i].addEventListener('click', function(ev){ select(ev.currentTarget.id.slice(5)); });
+  }
+  var links = document.querySelectorAll('a.head-link');
+  for (var i = 0; i < links.length; i++){
+    links[i].addEventListener('click', function(ev){
+      ev.preventDefault();
+      select(ev.currentTarget.getAttribute('data-head'));
+    });
   }
   var m = /select=(L\d+H\d+)/.exec(location.hash);
   try {
@@ -560,9 +581,10 @@ def _probe_html(view: dict[str, Any]) -> str:
     for r in rows:
         better = r["baseline_accuracy"] is not None and r["accuracy"] > r["baseline_accuracy"]
         off = "—" if r["baseline_offset"] is None else f"{r['baseline_offset']:+d}"
+        hid = _head_name(r["layer"], r["head"])
         out.append(
             f"<tr><td>{html.escape(r['relation'])}</td><td class='num'>{r['count']}</td>"
-            f"<td><a href='#select=L{r['layer']}H{r['head']}' onclick=\"document.getElementById('cell-L{r['layer']}H{r['head']}').click();return false\">"
+            f"<td><a href='#select={hid}' data-head='{hid}' class='head-link'>"
             f"L{r['layer']} H{r['head']}</a></td><td>{r['direction']}</td>"
             f"<td class='num {'good' if better else 'bad'}'>{_fmt(r['accuracy'])}</td><td>offset {off}</td>"
             f"<td class='num'>{_fmt(r['baseline_accuracy'])}</td></tr>"
