@@ -13,6 +13,7 @@ COMMANDS = [
     "headwise.train.command",
     "headwise.bench_command",
     "headwise.hardware.command",
+    "headwise.inspect.command",
 ]
 
 

