@@ -107,6 +107,9 @@ def summary_table(result: InspectResult | dict[str, Any], relations: list[str] |
         if min_count is None:
             min_count = int(d["thresholds"].get("min_relation_count", 1))
         rows = [r for r in probe["best"] if (r["relation"] in relations if relations else r["count"] >= min_count)]
+        few = not rows and not relations and bool(probe["best"])
+        if few:  # a small corpus: show every relation rather than nothing
+            rows = probe["best"]
         header = ("relation", "count", "best head", "direction", "accuracy", "baseline", "base acc", "gain")
         table = [header]
         for r in rows:
@@ -122,6 +125,8 @@ def summary_table(result: InspectResult | dict[str, Any], relations: list[str] |
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         lines.append("")
         lines.append("syntax probe (best head per relation vs the best fixed-offset baseline; layers/heads 0-based):")
+        if few:
+            lines.append(f"  (every relation has fewer than {min_count} instances: too few to judge heads by)")
         for k, row in enumerate(table):
             lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                                           enumerate(zip(row, widths, strict=True))))
