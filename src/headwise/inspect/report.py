@@ -8,7 +8,10 @@
   layers x heads grid coloured by each head's primary role (with a legend); clicking a
   head shows its attention heatmap on an example sentence (a sentence selector), its
   measures, its roles with their evidence, and its best relations in the syntax
-  probe. ``report.html#select=L2H3`` selects layer 2, head 3 (0-based) at load.
+  probe. ``report.html#select=L2H3`` selects layer 2, head 3 (0-based) at load
+  (``#click=L2H3`` clicks its cell; ``&sentence=K`` shows example sentence K); the
+  ``#status`` element records ``data-selected``, ``data-sentence`` and ``data-errors``
+  (uncaught JavaScript errors, also in ``window.__errors``) for tests.
 * ``roles.png``, ``entropy.png``, ``probe.png`` and, with importance, ``pruning.png``
   (matplotlib, Agg backend).
 * ``measures.json`` — the whole result dict.
@@ -382,6 +385,7 @@ _JS = r"""
   var byId = {};
   D.heads.forEach(function(h){ byId[h.id] = h; });
   var current = null;
+  var sentence = 0;  // the example sentence shown, kept across head selections
 
   function el(tag, attrs, text){
     var e = document.createElement(tag);
@@ -412,6 +416,7 @@ _JS = r"""
     if (!s) return;
     s.setAttribute('data-errors', String(window.__errors.length));
     s.setAttribute('data-selected', current ? current.id : '');
+    s.setAttribute('data-sentence', String(sentence));
     s.textContent = window.__errors.length ? ('errors: ' + window.__errors.join(' | ')) : '';
   }
 
@@ -488,12 +493,13 @@ _JS = r"""
       var label = words.length > 90 ? words.slice(0, 89) + '\u2026' : words;
       sel.appendChild(el('option', {'value': String(k)}, (k + 1) + '. ' + label));
     });
-    var chosen = Number(sessionStorage.getItem('headwise-sentence') || 0);
-    if (chosen >= D.examples.length) chosen = 0;
+    var chosen = sentence;
+    if (!(chosen >= 0 && chosen < D.examples.length)) chosen = 0;
     sel.value = String(chosen);
     sel.addEventListener('change', function(){
-      sessionStorage.setItem('headwise-sentence', sel.value);
-      heatmap(current, Number(sel.value));
+      sentence = Number(sel.value);
+      heatmap(current, sentence);
+      mark();
     });
     if (D.examples.length) p.appendChild(sel);
     p.appendChild(el('div', {'id': 'heatmap-wrap'}));
@@ -526,7 +532,7 @@ _JS = r"""
     p.appendChild(el('h3', null, 'Measures'));
     var ms = Object.keys(h.measures).map(function(k){ return [k, h.measures[k]]; });
     p.appendChild(kvTable(ms, ['measure', 'value']));
-    if (location.hash !== '#select=' + id) history.replaceState(null, '', '#select=' + id);
+    try { history.replaceState(null, '', '#select=' + id); } catch (e) { /* some file:// pages refuse */ }
     mark();
   }
 
@@ -541,9 +547,17 @@ _JS = r"""
       select(ev.currentTarget.getAttribute('data-head'));
     });
   }
+  // test and link hooks: #select=L2H3 selects a head at load, #click=L2H3 clicks its cell,
+  // &sentence=K shows example sentence K (0-based)
   var m = /select=(L\d+H\d+)/.exec(location.hash);
+  var k = /click=(L\d+H\d+)/.exec(location.hash);
+  var sm = /sentence=(\d+)/.exec(location.hash);
+  if (sm) sentence = Number(sm[1]);
   try {
-    select(m ? m[1] : D.heads[0].id);
+    if (k && document.getElementById('cell-' + k[1])) {
+      select(D.heads[0].id);
+      document.getElementById('cell-' + k[1]).click();
+    } else select(m ? m[1] : D.heads[0].id);
   } catch (e) { window.__errors.push(String(e && e.stack || e)); }
   document.body.setAttribute('data-ready', '1');
   mark();
