@@ -306,17 +306,17 @@ def _figures(d: dict[str, Any], out: Path, pruning_metric: str | None) -> list[P
         ax_bar.set_yticklabels([r["relation"] for r in rows])
         ax_bar.set_xlim(0, 1)
         ax_bar.set_xlabel("accuracy")
-        ax_bar.set_ylim(-0.6, len(rows) - 0.4)
-        ax_bar.legend(fontsize=7, loc="lower right")
+        # one empty slot on top, level with the table's header row, so bars and rows line up
+        ax_bar.set_ylim(-0.5, len(rows) + 0.5)
+        ax_bar.legend(fontsize=7, loc="upper right", ncol=2, frameon=False)
         ax_tab.axis("off")
         cells = [[r["relation"], str(r["count"]), f"L{r['layer']} H{r['head']}", r["direction"],
                   _fmt(r["accuracy"]), "—" if r["baseline_offset"] is None else f"{r['baseline_offset']:+d}",
                   _fmt(r["baseline_accuracy"])] for r in rows]
         tab = ax_tab.table(cellText=cells, colLabels=["relation", "n", "head", "direction", "acc", "offset",
-                                                      "base acc"], loc="center", cellLoc="center")
+                                                      "base acc"], bbox=[0, 0, 1, 1], cellLoc="center")
         tab.auto_set_font_size(False)
         tab.set_fontsize(7.5)
-        tab.scale(1, 1.15)
         for i, r in enumerate(rows, start=1):
             better = r["baseline_accuracy"] is not None and r["accuracy"] > r["baseline_accuracy"]
             tab[i, 4].set_facecolor("#d9f0d3" if better else "#f4d6d6")
