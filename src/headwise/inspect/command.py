@@ -283,7 +283,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         order = flat.argsort(descending=True).tolist()[:5]
         n_heads = result.model["n_heads"]
         top = ", ".join(f"L{i // n_heads}H{i % n_heads} {float(flat[i]):.2f}" for i in order)
-        print(f"\nmost important heads (Michel et al., {loaded.metric}): {top}")
+        print(f"\nmost important heads (Michel et al., gradient of the training loss): {top}")
     print(f"\nwrote {', '.join(sorted(written))} to {out}")
     print(f"time: load {load_s:.1f} s, inspect {inspect_s:.1f} s, report {report_s:.1f} s")
     return 0
