@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.tokenizer import Tokenizer as HeadwiseTokenizer
 from .config import ModelConfig
 from .decoder import Decoder
 from .encoder import Encoder, EncoderForMLM
@@ -821,7 +822,9 @@ def save_pretrained(
     if tok is not None:
         if hasattr(tok, "save_pretrained"):
             tok.save_pretrained(str(out))
-        elif hasattr(tok, "save"):
+        elif isinstance(tok, HeadwiseTokenizer):
+            tok.save(out)  # a folder: writes out/tokenizer.json
+        elif hasattr(tok, "save"):  # a raw tokenizers.Tokenizer takes the file path
             tok.save(str(out / "tokenizer.json"))
     return out
 
