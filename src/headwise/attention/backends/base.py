@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..masks import MaskSpec
 
-__all__ = ["AttentionCall", "Backend", "safe_softmax", "zero_masked_rows"]
+__all__ = ["AttentionCall", "Backend", "safe_softmax", "zero_masked_rows", "triton_kernel_unsupported"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,37 @@ def zero_masked_rows(out: Tensor, mask: MaskSpec) -> Tensor:
     if empty is None:
         return out
     return out.masked_fill(empty, 0.0)
+
+
+def triton_kernel_unsupported(
+    call: AttentionCall, dtypes: tuple[torch.dtype, ...], max_head_dim: int
+) -> str | None:
+    """What the Triton kernel backends (``tiled``, ``int8``) share: no weights, no
+    dropout, no dense bias (key lengths and the causal flag are native), ``dtypes``,
+    head dims up to ``max_head_dim``, CUDA (or the CPU under ``TRITON_INTERPRET=1``),
+    and Triton installed. ``None`` when the call fits, else the reason."""
+    import os
+
+    if call.need_weights:
+        return "it cannot return attention weights (need_weights=True)"
+    if call.dropout_p > 0:
+        return f"it has no attention dropout (dropout_p={call.dropout_p}, needs 0)"
+    if call.mask.bias is not None:
+        return "dense attn_mask/key_padding_mask bias; pass key_lengths instead"
+    if call.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        return f"dtype {call.dtype} (supports {names})"
+    if not (1 <= call.head_dim <= max_head_dim and 1 <= call.value_dim <= max_head_dim):
+        return f"head_dim {call.head_dim} / value_dim {call.value_dim} (supports 1..{max_head_dim})"
+    device = call.device.type
+    if device == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return ("it runs on CPU only under TRITON_INTERPRET=1 (the Triton interpreter) "
+                    "and only when asked for explicitly")
+    elif device != "cuda":
+        return f"device {call.device} (supports cuda)"
+    from ...kernels import triton_available
+
+    if not triton_available():
+        return "triton is not installed (pip install triton)"
+    return None

@@ -10,12 +10,10 @@ attention="int8")``). On the CPU it runs only under ``TRITON_INTERPRET=1``, for 
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..masks import MaskSpec
-from .base import AttentionCall, Backend
+from .base import AttentionCall, Backend, triton_kernel_unsupported
 
 _DTYPES = (torch.float16, torch.bfloat16)
 _MAX_HEAD_DIM = 256  # as headwise.kernels.int8_attention.MAX_HEAD_DIM, without importing Triton
@@ -31,28 +29,7 @@ class Int8Backend(Backend):
     def unsupported(self, call: AttentionCall) -> str | None:
         if call.requires_grad:
             return "it is forward-only (inference): no backward, but gradients are required here"
-        if call.need_weights:
-            return "it cannot return attention weights (need_weights=True)"
-        if call.dropout_p > 0:
-            return f"it has no attention dropout (dropout_p={call.dropout_p}, needs 0)"
-        if call.mask.bias is not None:
-            return "dense attn_mask/key_padding_mask bias; pass key_lengths instead"
-        if call.dtype not in _DTYPES:
-            return f"dtype {call.dtype} (supports float16, bfloat16: P V stays in them)"
-        if not (1 <= call.head_dim <= _MAX_HEAD_DIM and 1 <= call.value_dim <= _MAX_HEAD_DIM):
-            return f"head_dim {call.head_dim} / value_dim {call.value_dim} (supports 1..{_MAX_HEAD_DIM})"
-        device = call.device.type
-        if device == "cpu":
-            if os.environ.get("TRITON_INTERPRET") != "1":
-                return ("it runs on CPU only under TRITON_INTERPRET=1 (the Triton interpreter) "
-                        "and only when asked for explicitly")
-        elif device != "cuda":
-            return f"device {call.device} (supports cuda)"
-        from ...kernels import triton_available
-
-        if not triton_available():
-            return "triton is not installed (pip install triton)"
-        return None
+        return triton_kernel_unsupported(call, _DTYPES, _MAX_HEAD_DIM)
 
     def attend(self, q, k, v, mask: MaskSpec, *, scale, dropout_p, need_weights):
         from ...kernels.int8_attention import int8_attention
