@@ -35,6 +35,8 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
+from .tiled import _query_tile_keys
+
 __all__ = ["int8_attention", "INTERPRET", "MAX_HEAD_DIM"]
 
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -149,17 +151,8 @@ def _int8_attn_fwd(QQ, QS, KQ, KS, V, O, KLEN,
     ks_base = KS + bkv * num_n
     v_base = V + b * stride_vb + (h // GROUP) * stride_vh
 
-    kv_end = Tk
-    if HAS_KLEN:
-        kv_end = tl.minimum(tl.load(KLEN + b), Tk)
-    causal_off = Tk - Tq
-    if CAUSAL:
-        hi = tl.minimum(kv_end, tl.maximum(0, tl.minimum(m0 + BLOCK_M, Tq) + causal_off))
-        full = tl.minimum(hi, tl.maximum(0, m0 + causal_off + 1))
-    else:
-        hi = kv_end
-        full = kv_end
-    full = (full // BLOCK_N) * BLOCK_N  # key tiles before this need no mask
+    kv_end, causal_off, full, hi = _query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
+                                                    BLOCK_M, BLOCK_N)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)

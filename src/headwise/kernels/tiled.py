@@ -133,6 +133,27 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn
     return acc, l_i, m_i
 
 
+@triton.jit
+def _query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Which keys the query tile starting at ``m0`` reads: ``(kv_end, causal_off, full,
+    hi)``. Keys ``[0, full)`` come in whole tiles that need no mask, ``[full, hi)`` are
+    read with masks, keys from ``hi`` on are skipped (after the sequence's length, or
+    in every row's future: bottom-right causal, query i sees j <= i + causal_off)."""
+    kv_end = Tk
+    if HAS_KLEN:
+        kv_end = tl.minimum(tl.load(KLEN + b), Tk)
+    causal_off = Tk - Tq
+    if CAUSAL:
+        hi = tl.minimum(kv_end, tl.maximum(0, tl.minimum(m0 + BLOCK_M, Tq) + causal_off))
+        full = tl.minimum(hi, tl.maximum(0, m0 + causal_off + 1))
+    else:
+        hi = kv_end
+        full = kv_end
+    full = (full // BLOCK_N) * BLOCK_N
+    return kv_end, causal_off, full, hi
+
+
 @triton.jit(do_not_specialize=["H", "GROUP", "Tq", "Tk", "SEQ_BUCKET"])
 def _attn_fwd(Q, K, V, O, LSE, KLEN,
               stride_qb, stride_qh, stride_qm, stride_qd,
@@ -164,17 +185,8 @@ def _attn_fwd(Q, K, V, O, LSE, KLEN,
     k_base = K + b * stride_kb + hkv * stride_kh
     v_base = V + b * stride_vb + hkv * stride_vh
 
-    kv_end = Tk
-    if HAS_KLEN:
-        kv_end = tl.minimum(tl.load(KLEN + b), Tk)
-    causal_off = Tk - Tq
-    if CAUSAL:
-        hi = tl.minimum(kv_end, tl.maximum(0, tl.minimum(m0 + BLOCK_M, Tq) + causal_off))
-        full = tl.minimum(hi, tl.maximum(0, m0 + causal_off + 1))
-    else:
-        hi = kv_end
-        full = kv_end
-    full = (full // BLOCK_N) * BLOCK_N  # key tiles before this need no mask
+    kv_end, causal_off, full, hi = _query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
+                                                    BLOCK_M, BLOCK_N)
 
     # a finite start for the running max keeps exp2(m_old - m_new) NaN-free in
     # rows that have seen only masked keys so far
@@ -411,17 +423,8 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KLEN,
     k_base = K + b * stride_kb + hkv * stride_kh
     v_base = V + b * stride_vb + hkv * stride_vh
 
-    kv_end = Tk
-    if HAS_KLEN:
-        kv_end = tl.minimum(tl.load(KLEN + b), Tk)
-    causal_off = Tk - Tq
-    if CAUSAL:
-        hi = tl.minimum(kv_end, tl.maximum(0, tl.minimum(m0 + BLOCK_M, Tq) + causal_off))
-        full = tl.minimum(hi, tl.maximum(0, m0 + causal_off + 1))
-    else:
-        hi = kv_end
-        full = kv_end
-    full = (full // BLOCK_N) * BLOCK_N
+    kv_end, causal_off, full, hi = _query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
+                                                    BLOCK_M, BLOCK_N)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn,
