@@ -1,7 +1,9 @@
 """torch.nn.functional.scaled_dot_product_attention: PyTorch's fused kernels
 (FlashAttention-style on CPU and CUDA, memory-efficient, cuDNN), chosen by PyTorch.
 
-It never materialises the weights, so it cannot return them.
+Causal self-attention on the CPU at lengths where torch's kernel would compute the
+masked half too goes through :mod:`.cpu_causal`, which calls the same kernel on the
+visible blocks only. It never materialises the weights, so it cannot return them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 from ..masks import MaskSpec
 from .base import AttentionCall, Backend, zero_masked_rows
+from .cpu_causal import blocked_causal_applies, blocked_causal_attention
 
 
 class SdpaBackend(Backend):
@@ -34,6 +37,8 @@ class SdpaBackend(Backend):
             and mask.key_lengths is None
             and mask.bias is None
         )
+        if plain_causal and blocked_causal_applies(q, k, v, dropout_p):
+            return blocked_causal_attention(q, k, v, scale), None
         if mask.is_empty or plain_causal:
             out = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=dropout_p, is_causal=plain_causal, scale=scale
