@@ -15,6 +15,11 @@ matmuls), 2.5x that for the backward, halved when causal.
     PYTHONPATH=src python bench/gpu_attention.py --head-dims 128 --causal both \
         --seqs 1024 4096 16384 --peers flash cudnn
 
+``--variants`` adds columns for headwise's other kernel choices, measured on the same
+inputs in the same run: ``ptr+split`` (pointer loads; dK/dV and dQ in separate
+passes), ``tma+split``, ``ptr+fused`` (the default is TMA loads on Hopper and later,
+dQ fused into the dK/dV pass).
+
 Prints a markdown table per pass with the ratio headwise / best torch kernel and
 headwise's fraction of the GPU's dense bf16 peak; writes
 bench/results/gpu_attention.json (and $OUT/gpu_attention.json when OUT is set),
@@ -41,6 +46,12 @@ HEADS = 16
 SEQS = [512, 1024, 2048, 4096, 8192, 16384]
 HEAD_DIMS = [64, 128]
 TORCH_IMPLS = ["flash", "cudnn", "efficient", "flex"]
+# headwise's kernel choices (environment of headwise.kernels.tiled), besides its default
+VARIANTS = {
+    "ptr+split": {"HEADWISE_TILED_TMA": "0", "HEADWISE_TILED_BWD": "split"},
+    "tma+split": {"HEADWISE_TILED_TMA": "auto", "HEADWISE_TILED_BWD": "split"},
+    "ptr+fused": {"HEADWISE_TILED_TMA": "0", "HEADWISE_TILED_BWD": "fused"},
+}
 # dense bf16 tensor-core peak (no sparsity), TFLOP/s
 PEAKS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
          ("A100", 312.0), ("L40S", 362.1), ("B200", 2250.0)]
@@ -66,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peers", nargs="+", choices=TORCH_IMPLS, default=TORCH_IMPLS,
                    help="torch kernels to compare against (default all: "
                         f"{' '.join(TORCH_IMPLS)}); leaving out flex skips its compilation")
+    p.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=[],
+                   help="also time these kernel choices of headwise (columns headwise[NAME])")
     p.add_argument("--warmup-ms", type=float, default=None,
                    help="do_bench warm-up per measurement (default 25, --quick 5)")
     p.add_argument("--rep-ms", type=float, default=None,
@@ -162,7 +175,25 @@ class Flex:
             return self.fn(q, k, v, block_mask=mask)
 
 
-def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS):
+class _Env:
+    """Set environment variables for the duration of a call."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env, self.saved = env, {}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS, variants: list[str] = ()):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from headwise.kernels import tiled_attention
@@ -175,6 +206,19 @@ def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS):
         return run
 
     impls = {"headwise": lambda q, k, v, causal: tiled_attention(q, k, v, causal=causal)}
+
+    def variant(env):
+        def run(q, k, v, causal):
+            with _Env(env):
+                out = tiled_attention(q, k, v, causal=causal)
+            if out.requires_grad:  # the backward runs later, outside this call
+                out.register_hook(lambda g: _env_hook(g, env))
+            return out
+
+        return run
+
+    for name in variants:
+        impls[f"headwise[{name}]"] = variant(VARIANTS[name])
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
     for name in TORCH_IMPLS:
@@ -183,6 +227,13 @@ def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS):
     if flex is not None and "flex" in peers:
         impls["flex"] = flex.call
     return impls
+
+
+def _env_hook(grad, env):
+    """Runs as the backward reaches the attention output: sets the variant's
+    environment for the backward kernels that follow (restored by the next call)."""
+    os.environ.update(env)
+    return grad
 
 
 def bench_point(impls, flex, head_dim, seq, causal, warmup, rep):
@@ -202,7 +253,8 @@ def bench_point(impls, flex, head_dim, seq, causal, warmup, rep):
                        generator=g)
     row = {"head_dim": head_dim, "seq": seq, "batch": batch, "causal": causal,
            "ms": {"fwd": {}, "fwd+bwd": {}}, "tflops": {"fwd": {}, "fwd+bwd": {}},
-           "errors": {}, "max_abs_diff_vs_first_torch": None}
+           "errors": {}, "max_abs_diff_vs_first_torch": None, "headwise_configs": {}}
+    default_env = {k: os.environ.get(k) for k in ("HEADWISE_TILED_TMA", "HEADWISE_TILED_BWD")}
     reference_out = hw_out = None
     for name, fn in impls.items():
         if name == "flex" and flex.spent_s > flex.budget_s:
@@ -240,10 +292,16 @@ def bench_point(impls, flex, head_dim, seq, causal, warmup, rep):
                           return_mode="median")
             row["ms"][mode][name] = ms
             row["tflops"][mode][name] = flops(batch, seq, head_dim, causal, mode) / ms * 1e-9
+        if name.startswith("headwise"):
+            row["headwise_configs"][name] = tuned_configs()
+            for key, value in default_env.items():  # undo a variant's backward hook
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     if reference_out is not None and hw_out is not None:
         diff = (hw_out.float() - reference_out.float()).abs().max().item()
         row["max_abs_diff_vs_first_torch"] = diff
-    row["headwise_configs"] = tuned_configs()
     return row
 
 
@@ -255,10 +313,10 @@ def tuned_configs() -> dict[str, str]:
     except ImportError:
         return {}
     picked = {}
-    for (kind, dim_class), tuner in getattr(tiled_mod, "_TUNERS", {}).items():
+    for (kind, dim_class, tma), tuner in getattr(tiled_mod, "_TUNERS", {}).items():
         best = getattr(tuner, "best_config", None)
         if best is not None:
-            picked[f"{kind}/{dim_class}"] = str(best)
+            picked[f"{kind}/{dim_class}{'/tma' if tma else ''}"] = str(best)
     return picked
 
 
@@ -267,19 +325,19 @@ def _best_torch(tflops: dict[str, float]) -> float | None:
     return max((tflops[n] for n in TORCH_IMPLS if n in tflops), default=None)
 
 
-def precompile_items(args: argparse.Namespace) -> list[tuple[int, bool, int]]:
-    """(head_dim, causal, config index): one forward and one backward each."""
+def precompile_items(args: argparse.Namespace) -> list[tuple[int, bool, int, str]]:
+    """(head_dim, causal, config index, variant): one forward and one backward each."""
     from headwise.kernels import tiled as tiled_mod
 
     items = []
     for head_dim, causal in dict.fromkeys((d, c) for d, c, _ in plan(args)):
         dim_class = tiled_mod._dim_class(tiled_mod._pad_dim(head_dim))
         n = max(len(tiled_mod._CONFIGS[k][dim_class]) for k in ("fwd", "dkdv", "dq"))
-        items += [(head_dim, causal, i) for i in range(n)]
+        items += [(head_dim, causal, i, v) for v in ("default", *args.variants) for i in range(n)]
     return items
 
 
-def precompile_worker(items: list[tuple[int, bool, int]]) -> int:
+def precompile_worker(items: list[tuple[int, bool, int, str]]) -> int:
     """Run the forward and backward kernels once per item with only its config in
     the lists (config i of each kind, the last one where a list is shorter), on
     small inputs laid out as bench_point's, so that Triton specializes them the
@@ -291,7 +349,11 @@ def precompile_worker(items: list[tuple[int, bool, int]]) -> int:
     originals = {k: {c: list(v) for c, v in tiled_mod._CONFIGS[k].items()}
                  for k in ("fwd", "dkdv", "dq")}
     failures = 0
-    for head_dim, causal, i in items:
+    base_env = dict(os.environ)
+    for head_dim, causal, i, variant in items:
+        os.environ.clear()
+        os.environ.update(base_env)
+        os.environ.update(VARIANTS.get(variant, {}))
         dim_class = tiled_mod._dim_class(tiled_mod._pad_dim(head_dim))
         for kind, lists in originals.items():
             cfgs = lists[dim_class]
@@ -308,7 +370,7 @@ def precompile_worker(items: list[tuple[int, bool, int]]) -> int:
             torch.cuda.synchronize()
         except Exception as e:  # e.g. OutOfResources: the autotuner skips it too
             failures += 1
-            print(f"precompile D={head_dim} causal={causal} config {i}: "
+            print(f"precompile D={head_dim} causal={causal} config {i} {variant}: "
                   f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
     for kind, lists in originals.items():
         tiled_mod._CONFIGS[kind].update(lists)
@@ -339,9 +401,11 @@ def tables(rows: list[dict], peak: float | None) -> str:
     out = []
     for mode in ("fwd", "fwd+bwd"):
         out.append(f"\n### {mode}, bf16, {HEADS} heads, {TOKENS} tokens per batch (TFLOP/s)\n")
+        extra = sorted({n for r in rows for n in r["tflops"][mode] if n.startswith("headwise[")})
         out.append("| D | causal | T | B | headwise | flash | cudnn | efficient | flex "
-                   "| headwise / best torch | headwise % of peak |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+                   "| headwise / best torch | headwise % of peak |"
+                   + "".join(f" {n} / best |" for n in extra))
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
         for r in rows:
             tf = r["tflops"][mode]
             torch_best = _best_torch(tf)
@@ -349,9 +413,12 @@ def tables(rows: list[dict], peak: float | None) -> str:
             ratio = None if (hw is None or not torch_best) else hw / torch_best
             frac = None if (hw is None or peak is None) else 100 * hw / peak
             cells = [fmt(tf.get(n)) for n in ("headwise", *TORCH_IMPLS)]
+            variants = [None if (tf.get(n) is None or not torch_best) else tf[n] / torch_best
+                        for n in extra]
             out.append(f"| {r['head_dim']} | {'yes' if r['causal'] else 'no'} | {r['seq']} "
                        f"| {r['batch']} | " + " | ".join(cells)
-                       + f" | {fmt(ratio, 2)} | {fmt(frac, 1)} |")
+                       + f" | {fmt(ratio, 2)} | {fmt(frac, 1)} |"
+                       + "".join(f" {fmt(x, 2)} |" for x in variants))
     return "\n".join(out)
 
 
@@ -387,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             flex = Flex(args.flex_compile_budget_s)
         except Exception as e:
             flex_error = f"{type(e).__name__}: {e}"
-    impls = make_impls(flex, args.peers)
+    impls = make_impls(flex, args.peers, args.variants)
     payload = {
         "device": name, "peak_tflops_bf16_dense": peak, "torch": torch.__version__,
         "triton": triton.__version__, "python": platform.python_version(),
@@ -398,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["bench/gpu_attention.py", *(argv if argv is not None
                                                         else sys.argv[1:])]),
         "autotune": os.environ.get("HEADWISE_TILED_AUTOTUNE", "1") != "0",
+        "variants": {name: VARIANTS[name] for name in args.variants},
         "rows": [],
     }
     print(f"# {name}: peak {fmt(peak, 1)} TFLOP/s bf16 dense; torch {torch.__version__}, "

@@ -13,19 +13,22 @@
 #      --precompile, PRECOMPILE_JOBS processes) while the tests run, so that the
 #      benchmark spends its time measuring                 -> $OUT/precompile.log
 #   1. versions: nvidia-smi, python, torch, triton, CUDA    -> $OUT/gpu_env.log
-#   2. the CUDA tests: pytest -m gpu tests/kernels (< 60 s)  -> $OUT/gpu_tests.log
-#   3. the focused benchmark (BENCH_ARGS; default D=128, causal and not, 16k/4k/1k
-#      tokens, against flash and cuDNN)                      -> $OUT/gpu_attention.log,
+#   2. the CUDA tests: pytest -m gpu tests/kernels, split over TEST_JOBS processes
+#      (their time is Triton compiling, which is CPU work) -> $OUT/gpu_tests.log
+#   3. the focused benchmark (BENCH_ARGS; default D=128 then 64, causal and not,
+#      16k/4k/1k tokens, against flash and cuDNN, with the kernel variants
+#      ptr+split and tma+split beside the default) -> $OUT/gpu_attention.log,
 #      $OUT/gpu_attention.json (rewritten after every shape)
 #   4. optional, only if bench/gpu_int8_attention.py exists and RUN_INT8=1 (default):
 #      the int8 kernel's benchmark, INT8_TIMEOUT (40 s)      -> $OUT/gpu_int8_attention.log
 #   5. optional, RUN_PLANNER=1 (default 0): tile planner vs torch.matmul
 # Step 3 runs even if step 2 fails, so that one run gives both answers.
 #
-# Environment (defaults): GPU_CHECK_BUDGET_S=150 TEST_TIMEOUT=60 HEADWISE_GPU_CASES=8
-# PRECOMPILE_JOBS=4 BENCH_ARGS="--head-dims 128 --causal both --seqs 16384 4096 1024
-# --peers flash cudnn --warmup-ms 10 --rep-ms 50" RUN_INT8=1 INT8_TIMEOUT=40
-# INT8_ARGS="--budget-s 20" RUN_PLANNER=0 PYTHON=python OUT=bench/results
+# Environment (defaults): GPU_CHECK_BUDGET_S=150 TEST_TIMEOUT=60 TEST_JOBS=4
+# HEADWISE_GPU_CASES=8 PRECOMPILE_JOBS=4 PRECOMPILE_TIMEOUT=75 BENCH_ARGS="--head-dims 128 64 --causal both
+# --seqs 16384 4096 1024 --peers flash cudnn --variants ptr+split tma+split
+# --warmup-ms 10 --rep-ms 50" RUN_INT8=1 INT8_TIMEOUT=40 INT8_ARGS="--budget-s 20"
+# RUN_PLANNER=0 PYTHON=python OUT=bench/results
 set -u
 cd "$(dirname "$0")/.."
 START=$SECONDS
@@ -36,7 +39,7 @@ PY="${PYTHON:-python}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export HEADWISE_GPU_CASES="${HEADWISE_GPU_CASES:-8}"
 BUDGET="${GPU_CHECK_BUDGET_S:-150}"
-BENCH_ARGS="${BENCH_ARGS:---head-dims 128 --causal both --seqs 16384 4096 1024 --peers flash cudnn --warmup-ms 10 --rep-ms 50}"
+BENCH_ARGS="${BENCH_ARGS:---head-dims 128 64 --causal both --seqs 16384 4096 1024 --peers flash cudnn --variants ptr+split tma+split --warmup-ms 10 --rep-ms 50}"
 INT8_TIMEOUT="${INT8_TIMEOUT:-40}"
 RUN_INT8="${RUN_INT8:-1}"
 [ -f bench/gpu_int8_attention.py ] || RUN_INT8=0
@@ -51,7 +54,7 @@ cap() {  # cap WANT RESERVE
 
 # -- 0: background precompile (CPU work; the tests' GPU work is tiny)
 # shellcheck disable=SC2086
-timeout 75 "$PY" bench/gpu_attention.py --precompile --precompile-jobs "${PRECOMPILE_JOBS:-4}" \
+timeout "${PRECOMPILE_TIMEOUT:-75}" "$PY" bench/gpu_attention.py --precompile --precompile-jobs "${PRECOMPILE_JOBS:-4}" \
   $BENCH_ARGS > "$OUT/precompile.log" 2>&1 &
 PRE_PID=$!
 
@@ -66,9 +69,25 @@ if torch.cuda.is_available() else 'NO CUDA')"
 
 echo "== 2 CUDA tests (t=$((SECONDS - START)) s)" | tee "$OUT/gpu_tests.log"
 RESERVE_AFTER_TESTS=$(( 45 + (RUN_INT8 == 1 ? INT8_TIMEOUT : 0) ))
-timeout "$(cap "${TEST_TIMEOUT:-60}" "$RESERVE_AFTER_TESTS")" "$PY" -m pytest -q -m gpu tests/kernels \
-  -p no:cacheprovider --durations=12 2>&1 | tee -a "$OUT/gpu_tests.log"
-tests_rc=${PIPESTATUS[0]}
+# the test ids, dealt round-robin to TEST_JOBS pytest processes sharing the GPU
+mapfile -t TEST_IDS < <(timeout 60 "$PY" -m pytest -q -m gpu tests/kernels -p no:cacheprovider \
+  --collect-only 2>/dev/null | grep '::')
+JOBS="${TEST_JOBS:-4}"
+[ "${#TEST_IDS[@]}" -lt "$JOBS" ] && JOBS="${#TEST_IDS[@]}"
+echo "${#TEST_IDS[@]} gpu tests in $JOBS processes" | tee -a "$OUT/gpu_tests.log"
+TEST_T=$(cap "${TEST_TIMEOUT:-60}" "$RESERVE_AFTER_TESTS")
+pids=()
+for ((j = 0; j < JOBS; j++)); do
+  mine=()
+  for ((i = j; i < ${#TEST_IDS[@]}; i += JOBS)); do mine+=("${TEST_IDS[$i]}"); done
+  timeout "$TEST_T" "$PY" -m pytest -q "${mine[@]}" -p no:cacheprovider --durations=5 \
+    > "$OUT/gpu_tests.$j.log" 2>&1 &
+  pids+=($!)
+done
+tests_rc=0
+for pid in "${pids[@]}"; do wait "$pid" || tests_rc=$?; done
+[ "$JOBS" -eq 0 ] && tests_rc=5
+for ((j = 0; j < JOBS; j++)); do cat "$OUT/gpu_tests.$j.log"; done | tee -a "$OUT/gpu_tests.log"
 
 # the benchmark times the GPU: the compile workers must be done (they normally are)
 wait "$PRE_PID"

@@ -96,8 +96,26 @@ CASES = [
 ]
 
 
+# The kernels' two loaders (pointers, or TMA tensor descriptors: on CUDA the default
+# for aligned 16-bit inputs on Hopper and later, here forced) and two backward schemes
+# (dQ added atomically by the dK/dV pass, the default; or its own pass)
+MODES = {"ptr-fused": ("0", "fused"), "ptr-split": ("0", "split"), "tma-fused": ("1", "fused")}
+
+
+@pytest.fixture(params=list(MODES))
+def kernel_mode(request, monkeypatch):
+    tma, bwd = MODES[request.param]
+    if tma == "1" and tiled_mod.TensorDescriptor is None:
+        pytest.skip("this Triton has no tensor descriptors")
+    if not tiled_mod.INTERPRET and tma == "1":
+        tma = "auto"  # on CUDA the launcher decides from the GPU and the layouts
+    monkeypatch.setenv("HEADWISE_TILED_TMA", tma)
+    monkeypatch.setenv("HEADWISE_TILED_BWD", bwd)
+    return request.param
+
+
 @pytest.mark.parametrize("b,h,hkv,tq,tk,d,dv,causal,lens", CASES)
-def test_fp32_matches_float64(b, h, hkv, tq, tk, d, dv, causal, lens):
+def test_fp32_matches_float64(b, h, hkv, tq, tk, d, dv, causal, lens, kernel_mode):
     q, k, v = make_qkv(b, h, hkv, tq, tk, d, dv)
     key_lengths = None if lens is None else torch.tensor(lens, device=DEV)
     (out, lse, grads), (ref_out, ref_lse, ref_grads) = run_both(
@@ -121,7 +139,7 @@ def test_fp32_matches_float64(b, h, hkv, tq, tk, d, dv, causal, lens):
             assert (grads[1][bi, :, n:] == 0).all() and (grads[2][bi, :, n:] == 0).all()
 
 
-def test_every_causal_offset_and_length_residue():
+def test_every_causal_offset_and_length_residue(kernel_mode):
     """Tk - Tq over a whole range of residues modulo the tile sizes, so that every
     off-by-one in the loop bounds (skipped tiles, unmasked tiles) shows."""
     rng = random.Random(0)
@@ -200,8 +218,9 @@ def test_gpu_tile_shapes_in_the_interpreter(blocks, monkeypatch):
         torch.testing.assert_close(g.double(), rg, atol=5e-5, rtol=5e-5, msg=f"d{name}")
 
 
+@pytest.mark.parametrize("bwd", ["fused", "split"])
 @pytest.mark.parametrize("autotune", ["0", "1"], ids=["fixed-config", "autotuned"])
-def test_cuda_launcher_in_the_interpreter(autotune, monkeypatch):
+def test_cuda_launcher_in_the_interpreter(autotune, bwd, monkeypatch):
     """The launcher's CUDA path (fixed config with fallback, or triton.autotune with
     a grid per config) driving the interpreted kernels; the autotuner's timing is
     replaced, since the interpreter has no GPU to time."""
@@ -209,6 +228,7 @@ def test_cuda_launcher_in_the_interpreter(autotune, monkeypatch):
         pytest.skip("on CUDA the gpu tests run this path for real")
     monkeypatch.setattr(tiled_mod, "INTERPRET", False)
     monkeypatch.setenv("HEADWISE_TILED_AUTOTUNE", autotune)
+    monkeypatch.setenv("HEADWISE_TILED_BWD", bwd)
     monkeypatch.setattr(tiled_mod, "_TUNERS", {})
     monkeypatch.setattr(tiled_mod, "_FIXED", {})
     timings = iter(range(1, 1000))
@@ -219,8 +239,8 @@ def test_cuda_launcher_in_the_interpreter(autotune, monkeypatch):
         t = float(next(timings))
         return [t, t, t]
 
-    def tuned(kind, dim_class):
-        tuner = real_tuned(kind, dim_class)
+    def tuned(kind, dim_class, tma):
+        tuner = real_tuned(kind, dim_class, tma)
         tuner._do_bench = fake_bench  # Triton-internal: the first config wins
         return tuner
 
@@ -233,12 +253,13 @@ def test_cuda_launcher_in_the_interpreter(autotune, monkeypatch):
     torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=2e-5)
     for name, g, rg in zip("qkv", grads, ref_grads, strict=True):
         torch.testing.assert_close(g.double(), rg, atol=5e-5, rtol=5e-5, msg=f"d{name}")
+    kinds = {"fwd", "dkdv"} | ({"dq"} if bwd == "split" else set())
     if autotune == "0":  # fp32 tries the smallest (last) config first
-        assert len(tiled_mod._FIXED) == 3
+        assert {key[0] for key in tiled_mod._FIXED} == kinds
         assert tiled_mod._FIXED[next(iter(tiled_mod._FIXED))] is tiled_mod._FWD_CONFIGS[
             "small"][-1]
     else:
-        assert set(tiled_mod._TUNERS) == {("fwd", "small"), ("dkdv", "small"), ("dq", "small")}
+        assert set(tiled_mod._TUNERS) == {(kind, "small", False) for kind in kinds}
 
 
 def test_any_strides_are_read_in_place():
@@ -529,15 +550,21 @@ GPU_FIXED_CASES = [
 ]
 
 
+def _variant_of(case) -> int:
+    b, h, hkv, tq, tk, d, dtype, causal, lens = case
+    return GPU_VARIANTS.index((d, dtype, causal, lens is not None, h // hkv))
+
+
 @pytest.mark.gpu
-def test_gpu_random_shapes_half_precision(fixed_config):
-    """GPU_FIXED_CASES, then HEADWISE_GPU_CASES (default 8) random shapes cycling
-    through GPU_VARIANTS."""
-    rng = random.Random(0)
+@pytest.mark.parametrize("variant", range(len(GPU_VARIANTS)), ids=lambda i: f"variant{i}")
+def test_gpu_random_shapes_half_precision(fixed_config, variant):
+    """The GPU_FIXED_CASES of one of GPU_VARIANTS, then HEADWISE_GPU_CASES (default 8,
+    shared out over the variants) random shapes of it."""
+    rng = random.Random(variant)
     n_random = int(os.environ.get("HEADWISE_GPU_CASES", "8"))
-    cases = GPU_FIXED_CASES + [
-        _gpu_case(rng, GPU_VARIANTS[i % len(GPU_VARIANTS)]) for i in range(max(0, n_random))
-    ]
+    n_mine = len(range(variant, max(0, n_random), len(GPU_VARIANTS)))
+    cases = [c for c in GPU_FIXED_CASES if _variant_of(c) == variant]
+    cases += [_gpu_case(rng, GPU_VARIANTS[variant]) for _ in range(n_mine)]
     for seed, case in enumerate(cases):
         _check_gpu_case(*case, seed=seed)
 
@@ -555,7 +582,36 @@ def test_gpu_autotuned_configs(monkeypatch):
             monkeypatch.setattr(tiled_mod, name, {c: cfgs[:2] for c, cfgs in lists.items()})
     _check_gpu_case(2, 8, 2, 1000, 1000, 128, torch.bfloat16, True,
                     torch.tensor([1000, 700]), seed=0)
-    assert set(tiled_mod._TUNERS) == {("fwd", "medium"), ("dkdv", "medium"), ("dq", "medium")}
+    tma = torch.cuda.get_device_capability()[0] >= 9 and tiled_mod.TensorDescriptor is not None
+    assert set(tiled_mod._TUNERS) == {("fwd", "medium", tma), ("dkdv", "medium", False)}
+
+
+@pytest.mark.gpu
+def test_gpu_pointer_loads_and_split_backward(fixed_config, monkeypatch):
+    """The other loader and backward scheme, on the first GPU variant's shapes."""
+    monkeypatch.setenv("HEADWISE_TILED_TMA", "0")
+    monkeypatch.setenv("HEADWISE_TILED_BWD", "split")
+    for seed, case in enumerate(GPU_FIXED_CASES[:2]):
+        _check_gpu_case(*case, seed=seed)
+
+
+@pytest.mark.gpu
+def test_gpu_deterministic_mode_repeats_bit_for_bit(fixed_config):
+    """Under torch.use_deterministic_algorithms the backward takes the split path:
+    two runs give identical gradients (the atomic dQ sums need not)."""
+    # GPU_VARIANTS[0] (D=128, bf16, causal, key lengths, groups of 4): compiled already
+    q, k, v = make_qkv(2, 8, 2, 700, 700, 128, dtype=torch.bfloat16, device="cuda", seed=4)
+    lens = torch.tensor([700, 350], device="cuda")
+    dout = torch.randn(2, 8, 700, 128, device="cuda", dtype=torch.bfloat16)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [torch.autograd.grad(tiled_attention(q, k, v, causal=True, key_lengths=lens),
+                                    (q, k, v), dout) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.gpu

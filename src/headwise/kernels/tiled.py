@@ -10,8 +10,19 @@ to recompute the probabilities tile by tile:
 * ``delta_i = sum_d dO_id * O_id`` (one small kernel),
 * dK/dV: one program per ``(batch, kv head, key tile)``, looping over the query
   tiles of every query head that shares this K/V head (grouped-query attention
-  sums the group's gradients in registers: no repeated K/V, no atomics),
-* dQ: one program per ``(batch, head, query tile)``, looping over key tiles.
+  sums the group's gradients in registers: no repeated K/V),
+* dQ, by default in the same pass: each step's ``dS^T K`` is added atomically to a
+  float32 dQ buffer (five tile products per step, as FlashAttention-2 does). The
+  alternative, ``HEADWISE_TILED_BWD=split`` and whenever
+  ``torch.use_deterministic_algorithms(True)`` is on, is a second pass with one
+  program per ``(batch, head, query tile)`` looping over key tiles: no atomics and
+  a fixed summation order, but ``QK^T`` and ``dO V^T`` computed twice (seven).
+
+On Hopper and later GPUs the forward moves its tiles with the tensor memory
+accelerator (host-side tensor descriptors of the ``(B, H, T, D)`` views; loads
+zero-fill past the sequence and the head dim, stores clip) when the inputs are
+16-bit with 16-byte aligned strides; otherwise, and with ``HEADWISE_TILED_TMA=0``,
+it uses pointer loads.
 
 Masks: causal (bottom-right aligned: query ``i`` sees key ``j`` iff
 ``j <= i + Tk - Tq``) and key lengths (keys ``>= key_lengths[b]`` are padding).
@@ -42,6 +53,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from triton.runtime.errors import OutOfResources
+
+try:  # host-side TMA descriptors (Triton >= 3.3)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: pointer loads only
+    TensorDescriptor = None
 
 __all__ = ["tiled_attention", "tiled_attention_lse", "INTERPRET"]
 
@@ -102,19 +118,27 @@ def _dot_acc(a, b, acc, DOT_PREC: tl.constexpr):
 
 # --------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-               start_n, end_n, offs_m, kv_end, causal_off, qk_scale,
+def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
+               start_n, end_n, offs_m, kv_end, causal_off, qk_scale, b32, hkv32,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
                V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-               BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+               BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr):
+    """k_src, v_src: the (batch, kv head)'s base pointers, or (USE_TMA) the (B, Hkv,
+    Tk, D) tensor descriptors, whose loads zero-fill past Tk and past the head dim."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     for n0 in range(start_n, end_n, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                       offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, MASKED)
-        v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                       offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, MASKED)
+        if USE_TMA:
+            k = k_src.load([b32, hkv32, n0, 0]).reshape(BLOCK_N, BLOCK_D)
+            v = v_src.load([b32, hkv32, n0, 0]).reshape(BLOCK_N, BLOCK_DV)
+            if MASKED:  # padding keys inside Tk: zero them as the pointer loads do
+                v = tl.where((offs_n < kv_end)[:, None], v, 0.0)
+        else:
+            k = _load_tile(k_src + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                           offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+            v = _load_tile(v_src + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                           offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, MASKED)
         # scores in log2 units: exp(s * scale) == exp2(s * scale * log2(e)). The
         # launcher makes qk_scale > 0, so max(s) * qk_scale is the scaled row max
         # and s * qk_scale - m is one FMA per score (no separate scaling pass).
@@ -163,7 +187,10 @@ def _attn_fwd(Q, K, V, O, LSE, KLEN,
               H, GROUP, Tq, Tk, qk_scale, SEQ_BUCKET,
               HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
               BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
-              DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """Q, K, V, O: tensors, or (USE_TMA: Hopper's tensor memory accelerator) tensor
+    descriptors of the (B, H, T, D) views with blocks (1, 1, BLOCK_M or BLOCK_N, BLOCK_D)."""
     # one flat grid: consecutive programs are the query tiles of one head, so they
     # share that head's K/V in L2; causal runs the heaviest (last) tiles first.
     num_m = tl.cdiv(Tq, BLOCK_M)
@@ -180,10 +207,16 @@ def _attn_fwd(Q, K, V, O, LSE, KLEN,
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = _load_tile(q_ptrs, offs_m, Tq, offs_d, HEAD_DIM, BLOCK_D, True)
-    k_base = K + b * stride_kb + hkv * stride_kh
-    v_base = V + b * stride_vb + hkv * stride_vh
+    b32, h32, hkv32 = b.to(tl.int32), h.to(tl.int32), hkv.to(tl.int32)
+    if USE_TMA:
+        q = Q.load([b32, h32, m0, 0]).reshape(BLOCK_M, BLOCK_D)
+        k_src = K
+        v_src = V
+    else:
+        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        q = _load_tile(q_ptrs, offs_m, Tq, offs_d, HEAD_DIM, BLOCK_D, True)
+        k_src = K + b * stride_kb + hkv * stride_kh
+        v_src = V + b * stride_vb + hkv * stride_vh
 
     kv_end, causal_off, full, hi = _query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
                                                     BLOCK_M, BLOCK_N)
@@ -193,21 +226,24 @@ def _attn_fwd(Q, K, V, O, LSE, KLEN,
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd,
                                stride_vn, stride_vd, 0, full, offs_m, kv_end, causal_off,
-                               qk_scale, False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
-                               BLOCK_N, DOT_PREC)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kn, stride_kd,
+                               qk_scale, b32, hkv32, False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D,
+                               BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd,
                                stride_vn, stride_vd, full, hi, offs_m, kv_end, causal_off,
-                               qk_scale, True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
-                               BLOCK_N, DOT_PREC)
+                               qk_scale, b32, hkv32, True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D,
+                               BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
     empty = l_i == 0.0  # rows that saw no key: output 0, lse -inf
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc * (1.0 / l_safe)[:, None]  # one division per row, not per element
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
 
-    o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
-    _store_tile(o_ptrs, out.to(O.dtype.element_ty), offs_m, Tq, offs_dv, V_DIM)
+    if USE_TMA:  # the store clips rows past Tq and columns past the head dim
+        O.store([b32, h32, m0, 0], out.to(q.dtype).reshape(1, 1, BLOCK_M, BLOCK_DV))
+    else:
+        o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
+        _store_tile(o_ptrs, out.to(O.dtype.element_ty), offs_m, Tq, offs_dv, V_DIM)
     tl.store(LSE + (b * H + h) * Tq + offs_m, lse, mask=offs_m < Tq)
 
 
@@ -233,12 +269,12 @@ def _bwd_delta(O, DO, DELTA,
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                stride_qm, stride_qd, stride_dom, stride_dod,
-                start_m, end_m, offs_n, kv_end, causal_off, Tq, qk_scale,
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base,
+                stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd,
+                start_m, end_m, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
                 V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                BLOCK_M: tl.constexpr, DOT_PREC: tl.constexpr):
+                BLOCK_M: tl.constexpr, DOT_PREC: tl.constexpr, FUSE_DQ: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     for m0 in range(start_m, end_m, BLOCK_M):
@@ -260,49 +296,61 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
             p_t = tl.where(ok, p_t, 0.0)
         dv = _dot_acc(p_t.to(do.dtype), do, dv, DOT_PREC)
         dp_t = _dot(v, tl.trans(do), DOT_PREC)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = _dot_acc(ds_t.to(q.dtype), q, dk, DOT_PREC)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+        dk = _dot_acc(ds_t, q, dk, DOT_PREC)
+        if FUSE_DQ:  # this key tile's share of dQ, summed over key tiles in float32
+            dq = _dot(tl.trans(ds_t), k, DOT_PREC) * sm_scale
+            tl.atomic_add(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd, dq,
+                          mask=(offs_m < Tq)[:, None] & (offs_d < HEAD_DIM)[None, :], sem="relaxed")
     return dk, dv
 
 
 @triton.jit
-def _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, b, h, H,
+def _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, h, H,
                stride_qb, stride_qh, stride_qm, stride_qd,
                stride_dob, stride_doh, stride_dom, stride_dod,
-               start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq, qk_scale,
+               stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+               start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
                CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
-               DOT_PREC: tl.constexpr):
-    """One query head's contribution to a key tile's dk, dv: the query tiles on a
-    mask boundary, then those that see every key of the tile."""
+               DOT_PREC: tl.constexpr, FUSE_DQ: tl.constexpr):
+    """One query head's contribution to a key tile's dk, dv (and, FUSE_DQ, to dQ):
+    the query tiles on a mask boundary, then those that see every key of the tile."""
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = DO + b * stride_dob + h * stride_doh
+    dq_base = DQ + b * stride_dqb + h * stride_dqh
     lse_base = LSE + (b * H + h) * Tq
     delta_base = DELTA + (b * H + h) * Tq
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                         stride_qm, stride_qd, stride_dom, stride_dod,
-                         start_m, mask_end, offs_n, kv_end, causal_off, Tq, qk_scale,
-                         True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC)
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-                         stride_qm, stride_qd, stride_dom, stride_dod,
-                         full_from, Tq, offs_n, kv_end, causal_off, Tq, qk_scale,
-                         False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base,
+                         stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd,
+                         start_m, mask_end, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
+                         True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC,
+                         FUSE_DQ)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base,
+                         stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd,
+                         full_from, Tq, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
+                         False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC,
+                         FUSE_DQ)
     return dk, dv
 
 
 @triton.jit(do_not_specialize=["H", "HKV", "GROUP", "Tq", "Tk", "SEQ_BUCKET"])
-def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, KLEN,
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
                    stride_qb, stride_qh, stride_qm, stride_qd,
                    stride_kb, stride_kh, stride_kn, stride_kd,
                    stride_vb, stride_vh, stride_vn, stride_vd,
                    stride_dob, stride_doh, stride_dom, stride_dod,
                    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
                    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                   stride_dqb, stride_dqh, stride_dqm, stride_dqd,
                    H, HKV, GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET,
                    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
-                   DOT_PREC: tl.constexpr, GQA: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
+                   DOT_PREC: tl.constexpr, GQA: tl.constexpr, FUSE_DQ: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dK, dV of one key tile; with FUSE_DQ also its float32 share of dQ, added
+    atomically into DQ (five tile products per step instead of the seven that a
+    separate dQ pass needs, at the price of a run-to-run varying summation order)."""
     num_n = tl.cdiv(Tk, BLOCK_N)
     pid = tl.program_id(0)
     bhkv = pid // num_n
@@ -338,19 +386,21 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, KLEN,
 
     if GQA:  # the whole group's gradients meet in dk, dv
         for g in range(0, GROUP):
-            dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, b, hkv * GROUP + g, H,
+            dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, hkv * GROUP + g, H,
                                 stride_qb, stride_qh, stride_qm, stride_qd,
                                 stride_dob, stride_doh, stride_dom, stride_dod,
+                                stride_dqb, stride_dqh, stride_dqm, stride_dqd,
                                 start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq,
-                                qk_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M,
-                                DOT_PREC)
+                                qk_scale, sm_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
+                                BLOCK_M, DOT_PREC, FUSE_DQ)
     else:  # no loop around the pipelined loops: ptxas then keeps it all in registers
-        dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, b, hkv, H,
+        dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, hkv, H,
                             stride_qb, stride_qh, stride_qm, stride_qd,
                             stride_dob, stride_doh, stride_dom, stride_dod,
+                            stride_dqb, stride_dqh, stride_dqm, stride_dqd,
                             start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq,
-                            qk_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M,
-                            DOT_PREC)
+                            qk_scale, sm_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
+                            BLOCK_M, DOT_PREC, FUSE_DQ)
 
     dk = dk * sm_scale
     _store_tile(DK + b * stride_dkb + hkv * stride_dkh + offs_n[:, None] * stride_dkn
@@ -467,7 +517,7 @@ _FWD_CONFIGS = {
 _DKDV_CONFIGS = {  # BLOCK_N: the key tile a program owns; BLOCK_M: its query step
     "small": [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 3), _cfg(64, 128, 8, 2),
               _cfg(32, 64, 4, 3)],
-    "medium": [_cfg(32, 128, 8, 2), _cfg(32, 128, 8, 3), _cfg(32, 64, 8, 3),
+    "medium": [_cfg(32, 128, 8, 2), _cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2),
                _cfg(64, 64, 8, 3), _cfg(32, 64, 4, 2)],
     "large": [_cfg(32, 32, 8, 2), _cfg(16, 32, 8, 2), _cfg(16, 32, 4, 1)],
 }
@@ -479,6 +529,7 @@ _DQ_CONFIGS = {
     "large": [_cfg(32, 16, 4, 2), _cfg(64, 32, 8, 2), _cfg(32, 16, 4, 1)],
 }
 _CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}
+_KERNELS = {"fwd": "_attn_fwd", "dkdv": "_attn_bwd_dkdv", "dq": "_attn_bwd_dq"}
 # Without autotuning (HEADWISE_TILED_AUTOTUNE=0): the first config that compiles,
 # in list order (the last, smallest, first for fp32, whose tiles are twice as big).
 _FIXED: dict[tuple, triton.Config] = {}
@@ -487,6 +538,7 @@ _FIXED: dict[tuple, triton.Config] = {}
 _INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
 _DELTA_BLOCK_M = 64
 _KEYS = ["HEAD_DIM", "V_DIM", "CAUSAL", "HAS_KLEN", "SEQ_BUCKET", "GROUP"]
+_EXTRA_KEYS = {"fwd": [], "dkdv": ["FUSE_DQ"], "dq": []}
 
 
 def _dim_class(d: int) -> str:
@@ -498,18 +550,34 @@ def _seq_bucket(tq: int, tk: int) -> int:
     return 0 if t <= 1024 else (1 if t <= 4096 else 2)
 
 
-_TUNERS: dict[tuple[str, str], object] = {}
+_TUNERS: dict[tuple, object] = {}
 
 
-def _tuned(kind: str, dim_class: str):
-    key = (kind, dim_class)
+def _set_tma_blocks(nargs: dict) -> None:
+    """Give the forward's tensor descriptors the launch config's tile shapes."""
+    bm, bn, bd, bdv = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_D"], nargs["BLOCK_DV"]
+    nargs["Q"].block_shape = [1, 1, bm, bd]
+    nargs["K"].block_shape = [1, 1, bn, bd]
+    nargs["V"].block_shape = [1, 1, bn, bdv]
+    nargs["O"].block_shape = [1, 1, bm, bdv]
+
+
+def _with_tma_hook(cfg: triton.Config) -> triton.Config:
+    return triton.Config(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                         pre_hook=_set_tma_blocks)
+
+
+def _tuned(kind: str, dim_class: str, tma: bool):
+    key = (kind, dim_class, tma)
     if key not in _TUNERS:
-        fn, configs = {
-            "fwd": (_attn_fwd, _FWD_CONFIGS),
-            "dkdv": (_attn_bwd_dkdv, _DKDV_CONFIGS),
-            "dq": (_attn_bwd_dq, _DQ_CONFIGS),
-        }[kind]
-        _TUNERS[key] = triton.autotune(configs=configs[dim_class], key=_KEYS)(fn)
+        configs = _CONFIGS[kind][dim_class]
+        if tma:
+            configs = [_with_tma_hook(c) for c in configs]
+        # the fused backward adds into its dQ buffer: zeroed before each timed config
+        reset = ["DQ"] if kind == "dkdv" else None
+        fn = globals()[_KERNELS[kind]]
+        _TUNERS[key] = triton.autotune(configs=configs, key=_KEYS + _EXTRA_KEYS[kind],
+                                       reset_to_zero=reset)(fn)
     return _TUNERS[key]
 
 
@@ -523,17 +591,24 @@ def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tupl
     programs with the interpreter's, a fixed or the autotuned config."""
     tile_key = "BLOCK_N" if kind == "dkdv" else "BLOCK_M"
     dim_class = _dim_class(max(meta["BLOCK_D"], meta["BLOCK_DV"]))
+    tma = meta.get("USE_TMA", False)
+
+    def set_blocks(blocks: dict) -> None:
+        if tma:
+            _set_tma_blocks({**dict(zip(("Q", "K", "V", "O"), args[:4], strict=True)), **meta, **blocks})
+
     if INTERPRET:
         bm, bn = _INTERPRET_BLOCKS[kind]
         blocks = {"BLOCK_M": bm, "BLOCK_N": bn}
         grid = (triton.cdiv(n_rows, blocks[tile_key]) * n_programs_per_row_tile,)
+        set_blocks(blocks)
         fn[grid](*args, **meta, **blocks)
         return
     if _autotune_enabled():
         def grid(m):
             return (triton.cdiv(n_rows, m[tile_key]) * n_programs_per_row_tile,)
 
-        _tuned(kind, dim_class)[grid](*args, **meta)
+        _tuned(kind, dim_class, tma)[grid](*args, **meta)
         return
     key = (kind, dtype, *sorted(meta.items()))
     configs = _CONFIGS[kind][dim_class]
@@ -543,6 +618,7 @@ def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tupl
         configs = configs[::-1]
     for i, cfg in enumerate(configs):
         grid = (triton.cdiv(n_rows, cfg.kwargs[tile_key]) * n_programs_per_row_tile,)
+        set_blocks(cfg.kwargs)
         try:
             fn[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
                      num_stages=cfg.num_stages)
@@ -552,6 +628,43 @@ def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tupl
             continue
         _FIXED[key] = cfg
         return
+
+
+def _fuse_dq() -> bool:
+    """Backward in one pass with dQ added atomically (``HEADWISE_TILED_BWD=fused``,
+    the default) or in two passes, dK/dV then dQ (``split``; also whenever
+    ``torch.use_deterministic_algorithms(True)``: its sums run in a fixed order)."""
+    choice = os.environ.get("HEADWISE_TILED_BWD", "fused")
+    if choice not in ("fused", "split"):
+        raise ValueError(f"HEADWISE_TILED_BWD must be 'fused' or 'split', got {choice!r}")
+    return choice == "fused" and not torch.are_deterministic_algorithms_enabled()
+
+
+def _use_tma(*tensors: Tensor) -> bool:
+    """Load and store the forward's tiles with tensor descriptors (TMA on Hopper and
+    later) when every tensor meets TMA's rules: 16-bit floats, 16-byte aligned base
+    and strides, contiguous head dim. ``HEADWISE_TILED_TMA=0`` turns it off; the
+    interpreter runs it when ``HEADWISE_TILED_TMA=1``."""
+    choice = os.environ.get("HEADWISE_TILED_TMA", "auto")
+    if choice == "0" or TensorDescriptor is None:
+        return False
+    if INTERPRET:
+        if choice != "1":
+            return False
+    elif not torch.cuda.is_available() or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if not INTERPRET and t.dtype not in (torch.float16, torch.bfloat16):
+            return False
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * size) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _descriptor(t: Tensor):
+    """A (B, H, T, D) tensor descriptor; the launcher sets its block shape."""
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, 16])
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -595,11 +708,13 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, causal
         # the kernel takes the row max of the raw scores and scales it, which needs
         # scale > 0: q k^T * s == (-q) k^T * (-s), and s == 0 scores every key 0
         q, scale = (-q, -scale) if scale < 0.0 else (torch.zeros_like(q), 1.0)
-    args = (q, k, v, out, lse, _klen_arg(key_lengths, q), *q.stride(), *k.stride(), *v.stride(),
+    tma = _use_tma(q, k, v, out)
+    tensors = tuple(_descriptor(t) for t in (q, k, v, out)) if tma else (q, k, v, out)
+    args = (*tensors, lse, _klen_arg(key_lengths, q), *q.stride(), *k.stride(), *v.stride(),
             *out.stride(), h, h // hkv, tq, tk, scale * _LOG2E, _seq_bucket(tq, tk))
     meta = dict(HEAD_DIM=d, V_DIM=dv, BLOCK_D=_pad_dim(d), BLOCK_DV=_pad_dim(dv),
                 CAUSAL=causal, HAS_KLEN=key_lengths is not None,
-                DOT_PREC=_dot_precision(q.dtype))
+                DOT_PREC=_dot_precision(q.dtype), USE_TMA=tma)
     _launch("fwd", _attn_fwd, tq, b * h, args, meta, q.dtype)
     return out, lse
 
@@ -629,13 +744,21 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
                 HAS_KLEN=key_lengths is not None, DOT_PREC=_dot_precision(q.dtype))
     bucket = _seq_bucket(tq, tk)
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
+    fuse = _fuse_dq()
+    # fused: dQ is summed over key tiles in float32 by the dK/dV kernel; else a
+    # placeholder (the autotuner zeroes whatever DQ is between its timing runs)
+    dq_acc = torch.zeros((b, h, tq, d) if fuse else (1, 1, 1, 1), dtype=torch.float32, device=q.device)
     _launch("dkdv", _attn_bwd_dkdv, tk, b * hkv,
-            (q, k, v, dout, lse, delta, dk, dv, klen, *common, *dk.stride(), *dv.stride(),
+            (q, k, v, dout, lse, delta, dk, dv, dq_acc, klen, *common, *dk.stride(), *dv.stride(),
+             *(dq_acc.stride() if fuse else (0, 0, 0, 0)),
              h, hkv, h // hkv, tq, tk, scale * _LOG2E, scale, bucket),
-            {**meta, "GQA": h > hkv}, q.dtype)
-    _launch("dq", _attn_bwd_dq, tq, b * h,
-            (q, k, v, dout, lse, delta, dq, klen, *common, *dq.stride(),
-             h, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta, q.dtype)
+            {**meta, "GQA": h > hkv, "FUSE_DQ": fuse}, q.dtype)
+    if fuse:
+        dq.copy_(dq_acc)
+    else:
+        _launch("dq", _attn_bwd_dq, tq, b * h,
+                (q, k, v, dout, lse, delta, dq, klen, *common, *dq.stride(),
+                 h, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta, q.dtype)
     return dq, dk, dv
 
 
