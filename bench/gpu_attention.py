@@ -15,10 +15,11 @@ matmuls), 2.5x that for the backward, halved when causal.
     PYTHONPATH=src python bench/gpu_attention.py --head-dims 128 --causal both \
         --seqs 1024 4096 16384 --peers flash cudnn
 
-``--variants`` adds columns for headwise's other kernel choices, measured on the same
-inputs in the same run: ``ptr+split`` (pointer loads; dK/dV and dQ in separate
-passes), ``tma+split``, ``ptr+fused`` (the default is TMA loads on Hopper and later,
-dQ fused into the dK/dV pass).
+``--variants`` adds columns for headwise's kernel choices forced one way, measured on
+the same inputs in the same run: ``ptr+split`` (pointer loads; dK/dV and dQ in
+separate passes: the kernels before TMA and fusion), ``tma+split``, ``tma+fused``,
+``ptr+fused`` (the default: TMA loads on Hopper and later, dQ fused into the dK/dV
+pass up to 1024 keys, split beyond).
 
 Prints a markdown table per pass with the ratio headwise / best torch kernel and
 headwise's fraction of the GPU's dense bf16 peak; writes
@@ -50,6 +51,7 @@ TORCH_IMPLS = ["flash", "cudnn", "efficient", "flex"]
 VARIANTS = {
     "ptr+split": {"HEADWISE_TILED_TMA": "0", "HEADWISE_TILED_BWD": "split"},
     "tma+split": {"HEADWISE_TILED_TMA": "auto", "HEADWISE_TILED_BWD": "split"},
+    "tma+fused": {"HEADWISE_TILED_TMA": "auto", "HEADWISE_TILED_BWD": "fused"},
     "ptr+fused": {"HEADWISE_TILED_TMA": "0", "HEADWISE_TILED_BWD": "fused"},
 }
 # dense bf16 tensor-core peak (no sparsity), TFLOP/s

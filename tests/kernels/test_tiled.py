@@ -179,6 +179,26 @@ def test_half_precision_error_is_close_to_torch_math(dtype):
         assert _rms(ours, ref) <= factor * _rms(theirs, ref) + 1e-6, name
 
 
+@pytest.mark.parametrize("env, tk, deterministic, fused", [
+    ("auto", 1024, False, True), ("auto", 1025, False, False), ("fused", 10**5, False, True),
+    ("split", 10, False, False), ("auto", 10, True, False), ("fused", 10, True, False),
+])
+def test_backward_scheme_choice(env, tk, deterministic, fused, monkeypatch):
+    monkeypatch.setenv("HEADWISE_TILED_BWD", env)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        assert tiled_mod._fuse_dq(tk) is fused
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def test_backward_scheme_rejects_unknown_names(monkeypatch):
+    monkeypatch.setenv("HEADWISE_TILED_BWD", "atomic")
+    with pytest.raises(ValueError, match="HEADWISE_TILED_BWD must be 'auto', 'fused' or 'split', got 'atomic'"):
+        tiled_mod._fuse_dq(100)
+
+
 def _rms(x, ref):
     return (x.double() - ref).pow(2).mean().sqrt().item()
 
@@ -253,7 +273,7 @@ def test_cuda_launcher_in_the_interpreter(autotune, bwd, monkeypatch):
     torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=2e-5)
     for name, g, rg in zip("qkv", grads, ref_grads, strict=True):
         torch.testing.assert_close(g.double(), rg, atol=5e-5, rtol=5e-5, msg=f"d{name}")
-    kinds = {"fwd", "dkdv"} | ({"dq"} if bwd == "split" else set())
+    kinds = {"fwd", "dkdv"} | ({"dq"} if bwd == "split" else set())  # Tk = 170: fused
     if autotune == "0":  # fp32 tries the smallest (last) config first
         assert {key[0] for key in tiled_mod._FIXED} == kinds
         assert tiled_mod._FIXED[next(iter(tiled_mod._FIXED))] is tiled_mod._FWD_CONFIGS[
