@@ -16,10 +16,9 @@ matmuls), 2.5x that for the backward, halved when causal.
         --seqs 1024 4096 16384 --peers flash cudnn
 
 ``--variants`` adds columns for headwise's kernel choices forced one way, measured on
-the same inputs in the same run: ``ptr+split`` (pointer loads; dK/dV and dQ in
-separate passes: the kernels before TMA and fusion), ``tma+split``, ``tma+fused``,
-``ptr+fused`` (the default: TMA loads on Hopper and later, dQ fused into the dK/dV
-pass up to 1024 keys, split beyond).
+the same inputs in the same run: ``ptr+split`` (pointer loads, dQ in its own pass:
+the kernels before TMA), ``tma+fused`` (dQ added atomically by the dK/dV pass),
+``ptr+fused``, ``tma+split`` (the default on Hopper and later).
 
 Prints a markdown table per pass with the ratio headwise / best torch kernel and
 headwise's fraction of the GPU's dense bf16 peak; writes

@@ -17,7 +17,7 @@
 #      (their time is Triton compiling, which is CPU work) -> $OUT/gpu_tests.log
 #   3. the focused benchmark (BENCH_ARGS; default D=128 then 64, causal and not,
 #      16k/4k/1k tokens, against flash and cuDNN, with the kernel variants
-#      ptr+split and tma+split beside the default) -> $OUT/gpu_attention.log,
+#      ptr+split and tma+fused beside the default) -> $OUT/gpu_attention.log,
 #      $OUT/gpu_attention.json (rewritten after every shape)
 #   4. optional, only if bench/gpu_int8_attention.py exists and RUN_INT8=1 (default):
 #      the int8 kernel's benchmark, INT8_TIMEOUT (40 s)      -> $OUT/gpu_int8_attention.log
@@ -26,7 +26,7 @@
 #
 # Environment (defaults): GPU_CHECK_BUDGET_S=150 TEST_TIMEOUT=60 TEST_JOBS=4
 # HEADWISE_GPU_CASES=8 PRECOMPILE_JOBS=4 PRECOMPILE_TIMEOUT=75 BENCH_ARGS="--head-dims 128 64 --causal both
-# --seqs 16384 4096 1024 --peers flash cudnn --variants ptr+split tma+split
+# --seqs 16384 4096 1024 --peers flash cudnn --variants ptr+split tma+fused
 # --warmup-ms 10 --rep-ms 50" RUN_INT8=1 INT8_TIMEOUT=40 INT8_ARGS="--budget-s 20"
 # RUN_PLANNER=0 PYTHON=python OUT=bench/results
 set -u
@@ -39,7 +39,7 @@ PY="${PYTHON:-python}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export HEADWISE_GPU_CASES="${HEADWISE_GPU_CASES:-8}"
 BUDGET="${GPU_CHECK_BUDGET_S:-150}"
-BENCH_ARGS="${BENCH_ARGS:---head-dims 128 64 --causal both --seqs 16384 4096 1024 --peers flash cudnn --variants ptr+split tma+split --warmup-ms 10 --rep-ms 50}"
+BENCH_ARGS="${BENCH_ARGS:---head-dims 128 64 --causal both --seqs 16384 4096 1024 --peers flash cudnn --variants ptr+split tma+fused --warmup-ms 10 --rep-ms 50}"
 INT8_TIMEOUT="${INT8_TIMEOUT:-40}"
 RUN_INT8="${RUN_INT8:-1}"
 [ -f bench/gpu_int8_attention.py ] || RUN_INT8=0

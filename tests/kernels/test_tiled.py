@@ -98,8 +98,8 @@ CASES = [
 
 # The kernels' two loaders (pointers, or TMA tensor descriptors: on CUDA the default
 # for aligned 16-bit inputs on Hopper and later, here forced) and two backward schemes
-# (dQ added atomically by the dK/dV pass, the default; or its own pass)
-MODES = {"ptr-fused": ("0", "fused"), "ptr-split": ("0", "split"), "tma-fused": ("1", "fused")}
+# (dQ in its own pass, the default; or added atomically by the dK/dV pass)
+MODES = {"ptr-split": ("0", "split"), "ptr-fused": ("0", "fused"), "tma-split": ("1", "split")}
 
 
 @pytest.fixture(params=list(MODES))
@@ -179,24 +179,26 @@ def test_half_precision_error_is_close_to_torch_math(dtype):
         assert _rms(ours, ref) <= factor * _rms(theirs, ref) + 1e-6, name
 
 
-@pytest.mark.parametrize("env, tk, deterministic, fused", [
-    ("auto", 1024, False, True), ("auto", 1025, False, False), ("fused", 10**5, False, True),
-    ("split", 10, False, False), ("auto", 10, True, False), ("fused", 10, True, False),
+@pytest.mark.parametrize("env, deterministic, fused", [
+    (None, False, False), ("split", False, False), ("fused", False, True), ("fused", True, False),
 ])
-def test_backward_scheme_choice(env, tk, deterministic, fused, monkeypatch):
-    monkeypatch.setenv("HEADWISE_TILED_BWD", env)
+def test_backward_scheme_choice(env, deterministic, fused, monkeypatch):
+    if env is None:
+        monkeypatch.delenv("HEADWISE_TILED_BWD", raising=False)
+    else:
+        monkeypatch.setenv("HEADWISE_TILED_BWD", env)
     was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)
     try:
-        assert tiled_mod._fuse_dq(tk) is fused
+        assert tiled_mod._fuse_dq() is fused
     finally:
         torch.use_deterministic_algorithms(was)
 
 
 def test_backward_scheme_rejects_unknown_names(monkeypatch):
     monkeypatch.setenv("HEADWISE_TILED_BWD", "atomic")
-    with pytest.raises(ValueError, match="HEADWISE_TILED_BWD must be 'auto', 'fused' or 'split', got 'atomic'"):
-        tiled_mod._fuse_dq(100)
+    with pytest.raises(ValueError, match="HEADWISE_TILED_BWD must be 'fused' or 'split', got 'atomic'"):
+        tiled_mod._fuse_dq()
 
 
 def _rms(x, ref):
@@ -273,7 +275,7 @@ def test_cuda_launcher_in_the_interpreter(autotune, bwd, monkeypatch):
     torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=2e-5)
     for name, g, rg in zip("qkv", grads, ref_grads, strict=True):
         torch.testing.assert_close(g.double(), rg, atol=5e-5, rtol=5e-5, msg=f"d{name}")
-    kinds = {"fwd", "dkdv"} | ({"dq"} if bwd == "split" else set())  # Tk = 170: fused
+    kinds = {"fwd", "dkdv"} | ({"dq"} if bwd == "split" else set())
     if autotune == "0":  # fp32 tries the smallest (last) config first
         assert {key[0] for key in tiled_mod._FIXED} == kinds
         assert tiled_mod._FIXED[next(iter(tiled_mod._FIXED))] is tiled_mod._FWD_CONFIGS[
@@ -603,22 +605,26 @@ def test_gpu_autotuned_configs(monkeypatch):
     _check_gpu_case(2, 8, 2, 1000, 1000, 128, torch.bfloat16, True,
                     torch.tensor([1000, 700]), seed=0)
     tma = torch.cuda.get_device_capability()[0] >= 9 and tiled_mod.TensorDescriptor is not None
-    assert set(tiled_mod._TUNERS) == {("fwd", "medium", tma), ("dkdv", "medium", False)}
+    fused = tiled_mod._fuse_dq()
+    want = {("fwd", "medium", tma), ("dkdv", "medium", False)} | (set() if fused else {("dq", "medium", False)})
+    assert set(tiled_mod._TUNERS) == want
 
 
 @pytest.mark.gpu
-def test_gpu_pointer_loads_and_split_backward(fixed_config, monkeypatch):
+def test_gpu_pointer_loads_and_fused_backward(fixed_config, monkeypatch):
     """The other loader and backward scheme, on the first GPU variant's shapes."""
     monkeypatch.setenv("HEADWISE_TILED_TMA", "0")
-    monkeypatch.setenv("HEADWISE_TILED_BWD", "split")
+    monkeypatch.setenv("HEADWISE_TILED_BWD", "fused")
     for seed, case in enumerate(GPU_FIXED_CASES[:2]):
         _check_gpu_case(*case, seed=seed)
 
 
 @pytest.mark.gpu
-def test_gpu_deterministic_mode_repeats_bit_for_bit(fixed_config):
-    """Under torch.use_deterministic_algorithms the backward takes the split path:
-    two runs give identical gradients (the atomic dQ sums need not)."""
+def test_gpu_deterministic_mode_repeats_bit_for_bit(fixed_config, monkeypatch):
+    """Under torch.use_deterministic_algorithms the backward takes the split path
+    even when the fused one is asked for: two runs give identical gradients (the
+    atomic dQ sums need not)."""
+    monkeypatch.setenv("HEADWISE_TILED_BWD", "fused")
     # GPU_VARIANTS[0] (D=128, bf16, causal, key lengths, groups of 4): compiled already
     q, k, v = make_qkv(2, 8, 2, 700, 700, 128, dtype=torch.bfloat16, device="cuda", seed=4)
     lens = torch.tensor([700, 350], device="cuda")

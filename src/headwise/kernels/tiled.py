@@ -11,13 +11,11 @@ to recompute the probabilities tile by tile:
 * dK/dV: one program per ``(batch, kv head, key tile)``, looping over the query
   tiles of every query head that shares this K/V head (grouped-query attention
   sums the group's gradients in registers: no repeated K/V),
-* dQ, up to ``FUSE_DQ_MAX_KEYS`` keys in the same pass: each step's ``dS^T K`` is
-  added atomically to a float32 dQ buffer (five tile products per step, as
-  FlashAttention-2 does); for longer sequences, and whenever
-  ``torch.use_deterministic_algorithms(True)`` is on, a second pass with one program
-  per ``(batch, head, query tile)`` looping over key tiles: no atomics and a fixed
-  summation order, but ``QK^T`` and ``dO V^T`` computed twice (seven products).
-  ``HEADWISE_TILED_BWD=fused|split`` forces either.
+* dQ: one program per ``(batch, head, query tile)``, looping over key tiles (no
+  atomics, a fixed summation order; ``QK^T`` and ``dO V^T`` are computed again, so
+  a step costs seven tile products in all). ``HEADWISE_TILED_BWD=fused`` instead adds
+  each dK/dV step's ``dS^T K`` atomically to a float32 dQ buffer (five products, as
+  FlashAttention-2 does): slower on an H200 from 2k keys on (see ``_fuse_dq``).
 
 On Hopper and later GPUs the forward moves its tiles with the tensor memory
 accelerator (host-side tensor descriptors of the ``(B, H, T, D)`` views; loads
@@ -631,24 +629,18 @@ def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tupl
         return
 
 
-FUSE_DQ_MAX_KEYS = 1024
-"""``HEADWISE_TILED_BWD=auto`` fuses dQ into the dK/dV pass up to this many keys.
-Measured on an H200 (bf16, D=128, bench/gpu_attention.py): at 1k keys the fused pass
-is 7-10% faster (one launch fewer); from 4k keys on the atomic adds, which grow with
-the number of key tiles, cost more than the two tile products they save (7-15% slower)."""
-
-
-def _fuse_dq(tk: int) -> bool:
-    """Backward in one pass with dQ added atomically, or in two passes, dK/dV then dQ.
-    ``HEADWISE_TILED_BWD``: ``auto`` (default: fused up to FUSE_DQ_MAX_KEYS keys),
-    ``fused`` or ``split``. Always split under ``torch.use_deterministic_algorithms(True)``:
-    its sums run in a fixed order."""
-    choice = os.environ.get("HEADWISE_TILED_BWD", "auto")
-    if choice not in ("auto", "fused", "split"):
-        raise ValueError(f"HEADWISE_TILED_BWD must be 'auto', 'fused' or 'split', got {choice!r}")
-    if torch.are_deterministic_algorithms_enabled() or choice == "split":
-        return False
-    return choice == "fused" or tk <= FUSE_DQ_MAX_KEYS
+def _fuse_dq() -> bool:
+    """Backward in one pass with dQ added atomically (``HEADWISE_TILED_BWD=fused``) or
+    in two passes, dK/dV then dQ (``split``, the default). Measured on an H200 (bf16,
+    D=128, bench/gpu_attention.py, two runs): from 2k keys on the split passes are
+    5-10% faster, the atomic adds (which grow with the number of key tiles) costing
+    more than the two tile products they save; at 1k keys the two runs disagreed.
+    Always split under ``torch.use_deterministic_algorithms(True)``: its sums run in
+    a fixed order."""
+    choice = os.environ.get("HEADWISE_TILED_BWD", "split")
+    if choice not in ("fused", "split"):
+        raise ValueError(f"HEADWISE_TILED_BWD must be 'fused' or 'split', got {choice!r}")
+    return choice == "fused" and not torch.are_deterministic_algorithms_enabled()
 
 
 def _use_tma(*tensors: Tensor) -> bool:
@@ -755,7 +747,7 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
                 HAS_KLEN=key_lengths is not None, DOT_PREC=_dot_precision(q.dtype))
     bucket = _seq_bucket(tq, tk)
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
-    fuse = _fuse_dq(tk)
+    fuse = _fuse_dq()
     # fused: dQ is summed over key tiles in float32 by the dK/dV kernel; else a
     # placeholder (the autotuner zeroes whatever DQ is between its timing runs)
     dq_acc = torch.zeros((b, h, tq, d) if fuse else (1, 1, 1, 1), dtype=torch.float32, device=q.device)
