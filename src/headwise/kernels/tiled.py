@@ -505,7 +505,10 @@ def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
 # group keeps more live); the shared memory of each is under 227 KB (the largest,
 # forward 128 x 128 x 3 stages at D=128, needs 224 KB). The last config of each
 # list has tiles small enough for fp32 (tried first for fp32 without autotuning).
-# Configs that do not fit are discarded by the autotuner (OutOfResources).
+# Configs that do not fit are discarded by the autotuner (OutOfResources). Added
+# later and not spill-checked: the dK/dV tile of 128 keys x 64 queries (what the
+# autotuner picks on an H200 from 2k keys), and the TMA forward and fused-dQ
+# variants, which run the same lists.
 _FWD_CONFIGS = {
     "small": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3),  # D <= 64
               _cfg(64, 64, 4, 3)],
