@@ -116,6 +116,29 @@ def test_matches_torch_multihead_attention(c, dtype):
         torch.testing.assert_close(a, b, atol=10 * tol["atol"], rtol=10 * tol["rtol"])
 
 
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_is_causal_hint_is_taken_as_torch_takes_it(need_weights):
+    """Without key padding or weights torch applies the causal mask and does not read
+    attn_mask; with weights it applies attn_mask. A deliberately non-causal mask shows
+    which one each side used."""
+    torch.manual_seed(1)
+    theirs = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    ours = MultiheadAttention(16, 4, batch_first=True)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 400, 16)  # long enough for the CPU's blocked causal path
+    not_causal = torch.zeros(400, 400, dtype=torch.bool)
+    not_causal[:, -1] = True
+    a, _ = theirs(x, x, x, attn_mask=not_causal, is_causal=True, need_weights=need_weights)
+    b, _ = ours(x, x, x, attn_mask=not_causal, is_causal=True, need_weights=need_weights)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    causal_out, _ = ours(x, x, x, attn_mask=torch.ones(400, 400, dtype=torch.bool).triu(1),
+                         need_weights=False)
+    if need_weights:  # attn_mask was applied: the last key is hidden, the future is not
+        assert not torch.allclose(b, causal_out, atol=1e-4)
+    else:
+        torch.testing.assert_close(b, causal_out, atol=1e-5, rtol=1e-4)
+
+
 def test_unbatched_input_and_swap_of_one_import():
     torch.manual_seed(0)
     theirs = torch.nn.MultiheadAttention(8, 2)

@@ -6,6 +6,10 @@ backends. Swap one import::
 
     from headwise.nn import MultiheadAttention   # was: from torch.nn import ...
 
+``is_causal=True`` is taken as torch takes it: when no key padding mask is given and no
+weights are asked for, the causal mask replaces ``attn_mask`` (whose content is then not
+read), so the backends run their causal kernels.
+
 Differences from torch, all deliberate: query rows that can see no key give zeros
 (output and weights) instead of NaN; ``backend=`` picks how attention runs; and with
 ``is_causal=True`` plus ``add_zero_attn``/``add_bias_kv``, headwise applies the mask it
@@ -197,6 +201,12 @@ class MultiheadAttention(nn.Module):
             v = F.linear(value, self.v_proj_weight, b_v)
 
         attn_mask = self._canonical_attn_mask(attn_mask, bsz, tgt_len, src_len)
+        # torch's rule for the hint (F.multi_head_attention_forward): the causal mask
+        # replaces attn_mask unless a key padding mask or the weights are involved
+        causal = (is_causal and key_padding_mask is None and not need_weights
+                  and self.bias_k is None and not self.add_zero_attn)
+        if causal:
+            attn_mask = None
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(1, bsz, -1)])
             v = torch.cat([v, self.bias_v.expand(1, bsz, -1)])
@@ -216,6 +226,7 @@ class MultiheadAttention(nn.Module):
             q_len=tgt_len,
             k_len=k.shape[2],
             device=q.device,
+            causal=causal,
             key_padding_mask=key_padding_mask,
             attn_mask=attn_mask,
             float_dtype=q.dtype,
