@@ -17,11 +17,11 @@ to recompute the probabilities tile by tile:
   each dK/dV step's ``dS^T K`` atomically to a float32 dQ buffer (five products, as
   FlashAttention-2 does): slower on an H200 from 2k keys on (see ``_fuse_dq``).
 
-On Hopper and later GPUs the forward moves its tiles with the tensor memory
-accelerator (host-side tensor descriptors of the ``(B, H, T, D)`` views; loads
-zero-fill past the sequence and the head dim, stores clip) when the inputs are
-16-bit with 16-byte aligned strides; otherwise, and with ``HEADWISE_TILED_TMA=0``,
-it uses pointer loads.
+On Hopper and later GPUs the kernels move the tiles they stream (the forward's Q,
+K, V and output; dK/dV's Q and dO; dQ's K and V) with the tensor memory accelerator
+(host-side tensor descriptors of the ``(B, H, T, D)`` views; loads zero-fill past the
+sequence and the head dim, stores clip) when the tensors are 16-bit with 16-byte
+aligned strides; otherwise, and with ``HEADWISE_TILED_TMA=0``, pointer loads.
 
 Masks: causal (bottom-right aligned: query ``i`` sees key ``j`` iff
 ``j <= i + Tk - Tq``) and key lengths (keys ``>= key_lengths[b]`` are padding).
@@ -44,6 +44,7 @@ This module imports Triton and defines the kernels at import time (Triton reads
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -89,6 +90,26 @@ def _load_tile(ptrs, rows, n_rows, cols, N_COLS: tl.constexpr, BLOCK_COLS: tl.co
 
 
 @triton.jit
+def _load_rows(src, b32, h32, r0, stride_r, stride_c, n_rows, N_COLS: tl.constexpr,
+               BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, CHECK_ROWS: tl.constexpr,
+               BOUND_IS_EXTENT: tl.constexpr, USE_TMA: tl.constexpr):
+    """Rows ``[r0, r0 + BLOCK_R)`` of one (batch, head)'s ``(T, D)`` matrix, zero from
+    ``n_rows`` on (if CHECK_ROWS) and past the head dim: from a ``(B, H, T, D)`` tensor
+    descriptor (USE_TMA; its loads zero-fill past T and D, so only a bound inside T,
+    ``not BOUND_IS_EXTENT``, costs a select) or from the (batch, head)'s base pointer."""
+    offs_r = r0 + tl.arange(0, BLOCK_R)
+    if USE_TMA:
+        t = src.load([b32, h32, r0, 0]).reshape(BLOCK_R, BLOCK_C)
+        if CHECK_ROWS and not BOUND_IS_EXTENT:
+            t = tl.where((offs_r < n_rows)[:, None], t, 0.0)
+    else:
+        offs_c = tl.arange(0, BLOCK_C)
+        t = _load_tile(src + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c,
+                       offs_r, n_rows, offs_c, N_COLS, BLOCK_C, CHECK_ROWS)
+    return t
+
+
+@triton.jit
 def _store_tile(ptrs, value, rows, n_rows, cols, N_COLS: tl.constexpr):
     tl.store(ptrs, value, mask=(rows < n_rows)[:, None] & (cols < N_COLS)[None, :])
 
@@ -124,20 +145,13 @@ def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, 
                BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr):
     """k_src, v_src: the (batch, kv head)'s base pointers, or (USE_TMA) the (B, Hkv,
     Tk, D) tensor descriptors, whose loads zero-fill past Tk and past the head dim."""
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     for n0 in range(start_n, end_n, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        if USE_TMA:
-            k = k_src.load([b32, hkv32, n0, 0]).reshape(BLOCK_N, BLOCK_D)
-            v = v_src.load([b32, hkv32, n0, 0]).reshape(BLOCK_N, BLOCK_DV)
-            if MASKED:  # padding keys inside Tk: zero them as the pointer loads do
-                v = tl.where((offs_n < kv_end)[:, None], v, 0.0)
-        else:
-            k = _load_tile(k_src + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                           offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, MASKED)
-            v = _load_tile(v_src + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                           offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, MASKED)
+        # padding keys (from kv_end) are zeroed: p = 0 there must not meet a NaN
+        k = _load_rows(k_src, b32, hkv32, n0, stride_kn, stride_kd, kv_end, HEAD_DIM, BLOCK_N,
+                       BLOCK_D, MASKED, False, USE_TMA)
+        v = _load_rows(v_src, b32, hkv32, n0, stride_vn, stride_vd, kv_end, V_DIM, BLOCK_N,
+                       BLOCK_DV, MASKED, False, USE_TMA)
         # scores in log2 units: exp(s * scale) == exp2(s * scale * log2(e)). The
         # launcher makes qk_scale > 0, so max(s) * qk_scale is the scaled row max
         # and s * qk_scale - m is one FMA per score (no separate scaling pass).
@@ -203,19 +217,19 @@ def _attn_fwd(Q, K, V, O, LSE, KLEN,
     hkv = h // GROUP
     m0 = tile * BLOCK_M
     offs_m = m0 + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
 
     b32, h32, hkv32 = b.to(tl.int32), h.to(tl.int32), hkv.to(tl.int32)
     if USE_TMA:
-        q = Q.load([b32, h32, m0, 0]).reshape(BLOCK_M, BLOCK_D)
+        q_src = Q
         k_src = K
         v_src = V
     else:
-        q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        q = _load_tile(q_ptrs, offs_m, Tq, offs_d, HEAD_DIM, BLOCK_D, True)
+        q_src = Q + b * stride_qb + h * stride_qh
         k_src = K + b * stride_kb + hkv * stride_kh
         v_src = V + b * stride_vb + hkv * stride_vh
+    q = _load_rows(q_src, b32, h32, m0, stride_qm, stride_qd, Tq, HEAD_DIM, BLOCK_M, BLOCK_D,
+                   True, True, USE_TMA)
 
     kv_end, causal_off, full, hi = _query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
                                                     BLOCK_M, BLOCK_N)
@@ -268,20 +282,20 @@ def _bwd_delta(O, DO, DELTA,
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base,
+def _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32, h32,
                 stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd,
                 start_m, end_m, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
                 V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                BLOCK_M: tl.constexpr, DOT_PREC: tl.constexpr, FUSE_DQ: tl.constexpr):
+                BLOCK_M: tl.constexpr, DOT_PREC: tl.constexpr, FUSE_DQ: tl.constexpr,
+                USE_TMA: tl.constexpr):
     offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     for m0 in range(start_m, end_m, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        q = _load_tile(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                       offs_m, Tq, offs_d, HEAD_DIM, BLOCK_D, True)
-        do = _load_tile(do_base + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                        offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
+        q = _load_rows(q_src, b32, h32, m0, stride_qm, stride_qd, Tq, HEAD_DIM, BLOCK_M,
+                       BLOCK_D, True, True, USE_TMA)
+        do = _load_rows(do_src, b32, h32, m0, stride_dom, stride_dod, Tq, V_DIM, BLOCK_M,
+                        BLOCK_DV, True, True, USE_TMA)
         # rows past Tq and rows that saw no key (lse = -inf) must give p = 0
         lse = tl.load(lse_base + offs_m, mask=offs_m < Tq, other=float("inf"))
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
@@ -312,24 +326,30 @@ def _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, h, H,
                start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
                CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
-               DOT_PREC: tl.constexpr, FUSE_DQ: tl.constexpr):
+               DOT_PREC: tl.constexpr, FUSE_DQ: tl.constexpr, USE_TMA: tl.constexpr):
     """One query head's contribution to a key tile's dk, dv (and, FUSE_DQ, to dQ):
-    the query tiles on a mask boundary, then those that see every key of the tile."""
-    q_base = Q + b * stride_qb + h * stride_qh
-    do_base = DO + b * stride_dob + h * stride_doh
+    the query tiles on a mask boundary, then those that see every key of the tile.
+    Q, DO: tensors, or (USE_TMA) their (B, H, T, D) tensor descriptors."""
+    if USE_TMA:
+        q_src = Q
+        do_src = DO
+    else:
+        q_src = Q + b * stride_qb + h * stride_qh
+        do_src = DO + b * stride_dob + h * stride_doh
+    b32, h32 = b.to(tl.int32), h.to(tl.int32)
     dq_base = DQ + b * stride_dqb + h * stride_dqh
     lse_base = LSE + (b * H + h) * Tq
     delta_base = DELTA + (b * H + h) * Tq
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base,
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32, h32,
                          stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd,
                          start_m, mask_end, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
                          True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC,
-                         FUSE_DQ)
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base,
+                         FUSE_DQ, USE_TMA)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32, h32,
                          stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd,
                          full_from, Tq, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
                          False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC,
-                         FUSE_DQ)
+                         FUSE_DQ, USE_TMA)
     return dk, dv
 
 
@@ -346,7 +366,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
                    HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
                    DOT_PREC: tl.constexpr, GQA: tl.constexpr, FUSE_DQ: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dK, dV of one key tile; with FUSE_DQ also its float32 share of dQ, added
     atomically into DQ (five tile products per step instead of the seven that a
     separate dQ pass needs, at the price of a run-to-run varying summation order)."""
@@ -391,7 +411,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
                                 stride_dqb, stride_dqh, stride_dqm, stride_dqd,
                                 start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq,
                                 qk_scale, sm_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
-                                BLOCK_M, DOT_PREC, FUSE_DQ)
+                                BLOCK_M, DOT_PREC, FUSE_DQ, USE_TMA)
     else:  # no loop around the pipelined loops: ptxas then keeps it all in registers
         dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, hkv, H,
                             stride_qb, stride_qh, stride_qm, stride_qd,
@@ -399,7 +419,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
                             stride_dqb, stride_dqh, stride_dqm, stride_dqd,
                             start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq,
                             qk_scale, sm_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
-                            BLOCK_M, DOT_PREC, FUSE_DQ)
+                            BLOCK_M, DOT_PREC, FUSE_DQ, USE_TMA)
 
     dk = dk * sm_scale
     _store_tile(DK + b * stride_dkb + hkv * stride_dkh + offs_n[:, None] * stride_dkn
@@ -411,19 +431,17 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-              start_n, end_n, offs_m, kv_end, causal_off, qk_scale,
+def _dq_inner(dq, q, do, lse, delta, k_src, v_src, b32, hkv32, stride_kn, stride_kd, stride_vn,
+              stride_vd, start_n, end_n, offs_m, kv_end, causal_off, qk_scale,
               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
               V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-              BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+              BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr):
     for n0 in range(start_n, end_n, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        k = _load_tile(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                       offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, MASKED)
-        v = _load_tile(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                       offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, MASKED)
+        k = _load_rows(k_src, b32, hkv32, n0, stride_kn, stride_kd, kv_end, HEAD_DIM, BLOCK_N,
+                       BLOCK_D, MASKED, False, USE_TMA)
+        v = _load_rows(v_src, b32, hkv32, n0, stride_vn, stride_vd, kv_end, V_DIM, BLOCK_N,
+                       BLOCK_DV, MASKED, False, USE_TMA)
         qk = _dot(q, tl.trans(k), DOT_PREC) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:
@@ -447,7 +465,9 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KLEN,
                  H, GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET,
                  HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
-                 DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                 DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """dQ of one query tile; K, V: tensors, or (USE_TMA) their tensor descriptors."""
     num_m = tl.cdiv(Tq, BLOCK_M)
     pid = tl.program_id(0)
     bh = pid // num_m
@@ -469,19 +489,24 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KLEN,
     lse = tl.load(LSE + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
     delta = tl.load(DELTA + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=0.0)
-    k_base = K + b * stride_kb + hkv * stride_kh
-    v_base = V + b * stride_vb + hkv * stride_vh
+    if USE_TMA:
+        k_src = K
+        v_src = V
+    else:
+        k_src = K + b * stride_kb + hkv * stride_kh
+        v_src = V + b * stride_vb + hkv * stride_vh
+    b32, hkv32 = b.to(tl.int32), hkv.to(tl.int32)
 
     kv_end, causal_off, full, hi = _query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
                                                     BLOCK_M, BLOCK_N)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn,
-                   stride_vd, 0, full, offs_m, kv_end, causal_off, qk_scale, False, CAUSAL,
-                   HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kn, stride_kd, stride_vn,
-                   stride_vd, full, hi, offs_m, kv_end, causal_off, qk_scale, True, CAUSAL,
-                   HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC)
+    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, b32, hkv32, stride_kn, stride_kd,
+                   stride_vn, stride_vd, 0, full, offs_m, kv_end, causal_off, qk_scale, False,
+                   CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
+    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, b32, hkv32, stride_kn, stride_kd,
+                   stride_vn, stride_vd, full, hi, offs_m, kv_end, causal_off, qk_scale, True,
+                   CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
     dq = dq * sm_scale
     _store_tile(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm
                 + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), offs_m, Tq, offs_d,
@@ -506,21 +531,22 @@ def _cfg(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
 # forward 128 x 128 x 3 stages at D=128, needs 224 KB). The last config of each
 # list has tiles small enough for fp32 (tried first for fp32 without autotuning).
 # Configs that do not fit are discarded by the autotuner (OutOfResources). Added
-# later and not spill-checked: the dK/dV tile of 128 keys x 64 queries (what the
-# autotuner picks on an H200 from 2k keys), and the TMA forward and fused-dQ
-# variants, which run the same lists.
+# later and not spill-checked: the dK/dV tiles of 128 keys x 64 queries (2 stages:
+# what the autotuner picked on an H200 from 2k keys; 3 stages), the forward's
+# 128 x 64 in 2 stages (96 KB of shared memory at D=128: two programs fit an SM),
+# and the TMA and fused-dQ variants, which run the same lists.
 _FWD_CONFIGS = {
     "small": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(128, 64, 4, 3),  # D <= 64
               _cfg(64, 64, 4, 3)],
     "medium": [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 2), _cfg(128, 128, 8, 3),  # D <= 128
-               _cfg(128, 64, 8, 4), _cfg(64, 64, 4, 2)],
+               _cfg(128, 64, 8, 4), _cfg(128, 64, 8, 2), _cfg(64, 64, 4, 2)],
     "large": [_cfg(64, 32, 8, 2), _cfg(64, 64, 8, 2), _cfg(32, 32, 4, 1)],  # D <= 256
 }
 _DKDV_CONFIGS = {  # BLOCK_N: the key tile a program owns; BLOCK_M: its query step
     "small": [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 3), _cfg(64, 128, 8, 2),
               _cfg(32, 64, 4, 3)],
     "medium": [_cfg(32, 128, 8, 2), _cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2),
-               _cfg(64, 64, 8, 3), _cfg(32, 64, 4, 2)],
+               _cfg(64, 128, 8, 3), _cfg(64, 64, 8, 3), _cfg(32, 64, 4, 2)],
     "large": [_cfg(32, 32, 8, 2), _cfg(16, 32, 8, 2), _cfg(16, 32, 4, 1)],
 }
 _DQ_CONFIGS = {
@@ -555,18 +581,24 @@ def _seq_bucket(tq: int, tk: int) -> int:
 _TUNERS: dict[tuple, object] = {}
 
 
-def _set_tma_blocks(nargs: dict) -> None:
-    """Give the forward's tensor descriptors the launch config's tile shapes."""
-    bm, bn, bd, bdv = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_D"], nargs["BLOCK_DV"]
-    nargs["Q"].block_shape = [1, 1, bm, bd]
-    nargs["K"].block_shape = [1, 1, bn, bd]
-    nargs["V"].block_shape = [1, 1, bn, bdv]
-    nargs["O"].block_shape = [1, 1, bm, bdv]
+# which arguments are tensor descriptors (USE_TMA) in each kernel, and their tiles
+_TMA_ARGS = {
+    "fwd": {"Q": ("BLOCK_M", "BLOCK_D"), "K": ("BLOCK_N", "BLOCK_D"),
+            "V": ("BLOCK_N", "BLOCK_DV"), "O": ("BLOCK_M", "BLOCK_DV")},
+    "dkdv": {"Q": ("BLOCK_M", "BLOCK_D"), "DO": ("BLOCK_M", "BLOCK_DV")},
+    "dq": {"K": ("BLOCK_N", "BLOCK_D"), "V": ("BLOCK_N", "BLOCK_DV")},
+}
 
 
-def _with_tma_hook(cfg: triton.Config) -> triton.Config:
+def _set_tma_blocks(kind: str, nargs: dict) -> None:
+    """Give a kernel's tensor descriptors the launch config's tile shapes."""
+    for name, (rows, cols) in _TMA_ARGS[kind].items():
+        nargs[name].block_shape = [1, 1, nargs[rows], nargs[cols]]
+
+
+def _with_tma_hook(cfg: triton.Config, kind: str) -> triton.Config:
     return triton.Config(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                         pre_hook=_set_tma_blocks)
+                         pre_hook=functools.partial(_set_tma_blocks, kind))
 
 
 def _tuned(kind: str, dim_class: str, tma: bool):
@@ -574,7 +606,7 @@ def _tuned(kind: str, dim_class: str, tma: bool):
     if key not in _TUNERS:
         configs = _CONFIGS[kind][dim_class]
         if tma:
-            configs = [_with_tma_hook(c) for c in configs]
+            configs = [_with_tma_hook(c, kind) for c in configs]
         # the fused backward adds into its dQ buffer: zeroed before each timed config
         reset = ["DQ"] if kind == "dkdv" else None
         fn = globals()[_KERNELS[kind]]
@@ -597,7 +629,7 @@ def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tupl
 
     def set_blocks(blocks: dict) -> None:
         if tma:
-            _set_tma_blocks({**dict(zip(("Q", "K", "V", "O"), args[:4], strict=True)), **meta, **blocks})
+            _set_tma_blocks(kind, {**dict(zip(fn.arg_names, args, strict=False)), **meta, **blocks})
 
     if INTERPRET:
         bm, bn = _INTERPRET_BLOCKS[kind]
@@ -746,8 +778,10 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
         # dS = P * (dP - (delta - dlse))
         delta = delta - dlse.to(torch.float32)
     klen = _klen_arg(key_lengths, q)
+    tma = _use_tma(q, k, v, dout)
+    qd, kd, vd, dod = (_descriptor(t) for t in (q, k, v, dout)) if tma else (q, k, v, dout)
     meta = dict(HEAD_DIM=d, V_DIM=dv_dim, BLOCK_D=_pad_dim(d), BLOCK_DV=bdv, CAUSAL=causal,
-                HAS_KLEN=key_lengths is not None, DOT_PREC=_dot_precision(q.dtype))
+                HAS_KLEN=key_lengths is not None, DOT_PREC=_dot_precision(q.dtype), USE_TMA=tma)
     bucket = _seq_bucket(tq, tk)
     common = (*q.stride(), *k.stride(), *v.stride(), *dout.stride())
     fuse = _fuse_dq()
@@ -755,7 +789,7 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
     # placeholder (the autotuner zeroes whatever DQ is between its timing runs)
     dq_acc = torch.zeros((b, h, tq, d) if fuse else (1, 1, 1, 1), dtype=torch.float32, device=q.device)
     _launch("dkdv", _attn_bwd_dkdv, tk, b * hkv,
-            (q, k, v, dout, lse, delta, dk, dv, dq_acc, klen, *common, *dk.stride(), *dv.stride(),
+            (qd, k, v, dod, lse, delta, dk, dv, dq_acc, klen, *common, *dk.stride(), *dv.stride(),
              *(dq_acc.stride() if fuse else (0, 0, 0, 0)),
              h, hkv, h // hkv, tq, tk, scale * _LOG2E, scale, bucket),
             {**meta, "GQA": h > hkv, "FUSE_DQ": fuse}, q.dtype)
@@ -763,7 +797,7 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
         dq.copy_(dq_acc)
     else:
         _launch("dq", _attn_bwd_dq, tq, b * h,
-                (q, k, v, dout, lse, delta, dq, klen, *common, *dq.stride(),
+                (q, kd, vd, dout, lse, delta, dq, klen, *common, *dq.stride(),
                  h, h // hkv, tq, tk, scale * _LOG2E, scale, bucket), meta, q.dtype)
     return dq, dk, dv
 
