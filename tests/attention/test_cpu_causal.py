@@ -127,9 +127,11 @@ def test_without_grad_it_only_runs_the_forward():
     torch.testing.assert_close(out.double(), _causal_ref(q, k, v).detach(), atol=2e-5, rtol=2e-4)
 
 
-def _call(t=500, tk=None, hkv=2, device="cpu", dtype=torch.float32):
+def _call(t=500, tk=None, hkv=2, device="cpu", dtype=torch.float32, strided=False):
     q = torch.empty(1, 2, t, 16, device=device, dtype=dtype)
     k = torch.empty(1, hkv, t if tk is None else tk, 16, device=device, dtype=dtype)
+    if strided:  # head dim not contiguous
+        q = torch.empty(1, 2, t, 32, device=device, dtype=dtype)[..., ::2]
     return q, k, k
 
 
@@ -143,6 +145,7 @@ def _call(t=500, tk=None, hkv=2, device="cpu", dtype=torch.float32):
         ({}, 0.1, "dropout"),
         (dict(device="meta"), 0.0, "not the CPU"),
         (dict(dtype=torch.int32), 0.0, "not a float dtype"),
+        (dict(strided=True), 0.0, "a strided head dim"),
     ],
 )
 def test_applies_only_where_it_is_exact_and_faster(change, dropout, why):

@@ -46,7 +46,8 @@ _bwd_op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 def blocked_causal_applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> bool:
     """Whether :func:`blocked_causal_attention` serves (and speeds up) this causal call:
     CPU, square (self-attention without a cache), no dropout, a length in
-    ``[MIN_LEN, MAX_LEN)``, as many key/value heads as query heads."""
+    ``[MIN_LEN, MAX_LEN)``, as many key/value heads as query heads, contiguous head
+    dims (what torch's fused kernel reads)."""
     t = q.shape[2]
     return (
         q.device.type == "cpu"
@@ -56,6 +57,7 @@ def blocked_causal_applies(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) ->
         and k.shape[2] == t
         and k.shape[1] == q.shape[1]
         and q.shape[-1] == k.shape[-1] == v.shape[-1]
+        and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
     )
 
 
