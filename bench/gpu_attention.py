@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -176,24 +177,6 @@ class Flex:
             return self.fn(q, k, v, block_mask=mask)
 
 
-class _Env:
-    """Set environment variables for the duration of a call."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env, self.saved = env, {}
-
-    def __enter__(self):
-        self.saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS, variants: list[str] = ()):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -206,20 +189,11 @@ def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS, variants: list
 
         return run
 
-    impls = {"headwise": lambda q, k, v, causal: tiled_attention(q, k, v, causal=causal)}
+    def headwise(q, k, v, causal):
+        return tiled_attention(q, k, v, causal=causal)
 
-    def variant(env):
-        def run(q, k, v, causal):
-            with _Env(env):
-                out = tiled_attention(q, k, v, causal=causal)
-            if out.requires_grad:  # the backward runs later, outside this call
-                out.register_hook(lambda g: _env_hook(g, env))
-            return out
-
-        return run
-
-    for name in variants:
-        impls[f"headwise[{name}]"] = variant(VARIANTS[name])
+    # a variant is the same call, measured with its environment set (_variant_env)
+    impls = {"headwise": headwise, **{f"headwise[{name}]": headwise for name in variants}}
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
     for name in TORCH_IMPLS:
@@ -230,17 +204,16 @@ def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS, variants: list
     return impls
 
 
-def _env_hook(grad, env):
-    """Runs as the backward reaches the attention output: sets the variant's
-    environment for the backward kernels that follow (restored by the next call)."""
-    os.environ.update(env)
-    return grad
+def _variant_env(impl: str) -> dict[str, str]:
+    """The environment an implementation is measured under: a ``headwise[NAME]``
+    variant's settings, nothing for the others."""
+    if impl.startswith("headwise[") and impl.endswith("]"):
+        return VARIANTS[impl[len("headwise["):-1]]
+    return {}
 
 
 def bench_point(impls, flex, head_dim, seq, causal, warmup, rep):
     """Times (ms) and TFLOP/s of every implementation at one shape."""
-    from triton.testing import do_bench
-
     batch = max(1, TOKENS // seq)
     g = torch.Generator(device="cuda").manual_seed(0)
 
@@ -255,55 +228,58 @@ def bench_point(impls, flex, head_dim, seq, causal, warmup, rep):
     row = {"head_dim": head_dim, "seq": seq, "batch": batch, "causal": causal,
            "ms": {"fwd": {}, "fwd+bwd": {}}, "tflops": {"fwd": {}, "fwd+bwd": {}},
            "errors": {}, "max_abs_diff_vs_first_torch": None, "headwise_configs": {}}
-    default_env = {k: os.environ.get(k) for k in ("HEADWISE_TILED_TMA", "HEADWISE_TILED_BWD")}
     reference_out = hw_out = None
     for name, fn in impls.items():
         if name == "flex" and flex.spent_s > flex.budget_s:
             row["errors"][name] = f"skipped: flex compile budget ({flex.budget_s:.0f} s) spent"
             continue
-        t0 = time.perf_counter()
-        try:
-            with torch.no_grad():
-                out = fn(q, k, v, causal)
-            step_out = fn(q, k, v, causal)
-            step_out.backward(dout)
-            torch.cuda.synchronize()
-        except Exception as e:  # an unavailable kernel or an unsupported shape
-            row["errors"][name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            torch.cuda.synchronize()
+        with mock.patch.dict(os.environ, _variant_env(name)):
+            out = _measure(row, name, fn, flex, q, k, v, dout, causal, warmup, rep)
+        if out is None:
             continue
-        finally:
-            if name == "flex":
-                flex.spent_s += time.perf_counter() - t0
         if name == "headwise":
             hw_out = out
         elif reference_out is None and not name.startswith("headwise"):
             reference_out = out  # the first torch kernel
-        del step_out
-
-        def fwd(fn=fn):
-            with torch.no_grad():
-                fn(q, k, v, causal)
-
-        def fwd_bwd(fn=fn):
-            fn(q, k, v, causal).backward(dout)
-
-        for mode, f in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-            ms = do_bench(f, warmup=warmup, rep=rep, grad_to_none=[q, k, v],
-                          return_mode="median")
-            row["ms"][mode][name] = ms
-            row["tflops"][mode][name] = flops(batch, seq, head_dim, causal, mode) / ms * 1e-9
-        if name.startswith("headwise"):
-            row["headwise_configs"][name] = tuned_configs()
-            for key, value in default_env.items():  # undo a variant's backward hook
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
     if reference_out is not None and hw_out is not None:
         diff = (hw_out.float() - reference_out.float()).abs().max().item()
         row["max_abs_diff_vs_first_torch"] = diff
     return row
+
+
+def _measure(row, name, fn, flex, q, k, v, dout, causal, warmup, rep):
+    """Run ``fn`` forward and backward once, then time both passes into ``row``;
+    returns its forward output, or None if it failed (the error is in ``row``)."""
+    from triton.testing import do_bench
+
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            out = fn(q, k, v, causal)
+        fn(q, k, v, causal).backward(dout)
+        torch.cuda.synchronize()
+    except Exception as e:  # an unavailable kernel or an unsupported shape
+        row["errors"][name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        torch.cuda.synchronize()
+        return None
+    finally:
+        if name == "flex":
+            flex.spent_s += time.perf_counter() - t0
+
+    def fwd():
+        with torch.no_grad():
+            fn(q, k, v, causal)
+
+    def fwd_bwd():
+        fn(q, k, v, causal).backward(dout)
+
+    for mode, f in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        ms = do_bench(f, warmup=warmup, rep=rep, grad_to_none=[q, k, v], return_mode="median")
+        row["ms"][mode][name] = ms
+        row["tflops"][mode][name] = flops(row["batch"], row["seq"], row["head_dim"], causal, mode) / ms * 1e-9
+    if name.startswith("headwise"):
+        row["headwise_configs"][name] = tuned_configs()
+    return out
 
 
 def tuned_configs() -> dict[str, str]:
@@ -350,11 +326,7 @@ def precompile_worker(items: list[tuple[int, bool, int, str]]) -> int:
     originals = {k: {c: list(v) for c, v in tiled_mod._CONFIGS[k].items()}
                  for k in ("fwd", "dkdv", "dq")}
     failures = 0
-    base_env = dict(os.environ)
     for head_dim, causal, i, variant in items:
-        os.environ.clear()
-        os.environ.update(base_env)
-        os.environ.update(VARIANTS.get(variant, {}))
         dim_class = tiled_mod._dim_class(tiled_mod._pad_dim(head_dim))
         for kind, lists in originals.items():
             cfgs = lists[dim_class]
@@ -366,8 +338,9 @@ def precompile_worker(items: list[tuple[int, bool, int, str]]) -> int:
         dout = torch.randn(batch, HEADS, seq, head_dim, device="cuda", dtype=torch.bfloat16)
         scale = head_dim ** -0.5
         try:
-            out, lse = tiled_mod._forward(*x, None, causal, scale)
-            tiled_mod._backward(dout, *x, out, lse, None, None, causal, scale)
+            with mock.patch.dict(os.environ, VARIANTS.get(variant, {})):
+                out, lse = tiled_mod._forward(*x, None, causal, scale)
+                tiled_mod._backward(dout, *x, out, lse, None, None, causal, scale)
             torch.cuda.synchronize()
         except Exception as e:  # e.g. OutOfResources: the autotuner skips it too
             failures += 1
