@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gpu_attention import fmt, write  # the sibling benchmark's table cell and JSON writer
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENS = 16384
 HEADS = 16
@@ -45,13 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=300.0, help="stop starting new shapes after this (s)")
     p.add_argument("--out", type=Path, default=RESULTS / "gpu_int8_attention.json")
     return p.parse_args(argv)
-
-
-def write(result: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], path.name).write_text(json.dumps(result, indent=2))
 
 
 def rel_and_cos(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -161,16 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         write(result, args.out)
         tf = row["tflops"]
 
-        def cell(x, digits=0):
-            return "—" if x is None else f"{x:.{digits}f}"
-
         def ratio(a, b, tf=tf):
             return None if a not in tf or b not in tf else tf[a] / tf[b]
 
-        print(f"| {d} | {t} | {causal} | {cell(tf.get('int8'))} | {cell(tf.get('tiled_bf16'))} | "
-              f"{cell(tf.get('sdpa_bf16'))} | {cell(ratio('int8', 'tiled_bf16'), 2)} | "
-              f"{cell(ratio('int8', 'sdpa_bf16'), 2)} | {cell(row['rel_err_vs_fp32'].get('int8'), 4)} | "
-              f"{cell(row['rel_err_vs_fp32'].get('tiled_bf16'), 4)} |" + (f" errors: {row['errors']}"
+        print(f"| {d} | {t} | {causal} | {fmt(tf.get('int8'))} | {fmt(tf.get('tiled_bf16'))} | "
+              f"{fmt(tf.get('sdpa_bf16'))} | {fmt(ratio('int8', 'tiled_bf16'), 2)} | "
+              f"{fmt(ratio('int8', 'sdpa_bf16'), 2)} | {fmt(row['rel_err_vs_fp32'].get('int8'), 4)} | "
+              f"{fmt(row['rel_err_vs_fp32'].get('tiled_bf16'), 4)} |" + (f" errors: {row['errors']}"
                                                                             if row["errors"] else ""))
     write(result, args.out)
     print(f"wrote {args.out}" + (f" and $OUT/{args.out.name}" if os.environ.get("OUT") else ""))
