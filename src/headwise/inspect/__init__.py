@@ -49,7 +49,7 @@ from .measures import (
     repeated_random_tokens,
 )
 from .roles import DEFAULT_THRESHOLDS, PRIORITY, ROLES, HeadRoles, RoleThresholds, assign_roles, role_counts
-from .syntax import DIRECTIONS, SyntaxAccumulator, SyntaxProbe, probe_syntax
+from .syntax import DIRECTIONS, SyntaxAccumulator, SyntaxProbe, probe_syntax, scored_relations
 from .words import (
     AlignedText,
     align_text,
@@ -391,7 +391,7 @@ def inspect_model(
     measures_acc = MeasureAccumulator(causal=causal)
     syn_acc = None
     if conllu:
-        rels = sorted({r for it in kept for r, h in zip(it.relations, it.heads, strict=True) if h >= 0})
+        rels = scored_relations((it.relations for it in kept), (it.heads for it in kept))
         syn_acc = SyntaxAccumulator(rels, n_layers, n_heads, exclude_self=exclude_self)
     examples_wanted = {it.index for it in sorted(kept, key=lambda it: it.index)[: max(keep_examples, 0)]}
     examples: dict[int, dict[str, Any]] = {}
@@ -437,7 +437,7 @@ def inspect_model(
                     for i, it in enumerate(batch):
                         k = len(it.words)
                         heads[i, :k] = torch.tensor(it.heads)
-                        rel_ids[i, :k] = torch.tensor([syn_acc.rel_index.get(r, -1) for r in it.relations])
+                        rel_ids[i, :k] = syn_acc.relation_ids(it.relations)
                     syn_acc.update(word_maps, word_valid, heads, rel_ids)
 
                 for i, it in enumerate(batch):

@@ -19,7 +19,7 @@ Root words (no head word) are not scored.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +118,12 @@ def _nan_to_none(rows: list[list[float]]) -> list[list[float | None]]:
     return [[_num(v) for v in row] for row in rows]
 
 
+def scored_relations(relations: Iterable[Sequence[str]], heads: Iterable[Sequence[int]]) -> list[str]:
+    """The relations the probe scores, sorted, given each sentence's per-word relations
+    and head indices: those of words that have a head word (the root's ``root`` never is)."""
+    return sorted({r for rs, hs in zip(relations, heads, strict=True) for r, h in zip(rs, hs, strict=True) if h >= 0})
+
+
 class SyntaxAccumulator:
     """Accumulates :class:`SyntaxProbe` counts over batches of word-level maps.
 
@@ -136,6 +142,10 @@ class SyntaxAccumulator:
         self._counts = torch.zeros(n_rel, dtype=torch.long)
         self._offsets: list[Counter] = [Counter() for _ in range(n_rel)]
         self._shape = (n_layers, n_heads)
+
+    def relation_ids(self, relations: Sequence[str]) -> Tensor:
+        """``(len(relations),)`` long: each relation's index, -1 (skipped) for one not scored."""
+        return torch.tensor([self.rel_index.get(r, -1) for r in relations], dtype=torch.long)
 
     @torch.no_grad()
     def update(self, word_maps: Tensor, word_valid: Tensor, heads: Tensor, rel_ids: Tensor) -> None:
@@ -215,10 +225,10 @@ def probe_syntax(
     if not sentences:
         raise ValueError("sentences is empty")
     n_layers, n_heads = word_maps[0].shape[:2]
-    # relations of words that have a head word (the root's "root" is never scored)
-    rels = sorted({r for s in sentences for r, h in zip(s.relations(base_relations), s.heads, strict=True) if h >= 0})
-    acc = SyntaxAccumulator(rels, n_layers, n_heads, exclude_self=exclude_self)
-    for i, (m, s) in enumerate(zip(word_maps, sentences, strict=True)):
+    relations = [s.relations(base_relations) for s in sentences]
+    acc = SyntaxAccumulator(scored_relations(relations, (s.heads for s in sentences)), n_layers, n_heads,
+                            exclude_self=exclude_self)
+    for i, (m, s, rels) in enumerate(zip(word_maps, sentences, relations, strict=True)):
         if m.dim() != 4 or m.shape[-1] != len(s) or m.shape[-2] != len(s):
             raise ValueError(
                 f"word_maps[{i}] must be (L, H, W, W) with W = {len(s)} words, got {tuple(m.shape)}"
@@ -228,6 +238,6 @@ def probe_syntax(
             m[None],
             torch.ones(1, w, dtype=torch.bool),
             torch.tensor([s.heads]),
-            torch.tensor([[acc.rel_index.get(r, -1) for r in s.relations(base_relations)]]),
+            acc.relation_ids(rels)[None],
         )
     return acc.result()
