@@ -66,10 +66,10 @@ class LoadedModel:
 
 
 def _pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from ..train.loop import pick_device
+
     try:
-        return torch.device(device)
+        return pick_device(device)
     except RuntimeError as e:
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from e
 
