@@ -80,6 +80,22 @@ def _base_role(primary: str) -> str:
     return primary.split(":", 1)[0]
 
 
+def _primary_relation(primary: str) -> str:
+    """The relation a ``syntactic:REL`` primary role names, else ``""``."""
+    return primary.split(":", 1)[1] if ":" in primary else ""
+
+
+def _min_count(d: dict[str, Any]) -> int:
+    """Instances a relation needs to be judged (the roles' ``min_relation_count``)."""
+    return int(d["thresholds"].get("min_relation_count", 1))
+
+
+def _judged_best(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """The probe's best-head rows of the relations with enough instances."""
+    probe = d.get("probe")
+    return [r for r in probe["best"] if r["count"] >= _min_count(d)] if probe else []
+
+
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "—"
@@ -108,7 +124,7 @@ def summary_table(result: InspectResult | dict[str, Any], relations: list[str] |
     probe = d.get("probe")
     if probe:
         if min_count is None:
-            min_count = int(d["thresholds"].get("min_relation_count", 1))
+            min_count = _min_count(d)
         rows = [r for r in probe["best"] if (r["relation"] in relations if relations else r["count"] >= min_count)]
         few = not rows and not relations and bool(probe["best"])
         if few:  # a small corpus: show every relation rather than nothing
@@ -158,7 +174,7 @@ def report_data(result: InspectResult | dict[str, Any], *, title: str = "", comm
                      and all(isinstance(row, list) for row in v)]
     heads: list[dict[str, Any]] = []
     probe = d.get("probe")
-    min_count = int(d["thresholds"].get("min_relation_count", 1))
+    min_count = _min_count(d)
     ind = d.get("induction")
     imp = d.get("importance")
     for r in d["roles"]:
@@ -212,7 +228,7 @@ def report_data(result: InspectResult | dict[str, Any], *, title: str = "", comm
         "role_colors": ROLE_COLORS,
         "measure_names": measure_names,
         "heads": heads,
-        "probe_best": [] if not probe else [r for r in probe["best"] if r["count"] >= min_count],
+        "probe_best": _judged_best(d),
         "sinks": meas.get("sinks", []),
         "pruning": d.get("pruning"),
         "pruning_metric": pruning_metric,
@@ -243,8 +259,7 @@ def _figures(d: dict[str, Any], out: Path, pruning_metric: str | None) -> list[P
     for r in d["roles"]:
         role = _base_role(r["primary"])
         idx[r["layer"]][r["head"]] = names.index(role) if role in names else names.index("other")
-        rel = r["primary"].split(":", 1)[1] if ":" in r["primary"] else None
-        labels[r["layer"]][r["head"]] = rel if rel else ROLE_ABBREV.get(role, "")
+        labels[r["layer"]][r["head"]] = _primary_relation(r["primary"]) or ROLE_ABBREV.get(role, "")
     fig, ax = plt.subplots(figsize=(grid_w, grid_h))
     ax.imshow(idx, cmap=ListedColormap([ROLE_COLORS[n] for n in names]), vmin=-0.5, vmax=len(names) - 0.5,
               aspect="equal")
@@ -292,8 +307,8 @@ def _figures(d: dict[str, Any], out: Path, pruning_metric: str | None) -> list[P
 
     # probe.png: the best-head table with a bar per relation
     probe = d.get("probe")
-    min_count = int(d["thresholds"].get("min_relation_count", 1))
-    rows = [r for r in (probe["best"] if probe else []) if r["count"] >= min_count][:20]
+    min_count = _min_count(d)
+    rows = _judged_best(d)[:20]
     if rows:
         fig, (ax_bar, ax_tab) = plt.subplots(1, 2, figsize=(11, 0.34 * len(rows) + 1.4),
                                              gridspec_kw={"width_ratios": [1, 1.6]})
@@ -574,7 +589,7 @@ def _grid_html(d: dict[str, Any]) -> str:
         for head in range(n_heads):
             r = by.get((layer, head), {"primary": "other", "roles": []})
             role = _base_role(r["primary"])
-            label = r["primary"].split(":", 1)[1][:6] if ":" in r["primary"] else ROLE_ABBREV.get(role, "")
+            label = _primary_relation(r["primary"])[:6] or ROLE_ABBREV.get(role, "")
             tip = f"L{layer} H{head}: " + (", ".join(r["roles"]) or "other")
             cells.append(
                 f"<td class='cell' id='cell-{_head_name(layer, head)}' data-layer='{layer}' data-head='{head}' "
