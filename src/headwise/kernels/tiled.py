@@ -667,9 +667,9 @@ def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tupl
 def _fuse_dq() -> bool:
     """Backward in one pass with dQ added atomically (``HEADWISE_TILED_BWD=fused``) or
     in two passes, dK/dV then dQ (``split``, the default). Measured on an H200 (bf16,
-    D=128, bench/gpu_attention.py, two runs): from 2k keys on the split passes are
-    5-10% faster, the atomic adds (which grow with the number of key tiles) costing
-    more than the two tile products they save; at 1k keys the two runs disagreed.
+    D=128, bench/gpu_attention.py, three runs): from 2k keys on the split passes are
+    4-12% faster, the atomic adds (which grow with the number of key tiles) costing
+    more than the two tile products they save; at 1k keys the runs disagreed.
     Always split under ``torch.use_deterministic_algorithms(True)``: its sums run in
     a fixed order."""
     choice = os.environ.get("HEADWISE_TILED_BWD", "split")
@@ -679,7 +679,7 @@ def _fuse_dq() -> bool:
 
 
 def _use_tma(*tensors: Tensor) -> bool:
-    """Load and store the forward's tiles with tensor descriptors (TMA on Hopper and
+    """Move the kernels' streamed tiles with tensor descriptors (TMA on Hopper and
     later) when every tensor meets TMA's rules: 16-bit floats, 16-byte aligned base
     and strides, contiguous head dim. ``HEADWISE_TILED_TMA=0`` turns it off; the
     interpreter runs it when ``HEADWISE_TILED_TMA=1``."""
