@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from synthetic_maps import shifted
 
 from headwise.inspect import (
     MeasureAccumulator,
@@ -12,15 +13,6 @@ from headwise.inspect import (
     induction_scores,
     repeated_random_tokens,
 )
-
-
-def shifted(t: int, offset: int) -> torch.Tensor:
-    """(T, T) one-hot map: query i attends to key i + offset (itself where that is outside)."""
-    m = torch.zeros(t, t)
-    for i in range(t):
-        j = i + offset
-        m[i, j if 0 <= j < t else i] = 1.0
-    return m
 
 
 def synthetic(t: int = 6) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from synthetic_maps import shifted
 
 from headwise.inspect import (
     DEFAULT_THRESHOLDS,
@@ -11,15 +12,6 @@ from headwise.inspect import (
     head_measures,
     role_counts,
 )
-
-
-def shifted(t: int, offset: int) -> torch.Tensor:
-    m = torch.zeros(t, t)
-    for i in range(t):
-        j = i + offset
-        m[i, j if 0 <= j < t else i] = 1.0
-    return m
-
 
 T = 8
 SPECIAL = torch.zeros(1, T, dtype=torch.bool)
