@@ -59,9 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def sentences(n: int, skip: int = 0) -> list[str]:
-    """``n`` sentences of 8..60 words from the stdlib-docs corpus, in corpus order,
-    after the first ``skip`` of them."""
+def sentences(n: int) -> list[str]:
+    """The first ``n`` sentences of 8..60 words of the stdlib-docs corpus."""
     from headwise.data import load_corpus
 
     out: list[str] = []
@@ -70,9 +69,9 @@ def sentences(n: int, skip: int = 0) -> list[str]:
             for sent in " ".join(para.split()).split(". "):
                 if 8 <= len(sent.split()) <= 60:
                     out.append(sent)
-                    if len(out) == skip + n:
-                        return out[skip:]
-    return out[skip:]
+                    if len(out) == n:
+                        return out
+    return out
 
 
 @torch.no_grad()
@@ -82,7 +81,9 @@ def minilm_accuracy(args: argparse.Namespace) -> int:
 
     model, tok = load_minilm()
     model.eval()
-    texts = sentences(args.sentences)
+    # the evaluated sentences, then 64 others for calibration (one pass over the corpus)
+    pool = sentences(args.sentences + 64)
+    texts, cal_texts = pool[: args.sentences], pool[args.sentences :]
     enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
     ids, valid = enc["input_ids"], enc["attention_mask"].bool()
     batches = [(ids[i:i + 32], valid[i:i + 32]) for i in range(0, len(texts), 32)]
@@ -90,8 +91,7 @@ def minilm_accuracy(args: argparse.Namespace) -> int:
     def forward(m, batch):
         return m(batch[0], key_padding_mask=~batch[1])
 
-    # calibration sentences: 64 others, after the evaluated ones
-    cal = tok(sentences(64, skip=args.sentences), padding=True, truncation=True, max_length=128,
+    cal = tok(cal_texts, padding=True, truncation=True, max_length=128,
               return_tensors="pt")
     cal_batches = [(cal["input_ids"][i:i + 32], cal["attention_mask"][i:i + 32].bool()) for i in (0, 32)]
 
