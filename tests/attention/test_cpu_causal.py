@@ -4,10 +4,9 @@ on separate q, k, v; and the calls it must leave to torch's kernel."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from reference_math import attention_reference
 
 import headwise.attention.backends.cpu_causal as cc
 from headwise.attention import MultiHeadAttention
@@ -15,11 +14,7 @@ from headwise.attention import MultiHeadAttention
 
 def _causal_ref(q, k, v):
     """float64 textbook causal attention."""
-    q, k, v = q.double(), k.double(), v.double()
-    t = q.shape[2]
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
-    return torch.softmax(s, -1) @ v
+    return attention_reference(q, k, v, causal=True)[0]
 
 
 def _qkv(b, h, t, d, dtype, seed=0):

@@ -67,3 +67,29 @@ def layer_reference(
         outs.append((p @ v) @ head.W_O.double())
     out = sum(outs) + (0 if layer.out_proj.bias is None else layer.out_proj.bias.double())
     return out, torch.stack(weights, dim=1)
+
+
+def attention_reference(q, k, v, *, causal=False, key_lengths=None, scale=None, dtype=torch.float64):
+    """softmax(q k^T * scale + mask) v from the textbook, in ``dtype`` (float64 by
+    default): K/V heads repeated for GQA, masks as explicit index comparisons, rows
+    with no visible key set to zero (their gradients too). Returns (out, lse)."""
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = (q @ k.transpose(-1, -2)) * scale
+    tq, tk = s.shape[-2:]
+    i = torch.arange(tq, device=q.device)[:, None]
+    j = torch.arange(tk, device=q.device)[None, :]
+    ok = torch.ones(q.shape[0], 1, tq, tk, dtype=torch.bool, device=q.device)
+    if causal:
+        ok = ok & (j <= i + (tk - tq))
+    if key_lengths is not None:
+        ok = ok & (j < key_lengths.to(q.device)[:, None, None, None])
+    s = s.masked_fill(~ok, float("-inf"))
+    empty = ~ok.any(dim=-1, keepdim=True)
+    lse = torch.logsumexp(torch.where(empty, 0.0, s).to(torch.float64), dim=-1)
+    lse = lse.masked_fill(empty[..., 0], float("-inf"))
+    p = torch.softmax(torch.where(empty, 0.0, s), dim=-1) * (~empty)
+    return (p.to(dtype) @ v), lse

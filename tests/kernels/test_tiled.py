@@ -9,14 +9,13 @@ PyTorch's own attention math in the same dtype.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_math import layer_reference
+from reference_math import attention_reference, layer_reference
 
 from headwise.attention import MultiHeadAttention
 from headwise.attention.backends import AttentionCall, get_backend
@@ -32,33 +31,6 @@ pytestmark = pytest.mark.skipif(
     not CUDA and not tiled_mod.INTERPRET,
     reason="needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)",
 )
-
-
-# --------------------------------------------------------------------------- reference
-def reference(q, k, v, *, causal=False, key_lengths=None, scale=None, dtype=torch.float64):
-    """softmax(q k^T * scale + mask) v from the textbook, in ``dtype`` (float64 by
-    default): K/V heads repeated for GQA, masks as explicit index comparisons, rows
-    with no visible key set to zero (their gradients too). Returns (out, lse)."""
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s = (q @ k.transpose(-1, -2)) * scale
-    tq, tk = s.shape[-2:]
-    i = torch.arange(tq, device=q.device)[:, None]
-    j = torch.arange(tk, device=q.device)[None, :]
-    ok = torch.ones(q.shape[0], 1, tq, tk, dtype=torch.bool, device=q.device)
-    if causal:
-        ok = ok & (j <= i + (tk - tq))
-    if key_lengths is not None:
-        ok = ok & (j < key_lengths.to(q.device)[:, None, None, None])
-    s = s.masked_fill(~ok, float("-inf"))
-    empty = ~ok.any(dim=-1, keepdim=True)
-    lse = torch.logsumexp(torch.where(empty, 0.0, s).to(torch.float64), dim=-1)
-    lse = lse.masked_fill(empty[..., 0], float("-inf"))
-    p = torch.softmax(torch.where(empty, 0.0, s), dim=-1) * (~empty)
-    return (p.to(dtype) @ v), lse
 
 
 def make_qkv(b, h, hkv, tq, tk, d, dv=None, dtype=torch.float32, seed=0, device=DEV):
@@ -79,7 +51,7 @@ def run_both(q, k, v, *, causal, key_lengths, seed=1):
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref_out, ref_lse = reference(q64, k64, v64, causal=causal, key_lengths=key_lengths)
+    ref_out, ref_lse = attention_reference(q64, k64, v64, causal=causal, key_lengths=key_lengths)
     ref_grads = torch.autograd.grad(ref_out, (q64, k64, v64), dout.double())
     return (out, lse, grads), (ref_out, ref_lse, ref_grads)
 
@@ -152,7 +124,7 @@ def test_padding_keys_may_hold_nan(kernel_mode):
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
     k0, v0 = (torch.nan_to_num(x.detach(), nan=0.0).double().requires_grad_() for x in (k, v))
     q0 = q.detach().double().requires_grad_()
-    want, _ = reference(q0, k0, v0, key_lengths=lens)
+    want, _ = attention_reference(q0, k0, v0, key_lengths=lens)
     wq, wk, wv = torch.autograd.grad(want, (q0, k0, v0), dout.double())
     torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(dq.double(), wq, atol=5e-5, rtol=5e-5)
@@ -190,7 +162,7 @@ def test_half_precision_error_is_close_to_torch_math(dtype):
     (out, _, grads), (ref_out, _, ref_grads) = run_both(q, k, v, causal=True, key_lengths=lens)
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     qt, kt, vt = (x.detach().clone().requires_grad_() for x in (q, k, v))
-    t_out, _ = reference(qt, kt, vt, causal=True, key_lengths=lens, dtype=dtype)
+    t_out, _ = attention_reference(qt, kt, vt, causal=True, key_lengths=lens, dtype=dtype)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
     t_grads = torch.autograd.grad(t_out, (qt, kt, vt), dout)
     for name, ours, theirs, ref in zip(
@@ -354,7 +326,7 @@ def test_gradient_through_lse():
     w = torch.randn(lse.shape, generator=torch.Generator().manual_seed(2)).to(DEV)
     grads = torch.autograd.grad(out.sum() + (lse * w).sum(), (q, k, v))
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ro, rl = reference(q64, k64, v64, causal=True, key_lengths=lens)
+    ro, rl = attention_reference(q64, k64, v64, causal=True, key_lengths=lens)
     ref = torch.autograd.grad(ro.sum() + (rl * w.double()).sum(), (q64, k64, v64))
     for g, rg in zip(grads, ref, strict=True):
         torch.testing.assert_close(g.double(), rg, atol=5e-5, rtol=5e-5)
@@ -371,7 +343,7 @@ def test_non_positive_scale(scale):
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(out)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref_out, ref_lse = reference(q64, k64, v64, causal=True, key_lengths=lens, scale=scale)
+    ref_out, ref_lse = attention_reference(q64, k64, v64, causal=True, key_lengths=lens, scale=scale)
     ref_grads = torch.autograd.grad(ref_out, (q64, k64, v64), dout.double())
     torch.testing.assert_close(out.double(), ref_out, atol=2e-5, rtol=2e-5)
     torch.testing.assert_close(lse.double(), ref_lse, atol=2e-5, rtol=2e-5)
@@ -565,7 +537,7 @@ def _check_gpu_case(b, h, hkv, tq, tk, d, dtype, causal, lens, seed):
         q, k, v, causal=causal, key_lengths=lens
     )
     qt, kt, vt = (x.detach().clone().requires_grad_() for x in (q, k, v))
-    t_out, _ = reference(qt, kt, vt, causal=causal, key_lengths=lens, dtype=dtype)
+    t_out, _ = attention_reference(qt, kt, vt, causal=causal, key_lengths=lens, dtype=dtype)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
     t_grads = torch.autograd.grad(t_out, (qt, kt, vt), dout)
     label = f"b={b} h={h} hkv={hkv} tq={tq} tk={tk} d={d} {dtype} causal={causal} lens={lens}"
