@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from headwise.attention import MultiHeadAttention
+from headwise.cli_types import HelpFormatter, positive_int
 from headwise.nn import MultiheadAttention as DropIn
 
 D_MODEL, HEADS, BATCH = 512, 8, 8
@@ -88,11 +89,13 @@ def peak_memory_mb(impl: str, seq: int, causal: bool) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seq", type=int, nargs="+", default=[128, 512, 2048])
-    p.add_argument("--repeats", type=int, default=5)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--seq", type=positive_int, nargs="+", default=[128, 512, 2048],
+                   help="sequence lengths T to time")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per implementation (median)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--out", type=Path, default=RESULTS / "attention_cpu.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "attention_cpu.json",
+                   help="JSON results file (headwise bench attention: a new file under runs/bench/)")
     args = p.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     rows = []

@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from .cli_types import HelpFormatter
+
 # module paths, each with register(subparsers)
 COMMANDS = [
     "headwise.train.command",
@@ -26,16 +28,56 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for path in COMMANDS:
         importlib.import_module(path).register(sub)
+    for p in _parsers(parser):
+        p.formatter_class = HelpFormatter  # every flag's help shows its default
     return parser
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    """``parser`` and every subcommand parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield from _parsers(child)
+
+
+#: the errors a command raises for bad input or an unusable environment; each is
+#: printed as one line with exit code 2. Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        print(f"headwise {args.command}: error: {e}", file=sys.stderr)
+    except EXPECTED_ERRORS as e:
+        print(f"headwise {args.command}: error: {_describe(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not _expected_runtime_error(e):
+            raise
+        print(f"headwise {args.command}: error: {_describe(e)}", file=sys.stderr)
+        return 2
+
+
+def _expected_runtime_error(e: RuntimeError) -> bool:
+    """A RuntimeError that reports the run or the machine, not a bug: a training loss
+    that became non-finite, or a GPU out of memory."""
+    import torch
+
+    kinds: list[type] = [torch.cuda.OutOfMemoryError]
+    loop = sys.modules.get("headwise.train.loop")  # imported only if a run started
+    if loop is not None:
+        kinds.append(loop.NonFiniteError)
+    return isinstance(e, tuple(kinds))
+
+
+def _describe(e: BaseException) -> str:
+    """The message of ``e``; an OSError without one of ours gets its path and reason."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
 
 
 if __name__ == "__main__":

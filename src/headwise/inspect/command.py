@@ -66,12 +66,9 @@ class LoadedModel:
 
 
 def _pick_device(device: str) -> torch.device:
-    from ..train.loop import pick_device
+    from ..devices import resolve_device
 
-    try:
-        return pick_device(device)
-    except RuntimeError as e:
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from e
+    return resolve_device(device, what="--device")
 
 
 def _hf_objective(model: nn.Module, tok: Any) -> tuple[nn.Module | None, str | None, int | None]:

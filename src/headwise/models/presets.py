@@ -99,6 +99,10 @@ def get_preset(name: str, **overrides) -> ModelConfig:
     ``overrides`` (validated), e.g. ``get_preset("tiny", vocab_size=tok.vocab_size)``."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    known = sorted(f.name for f in dataclasses.fields(ModelConfig))
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ValueError(f"unknown ModelConfig field(s) {unknown}; the fields are: {', '.join(known)}")
     return dataclasses.replace(PRESETS[name], **overrides)
 
 

@@ -13,7 +13,7 @@ from ..data import BlockSampler, TokenBlocks, Tokenizer, build_blocks, load_corp
 from ..models import CONFIG_NAME, ModelConfig, get_preset
 from .config import TrainConfig
 
-__all__ = ["RunParts", "build_parts", "build_objective", "default_tokenizer_kind"]
+__all__ = ["RunParts", "build_parts", "build_objective", "default_tokenizer_kind", "model_config_for"]
 
 TOKENIZER_KIND = {"mlm": "wordpiece", "rtd": "wordpiece", "clm": "bpe"}
 
@@ -46,6 +46,40 @@ def build_objective(objective: str, model_cfg: ModelConfig, tok: Tokenizer, cfg:
             disc_weight=cfg.rtd_disc_weight, whole_word=cfg.whole_word_masking,
         )
     return CausalLM.from_tokenizer(tok, Decoder(model_cfg))
+
+
+def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
+    """The model config of a new run: preset ``cfg.preset`` with the ``--model``
+    overrides, ``--dropout`` and the tokenizer's ``vocab_size``. Raises ValueError
+    naming the setting at fault: an unknown ``--model`` field (with the valid ones), a
+    bad value, or a ``--block-len`` longer than the model's ``max_len``."""
+    known = sorted(set(ModelConfig.__dataclass_fields__) - {"vocab_size"})  # that one is the tokenizer's
+    unknown = sorted(set(cfg.model) - set(known) - {"vocab_size"})
+    if unknown:
+        raise ValueError(f"--model: unknown field(s) {', '.join(unknown)}; the fields are: {', '.join(known)}")
+    if "vocab_size" in cfg.model:
+        raise ValueError(f"--model vocab_size={cfg.model['vocab_size']!r}: the vocabulary size comes from "
+                         "the tokenizer; use --vocab-size (or --tokenizer) instead")
+    overrides = {**cfg.model, "vocab_size": vocab_size}
+    if cfg.dropout is not None:
+        if "dropout" in cfg.model and cfg.model["dropout"] != cfg.dropout:
+            raise ValueError(f"--dropout {cfg.dropout} and --model dropout={cfg.model['dropout']} disagree; "
+                             "give one of them")
+        overrides["dropout"] = cfg.dropout
+    try:
+        model_cfg = get_preset(cfg.preset, **overrides)
+    except ValueError as e:
+        given = ",".join(f"{k}={v}" for k, v in cfg.model.items())
+        raise ValueError(f"preset {cfg.preset!r}" + (f" with --model {given}" if given else "") + f": {e}") from None
+    # a CLM block of L tokens feeds L-1 to the model (the last one is only a target)
+    seen = cfg.block_len - 1 if cfg.objective == "clm" else cfg.block_len
+    if model_cfg.max_len < seen:
+        where = (f"--model max_len={model_cfg.max_len}" if "max_len" in cfg.model
+                 else f"the max_len {model_cfg.max_len} of preset {cfg.preset!r}")
+        fed = f" (a clm block of {cfg.block_len} tokens feeds {seen} to the model)" if seen != cfg.block_len else ""
+        raise ValueError(f"--block-len {cfg.block_len} exceeds {where}{fed}; use --block-len <= "
+                         f"{model_cfg.max_len + (cfg.block_len - seen)} or a larger max_len (--model max_len=N)")
+    return model_cfg
 
 
 def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool) -> RunParts:
@@ -81,16 +115,7 @@ def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume
     if resume and config_path.is_file():
         model_cfg = ModelConfig.from_json(config_path)
     else:
-        overrides = {**cfg.model, "vocab_size": tok.vocab_size}
-        if cfg.dropout is not None:
-            overrides["dropout"] = cfg.dropout
-        model_cfg = get_preset(cfg.preset, **overrides)
-        # a CLM block of L tokens feeds L-1 to the model (the last one is only a target)
-        seen = cfg.block_len - 1 if cfg.objective == "clm" else cfg.block_len
-        if model_cfg.max_len < seen:
-            raise ValueError(
-                f"--block-len {cfg.block_len} exceeds preset {cfg.preset!r}'s max_len {model_cfg.max_len}"
-            )
+        model_cfg = model_config_for(cfg, tok.vocab_size)
         model_cfg.to_json(config_path)
     objective = build_objective(cfg.objective, model_cfg, tok, cfg).to(device)
     sampler = train.sampler(cfg.batch_size, seed=cfg.seed)

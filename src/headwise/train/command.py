@@ -6,66 +6,91 @@ import argparse
 import json
 from pathlib import Path
 
+from ..cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int
 from .config import TrainConfig
+
+#: (flag, argparse type, help) of the numeric TrainConfig settings
+_NUMBERS = (
+    ("batch-size", positive_int, "blocks per optimizer step (per accumulation micro-batch)"),
+    ("block-len", positive_int, "tokens per block"),
+    ("accum", positive_int, "gradient accumulation: micro-batches per optimizer step"),
+    ("lr", positive_float, "peak learning rate (AdamW)"),
+    ("weight-decay", nonneg_float, "AdamW weight decay (not on biases and norms)"),
+    ("warmup", nonneg_int, "linear warm-up steps"),
+    ("grad-clip", positive_float, "clip the global gradient norm to this"),
+    ("eval-every", positive_int, "validate every N steps"),
+    ("eval-batches", positive_int, "validation batches per evaluation"),
+    ("log-every", positive_int, "log training metrics every N steps"),
+    ("checkpoint-every", positive_int, "write a checkpoint every N steps"),
+    ("seed", nonneg_int, "random seed (data order, initialisation, masking)"),
+    ("vocab-size", positive_int, "vocabulary size of a trained tokenizer"),
+    ("dropout", float_in(0.0, 1.0, high_open=True), "dropout, replacing the preset's"),
+)
 
 
 def register(sub) -> None:
     t = sub.add_parser("train", help="train a model from scratch (mlm, rtd or clm)",
                        description="Train a model from random weights; see README for the run directory.")
     d = TrainConfig()
-    t.add_argument("--objective", choices=["mlm", "rtd", "clm"], default="mlm")
+    t.add_argument("--objective", choices=["mlm", "rtd", "clm"], default="mlm",
+                   help="fill in the blank (mlm), replaced-token detection (rtd, ELECTRA) or next token (clm)")
     t.add_argument("--corpus", default=None,
                    help="a file or folder (.txt .md .jsonl), stdlib-docs, stdlib-code or hf:NAME[:CONFIG] "
                         "(default: stdlib-docs for mlm/rtd, stdlib-code for clm)")
     t.add_argument("--preset", default=d.preset, help="tiny, electra-small, bert-base, gpt2-small")
     g = t.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {d.steps})")
-    g.add_argument("--max-time", type=float, default=None, help="minutes; the schedule assumes --steps")
+    g.add_argument("--steps", type=positive_int, default=None, help=f"optimizer steps (default {d.steps})")
+    g.add_argument("--max-time", type=positive_float, default=None,
+                   help="stop after this many minutes, with a checkpoint; the learning rate stays flat "
+                        "after warm-up (default: no time limit)")
     t.add_argument("--out", default=None, help="run directory (default runs/<objective>-<preset>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    for name, typ in (("batch-size", int), ("block-len", int), ("accum", int), ("lr", float),
-                      ("weight-decay", float), ("warmup", int), ("grad-clip", float), ("eval-every", int),
-                      ("eval-batches", int), ("log-every", int), ("checkpoint-every", int), ("seed", int),
-                      ("vocab-size", int), ("dropout", float)):
+    for name, typ, text in _NUMBERS:
         field = name.replace("-", "_")
-        t.add_argument(f"--{name}", type=typ, default=getattr(d, field), dest=field)
-    t.add_argument("--decay", choices=["cosine", "linear", "constant"], default=d.decay)
-    t.add_argument("--tokenizer", default=None, help="a tokenizer.json to use instead of training one")
-    t.add_argument("--tokenizer-kind", choices=["wordpiece", "bpe", "char"], default=None)
-    t.add_argument("--whole-word-masking", action="store_true")
+        default = getattr(d, field)
+        t.add_argument(f"--{name}", type=typ, default=default, dest=field,
+                       help=text + (" (default: the preset's)" if default is None else ""))
+    t.add_argument("--decay", choices=["cosine", "linear", "constant"], default=d.decay,
+                   help="learning-rate decay after warm-up")
+    t.add_argument("--tokenizer", default=None,
+                   help="a tokenizer.json to use instead of training one (default: train one on the corpus)")
+    t.add_argument("--tokenizer-kind", choices=["wordpiece", "bpe", "char"], default=None,
+                   help="kind of tokenizer to train (default: wordpiece for mlm/rtd, bpe for clm)")
+    t.add_argument("--whole-word-masking", action="store_true", help="mask whole words, not single tokens")
     t.add_argument("--rtd-generator", choices=["model", "uniform"], default=d.rtd_generator,
                    help="'uniform': generator-free random replacement (ablation)")
     t.add_argument("--model", type=_overrides, default={},
                    help="override preset fields, e.g. d_model=64,n_layers=2,positions=rope")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--device", default="auto")
-    t.add_argument("--no-sanity-checks", dest="sanity_checks", action="store_false")
+    t.add_argument("--device", default="auto", help="auto (a GPU if there is one, else the CPU), cpu, cuda or cuda:N")
+    t.add_argument("--no-sanity-checks", dest="sanity_checks", action="store_false",
+                   help="skip the initial-loss and causality checks before the first step")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--nproc", type=int, default=1,
+    t.add_argument("--nproc", type=positive_int, default=1,
                    help="train on N local processes (data parallel; gloo on CPU, NCCL on GPUs); "
                         "--batch-size stays the global batch. For several machines use torchrun -m headwise.train")
-    t.add_argument("--tp", type=int, default=1,
+    t.add_argument("--tp", type=positive_int, default=1,
                    help="head-parallel degree: split each attention layer's heads over this many of the processes")
     t.set_defaults(func=run_train)
 
     c = sub.add_parser("check", help="run the sanity checks on a run directory")
-    c.add_argument("run", type=Path)
+    c.add_argument("run", type=Path, help="a run directory (with run.json)")
     c.set_defaults(func=run_check)
 
     gen = sub.add_parser("generate", help="sample text from a trained decoder (clm run)")
-    gen.add_argument("run", type=Path)
-    gen.add_argument("--prompt", default="")
-    gen.add_argument("--max-new-tokens", type=int, default=100)
-    gen.add_argument("--temperature", type=float, default=0.8)
-    gen.add_argument("--top-k", type=int, default=50)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("run", type=Path, help="a clm run directory (with run.json and a checkpoint)")
+    gen.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
+    gen.add_argument("--max-new-tokens", type=nonneg_int, default=100, help="tokens to add")
+    gen.add_argument("--temperature", type=nonneg_float, default=0.8, help="softmax temperature; 0 is greedy")
+    gen.add_argument("--top-k", type=positive_int, default=50, help="sample among the K most likely tokens")
+    gen.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the sampling")
     gen.set_defaults(func=run_generate)
 
     e = sub.add_parser("eval", help="evaluate a run on its validation split or another corpus")
-    e.add_argument("run", type=Path)
+    e.add_argument("run", type=Path, help="a run directory (with run.json and a checkpoint)")
     e.add_argument("--corpus", default=None, help="evaluate on this corpus instead of the run's validation split")
-    e.add_argument("--batches", type=int, default=50)
+    e.add_argument("--batches", type=positive_int, default=50, help="evaluate on at most N batches")
     e.add_argument("--format", choices=["fp32", "bf16", "int8"], default="fp32",
                    help="also run the model in this number format and compare it with fp32: every block's "
                         "output (cosine, relative L1) and the metrics (see docs/formats.md)")
@@ -97,6 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
         # with only a time budget the schedule cannot know its length: keep the lr flat
         fields["decay"] = "constant"
     cfg = TrainConfig(**fields)
+    check_before_start(cfg)
     nproc, tp = getattr(args, "nproc", 1), getattr(args, "tp", 1)
     from ..distributed.ddp import in_distributed_env
 
@@ -116,6 +142,20 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"run {trainer.run_dir}: step {trainer.step}; validation " + json.dumps(
         {k: round(v, 4) for k, v in val.items()}))
     return 0
+
+
+def check_before_start(cfg: TrainConfig) -> None:
+    """Refuse settings that would fail only after the run directory is written: the
+    device, an --out that is a file, the model fields (--model, --dropout, --block-len).
+    Raises ValueError or FileExistsError naming the flag."""
+    from ..devices import resolve_device
+    from .build import model_config_for
+
+    resolve_device(cfg.device, what="--device")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run")
+    model_config_for(cfg, cfg.vocab_size)  # the tokenizer's size is not known yet: any valid one
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -9,8 +9,9 @@ interrupted and resumed ends with the same weights as one that was not.
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import torch
 from torch import nn
 
 from .build import RunParts, build_parts
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, newest_intact, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .evaluate import evaluate_blocks
 from .metrics import MetricsLog, plot_loss_curve
+from .rundir import RunDir
 from .schedule import make_scheduler
 
-__all__ = ["Trainer", "NonFiniteError", "prepare_run_dir"]
+__all__ = ["Trainer", "NonFiniteError", "prepare_run_dir", "resumed_config", "RESUMABLE_CHANGES"]
 
 
 class NonFiniteError(RuntimeError):
@@ -32,28 +34,36 @@ class NonFiniteError(RuntimeError):
 
 
 def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> Path:
-    """Create ``out``, refusing to touch an existing run unless asked."""
-    out = Path(out)
-    if resume and overwrite:
-        raise ValueError("choose one of resume and overwrite, not both")
-    if resume:
-        if not (out / "run.json").is_file():
-            raise FileNotFoundError(f"--resume: {out} holds no headwise run (no run.json)")
-        return out
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"run directory {out} already exists and is not empty; pass --resume to continue "
-                f"it or --overwrite to replace it"
-            )
-        if not (out / "run.json").is_file():
-            raise FileExistsError(
-                f"--overwrite refused: {out} is not a headwise run directory (no run.json); "
-                f"choose another --out"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    """Open ``out`` for a run without keeping it locked (see :class:`RunDir`)."""
+    rd = RunDir.open(Path(out), resume=resume, overwrite=overwrite)
+    rd.started()
+    rd.release()
+    return rd.path
+
+
+#: settings a resume may change; any other differing setting is refused
+RESUMABLE_CHANGES = ("steps", "max_time", "device")
+
+
+def resumed_config(saved: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """The saved settings with ``changes`` applied; a change other than
+    :data:`RESUMABLE_CHANGES` is refused, naming the setting and the saved value."""
+    refused = {k: v for k, v in changes.items()
+               if k not in RESUMABLE_CHANGES and k != "out" and getattr(saved, k) != v}
+    if refused:
+        k, v = next(iter(refused.items()))
+        flag = "--" + k.replace("_", "-")
+        raise ValueError(
+            f"--resume cannot change the run's settings: {flag} {v!r} differs from the saved "
+            f"{getattr(saved, k)!r}" + (f" (and {', '.join(sorted(refused)[1:])})" if len(refused) > 1 else "")
+            + f"; only {', '.join('--' + c.replace('_', '-') for c in RESUMABLE_CHANGES)} may change. "
+            f"Start a new run (another --out) to change it"
+        )
+    merged = dataclasses.asdict(saved)
+    merged.update({k: v for k, v in changes.items() if k in RESUMABLE_CHANGES})
+    if "steps" in changes and "max_time" not in changes:
+        merged["max_time"] = saved.max_time
+    return TrainConfig(**merged)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -66,9 +76,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``name`` as a torch.device; a bad one raises ValueError (headwise.devices)."""
+    from ..devices import resolve_device
+
+    return resolve_device(name)
 
 
 class Trainer:
@@ -86,8 +97,20 @@ class Trainer:
     is_main: bool = True
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True) -> None:
+                 progress: bool = True, changes: dict[str, Any] | None = None) -> None:
+        self._rundir: RunDir | None = None
+        self._resume_changes = changes
         self.run_dir, cfg = self._open_run_dir(cfg, resume=resume, overwrite=overwrite)
+        try:
+            self._setup(cfg, resume=resume, progress=progress)
+        except BaseException:
+            if self._rundir is not None:
+                self._rundir.abort()  # leave nothing that would block the corrected command
+            raise
+        if self._rundir is not None:
+            self._rundir.started()  # only now is a run it replaced deleted
+
+    def _setup(self, cfg: TrainConfig, *, resume: bool, progress: bool) -> None:
         self.cfg = cfg
         self.progress = progress
         self.device = self._pick_device(cfg)
@@ -108,10 +131,21 @@ class Trainer:
         self.mask_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         self.resumed_from: Path | None = None
+        #: lines about the resume (which checkpoint, which broken ones were skipped)
+        self.resume_notes: list[str] = []
         if resume:
-            ckpt = latest_checkpoint(self.run_dir)
+            ckpt, skipped = newest_intact(self.run_dir)
+            if ckpt is None and skipped:
+                raise CheckpointError(
+                    f"--resume refused: {self.run_dir} has checkpoints but none is intact ("
+                    + "; ".join(skipped) + "); nothing was changed")
             if ckpt is not None:
                 self._restore(ckpt)
+                self.resume_notes = [*skipped, f"resuming from {ckpt.name} (step {self.step})"]
+            else:
+                self.resume_notes = ["no checkpoint was written yet: starting again from step 0"]
+            for line in self.resume_notes:
+                self._print(line)
         # only the writing process may trim the log of a resumed run
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
                                   resume_step=(self.step if resume else -1) if self.is_main else None)
@@ -122,19 +156,34 @@ class Trainer:
                 if any(True for _ in child.parameters()):
                     child.compile()
         self.forward = self.objective
+        #: called as ``hook(trainer, step)`` right after each evaluation, on the process
+        #: that writes the run directory (e.g. headwise.inspect.timeline's HeadRecorder);
+        #: a hook must leave the random streams and the training state as it found them.
+        self.eval_hooks: list[Callable[[Trainer, int], None]] = []
 
     # ------------------------------------------------------------------ setup
     # The _open_run_dir/_pick_device/_build_parts/_micro_step/_reduce_metrics/_clip_grad_norm
     # hooks are what headwise.distributed's trainer overrides; here they are the
     # single-process behaviour.
     def _open_run_dir(self, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> tuple[Path, TrainConfig]:
-        run_dir = prepare_run_dir(Path(cfg.out), resume=resume, overwrite=overwrite)
-        if resume:
-            saved = TrainConfig.from_json(run_dir / "run.json")
-            # a resumed run may be given more steps or time; nothing else may change
-            saved.steps, saved.max_time = cfg.steps, cfg.max_time
-            cfg = saved
-        cfg.to_json(run_dir / "run.json")
+        self._rundir = RunDir.open(Path(cfg.out), resume=resume, overwrite=overwrite)
+        run_dir = self._rundir.path
+        try:
+            if resume:
+                saved = TrainConfig.from_json(run_dir / "run.json")
+                # without an explicit list of changes, cfg is the whole intended config
+                changes = self._resume_changes
+                if changes is None:
+                    changes = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
+                new = resumed_config(saved, changes)
+                if new != saved:
+                    new.to_json(run_dir / "run.json")
+                cfg = new
+            else:
+                cfg.to_json(run_dir / "run.json")
+        except BaseException:
+            self._rundir.abort()
+            raise
         return run_dir, cfg
 
     def _pick_device(self, cfg: TrainConfig) -> torch.device:
@@ -220,6 +269,12 @@ class Trainer:
         checkpoint; returns the last validation metrics."""
         cfg = self.cfg
         stop = cfg.steps if until_step is None else min(until_step, cfg.steps)
+        if self.step >= stop:
+            # nothing left to train (a finished run resumed without a new target)
+            self._print(f"the run is at step {self.step}, its target is {stop}: nothing to train")
+            return self.last_validation()
+        if self._rundir is not None:
+            self._rundir.hold()
         if self.step == 0 and cfg.sanity_checks and self.resumed_from is None:
             from .sanity import run_start_checks
 
@@ -251,6 +306,8 @@ class Trainer:
                         self.metrics.write({"step": self.step, "split": "val", **last_val})
                         plot_loss_curve(self.metrics.read(), self.run_dir / "loss.png",
                                         title=f"{cfg.objective} {cfg.preset} on {cfg.corpus}")
+                        for hook in self.eval_hooks:
+                            hook(self, self.step)
                     self._print(f"step {self.step}: val " + ", ".join(
                         f"{k} {v:.4g}" for k, v in last_val.items()))
                 if self.step % cfg.checkpoint_every == 0 or self.step == stop:
@@ -262,7 +319,16 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self._rundir is not None:
+                self._rundir.release()
         return last_val
+
+    def last_validation(self) -> dict[str, float]:
+        """The validation metrics logged at the current step, else a fresh evaluation."""
+        for r in reversed(self.metrics.read()):
+            if r.get("split") == "val" and r.get("step") == self.step:
+                return {k: v for k, v in r.items() if k not in ("step", "split")}
+        return self.evaluate()
 
     def _print(self, line: str) -> None:
         if self.progress:

@@ -1,0 +1,103 @@
+"""argparse types that check ranges, shared by every command.
+
+``type=positive_int`` makes argparse itself refuse ``--steps 0`` with exit code 2 and
+a message that names the flag, the value and what is accepted::
+
+    headwise train: error: argument --steps: must be an integer >= 1, got '0'
+
+Also the help formatter every command uses: it shows each flag's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+__all__ = [
+    "positive_int", "nonneg_int", "positive_float", "nonneg_float", "int_at_least", "float_in",
+    "HelpFormatter",
+]
+
+
+def _int(text: str, accepted: str) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}") from None
+
+
+def _float(text: str, accepted: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}")
+    return value
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``."""
+    accepted = f"an integer >= {low}"
+
+    def parse(text: str) -> int:
+        value = _int(text, accepted)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int >= {low}"  # argparse names the type in some messages
+    return parse
+
+
+positive_int = int_at_least(1)
+positive_int.__name__ = "positive int"
+nonneg_int = int_at_least(0)
+nonneg_int.__name__ = "non-negative int"
+
+
+def float_in(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+             high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite float in the given range (closed unless ``*_open``)."""
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    accepted = "a finite number" + (" " + " and ".join(parts) if parts else "")
+
+    def parse(text: str) -> float:
+        value = _float(text, accepted)
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}")
+        return value
+
+    parse.__name__ = accepted
+    return parse
+
+
+positive_float = float_in(0.0, low_open=True)
+nonneg_float = float_in(0.0)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after each flag's help, unless the help already gives the
+    default or the flag is a switch (store_true/store_false) or has no default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "(default" in text:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                               argparse._HelpAction, argparse._VersionAction)):
+            return text
+        if action.default is argparse.SUPPRESS:
+            return text
+        if not action.option_strings and action.nargs in (argparse.REMAINDER, argparse.ZERO_OR_MORE):
+            return text
+        if not action.option_strings and action.default is None:
+            return text  # a required positional has no default
+        return text + " (default: %(default)s)"
