@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..cli_types import nonneg_float, nonneg_int, positive_int
 from .planner import (
     AttentionConfig,
     GemmPlan,
@@ -80,23 +81,24 @@ def register(sub) -> None:
             "(or the measured local CPU), then suggest head layouts that waste less."
         ),
     )
-    p.add_argument("--preset", help="model preset, e.g. gpt2-small, bert-base, electra-small")
-    p.add_argument("--d-model", type=int, help="model width (overrides the preset)")
-    p.add_argument("--n-heads", type=int, help="query heads H")
-    p.add_argument("--head-dim", type=int, help="per-head width Dh (default d_model // H)")
-    p.add_argument("--n-kv-heads", type=int, help="key/value heads Hkv (default H)")
-    p.add_argument("--layers", type=int, help="number of layers (default: preset's, else 1)")
-    p.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
-    p.add_argument("--seq", type=int, default=2048, help="sequence length T (default 2048)")
+    p.add_argument("--preset", help="model preset, e.g. gpt2-small, bert-base, electra-small "
+                                    "(default: none, give --d-model and --n-heads)")
+    p.add_argument("--d-model", type=positive_int, help="model width (default: the preset's)")
+    p.add_argument("--n-heads", type=positive_int, help="query heads H (default: the preset's)")
+    p.add_argument("--head-dim", type=positive_int, help="per-head width Dh (default d_model // H)")
+    p.add_argument("--n-kv-heads", type=positive_int, help="key/value heads Hkv (default H)")
+    p.add_argument("--layers", type=positive_int, help="number of layers (default: preset's, else 1)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size B (default 1)")
+    p.add_argument("--seq", type=positive_int, default=2048, help="sequence length T (default 2048)")
     p.add_argument("--gpu", default="h100", help=f"one of {PROFILE_NAMES} (default h100)")
     p.add_argument(
         "--dtype",
         help=f"one of {list(DTYPE_BYTES)} (default bf16 on GPUs, fp32 on the CPU)",
     )
-    p.add_argument("--top", type=int, default=5, help="recommendations to show (default 5)")
+    p.add_argument("--top", type=nonneg_int, default=5, help="recommendations to show (default 5)")
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=nonneg_float,
         default=0.125,
         help="allowed relative change of H*Dh for recommendations (default 0.125)",
     )

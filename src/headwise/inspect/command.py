@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..cli_types import nonneg_int, positive_int
+
 __all__ = ["LoadedModel", "load_model", "read_text", "run_inspect", "register"]
 
 PACKAGED = ("minilm",)
@@ -229,6 +231,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from .report import summary_table, write_report
 
     out = Path(args.out)
+    _pick_device(args.device)  # refuse a bad --device before reading or writing anything
     if args.max_sentences is not None and args.max_sentences < 1:
         raise ValueError(f"--max-sentences must be a positive int, got {args.max_sentences}")
     if args.examples < 0:
@@ -299,16 +302,17 @@ def register(sub: Any) -> None:
     src.add_argument("--text", metavar="FILE", help="plain text, one sentence per line")
     src.add_argument("--conllu", metavar="FILE", help="CoNLL-U treebank (enables the syntax probe)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.html, figures, measures.json")
-    p.add_argument("--max-sentences", type=int, default=None, metavar="N", help="use the first N sentences")
+    p.add_argument("--max-sentences", type=positive_int, default=None, metavar="N",
+                   help="use the first N sentences (default: all)")
     p.add_argument("--importance", action="store_true",
                    help="also head importance (Michel et al. 2019) and a pruning curve, with the model's own loss")
-    p.add_argument("--importance-sentences", type=int, default=64, metavar="N",
+    p.add_argument("--importance-sentences", type=positive_int, default=64, metavar="N",
                    help="sentences for importance and pruning (default 64)")
-    p.add_argument("--examples", type=int, default=8, metavar="N",
+    p.add_argument("--examples", type=nonneg_int, default=8, metavar="N",
                    help="sentences whose attention maps the report shows (default 8)")
-    p.add_argument("--batch-size", type=int, default=32, help="sentences per forward (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward (default 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace the report files in a non-empty --out")
     p.set_defaults(func=run_inspect)
 
