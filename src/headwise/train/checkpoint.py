@@ -5,15 +5,22 @@ Layout inside a run directory::
 
     checkpoints/step-00001000/model.safetensors   weights (safetensors)
     checkpoints/step-00001000/trainer.pt          optimizer, scheduler, RNG states, step
+    checkpoints/step-00001000/manifest.json       size and SHA-256 of each file above
     checkpoints/latest                            name of the newest complete checkpoint
 
 A checkpoint is written into a temporary folder, flushed, and renamed into place;
-only then is ``latest`` replaced (``os.replace`` is atomic). A reader trusts only
-what ``latest`` names.
+only then is ``latest`` replaced (``os.replace`` is atomic). A checkpoint is
+*intact* when every file its manifest lists is present with the recorded size and
+hash; readers take the newest intact one (:func:`newest_intact`) and say when they
+skip a broken one. Retention never deletes the newest intact checkpoint, and a full
+disk while saving leaves the previous checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -26,7 +33,19 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "newest_intact", "verify_checkpoint",
+           "checkpoint_report", "CheckpointError", "DiskFullError", "rng_state", "set_rng_state"]
+
+MANIFEST = "manifest.json"
+FILES = ("model.safetensors", "trainer.pt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is broken (missing, truncated or altered files) or unreadable."""
+
+
+class DiskFullError(OSError):
+    """The disk filled up while a checkpoint was being written."""
 
 
 def rng_state(extra: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
@@ -62,8 +81,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    """The checkpoint folders under ``root``, newest first (temporary ones excluded)."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")),
+                  key=lambda p: p.name, reverse=True)
+
+
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically and keep the newest ``keep`` of them."""
+    """Write checkpoint ``step`` atomically and keep the newest ``keep`` of them (never
+    deleting the newest intact one). A full disk raises :class:`DiskFullError` and
+    leaves every earlier checkpoint untouched."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
@@ -72,11 +109,14 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
         # save_model handles tied (shared) tensors, which save_file refuses
         save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step)})
         torch.save({**trainer_state, "step": step}, tmp / "trainer.pt")
+        manifest = {"step": step, "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
+                                            for f in FILES}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         final = root / name
-        if final.exists():
+        if final.exists():  # a broken or older copy of the same step (a resume from an earlier one)
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
@@ -84,29 +124,90 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
         pointer.write_text(name + "\n")
         os.replace(pointer, root / "latest")
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            previous = newest_intact(run_dir)
+            kept = f"the previous checkpoint {previous[0].name} is intact" if previous[0] else "no earlier checkpoint"
+            raise DiskFullError(errno.ENOSPC, f"the disk is full: could not write checkpoint {name} in {root} "
+                                f"({kept}); free some space and resume with --resume") from e
         raise
-    complete = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-    for old in complete[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    # retention: the newest `keep` folders, and never the newest intact one (the one just written)
+    for old in _step_dirs(root)[keep:]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def verify_checkpoint(path: Path) -> str | None:
+    """``None`` if the checkpoint at ``path`` is intact, else what is wrong with it."""
+    path = Path(path)
+    if not path.is_dir():
+        return f"{path.name} is missing"
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        # written before manifests existed: all that can be checked is that the files are there
+        missing = [f for f in FILES if not (path / f).is_file()]
+        return f"{', '.join(missing)} missing" if missing else None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    problems = []
+    for fname, want in files.items():
+        f = path / fname
+        if not f.is_file():
+            problems.append(f"{fname} missing")
+        elif f.stat().st_size != want["bytes"]:
+            problems.append(f"{fname} has {f.stat().st_size} bytes, {want['bytes']} were written")
+        elif _sha256(f) != want["sha256"]:
+            problems.append(f"{fname} does not match the hash recorded when it was written")
+    return "; ".join(problems) or None
+
+
+def newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest intact checkpoint of ``run_dir`` (or None) and one line for each newer
+    checkpoint that was skipped because it is broken."""
+    skipped = []
+    for path in _step_dirs(Path(run_dir) / "checkpoints"):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path, skipped
+        skipped.append(f"checkpoint {path.name} is broken ({problem})")
+    return None, skipped
+
+
+def checkpoint_report(run_dir: Path) -> list[tuple[str, str | None]]:
+    """``(name, problem or None)`` for every checkpoint of ``run_dir``, newest first."""
+    return [(p.name, verify_checkpoint(p)) for p in _step_dirs(Path(run_dir) / "checkpoints")]
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of ``run_dir``, or None."""
-    pointer = Path(run_dir) / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if (path / "model.safetensors").is_file() else None
+    """The newest intact checkpoint of ``run_dir``, or None when there is none. Raises
+    :class:`CheckpointError` when checkpoints exist but every one is broken."""
+    path, skipped = newest_intact(run_dir)
+    if path is None and skipped:
+        raise CheckpointError(f"{run_dir}: no intact checkpoint: " + "; ".join(skipped))
+    return path
 
 
 def load_checkpoint(path: Path, model: nn.Module, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load weights into ``model`` (strictly) and return the trainer state."""
+    """Load weights into ``model`` (strictly) and return the trainer state. A broken or
+    unreadable checkpoint raises :class:`CheckpointError` naming the file."""
     path = Path(path)
-    state = torch.load(path / "trainer.pt", map_location=map_location, weights_only=False)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(map_location))
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} is broken: {problem}")
+    try:
+        state = torch.load(path / "trainer.pt", map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
+        raise CheckpointError(f"cannot read {path / 'trainer.pt'}: {e}") from e
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False,
+                                         device=str(map_location))
+    except Exception as e:  # SafetensorError for a damaged file
+        raise CheckpointError(f"cannot read {path / 'model.safetensors'}: {e}") from e
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {path} does not fit this model: missing {sorted(missing)}, unexpected {sorted(unexpected)}"

@@ -1,0 +1,245 @@
+"""Who owns a run directory, and what in it headwise may remove.
+
+* A manifest (``.headwise-run.json``) lists the entries headwise writes into the
+  directory. ``--overwrite`` removes only those, never a file headwise did not write,
+  and refuses folders without a manifest, the working folder, its parents and the
+  home folder.
+* The old run is first moved aside inside the folder (renames are atomic) and deleted
+  only once the new run has started; a failed start puts it back. A failed fresh
+  start removes what it created, so the corrected command is not refused.
+* One writer at a time: an exclusive ``flock`` on ``.lock``, which the kernel drops
+  when its process dies, so a lock left by a killed run is never mistaken for a live
+  one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+__all__ = ["RunDir", "RunDirError", "RunLockedError", "MANIFEST", "RUN_ENTRIES", "register_run_entry"]
+
+MANIFEST = ".headwise-run.json"
+LOCK = ".lock"
+_ASIDE = ".headwise-replaced"
+# every top-level entry a run of headwise writes (other layers add theirs with register_run_entry)
+RUN_ENTRIES = ["run.json", "config.json", "tokenizer.json", "metrics.jsonl", "loss.png", "checkpoints"]
+
+try:  # POSIX; elsewhere the lock is advisory only through the pid it records
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None
+
+
+class RunDirError(FileExistsError):
+    """The run directory cannot be used as asked (the message says why and what to do)."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process is writing the run directory."""
+
+
+def register_run_entry(name: str) -> None:
+    """Declare that runs write the top-level entry ``name`` (so ``--overwrite`` may remove it)."""
+    if name not in RUN_ENTRIES:
+        RUN_ENTRIES.append(name)
+
+
+def _protected(path: Path) -> str | None:
+    """Why ``path`` may never be emptied by ``--overwrite``, or None."""
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        return "it is the working folder or one of its parents"
+    if resolved == Path.home().resolve():
+        return "it is the home folder"
+    if resolved == Path(resolved.anchor):
+        return "it is the root of the file system"
+    return None
+
+
+class RunDir:
+    """An open run directory held by this process (see the module docstring).
+
+    Use :meth:`open`; call :meth:`started` once the new run is set up (it deletes a
+    replaced run) or :meth:`abort` if setting up failed, and :meth:`release` at the end.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+        self._lock_created = False
+        self._created_dir = False
+        self._fresh = False  # a new run is being set up here (abort removes what it wrote)
+        self._preexisting: set[str] = set()  # entries there before this start (abort leaves them)
+        self._aside: Path | None = None
+        self._moved: list[str] = []
+
+    # ---------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, out: Path, *, resume: bool, overwrite: bool) -> RunDir:
+        out = Path(out)
+        if resume and overwrite:
+            raise ValueError("choose one of --resume and --overwrite, not both")
+        if out.exists() and not out.is_dir():
+            raise RunDirError(f"--out {out} is an existing file, not a folder; choose another --out")
+        rd = cls(out)
+        if resume:
+            if not (out / "run.json").is_file():
+                raise FileNotFoundError(f"--resume: {out} holds no headwise run (no run.json)")
+            rd._lock()
+            return rd
+        if not out.exists():
+            out.mkdir(parents=True)
+            rd._created_dir = True
+        rd._lock()
+        try:
+            foreign = rd._foreign_entries()
+            if rd._entries() and not overwrite:
+                raise RunDirError(
+                    f"run directory {out} already exists and is not empty; pass --resume to continue "
+                    f"it or --overwrite to replace it"
+                )
+            if overwrite and rd._entries():
+                rd._move_old_run_aside(foreign)
+            rd._fresh = True
+            rd._preexisting = set(rd._entries())
+            rd._write_manifest()
+        except BaseException:
+            rd.abort()
+            raise
+        return rd
+
+    def _entries(self) -> list[str]:
+        """What the folder holds, less this process's lock."""
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK)
+
+    def _manifest(self) -> dict | None:
+        try:
+            data = json.loads((self.path / MANIFEST).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("entries"), list) else None
+
+    def _foreign_entries(self) -> list[str]:
+        manifest = self._manifest()
+        own = set(manifest["entries"]) if manifest else set()
+        return [e for e in self._entries() if e not in own and e != MANIFEST]
+
+    def _move_old_run_aside(self, foreign: list[str]) -> None:
+        why = _protected(self.path)
+        if why is not None:
+            raise RunDirError(f"--overwrite refused: {self.path} is not a run directory to empty ({why}); "
+                              f"choose another --out")
+        manifest = self._manifest()
+        if manifest is None:
+            raise RunDirError(
+                f"--overwrite refused: {self.path} is not a headwise run directory (no {MANIFEST} listing "
+                f"what headwise wrote there); choose another --out"
+            )
+        if foreign:
+            print(f"--overwrite: keeping {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} headwise did not "
+                  f"write in {self.path}: {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}")
+        self._aside = self.path / f"{_ASIDE}-{os.getpid()}"
+        self._aside.mkdir()
+        for name in manifest["entries"]:
+            if name == LOCK or not (self.path / name).exists():
+                continue
+            os.replace(self.path / name, self._aside / name)
+            self._moved.append(name)
+        # leftovers of an earlier overwrite that was killed before it finished
+        for p in self.path.iterdir():
+            if p.name.startswith(_ASIDE) and p != self._aside:
+                os.replace(p, self._aside / p.name)
+                self._moved.append(p.name)
+
+    def _write_manifest(self) -> None:
+        entries = sorted({*RUN_ENTRIES, LOCK, MANIFEST})
+        if self._aside is not None:
+            entries.append(self._aside.name)  # claimed, so a killed overwrite is cleaned up later
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps({"written_by": "headwise", "entries": entries}, indent=1) + "\n")
+        os.replace(tmp, self.path / MANIFEST)
+
+    # ---------------------------------------------------------------- locking
+    def _lock(self) -> None:
+        path = self.path / LOCK
+        for _ in range(5):
+            created = not path.exists()
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise RunLockedError(
+                        f"{self.path} is being written by another headwise process ({holder}); "
+                        f"wait for it to finish or choose another --out"
+                    ) from None
+                # the file may have been removed by a failed start between our open and flock
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}\n".encode())
+            self._lock_fd = fd
+            self._lock_created = created
+            return
+        raise RunLockedError(f"could not lock {path}: it keeps being replaced by another process")
+
+    def hold(self) -> None:
+        """Take the lock again (after :meth:`release`), refusing if another process has it."""
+        if self._lock_fd is None:
+            self._lock()
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: it is listed in the manifest)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+    # ---------------------------------------------------------------- start / abort
+    def started(self) -> None:
+        """The new run is set up: delete the run it replaced."""
+        if self._aside is not None:
+            shutil.rmtree(self._aside, ignore_errors=True)
+            self._aside = None
+            self._moved = []
+        self._fresh = False
+
+    def abort(self) -> None:
+        """Setting up failed: remove what this start wrote and put back a replaced run.
+        A failed resume removes nothing."""
+        if self._fresh:
+            for name in {*RUN_ENTRIES, MANIFEST} - self._preexisting:
+                p = self.path / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
+                    p.unlink()
+        if self._aside is not None:
+            for name in self._moved:
+                os.replace(self._aside / name, self.path / name)
+            self._aside.rmdir()
+            self._aside = None
+            self._moved = []
+        self._fresh = False
+        self.release()
+        if self._lock_created:
+            (self.path / LOCK).unlink(missing_ok=True)
+            self._lock_created = False
+        if self._created_dir:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
