@@ -34,7 +34,8 @@ class ReferenceBackend(Backend):
             scores = (q_h @ k_h.transpose(-1, -2)) * scale  # (B, Tq, Tk)
             if additive is not None:
                 scores = scores + additive[:, h if additive.shape[1] > 1 else 0]
-            p = safe_softmax(scores, dim=-1)
+            # no key at all: nothing to normalise, the output rows are zero
+            p = safe_softmax(scores, dim=-1) if scores.shape[-1] > 0 else scores
             weights.append(p)
             if dropout_p > 0:
                 p = F.dropout(p, dropout_p)
