@@ -1,6 +1,14 @@
 """The multi-head attention layer, its masks, RoPE, KV cache and backends."""
 
 from .backends import available_backends, get_backend, register_backend
+from .backends.dispatch import (
+    BackendChoice,
+    clear_dispatch_cache,
+    explain_backend,
+    pin_backend,
+    set_backend_autotune,
+    set_dispatch_cache,
+)
 from .functional import attend
 from .kv_cache import KVCache
 from .layer import HeadView, MultiHeadAttention
@@ -18,4 +26,10 @@ __all__ = [
     "available_backends",
     "get_backend",
     "register_backend",
+    "explain_backend",
+    "pin_backend",
+    "set_backend_autotune",
+    "set_dispatch_cache",
+    "clear_dispatch_cache",
+    "BackendChoice",
 ]

@@ -1,21 +1,34 @@
 """The backend registry: every way of computing attention, behind one name.
 
-``get_backend("auto", call)`` returns the highest-priority backend that can serve
-``call``; an explicit name that cannot serve it raises ``ValueError`` naming what it
-lacks. New backends (Triton ``tiled``, ``int8``) register themselves with
-:func:`register_backend`.
+``get_backend("auto", call)`` returns, on the CPU, the highest-priority backend that
+can serve ``call``; on CUDA, the one measured fastest on the device for the call's
+shape class among those that can serve it (``sdpa`` while nothing is measured; see
+:mod:`.dispatch`). An explicit name that cannot serve the call raises ``ValueError``
+naming what it lacks. New backends (Triton ``tiled``, ``int8``) register themselves
+with :func:`register_backend`.
 """
 
 from __future__ import annotations
 
 from .base import AttentionCall, Backend
+from .dispatch import Dispatcher
 from .math import MathBackend
 from .reference import ReferenceBackend
 from .sdpa import SdpaBackend
 
-__all__ = ["AttentionCall", "Backend", "register_backend", "get_backend", "available_backends"]
+__all__ = ["AttentionCall", "Backend", "register_backend", "get_backend", "available_backends",
+           "DISPATCHER"]
 
 _REGISTRY: dict[str, Backend] = {}
+_ORDERED: list[Backend] = []  # the registry, highest priority first
+
+
+def _ordered() -> list[Backend]:
+    return _ORDERED
+
+
+DISPATCHER = Dispatcher(_ordered)
+"""``auto``'s settings and measured choices (see :mod:`.dispatch`)."""
 
 
 def register_backend(backend: Backend) -> Backend:
@@ -23,12 +36,13 @@ def register_backend(backend: Backend) -> Backend:
     if not backend.name or backend.name == "auto":
         raise ValueError(f"a backend needs a name other than 'auto', got {backend.name!r}")
     _REGISTRY[backend.name] = backend
+    _ORDERED[:] = sorted(_REGISTRY.values(), key=lambda b: -b.priority)
     return backend
 
 
 def available_backends() -> list[str]:
     """Names of the registered backends, most preferred first."""
-    return [b.name for b in sorted(_REGISTRY.values(), key=lambda b: -b.priority)]
+    return [b.name for b in _ORDERED]
 
 
 def check_backend_name(name: str) -> None:
@@ -41,17 +55,11 @@ def check_backend_name(name: str) -> None:
 
 def get_backend(name: str, call: AttentionCall) -> Backend:
     """The backend that will serve ``call``: ``name`` itself, or for ``"auto"`` the
-    highest-priority one that supports it."""
+    highest-priority one that supports it (CPU) or the one measured fastest for the
+    call's shape class (CUDA; timing it first if the class is new)."""
     check_backend_name(name)
     if name == "auto":
-        for backend in sorted(_REGISTRY.values(), key=lambda b: -b.priority):
-            # a backend may serve some devices only when asked for by name
-            devices = getattr(backend, "auto_devices", None)
-            if devices is not None and call.device.type not in devices:
-                continue
-            if backend.unsupported(call) is None:
-                return backend
-        raise RuntimeError("no attention backend can serve this call")  # reference serves all
+        return DISPATCHER.backend_for(call)
     backend = _REGISTRY[name]
     reason = backend.unsupported(call)
     if reason is not None:

@@ -33,13 +33,31 @@ class AttentionCall:
     dropout_p: float
     requires_grad: bool
 
+    @classmethod
+    def of(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, *,
+           need_weights: bool = False, dropout_p: float = 0.0) -> AttentionCall:
+        """The call that ``attend(q, k, v, mask, ...)`` makes (gradients are required
+        when grad mode is on and any input requires them)."""
+        return cls(
+            dtype=q.dtype, device=q.device, head_dim=q.shape[-1], value_dim=v.shape[-1],
+            n_heads=q.shape[1], n_kv_heads=k.shape[1], mask=mask, need_weights=need_weights,
+            dropout_p=dropout_p,
+            requires_grad=torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or v.requires_grad),
+        )
+
 
 class Backend:
     """Base class. Subclasses set ``name`` and ``priority`` (higher = preferred by
-    ``backend="auto"``) and implement :meth:`unsupported` and :meth:`attend`."""
+    ``backend="auto"`` where it does not measure, and the order of its reasons) and
+    implement :meth:`unsupported` and :meth:`attend`. ``timed_by_auto = True`` makes
+    it a candidate that ``auto`` times against the others on CUDA
+    (:mod:`.dispatch`); ``auto_devices`` (a tuple of device types), when set, limits
+    the devices where ``auto`` considers it at all."""
 
     name: str = ""
     priority: int = 0
+    timed_by_auto: bool = False
 
     def unsupported(self, call: AttentionCall) -> str | None:
         """``None`` if this backend can serve ``call``, else a short reason naming

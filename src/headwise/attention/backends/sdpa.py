@@ -18,6 +18,7 @@ from .cpu_causal import blocked_causal_applies, blocked_causal_attention
 class SdpaBackend(Backend):
     name = "sdpa"
     priority = 20
+    timed_by_auto = True  # on CUDA, auto times it against the other candidates
 
     def unsupported(self, call: AttentionCall) -> str | None:
         if call.need_weights:

@@ -6,9 +6,10 @@ are handled inside the kernels (fully masked tiles are skipped), and grouped-que
 attention reads each shared K/V head in place. It cannot return the weights, has
 no dropout and takes no dense additive mask.
 
-It runs on CUDA. On the CPU it runs only under ``TRITON_INTERPRET=1`` (the
-Triton interpreter, for tests), and ``backend="auto"`` never picks it there
-(``auto_devices``). Triton is imported at the first call, not when this module
+It runs on CUDA, where ``backend="auto"`` times it against ``sdpa`` once per shape
+class and takes the faster (:mod:`.dispatch`). On the CPU it runs only under
+``TRITON_INTERPRET=1`` (the Triton interpreter, for tests), and ``auto`` never picks
+it there (``auto_devices``). Triton is imported at the first call, not when this module
 is imported, because Triton reads ``TRITON_INTERPRET`` when kernels are defined.
 """
 
@@ -28,6 +29,7 @@ class TiledBackend(Backend):
 
     name = "tiled"
     priority = 30
+    timed_by_auto = True  # on CUDA, auto times it against the other candidates
     auto_devices: tuple[str, ...] = ("cuda",)  # "auto" never picks it on the CPU
 
     def unsupported(self, call: AttentionCall) -> str | None:

@@ -1,0 +1,593 @@
+"""What ``backend="auto"`` picks, and why: by measurement on CUDA, by priority elsewhere.
+
+On the CPU (and any device but CUDA) ``auto`` takes the highest-priority backend
+that can serve the call (``sdpa``, else ``math`` when weights are asked for, ...),
+as it always has.
+
+On CUDA the backends that ``auto`` may time (``timed_by_auto``: ``sdpa`` and
+``tiled``) are compared *on the device*, once per shape class:
+
+    (dtype, head dim, value dim, mask kind (causal or not, key lengths, dense
+    bias), grouped-query or not, query and key length buckets (next power of two
+    of Tq and of Tk), training or inference (whether gradients are required))
+
+The first call of a class runs each candidate on synthetic inputs of that call's
+shape and layout (``(B, H, T, D)`` views of ``(B, T, H, D)`` buffers, as the layer
+makes them; drawn from a private generator, so the caller's random state is
+untouched): one untimed first call (compilation, autotuning), then ``warmup``
+calls and ``reps`` timed calls, forward only for inference, forward + backward for
+training, each timed on the host clock after a device synchronisation. The median
+wins. The warm-up and timed calls share one budget (``budget_ms``, default 500):
+once it is spent no further call is timed, and a class not fully measured gets
+``sdpa``. Choices are kept in memory and, opt-in, in a JSON file
+(:func:`set_dispatch_cache` or ``HEADWISE_DISPATCH_CACHE=path``) keyed by the GPU's
+name and the torch and Triton versions.
+
+``sdpa`` is the choice whenever nothing was measured: timing off
+(:func:`set_backend_autotune(False) <set_backend_autotune>` or
+``HEADWISE_AUTOTUNE_BACKEND=0``), inside ``torch.compile`` tracing or CUDA graph
+capture (never timed there: a choice already in memory is used, else ``sdpa``;
+traced code does not read the cache file either), or a budget spent. When only
+one candidate can serve a call (a dense mask, dropout, fp64 ...) it is used
+without timing. :func:`explain_backend` says which backend a call gets
+and why; :func:`pin_backend` fixes the choice for a call's class.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .base import AttentionCall, Backend
+
+__all__ = [
+    "BackendChoice",
+    "Dispatcher",
+    "shape_class",
+    "environment_key",
+    "explain_backend",
+    "pin_backend",
+    "set_backend_autotune",
+    "set_dispatch_cache",
+    "clear_dispatch_cache",
+]
+
+ENV_AUTOTUNE = "HEADWISE_AUTOTUNE_BACKEND"
+ENV_BUDGET_MS = "HEADWISE_AUTOTUNE_BUDGET_MS"
+ENV_CACHE = "HEADWISE_DISPATCH_CACHE"
+DEFAULT = "sdpa"
+CACHE_VERSION = 1
+
+
+@dataclass
+class BackendChoice:
+    """Which backend ``auto`` gives a call, and why.
+
+    ``source`` is one of ``"priority"`` (not CUDA: the first that can serve),
+    ``"only"`` (one candidate can serve), ``"measured"`` (timed just now),
+    ``"cached"`` (timed earlier in this process), ``"disk"`` (read from the cache
+    file), ``"pinned"`` (:func:`pin_backend`), ``"default"`` (nothing measured:
+    ``sdpa``) or ``"named"`` (the layer or call names its backend)."""
+
+    backend: str
+    source: str
+    reason: str
+    shape_class: str | None = None
+    device: str | None = None
+    times_ms: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.backend} ({self.source}): {self.reason}"
+
+
+def _pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def shape_class(call: AttentionCall) -> str:
+    """The key ``auto`` measures once for: a readable string such as
+    ``"bfloat16 d128/128 causal q4096 k4096 mha training"``."""
+    m = call.mask
+    mask = "causal" if m.causal else "full"
+    if m.key_lengths is not None:
+        mask += "+lengths"
+    if m.bias is not None:
+        mask += "+bias"
+    dtype = str(call.dtype).removeprefix("torch.")
+    heads = "mha" if call.n_heads == call.n_kv_heads else "gqa"
+    mode = "training" if call.requires_grad else "inference"
+    return (f"{dtype} d{call.head_dim}/{call.value_dim} {mask} q{_pow2(m.q_len)} "
+            f"k{_pow2(m.k_len)} {heads} {mode}")
+
+
+def _triton_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("triton")
+    except Exception:  # not installed
+        return "none"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def environment_key(device_name: str, torch_version: str | None = None,
+                    triton_version: str | None = None) -> str:
+    """What a measurement holds for: the device's name and the library versions."""
+    tv = torch.__version__ if torch_version is None else torch_version
+    trv = _triton_version() if triton_version is None else triton_version
+    return f"{device_name} | torch {tv} | triton {trv}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _not_now() -> str | None:
+    """Why timing must not run at this moment, or None."""
+    if torch.compiler.is_compiling():
+        return "inside torch.compile tracing (never timed there)"
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return "inside CUDA graph capture (never timed there)"
+    return None
+
+
+def synthetic_inputs(call: AttentionCall) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """q, k, v and an output gradient of ``call``'s shape, dtype and device, laid out
+    as the layer makes them ((B, H, T, D) views of (B, T, H, D) buffers), from a
+    private generator (the global random state is not touched)."""
+    m, dev = call.mask, call.device
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def rnd(heads: int, t: int, d: int, grad: bool) -> Tensor:
+        x = torch.randn(m.batch, t, heads, d, device=dev, dtype=call.dtype, generator=gen)
+        return x.transpose(1, 2).requires_grad_(grad)
+
+    q = rnd(call.n_heads, m.q_len, call.head_dim, call.requires_grad)
+    k = rnd(call.n_kv_heads, m.k_len, call.head_dim, call.requires_grad)
+    v = rnd(call.n_kv_heads, m.k_len, call.value_dim, call.requires_grad)
+    dout = rnd(call.n_heads, m.q_len, call.value_dim, False)
+    return q, k, v, dout
+
+
+class Dispatcher:
+    """``auto``'s memory: settings, measured choices per (environment, shape class).
+
+    Everything it reads from the outside is injectable, for tests: ``backends()``
+    (the registered backends), ``clock()`` (seconds, for timing and the budget),
+    ``sync(device)``, ``device_name(device)``, ``make_inputs(call)``, the library
+    versions, and ``timed_devices`` (the device types where ``auto`` measures)."""
+
+    def __init__(
+        self,
+        backends: Callable[[], list[Backend]],
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        sync: Callable[[torch.device], None] = _sync,
+        device_name: Callable[[torch.device], str] = _device_name,
+        make_inputs: Callable[[AttentionCall], tuple] = synthetic_inputs,
+        torch_version: str | None = None,
+        triton_version: str | None = None,
+        timed_devices: tuple[str, ...] = ("cuda",),
+    ) -> None:
+        self._backends = backends
+        self.clock, self.sync, self.device_name = clock, sync, device_name
+        self.make_inputs = make_inputs
+        self.torch_version, self.triton_version = torch_version, triton_version
+        self.timed_devices = timed_devices
+        self.enabled: bool | None = None  # None: HEADWISE_AUTOTUNE_BACKEND (default on)
+        self.budget_ms: float | None = None  # None: HEADWISE_AUTOTUNE_BUDGET_MS (default 500)
+        self.warmup = 2
+        self.reps = 5
+        self.cache_path: Path | None = None  # None: HEADWISE_DISPATCH_CACHE (default: none)
+        self._memory: dict[str, dict[str, dict]] = {}  # environment -> class -> entry
+        self._loaded: set[tuple[str, str]] = set()  # (environment, file) read from disk
+        self._env_keys: dict[torch.device, str] = {}
+        self._lock = threading.RLock()
+
+    # ---------------------------------------------------------------- settings
+    def timing_enabled(self) -> bool:
+        return self.enabled if self.enabled is not None else _env_flag(ENV_AUTOTUNE, True)
+
+    def budget(self) -> float:
+        if self.budget_ms is not None:
+            return self.budget_ms
+        return float(os.environ.get(ENV_BUDGET_MS) or 500.0)
+
+    def cache_file(self) -> Path | None:
+        if self.cache_path is not None:
+            return self.cache_path
+        env = os.environ.get(ENV_CACHE)
+        return Path(env) if env else None
+
+    def environment(self, device: torch.device) -> str:
+        key = self._env_keys.get(device)
+        if key is None:
+            key = environment_key(self.device_name(device), self.torch_version, self.triton_version)
+            self._env_keys[device] = key
+        return key
+
+    def clear(self) -> None:
+        """Forget every choice held in memory (the cache file is left as it is)."""
+        with self._lock:
+            self._memory.clear()
+            self._loaded.clear()
+
+    # ---------------------------------------------------------------- choosing
+    def backend_for(self, call: AttentionCall) -> Backend:
+        """The backend ``auto`` runs ``call`` with (measuring first if it may)."""
+        backends = self._backends()
+        if call.device.type not in self.timed_devices:
+            for b in backends:  # today's rule: the first that can serve, by priority
+                if _considered(b, call) and b.unsupported(call) is None:
+                    return b
+            raise RuntimeError("no attention backend can serve this call")  # reference serves all
+        by_name = {b.name: b for b in backends}
+        return by_name[self.choose(call, backends=backends).backend]
+
+    def choose(self, call: AttentionCall, *, measure: bool = True,
+               backends: list[Backend] | None = None) -> BackendChoice:
+        """The choice for ``call`` with its reason; times the candidates when the
+        class is new, timing is on and ``measure`` is true."""
+        backends = self._backends() if backends is None else backends
+        servable, refused = [], {}
+        for b in backends:
+            if not _considered(b, call):
+                refused[b.name] = f"auto does not consider it on {call.device.type}"
+                continue
+            reason = b.unsupported(call)
+            if reason is None:
+                servable.append(b)
+            else:
+                refused[b.name] = reason
+        if not servable:
+            raise RuntimeError("no attention backend can serve this call")
+        if call.device.type not in self.timed_devices:
+            first = servable[0]
+            order = " > ".join(b.name for b in servable)
+            above = [b.name for b in backends[: backends.index(first)]]
+            why = "; ".join(f"{n}: {refused[n]}" for n in above)
+            return BackendChoice(first.name, "priority",
+                                 f"on {call.device.type} auto is not timed and takes the first "
+                                 f"that can serve, by priority ({order})"
+                                 + (f"; not {why}" if why else ""), errors=refused)
+        timed = [b for b in servable if getattr(b, "timed_by_auto", False)]
+        if len(timed) <= 1:
+            only = timed[0] if timed else servable[0]
+            others = [b for b in backends if getattr(b, "timed_by_auto", False) and b is not only]
+            why = "; ".join(f"{b.name}: {refused.get(b.name, 'not timed')}" for b in others)
+            return BackendChoice(only.name, "only", f"only {only.name} can serve"
+                                 + (f" ({why})" if why else ""), errors=refused)
+        key = shape_class(call)
+        names = [b.name for b in timed]
+        if torch.compiler.is_compiling():  # traced code: what is in memory, nothing else
+            env = self._env_keys.get(call.device)
+            entry = None if env is None else self._memory.get(env, {}).get(key)
+        else:
+            env = self.environment(call.device)
+            entry = self._lookup(env, key)
+        if entry is not None and entry.get("choice") in names:
+            return self._from_entry(entry, key, env)
+        default = DEFAULT if DEFAULT in names else names[0]
+
+        def fallback(why: str) -> BackendChoice:
+            return BackendChoice(default, "default", f"default: nothing measured ({why})",
+                                 shape_class=key, device=env)
+
+        if not self.timing_enabled():
+            return fallback(f"timing is off: {ENV_AUTOTUNE}=0 or set_backend_autotune(False)")
+        busy = _not_now()
+        if busy is not None:
+            return fallback(busy)
+        if call.device.type == "cuda" and not torch.cuda.is_available():
+            return fallback("CUDA is not available to time on")
+        if not measure:
+            return fallback(f"the first call of this class will time {', '.join(names)}")
+        with self._lock:
+            entry = self._lookup(env, key)  # another thread may have measured it meanwhile
+            if entry is None or entry.get("choice") not in names:
+                entry = self._measure(call, timed, default)
+                self._store(env, key, entry, persist=entry["complete"])
+                entry = dict(entry, source="measured")
+        return self._from_entry(entry, key, env)
+
+    def pin(self, call: AttentionCall, name: str) -> None:
+        """Make ``name`` auto's choice for ``call``'s class on its device (and in the
+        cache file, when one is set)."""
+        key, env = shape_class(call), self.environment(call.device)
+        with self._lock:
+            self._store(env, key, {"choice": name, "source": "pinned", "complete": True,
+                                   "ms": {}, "errors": {}}, persist=True)
+
+    # ---------------------------------------------------------------- measuring
+    def _measure(self, call: AttentionCall, timed: list[Backend], default: str) -> dict:
+        """Time every candidate (the default first) within the budget."""
+        order = sorted(timed, key=lambda b: b.name != default)
+        q, k, v, dout = self.make_inputs(call)
+        mask = call.mask
+        scale = 1.0 / math.sqrt(call.head_dim)
+        budget_s = self.budget() / 1000.0
+        spent = 0.0
+        ms: dict[str, float] = {}
+        first_ms: dict[str, float] = {}
+        errors: dict[str, str] = {}
+        over = False
+        for b in order:
+            def run(b=b):
+                if call.requires_grad:
+                    with torch.enable_grad():
+                        out, _ = b.attend(q, k, v, mask, scale=scale, dropout_p=0.0, need_weights=False)
+                        torch.autograd.grad(out, (q, k, v), dout)
+                else:
+                    with torch.no_grad():
+                        b.attend(q, k, v, mask, scale=scale, dropout_p=0.0, need_weights=False)
+
+            t0 = self.clock()
+            try:  # the first call compiles and autotunes: outside the budget
+                run()
+                self.sync(call.device)
+            except Exception as e:  # e.g. out of memory, a kernel that fails to build
+                errors[b.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                continue
+            first_ms[b.name] = (self.clock() - t0) * 1000.0
+            times = []
+            for i in range(self.warmup + self.reps):
+                if spent > budget_s:
+                    over = True
+                    break
+                t0 = self.clock()
+                run()
+                self.sync(call.device)
+                dt = self.clock() - t0
+                spent += dt
+                if i >= self.warmup:
+                    times.append(dt * 1000.0)
+            if over:
+                if times:
+                    ms[b.name] = statistics.median(times)
+                break
+            ms[b.name] = statistics.median(times)
+        m = call.mask
+        shape = [m.batch, call.n_heads, call.n_kv_heads, m.q_len, m.k_len, call.head_dim, call.value_dim]
+        measured_all = not over and len(ms) == len(order) - len(errors) and ms
+        if over:
+            choice = default
+            why = (f"budget of {self.budget():.0f} ms spent after timing "
+                   f"{', '.join(ms) or 'nothing'} fully; default {default}")
+        elif not ms:
+            choice, why = default, f"every candidate failed; default {default}"
+        else:
+            choice = min(ms, key=ms.get)
+            why = "measured fastest"
+        return {"choice": choice, "why": why, "ms": ms, "first_call_ms": first_ms,
+                "errors": errors, "shape": shape, "warmup": self.warmup, "reps": self.reps,
+                "complete": bool(measured_all), "source": "measured"}
+
+    # ---------------------------------------------------------------- the caches
+    def _lookup(self, env: str, key: str) -> dict | None:
+        per_env = self._memory.get(env)
+        if per_env is not None and key in per_env:
+            return per_env[key]
+        path = self.cache_file()
+        if path is not None and (env, str(path)) not in self._loaded:
+            with self._lock:
+                self._loaded.add((env, str(path)))
+                on_disk = _read_cache(path).get("environments", {}).get(env, {})
+                mine = self._memory.setdefault(env, {})
+                for k, e in on_disk.items():
+                    if isinstance(e, dict) and isinstance(e.get("choice"), str):
+                        mine.setdefault(k, dict(e, source=e.get("source") if e.get("source") == "pinned"
+                                                else "disk"))
+            return self._memory[env].get(key)
+        return None
+
+    def _store(self, env: str, key: str, entry: dict, *, persist: bool) -> None:
+        self._memory.setdefault(env, {})[key] = dict(entry, source="pinned" if entry.get("source") == "pinned"
+                                                      else "cached")
+        path = self.cache_file()
+        if persist and path is not None:
+            data = _read_cache(path)
+            data.setdefault("environments", {}).setdefault(env, {})[key] = entry
+            data["version"] = CACHE_VERSION
+            _write_cache(path, data)
+
+    def _from_entry(self, entry: dict, key: str, env: str) -> BackendChoice:
+        source = entry.get("source", "cached")
+        ms = dict(entry.get("ms", {}))
+        if source == "pinned":
+            reason = "pinned with pin_backend()"
+        else:
+            reason = entry.get("why", "measured fastest")
+            if ms:
+                best = min(ms.values())
+                reason += ": " + ", ".join(f"{n} {t:.3f} ms" + ("" if t == best else f" (x{t / best:.2f})")
+                                           for n, t in sorted(ms.items(), key=lambda kv: kv[1]))
+            if entry.get("errors"):
+                reason += "; failed: " + "; ".join(f"{n}: {e}" for n, e in entry["errors"].items())
+            shape = entry.get("shape")
+            if shape:
+                reason += (f" (timed at B={shape[0]} H={shape[1]} Hkv={shape[2]} Tq={shape[3]} "
+                           f"Tk={shape[4]}, {entry.get('warmup')} warm-up + {entry.get('reps')} timed calls)")
+        return BackendChoice(entry["choice"], source, reason, shape_class=key, device=env,
+                             times_ms=ms, errors=dict(entry.get("errors", {})))
+
+
+def _considered(backend: Backend, call: AttentionCall) -> bool:
+    devices = getattr(backend, "auto_devices", None)  # some serve a device only by name
+    return devices is None or call.device.type in devices
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return {}
+    return data
+
+
+def _write_cache(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+
+
+# ------------------------------------------------------------------ the public API
+def _dispatcher() -> Dispatcher:
+    from . import DISPATCHER
+
+    return DISPATCHER
+
+
+def set_backend_autotune(enabled: bool | None = None, *, budget_ms: float | None = None,
+                         warmup: int | None = None, reps: int | None = None) -> dict:
+    """Turn ``auto``'s timing on or off (``None`` leaves it to ``HEADWISE_AUTOTUNE_BACKEND``,
+    default on) and set its budget and call counts. Returns the settings now in force."""
+    d = _dispatcher()
+    if budget_ms is not None and not budget_ms >= 0:
+        raise ValueError(f"budget_ms must be >= 0, got {budget_ms}")
+    for name, value in (("warmup", warmup), ("reps", reps)):
+        if value is not None and (not isinstance(value, int) or value < (0 if name == "warmup" else 1)):
+            raise ValueError(f"{name} must be an int >= {0 if name == 'warmup' else 1}, got {value!r}")
+    d.enabled = enabled
+    if budget_ms is not None:
+        d.budget_ms = float(budget_ms)
+    if warmup is not None:
+        d.warmup = warmup
+    if reps is not None:
+        d.reps = reps
+    return {"enabled": d.timing_enabled(), "budget_ms": d.budget(), "warmup": d.warmup, "reps": d.reps}
+
+
+def set_dispatch_cache(path: str | os.PathLike | None) -> None:
+    """Keep ``auto``'s measurements in the JSON file ``path`` too (read at the first
+    call of a device, written after each new measurement), keyed by GPU name and the
+    torch and Triton versions. ``None`` goes back to ``HEADWISE_DISPATCH_CACHE``
+    (unset: memory only)."""
+    d = _dispatcher()
+    d.cache_path = None if path is None else Path(path)
+    d._loaded.clear()
+
+
+def clear_dispatch_cache() -> None:
+    """Forget the choices held in memory (a cache file is not touched)."""
+    _dispatcher().clear()
+
+
+def _call_from(target, args: tuple, kwargs: dict) -> tuple[AttentionCall, str]:
+    """An AttentionCall and the backend name from explain/pin's arguments."""
+    from ..masks import MaskSpec, normalize_mask
+
+    if isinstance(target, AttentionCall):
+        if args or kwargs:
+            raise TypeError("with an AttentionCall, pass nothing else")
+        return target, "auto"
+    if isinstance(target, Tensor):  # q, k, v as attend() takes them
+        q, (k, v, *rest) = target, args
+        if len(rest) > 1:
+            raise TypeError("explain_backend(q, k, v[, mask], ...) takes at most one MaskSpec")
+        mask = rest[0] if rest else kwargs.pop("mask", None)
+        backend = kwargs.pop("backend", "auto")
+        need_weights = kwargs.pop("need_weights", False)
+        dropout_p = kwargs.pop("dropout_p", 0.0)
+        if mask is None:
+            mask = normalize_mask(batch=q.shape[0], n_heads=q.shape[1], q_len=q.shape[2],
+                                  k_len=k.shape[2], device=q.device, float_dtype=q.dtype, **kwargs)
+        elif kwargs or not isinstance(mask, MaskSpec):
+            raise TypeError("pass either a MaskSpec or mask keywords (causal=, key_lengths=, ...)")
+        return AttentionCall.of(q, k, v, mask, need_weights=need_weights, dropout_p=dropout_p), backend
+    from ..layer import MultiHeadAttention
+
+    if isinstance(target, MultiHeadAttention):
+        return _layer_call(target, *args, **kwargs), target.backend
+    raise TypeError(f"expected an AttentionCall, q/k/v tensors or a MultiHeadAttention layer with its "
+                    f"inputs, got {type(target).__name__}")
+
+
+def _layer_call(layer, x: Tensor, context: Tensor | None = None, *, causal: bool = False,
+                key_padding_mask=None, key_lengths=None, attn_mask=None, kv_cache=None,
+                need_weights: bool = False) -> AttentionCall:
+    """The AttentionCall ``layer(x, context, ...)`` would make, without running it."""
+    from ..masks import normalize_mask
+
+    b, tq = x.shape[0], x.shape[1]
+    tk = (x if context is None else context).shape[1] + (0 if kv_cache is None else len(kv_cache))
+    mask = normalize_mask(batch=b, n_heads=layer.n_heads, q_len=tq, k_len=tk, device=x.device,
+                          causal=causal, key_padding_mask=key_padding_mask, key_lengths=key_lengths,
+                          attn_mask=attn_mask, float_dtype=x.dtype)
+    wants = any(w for _, w in layer._head_hooks.values())
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or (context is not None and context.requires_grad)
+        or any(p.requires_grad for p in layer.parameters()))
+    return AttentionCall(dtype=x.dtype, device=x.device, head_dim=layer.head_dim,
+                         value_dim=layer.head_dim, n_heads=layer.n_heads, n_kv_heads=layer.n_kv_heads,
+                         mask=mask, need_weights=need_weights or wants,
+                         dropout_p=layer.dropout if layer.training else 0.0, requires_grad=grad)
+
+
+def explain_backend(target, *args, measure: bool = True, show: bool = False, **kwargs) -> BackendChoice:
+    """Which backend a call gets and why.
+
+    ``target`` is an :class:`AttentionCall`; or ``q, k, v`` tensors (and a
+    :class:`MaskSpec` or ``causal=``/``key_lengths=``/... keywords, ``need_weights=``,
+    ``backend=``), as :func:`headwise.attention.attend` takes them; or a
+    :class:`~headwise.attention.MultiHeadAttention` layer followed by the arguments of
+    its call (``explain_backend(layer, x, causal=True)``). With ``measure=True``
+    (default) a new shape class is timed now, as its first call would time it; with
+    ``measure=False`` nothing runs. ``show=True`` also prints the explanation.
+
+    A backend named by the layer or call (not ``"auto"``) is reported as such, and
+    raises the ``ValueError`` the call would raise if it cannot serve it."""
+    from . import get_backend
+
+    call, name = _call_from(target, args, kwargs)
+    if name != "auto":
+        get_backend(name, call)  # raises as the call would
+        choice = BackendChoice(name, "named", f"named explicitly (backend={name!r}); auto is not consulted")
+    else:
+        choice = _dispatcher().choose(call, measure=measure)
+    if show:
+        print(choice)
+    return choice
+
+
+def pin_backend(name: str, target, *args, **kwargs) -> BackendChoice:
+    """Make ``name`` auto's choice for the shape class of a call (given as for
+    :func:`explain_backend`) on its device, in memory and in the cache file if one is
+    set. ``name`` must be able to serve the call. Returns the new explanation."""
+    from . import get_backend
+
+    call, _ = _call_from(target, args, kwargs)
+    get_backend(name, call)  # raises ValueError unless it can serve the call
+    d = _dispatcher()
+    if call.device.type not in d.timed_devices:
+        raise ValueError(f"auto does not measure on {call.device.type} (it goes by priority there); "
+                         f"name the backend instead (backend={name!r})")
+    d.pin(call, name)
+    return d.choose(call, measure=False)
