@@ -125,7 +125,8 @@ class DistributedTrainer(Trainer):
     """
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True, env: DistEnv | None = None, tp: int = 1) -> None:
+                 progress: bool = True, env: DistEnv | None = None, tp: int = 1,
+                 changes: dict[str, Any] | None = None) -> None:
         self.env = env if env is not None else env_from_os(tp)
         self.is_main = self.env.rank == 0
         device = device_for(self.env, cfg.device)
@@ -138,7 +139,8 @@ class DistributedTrainer(Trainer):
             self.dp_group, self.tp_group = self.mesh["dp"].get_group(), self.mesh["tp"].get_group()
         else:
             self.mesh, self.dp_group, self.tp_group = None, None, None
-        super().__init__(cfg, resume=resume, overwrite=overwrite, progress=progress and self.is_main)
+        super().__init__(cfg, resume=resume, overwrite=overwrite, progress=progress and self.is_main,
+                         changes=changes)
         self.masker = None
         masker = getattr(self.objective, "masker", None)
         if isinstance(masker, TokenMasker):
@@ -330,10 +332,11 @@ class DistributedTrainer(Trainer):
 
 # ---------------------------------------------------------------------- entry points
 def run_distributed(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                    tp: int = 1) -> DistributedTrainer:
+                    tp: int = 1, changes: dict[str, Any] | None = None) -> DistributedTrainer:
     """Train this rank's part of ``cfg`` to the end (inside torchrun or :func:`launch`),
     print the result on rank 0, leave the process group. Returns the trainer."""
-    trainer = DistributedTrainer(cfg, resume=resume, overwrite=overwrite, progress=progress, tp=tp)
+    trainer = DistributedTrainer(cfg, resume=resume, overwrite=overwrite, progress=progress, tp=tp,
+                                 changes=changes)
     try:
         val = trainer.run()
         if trainer.is_main:
@@ -358,7 +361,7 @@ def _worker(local_rank: int, nproc: int, port: int, cfg: TrainConfig, flags: dic
 
 
 def launch(cfg: TrainConfig, nproc: int, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-           tp: int = 1) -> int:
+           tp: int = 1, changes: dict[str, Any] | None = None) -> int:
     """Run ``cfg`` on ``nproc`` local processes (``headwise train --nproc N``) and wait.
 
     Returns 0 on success, 1 when a process failed or was killed (the others are then
@@ -375,7 +378,8 @@ def launch(cfg: TrainConfig, nproc: int, *, resume: bool = False, overwrite: boo
         )
     # N processes on this machine's cores: split the cores rather than oversubscribe them
     threads = max(1, (os.cpu_count() or 1) // nproc)
-    flags = {"resume": resume, "overwrite": overwrite, "progress": progress, "tp": tp, "threads": threads}
+    flags = {"resume": resume, "overwrite": overwrite, "progress": progress, "tp": tp, "threads": threads,
+             "changes": changes}
     try:
         mp.spawn(_worker, args=(nproc, free_port(), cfg, flags), nprocs=nproc, join=True)
     except mp.ProcessException as e:

@@ -73,6 +73,7 @@ def register(sub) -> None:
     t.add_argument("--tp", type=positive_int, default=1,
                    help="head-parallel degree: split each attention layer's heads over this many of the processes")
     t.set_defaults(func=run_train)
+    _mark_defaults(t)
 
     c = sub.add_parser("check", help="run the sanity checks on a run directory")
     c.add_argument("run", type=Path, help="a run directory (with run.json)")
@@ -111,19 +112,49 @@ def _overrides(text: str) -> dict:
     return out
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from .loop import Trainer
+class _Default:
+    """A flag's default, wrapped so that a run can tell a setting given on the command
+    line from one left alone (a resume changes only what was given)."""
 
-    fields = {k: v for k, v in vars(args).items()
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __repr__ = __str__
+
+
+def _mark_defaults(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if action.dest in TrainConfig.__dataclass_fields__ and action.default not in (None, argparse.SUPPRESS):
+            action.default = _Default(action.default)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
+    """The run's TrainConfig from ``headwise train``'s arguments, and the settings that
+    were given explicitly (what a ``--resume`` may change)."""
+    given = {k: v for k, v in vars(args).items()
+             if k in TrainConfig.__dataclass_fields__ and v is not None and not isinstance(v, _Default)}
+    fields = {k: (v.value if isinstance(v, _Default) else v) for k, v in vars(args).items()
               if k in TrainConfig.__dataclass_fields__ and v is not None}
-    fields.setdefault("out", f"runs/{args.objective}-{args.preset}")
-    if args.max_time is not None and args.steps is None:
-        fields["steps"] = 10**9 if args.max_time else TrainConfig().steps
+    fields.setdefault("out", f"runs/{fields['objective']}-{fields['preset']}")
+    if args.max_time is not None and args.steps is None and not args.resume:
+        fields["steps"] = 10**9
         # with only a time budget the schedule cannot know its length: keep the lr flat
         fields["decay"] = "constant"
-    cfg = TrainConfig(**fields)
-    check_before_start(cfg)
+    return TrainConfig(**fields), given
+
+
+def run_train(args: argparse.Namespace, *, story=None) -> int:
+    """Train as ``args`` say. ``story(trainer) -> exit status``, when given, takes over
+    the single-process Trainer before it runs (headwise.app: train, inspect, summarise)."""
+    from .loop import Trainer
+
+    cfg, given = config_from_args(args)
+    check_before_start(cfg, resume=args.resume)
     nproc, tp = getattr(args, "nproc", 1), getattr(args, "tp", 1)
+    changes = given if args.resume else None
     from ..distributed.ddp import in_distributed_env
 
     if in_distributed_env():  # started by torchrun: this process is one rank
@@ -131,20 +162,24 @@ def run_train(args: argparse.Namespace) -> int:
             raise ValueError(f"--nproc {nproc} inside torchrun: torchrun already started the processes; drop --nproc")
         from ..distributed.trainer import run_distributed
 
-        run_distributed(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, tp=tp)
+        run_distributed(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, tp=tp,
+                        changes=changes)
         return 0
     if nproc != 1 or tp != 1:
         from ..distributed.trainer import launch
 
-        return launch(cfg, nproc, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, tp=tp)
-    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
+        return launch(cfg, nproc, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, tp=tp,
+                      changes=changes)
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, changes=changes)
+    if story is not None:
+        return story(trainer)
     val = trainer.run()
     print(f"run {trainer.run_dir}: step {trainer.step}; validation " + json.dumps(
         {k: round(v, 4) for k, v in val.items()}))
     return 0
 
 
-def check_before_start(cfg: TrainConfig) -> None:
+def check_before_start(cfg: TrainConfig, *, resume: bool = False) -> None:
     """Refuse settings that would fail only after the run directory is written: the
     device, an --out that is a file, the model fields (--model, --dropout, --block-len).
     Raises ValueError or FileExistsError naming the flag."""
@@ -155,7 +190,8 @@ def check_before_start(cfg: TrainConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run")
-    model_config_for(cfg, cfg.vocab_size)  # the tokenizer's size is not known yet: any valid one
+    if not resume:  # a resume builds the saved model
+        model_config_for(cfg, cfg.vocab_size)  # the tokenizer's size is not known yet: any valid one
 
 
 def run_check(args: argparse.Namespace) -> int:

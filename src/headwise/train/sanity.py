@@ -100,7 +100,9 @@ def causality_check(decoder, batch: torch.Tensor) -> CheckResult:
     was_training = decoder.training
     decoder.eval()
     try:
-        x = batch[:1]
+        # a CLM block holds one token more than the model reads (the last is only a target)
+        x = batch[:1, :-1] if batch.shape[1] > 2 else batch[:1]
+        x = x[:, : decoder.cfg.max_len]
         logits = decoder(x)
         t_len = x.shape[1]
         worst = 0.0

@@ -1,0 +1,41 @@
+"""Tiny training runs for the tests: a deterministic synthetic corpus and a TrainConfig
+small enough that a run of a few steps takes a second or two on a CPU."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from headwise.train import TrainConfig
+
+WORDS = "the a cat dog sat ran on under mat tree quickly slowly big small red green".split()
+
+
+def write_corpus(path: Path, docs: int = 300, seed: int = 0) -> Path:
+    """``docs`` lines of five short random sentences each, written to ``path``."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(docs):
+        sents = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(5)]
+        lines.append(" ".join(sents))
+    Path(path).write_text("\n".join(lines))
+    return Path(path)
+
+
+def tiny_cfg(corpus, out, **kw) -> TrainConfig:
+    """A 2-layer, 32-wide run of 8 steps with evaluations and checkpoints every 4."""
+    base = dict(objective="mlm", corpus=str(corpus), out=str(out), steps=8, batch_size=8, block_len=32,
+                vocab_size=300, warmup=2, eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4,
+                dropout=0.1, model={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64},
+                sanity_checks=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def tiny_cli_args(corpus, out, *extra: str) -> list[str]:
+    """``headwise train`` arguments for the same tiny run."""
+    return ["train", "--objective", "mlm", "--corpus", str(corpus), "--out", str(out), "--steps", "8",
+            "--batch-size", "8", "--block-len", "32", "--vocab-size", "300", "--warmup", "2",
+            "--eval-every", "4", "--eval-batches", "2", "--log-every", "2", "--checkpoint-every", "4",
+            "--dropout", "0.1", "--model", "n_layers=2,d_model=32,n_heads=2,d_ff=64", "--no-sanity-checks",
+            "--quiet", *extra]
