@@ -27,7 +27,24 @@ from .attention.backends import check_backend_name
 from .attention.functional import attend
 from .attention.masks import normalize_mask
 
-__all__ = ["MultiheadAttention"]
+__all__ = ["MultiheadAttention", "ShapeError", "ShapeRuntimeError"]
+
+
+class ShapeError(ValueError, AssertionError):
+    """An input of the wrong shape, where ``torch.nn.MultiheadAttention`` raises an
+    AssertionError. Both ``except ValueError`` (headwise's convention) and
+    ``except AssertionError`` (code written against torch) catch it, and the message
+    holds torch's own sentence after headwise's."""
+
+
+class ShapeRuntimeError(ValueError, RuntimeError):
+    """An input of the wrong shape (or a missing mask), where torch raises a
+    RuntimeError; caught by ``except ValueError`` and ``except RuntimeError``, with
+    torch's sentence in the message."""
+
+
+def _both(ours: str, theirs: str) -> str:
+    return f"{ours} [torch: {theirs}]"
 
 
 class MultiheadAttention(nn.Module):
@@ -65,10 +82,11 @@ class MultiheadAttention(nn.Module):
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
             raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
         if embed_dim % num_heads != 0:
-            raise ValueError(
+            raise ShapeError(_both(
                 f"num_heads ({num_heads}) must divide embed_dim ({embed_dim}); for heads of "
-                f"another width use headwise.attention.MultiHeadAttention(head_dim=...)"
-            )
+                f"another width use headwise.attention.MultiHeadAttention(head_dim=...)",
+                "embed_dim must be divisible by num_heads",
+            ))
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         check_backend_name(backend)
@@ -142,21 +160,13 @@ class MultiheadAttention(nn.Module):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         batched = query.dim() == 3
-        if query.dim() not in (2, 3):
-            raise ValueError(
-                f"query must be 2-D (L, E) or 3-D ({'N, L' if self.batch_first else 'L, N'}, E), "
-                f"got shape {tuple(query.shape)}"
-            )
-        for name, t in (("key", key), ("value", value)):
-            if t.dim() != query.dim():
-                raise ValueError(
-                    f"{name} must have the same rank as query ({query.dim()}-D), got shape "
-                    f"{tuple(t.shape)}"
-                )
+        self._check_ranks(query, key, value, key_padding_mask, attn_mask)
         if is_causal and attn_mask is None:
-            raise ValueError(
-                "is_causal=True is a hint that attn_mask is the causal mask; pass attn_mask too"
-            )
+            raise ShapeRuntimeError(_both(
+                "is_causal=True is a hint that attn_mask is the causal mask; pass attn_mask too",
+                "Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
+                "method `generate_square_subsequent_mask` to create this mask.",
+            ))
         if not batched:
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
             if key_padding_mask is not None:
@@ -167,16 +177,28 @@ class MultiheadAttention(nn.Module):
         tgt_len, bsz, e = query.shape
         src_len = key.shape[0]
         if e != self.embed_dim:
-            raise ValueError(f"query must have last dimension {self.embed_dim}, got {e}")
+            raise ShapeError(_both(f"query must have last dimension {self.embed_dim}, got {e}",
+                                   f"was expecting embedding dimension of {self.embed_dim}, but got {e}"))
+        if self._qkv_same_embed_dim and key.shape != value.shape:
+            raise ShapeError(_both(
+                f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same shape",
+                f"key shape {key.shape} does not match value shape {value.shape}",
+            ))
+        if key.shape[:2] != value.shape[:2]:
+            raise ShapeError(_both(
+                f"key {tuple(key.shape)} and value {tuple(value.shape)} must share sequence length and "
+                f"batch size",
+                f"key's sequence and batch dims {key.shape[:2]} do not match value's {value.shape[:2]}",
+            ))
         if key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
-            raise ValueError(
+            raise ShapeRuntimeError(
                 f"key and value must have last dimensions kdim={self.kdim} and "
                 f"vdim={self.vdim}, got {key.shape[-1]} and {value.shape[-1]}"
             )
-        if key.shape[:2] != value.shape[:2] or key.shape[1] != bsz:
-            raise ValueError(
-                f"key {tuple(key.shape)} and value {tuple(value.shape)} must share sequence "
-                f"length and batch size ({bsz})"
+        if key.shape[1] != bsz:
+            raise ShapeRuntimeError(
+                f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the batch size of "
+                f"query ({bsz})"
             )
         w = self.out_proj.weight
         for name, t in (("query", query), ("key", key), ("value", value)):
@@ -219,6 +241,8 @@ class MultiheadAttention(nn.Module):
             k = torch.cat([k, k.new_zeros(bsz, h, 1, d)], dim=2)
             v = torch.cat([v, v.new_zeros(bsz, h, 1, d)], dim=2)
             attn_mask, key_padding_mask = _pad_masks(attn_mask, key_padding_mask)
+        if key_padding_mask is not None:
+            _check_key_padding_mask(key_padding_mask, bsz, k.shape[2])
 
         mask = normalize_mask(
             batch=bsz,
@@ -260,23 +284,80 @@ class MultiheadAttention(nn.Module):
             return None
         if attn_mask.dim() == 2:
             if tuple(attn_mask.shape) != (tgt_len, src_len):
-                raise ValueError(
+                raise ShapeRuntimeError(_both(
                     f"2-D attn_mask must have shape (L, S) = ({tgt_len}, {src_len}), got "
-                    f"{tuple(attn_mask.shape)}"
-                )
+                    f"{tuple(attn_mask.shape)}",
+                    f"The shape of the 2D attn_mask is {attn_mask.shape}, but should be {(tgt_len, src_len)}.",
+                ))
             return attn_mask[None, None]
         if attn_mask.dim() == 3:
             want = (bsz * self.num_heads, tgt_len, src_len)
             if tuple(attn_mask.shape) != want:
-                raise ValueError(
+                raise ShapeRuntimeError(_both(
                     f"3-D attn_mask must have shape (N*num_heads, L, S) = {want}, got "
-                    f"{tuple(attn_mask.shape)}"
-                )
+                    f"{tuple(attn_mask.shape)}",
+                    f"The shape of the 3D attn_mask is {attn_mask.shape}, but should be {want}.",
+                ))
             return attn_mask.view(bsz, self.num_heads, tgt_len, src_len)
-        raise ValueError(
+        raise ShapeRuntimeError(  # _check_ranks refused other ranks already
             f"attn_mask must be 2-D (L, S) or 3-D (N*num_heads, L, S), got shape "
             f"{tuple(attn_mask.shape)}"
         )
+
+    def _check_ranks(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
+                     attn_mask: Tensor | None) -> None:
+        """torch's _mha_shape_check: the ranks of the inputs and masks (raises ShapeError)."""
+        layout = "N, L" if self.batch_first else "L, N"
+        if query.dim() not in (2, 3):
+            raise ShapeError(_both(
+                f"query must be 2-D (L, E) or 3-D ({layout}, E), got shape {tuple(query.shape)}",
+                f"query should be unbatched 2D or batched 3D tensor but received {query.dim()}-D query tensor",
+            ))
+        batched = query.dim() == 3
+        which = "For batched (3-D) `query`" if batched else "For unbatched (2-D) `query`"
+        if key.dim() != query.dim() or value.dim() != query.dim():
+            name, t = ("key", key) if key.dim() != query.dim() else ("value", value)
+            raise ShapeError(_both(
+                f"{name} must have the same rank as query ({query.dim()}-D), got shape {tuple(t.shape)}",
+                f"{which}, expected `key` and `value` to be {query.dim()}-D but found {key.dim()}-D and "
+                f"{value.dim()}-D tensors respectively",
+            ))
+        kpm_dim = 2 if batched else 1
+        if key_padding_mask is not None and key_padding_mask.dim() != kpm_dim:
+            raise ShapeError(_both(
+                f"key_padding_mask must be {kpm_dim}-D ({'N, S' if batched else 'S'}), got shape "
+                f"{tuple(key_padding_mask.shape)}",
+                f"{which}, expected `key_padding_mask` to be `None` or {kpm_dim}-D but found "
+                f"{key_padding_mask.dim()}-D tensor instead",
+            ))
+        if attn_mask is not None:
+            if attn_mask.dim() not in (2, 3):
+                raise ShapeError(_both(
+                    f"attn_mask must be 2-D (L, S) or 3-D (N*num_heads, L, S), got shape "
+                    f"{tuple(attn_mask.shape)}",
+                    f"{which}, expected `attn_mask` to be `None`, 2-D or 3-D but found {attn_mask.dim()}-D "
+                    f"tensor instead",
+                ))
+            if not batched and attn_mask.dim() == 3:
+                want = (self.num_heads, query.shape[0], key.shape[0])
+                if attn_mask.shape != want:
+                    raise ShapeError(_both(
+                        f"an unbatched query's 3-D attn_mask must have shape (num_heads, L, S) = {want}, got "
+                        f"{tuple(attn_mask.shape)}",
+                        f"Expected `attn_mask` shape to be {want} but got {attn_mask.shape}",
+                    ))
+
+
+def _check_key_padding_mask(key_padding_mask: Tensor, bsz: int, src_len: int) -> None:
+    """``(N, S)``, S counting an appended bias_k/zero key (raises ShapeError, as torch asserts)."""
+    got = tuple(key_padding_mask.shape)
+    for axis, want, what in ((0, bsz, "N (batch)"), (1, src_len, "S (keys)")):
+        if got[axis] != want:
+            raise ShapeError(_both(
+                f"key_padding_mask must have shape (N, S) = ({bsz}, {src_len}), got {got}: its {what} "
+                f"size is {got[axis]}",
+                f"Expected key_padded_mask.shape[{axis}] to be {want}, but got {got[axis]}",
+            ))
 
 
 def _pad_masks(
