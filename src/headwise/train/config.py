@@ -32,6 +32,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
+    optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
+    muon_lr: float = 0.02  # Muon's peak learning rate (optimizer="muon"); lr is AdamW's
     warmup: int = 100
     decay: str = "cosine"
     min_lr_ratio: float = 0.1
@@ -67,6 +69,10 @@ class TrainConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if isinstance(self.muon_lr, bool) or not isinstance(self.muon_lr, (int, float)) or self.muon_lr <= 0:
+            raise ValueError(f"muon_lr must be positive, got {self.muon_lr!r}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive minutes, got {self.max_time}")
         if self.decay not in ("cosine", "linear", "constant"):

@@ -23,6 +23,7 @@ from .checkpoint import CheckpointError, load_checkpoint, newest_intact, rng_sta
 from .config import TrainConfig
 from .evaluate import evaluate_blocks
 from .metrics import MetricsLog, plot_loss_curve
+from .optim import build_optimizer
 from .rundir import RunDir
 from .schedule import make_scheduler
 
@@ -121,9 +122,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.parts: RunParts = self._build_parts(cfg, resume=resume)
         self.objective = self.parts.objective
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.objective, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-            fused=self.device.type == "cuda" or None,
+        self.optimizer = build_optimizer(
+            self.objective, optimizer=cfg.optimizer, lr=cfg.lr, betas=cfg.betas,
+            weight_decay=cfg.weight_decay, muon_lr=cfg.muon_lr, fused=self.device.type == "cuda" or None,
         )
         self.scheduler = make_scheduler(self.optimizer, warmup=cfg.warmup, total=cfg.steps,
                                         decay=cfg.decay, min_ratio=cfg.min_lr_ratio)
