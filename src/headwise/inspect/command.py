@@ -255,6 +255,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     loaded = load_model(args.model, args.device)
     load_s = time.perf_counter() - t0
+    timeline = None
+    if (Path(args.model) / "run.json").is_file():  # a run: its heads over training, if recorded
+        from .timeline import read_head_record
+
+        timeline = read_head_record(args.model) or None
     kw: dict[str, Any] = {}
     if args.importance:
         if loaded.objective is None:
@@ -275,9 +280,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     command = _command_line(args)
     written = write_report(result, out, title=f"headwise inspect: {loaded.description}", command=command,
-                           pruning_metric=loaded.metric if args.importance else None)
+                           pruning_metric=loaded.metric if args.importance else None, timeline=timeline)
     report_s = time.perf_counter() - t0
     print(summary_table(result))
+    if timeline:
+        from .timeline import timeline_summary
+
+        print("\n" + timeline_summary(timeline))
     if result.importance is not None:
         flat = result.importance.flatten()
         order = flat.argsort(descending=True).tolist()[:5]

@@ -16,6 +16,13 @@
   (matplotlib, Agg backend).
 * ``measures.json`` — the whole result dict.
 
+Given a run's head record (``timeline=``, the rows of ``heads.jsonl``, see
+:mod:`headwise.inspect.timeline`) the page also has a section "Roles over training":
+one row per head (``L.H``), one column per evaluation step, each cell coloured by the
+head's primary role at that step (hover: the step, the roles and the measures), and a
+line chart of one chosen measure per head over the steps (the selected head drawn in
+its role's colour).
+
 :func:`summary_table` gives the plain-text summary the ``headwise inspect`` command
 prints (per relation: best head and accuracy against the offset baseline; role counts).
 """
@@ -26,13 +33,14 @@ import html
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from . import InspectResult
 
-__all__ = ["ROLE_COLORS", "REPORT_FILES", "write_report", "summary_table", "report_data"]
+__all__ = ["ROLE_COLORS", "REPORT_FILES", "write_report", "summary_table", "report_data", "timeline_data"]
 
 #: colour of each primary role (grid cells, legend, role figure).
 ROLE_COLORS: dict[str, str] = {
@@ -163,10 +171,12 @@ def summary_table(result: InspectResult | dict[str, Any], relations: list[str] |
 
 # ------------------------------------------------------------------ data for the page
 def report_data(result: InspectResult | dict[str, Any], *, title: str = "", command: str | None = None,
-                pruning_metric: str | None = None) -> dict[str, Any]:
+                pruning_metric: str | None = None,
+                timeline: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The compact JSON the page embeds: per-head measures, roles with evidence and top
-    relations, the probe's best-head table, and the example sentences' attention maps
-    as integers in thousandths (``weights[l][h][q][k]``)."""
+    relations, the probe's best-head table, the example sentences' attention maps
+    as integers in thousandths (``weights[l][h][q][k]``), and with ``timeline`` (a
+    run's head record) :func:`timeline_data`."""
     d = _as_dict(result)
     n_layers = int(d["model"]["n_layers"])
     meas = d["measures"]
@@ -234,7 +244,39 @@ def report_data(result: InspectResult | dict[str, Any], *, title: str = "", comm
         "pruning_metric": pruning_metric,
         "examples": examples,
         "timings": d.get("timings", {}),
+        "timeline": timeline_data(timeline) if timeline else None,
     }
+
+
+def timeline_data(records: Sequence[dict[str, Any]], digits: int = 4) -> dict[str, Any]:
+    """The head record (rows of ``heads.jsonl``) by head, for the page: ``{"steps":
+    [...], "measures": [names], "heads": [{"id", "layer", "head", "primary": [per step],
+    "roles": [[...] per step], "measures": {name: [per step]}}]}`` (layer-major,
+    values rounded to ``digits``)."""
+    rows = sorted(records, key=lambda r: r["step"])
+    if not rows:
+        raise ValueError("timeline_data needs at least one row of the head record")
+    names: list[str] = []
+    for h in rows[-1]["heads"]:
+        for k in h["measures"]:
+            if k not in names:
+                names.append(k)
+    heads: dict[tuple[int, int], dict[str, Any]] = {}
+    n = len(rows)
+    for i, row in enumerate(rows):
+        for h in row["heads"]:
+            key = (int(h["layer"]), int(h["head"]))
+            if key not in heads:
+                heads[key] = {"id": _head_name(*key), "layer": key[0], "head": key[1], "primary": [None] * n,
+                              "roles": [[] for _ in range(n)], "measures": {m: [None] * n for m in names}}
+            t = heads[key]
+            t["primary"][i] = h["role"]
+            t["roles"][i] = list(h.get("roles", []))
+            for m in names:
+                v = h["measures"].get(m)
+                t["measures"][m][i] = round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
+    return {"steps": [int(r["step"]) for r in rows], "measures": names,
+            "heads": [heads[k] for k in sorted(heads)]}
 
 
 # ------------------------------------------------------------------ figures
@@ -389,6 +431,14 @@ table.kv td.num{text-align:right;font-variant-numeric:tabular-nums}
 select{font-size:13px;max-width:100%}
 .muted{color:#888}
 .good{color:#1a7f1a}.bad{color:#b22}
+#timeline{flex-basis:100%;box-sizing:border-box;overflow:auto}
+table.tl{border-collapse:separate;border-spacing:1px}
+table.tl th{font-weight:normal;color:#666;font-size:11px;padding:0 4px;text-align:right;white-space:nowrap}
+table.tl th.tl-head{cursor:pointer}
+table.tl th.tl-step{text-align:left;padding:0;width:14px;max-width:14px;overflow:visible;font-size:10px}
+table.tl tr.selected th.tl-head{color:#000;font-weight:bold}
+td.tl-cell{width:14px;min-width:14px;height:14px;padding:0;border-radius:2px}
+#tl-chart-wrap{margin-top:10px}
 """
 
 _JS = r"""
@@ -478,12 +528,84 @@ _JS = r"""
       '(attends to); darker = more attention (square-root scale). Hover a cell for its weight.'));
   }
 
+  // "Roles over training": one measure of every head against the step, selected head on top
+  var TL = D.timeline;
+  function tlChart(){
+    var wrap = document.getElementById('tl-chart-wrap');
+    var pick = document.getElementById('tl-measure');
+    if (!TL || !wrap || !pick) return;
+    wrap.innerHTML = '';
+    var name = pick.value, steps = TL.steps;
+    var lo = Infinity, hi = -Infinity;
+    TL.heads.forEach(function(h){ h.measures[name].forEach(function(v){
+      if (v !== null && isFinite(v)){ lo = Math.min(lo, v); hi = Math.max(hi, v); } }); });
+    if (!isFinite(lo)){ wrap.appendChild(el('p', {'class': 'muted'}, 'no values of ' + name)); return; }
+    if (hi - lo < 1e-9){ hi = lo + 1; }
+    var W = 640, Hh = 220, L = 48, R = 12, T = 10, B = 28;
+    var s0 = steps[0], s1 = steps[steps.length - 1] === s0 ? s0 + 1 : steps[steps.length - 1];
+    function X(s){ return L + (s - s0) / (s1 - s0) * (W - L - R); }
+    function Y(v){ return T + (1 - (v - lo) / (hi - lo)) * (Hh - T - B); }
+    var NS = 'http://www.w3.org/2000/svg';
+    var svg = document.createElementNS(NS, 'svg');
+    svg.setAttribute('width', W); svg.setAttribute('height', Hh); svg.setAttribute('id', 'tl-chart');
+    svg.setAttribute('data-measure', name); svg.setAttribute('font-size', '10');
+    function line(x1, y1, x2, y2, c){
+      var e = document.createElementNS(NS, 'line');
+      e.setAttribute('x1', x1); e.setAttribute('y1', y1); e.setAttribute('x2', x2); e.setAttribute('y2', y2);
+      e.setAttribute('stroke', c); svg.appendChild(e);
+    }
+    function text(x, y, s, anchor){
+      var e = document.createElementNS(NS, 'text');
+      e.setAttribute('x', x); e.setAttribute('y', y); e.setAttribute('text-anchor', anchor || 'middle');
+      e.setAttribute('fill', '#666'); e.textContent = s; svg.appendChild(e);
+    }
+    line(L, Hh - B, W - R, Hh - B, '#999'); line(L, T, L, Hh - B, '#999');
+    [lo, (lo + hi) / 2, hi].forEach(function(v){ text(L - 4, Y(v) + 3, fmt(v, 2), 'end'); line(L - 3, Y(v), L, Y(v), '#999'); });
+    [s0, steps[Math.floor((steps.length - 1) / 2)], steps[steps.length - 1]].forEach(function(s){
+      text(X(s), Hh - B + 14, String(s)); });
+    text((L + W - R) / 2, Hh - 2, 'step');
+    var order = TL.heads.filter(function(h){ return !current || h.id !== current.id; });
+    TL.heads.forEach(function(h){ if (current && h.id === current.id) order.push(h); });
+    order.forEach(function(h){
+      var sel = current && h.id === current.id;
+      var pts = [];
+      h.measures[name].forEach(function(v, i){ if (v !== null && isFinite(v)) pts.push(X(steps[i]) + ',' + Y(v)); });
+      var last = h.primary[h.primary.length - 1] || 'other';
+      var pl = document.createElementNS(NS, 'polyline');
+      pl.setAttribute('points', pts.join(' ')); pl.setAttribute('fill', 'none');
+      pl.setAttribute('stroke', sel ? (D.role_colors[last.split(':')[0]] || '#333') : '#bbb');
+      pl.setAttribute('stroke-width', sel ? '2.5' : '1'); pl.setAttribute('data-head', h.id);
+      var tt = document.createElementNS(NS, 'title'); tt.textContent = h.id + ': ' + name; pl.appendChild(tt);
+      svg.appendChild(pl);
+    });
+    wrap.appendChild(svg);
+    wrap.appendChild(el('p', {'class': 'muted'}, name + ' of every head at each evaluation' +
+      (current ? '; ' + current.id + ' drawn in the colour of its last role' : '')));
+  }
+  if (TL){
+    var pick = document.getElementById('tl-measure');
+    if (pick){
+      if (TL.measures.indexOf('offset_-1') >= 0) pick.value = 'offset_-1';
+      pick.addEventListener('change', tlChart);
+    }
+    var tlHeads = document.querySelectorAll('#timeline-grid th.tl-head');
+    for (var i = 0; i < tlHeads.length; i++){
+      tlHeads[i].addEventListener('click', function(ev){
+        var id = ev.currentTarget.getAttribute('data-head');
+        if (byId[id]) select(id);
+      });
+    }
+  }
+
   function select(id){
     var h = byId[id];
     if (!h){ window.__errors.push('no head ' + id); mark(); return; }
     current = h;
     var cells = document.querySelectorAll('td.cell');
     for (var i = 0; i < cells.length; i++) cells[i].classList.toggle('selected', cells[i].id === 'cell-' + id);
+    var rows = document.querySelectorAll('#timeline-grid tr.tl-row');
+    for (var i = 0; i < rows.length; i++) rows[i].classList.toggle('selected', rows[i].id === 'tl-' + id);
+    tlChart();
     var p = document.getElementById('panel');
     p.innerHTML = '';
     p.setAttribute('data-head', id);
@@ -627,6 +749,50 @@ def _probe_html(view: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _timeline_html(tl: dict[str, Any] | None) -> str:
+    """The "Roles over training" section: a heads x steps grid coloured by primary
+    role, and the place of the measure chart the page script draws."""
+    if not tl:
+        return ""
+    steps = tl["steps"]
+    every = max(1, math.ceil(len(steps) / 12))  # label about 12 of the columns
+    head = ["<tr><th>step</th>"] + [
+        f"<th class='tl-step'>{s if (i % every == 0 or i == len(steps) - 1) else ''}</th>"
+        for i, s in enumerate(steps)
+    ] + ["</tr>"]
+    rows = []
+    for h in tl["heads"]:
+        cells = []
+        for i, step in enumerate(steps):
+            primary = h["primary"][i]
+            if primary is None:
+                cells.append("<td class='tl-cell tl-missing' title='not recorded'></td>")
+                continue
+            role = _base_role(primary)
+            tip = [f"L{h['layer']} H{h['head']}, step {step}: {primary}"
+                   + (f" ({', '.join(h['roles'][i])})" if len(h["roles"][i]) > 1 else "")]
+            tip += [f"{m} {_fmt(h['measures'][m][i])}" for m in tl["measures"]]
+            cells.append(f"<td class='tl-cell' data-step='{step}' data-role='{html.escape(role)}' "
+                         f"style='background:{ROLE_COLORS.get(role, '#ccc')}' "
+                         f"title='{html.escape(chr(10).join(tip))}'></td>")
+        rows.append(f"<tr class='tl-row' id='tl-{h['id']}' data-head='{h['id']}'>"
+                    f"<th class='tl-head' data-head='{h['id']}'>L{h['layer']}.H{h['head']}</th>{''.join(cells)}</tr>")
+    legend = "".join(
+        f"<span><span class='sw' style='background:{c}'></span>{html.escape(n)}</span>" for n, c in ROLE_COLORS.items()
+    )
+    options = "".join(f"<option value='{html.escape(m)}'>{html.escape(m)}</option>" for m in tl["measures"])
+    return (
+        "<section id='timeline'><h2>Roles over training</h2>"
+        f"<p class='muted' style='margin:0 0 6px'>Each head's primary role at each of the run's {len(steps)} "
+        f"evaluations (steps {steps[0]}..{steps[-1]}), measured on a fixed probe batch of validation blocks; "
+        "hover a cell for the measures, click a head to select it.</p>"
+        f"<table class='tl' id='timeline-grid'>{''.join(head)}{''.join(rows)}</table>"
+        f"<div class='legend'>{legend}</div>"
+        f"<h3>One measure over training</h3><select id='tl-measure'>{options}</select>"
+        "<div id='tl-chart-wrap'></div></section>"
+    )
+
+
 def _html(d: dict[str, Any], view: dict[str, Any], figures: list[str]) -> str:
     blob = json.dumps(view, separators=(",", ":"), allow_nan=False)
     # "</" inside a <script> would end it; "<!--" would start a comment
@@ -654,6 +820,7 @@ def _html(d: dict[str, Any], view: dict[str, Any], figures: list[str]) -> str:
 <p class="muted">Figures: {figs} · data: <a href="measures.json">measures.json</a></p>
 </section>
 <section id="panel"><h2>Select a head</h2></section>
+{_timeline_html(view.get("timeline"))}
 </main>
 <div id="status" data-errors="0" data-selected="" style="color:#b22;padding:0 20px"></div>
 <script type="application/json" id="headwise-data">{blob}</script>
@@ -664,7 +831,7 @@ def _html(d: dict[str, Any], view: dict[str, Any], figures: list[str]) -> str:
 
 def write_report(result: InspectResult | dict[str, Any], out_dir: str | os.PathLike, *, title: str = "",
                  command: str | None = None, pruning_metric: str | None = None,
-                 figures: bool = True) -> dict[str, Path]:
+                 figures: bool = True, timeline: Sequence[dict[str, Any]] | None = None) -> dict[str, Path]:
     """Write ``report.html``, ``measures.json`` and (with ``figures``) the PNG figures
     into ``out_dir`` (created if needed; existing files of the same names are
     replaced — the CLI guards against overwriting). Returns ``{file name: path}``.
@@ -676,6 +843,8 @@ def write_report(result: InspectResult | dict[str, Any], out_dir: str | os.PathL
         command: the command line that produced the result, shown on the page.
         pruning_metric: the name of the pruning curve's metric (axis label).
         figures: also write the PNG figures (matplotlib).
+        timeline: a run's head record (:func:`headwise.inspect.timeline.read_head_record`):
+            adds the "Roles over training" section.
     """
     d = _as_dict(result)
     out = Path(out_dir)
@@ -689,7 +858,7 @@ def write_report(result: InspectResult | dict[str, Any], out_dir: str | os.PathL
     if figures:
         for p in _figures(d, out, pruning_metric):
             written[p.name] = p
-    view = report_data(d, title=title, command=command, pruning_metric=pruning_metric)
+    view = report_data(d, title=title, command=command, pruning_metric=pruning_metric, timeline=timeline)
     path = out / "report.html"
     path.write_text(_html(d, view, [n for n in written if n.endswith(".png")]), encoding="utf-8")
     written[path.name] = path

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..train.rundir import register_run_entry
 from .capture import capture, n_layers_heads
 from .measures import MeasureAccumulator, induction_scores
 from .roles import DEFAULT_THRESHOLDS, RoleThresholds, assign_roles
@@ -59,6 +60,8 @@ __all__ = [
 
 #: the record's file name inside a run directory.
 HEADS_FILE = "heads.jsonl"
+# a run's own file: --overwrite may remove it (headwise.train.rundir's manifest)
+register_run_entry(HEADS_FILE)
 #: the measures each row holds per head, in this order (``induction`` for decoders only).
 RECORDED_MEASURES: tuple[str, ...] = (
     "entropy", "normalized_entropy", "to_special",
