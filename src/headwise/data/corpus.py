@@ -224,14 +224,35 @@ def _jsonl_documents(path: Path, text: str) -> Iterator[str]:
                 f"corpus file {str(path)!r}, line {lineno}: invalid JSON ({err.msg}); "
                 'expected one JSON object per line with a "text" field'
             ) from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            got = type(record).__name__ if not isinstance(record, dict) else sorted(record)
+        where = f"corpus file {str(path)!r}, line {lineno}"
+        if not isinstance(record, dict):
             raise ValueError(
-                f"corpus file {str(path)!r}, line {lineno}: expected a JSON object with a "
-                f'string "text" field, got {got!r}'
+                f'{where}: expected a JSON object with a string "text" field, got a JSON '
+                f"{_json_type(record)}"
+            )
+        if "text" not in record:
+            raise ValueError(
+                f'{where}: the object has no "text" field (its keys: {sorted(record)}); expected a '
+                f'string "text" field'
+            )
+        if not isinstance(record["text"], str):
+            raise ValueError(
+                f'{where}: key "text" holds a JSON {_json_type(record["text"])} '
+                f"({json.dumps(record['text'])[:40]}); expected a string"
             )
         if record["text"].strip():
             yield record["text"]
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type (number, not int)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
 
 
 def _file_documents(path: Path) -> Iterator[str]:

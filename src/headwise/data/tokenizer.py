@@ -43,7 +43,8 @@ from tokenizers import Tokenizer as _HFTokenizer
 
 from .corpus import Corpus
 
-__all__ = ["Tokenizer", "TokenizerKind", "train_tokenizer", "load_or_train_tokenizer", "KINDS"]
+__all__ = ["Tokenizer", "TokenizerKind", "train_tokenizer", "load_or_train_tokenizer", "KINDS",
+           "min_vocab_size"]
 
 TokenizerKind = Literal["wordpiece", "bpe", "char"]
 KINDS: tuple[str, ...] = ("wordpiece", "bpe", "char")
@@ -381,6 +382,20 @@ def _build_char(texts: Iterable[str], vocab_size: int) -> _HFTokenizer:
     return tok
 
 
+def min_vocab_size(kind: str) -> int:
+    """The smallest ``vocab_size`` a ``kind`` tokenizer can have on any corpus: its
+    special tokens plus one character (char, wordpiece) or the 256 bytes (bpe). A
+    wordpiece tokenizer needs more: every character of its corpus."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return len(_SPECIALS[kind]) + (256 if kind == "bpe" else 1)
+
+
+def _min_vocab_reason(kind: str) -> str:
+    n = len(_SPECIALS[kind])
+    return f"256 bytes + {n} special tokens" if kind == "bpe" else f"{n} special tokens + 1 character"
+
+
 def train_tokenizer(
     corpus: Corpus | Iterable[str],
     kind: str = "wordpiece",
@@ -406,15 +421,24 @@ def train_tokenizer(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-    if kind == "bpe" and vocab_size < 256 + len(_SPECIALS["bpe"]):
+    if vocab_size < min_vocab_size(kind):
         raise ValueError(
-            f"vocab_size={vocab_size} is too small for byte-level BPE; it needs at least "
-            f"{256 + len(_SPECIALS['bpe'])} (256 bytes + specials)"
+            f"vocab_size={vocab_size} is too small for a {kind} tokenizer: it needs at least "
+            f"{min_vocab_size(kind)} ({_min_vocab_reason(kind)})"
         )
     texts = _texts(corpus)
     if kind == "wordpiece":
         hf = _build_wordpiece(texts, vocab_size, min_frequency, lowercase, strip_accents,
                               show_progress)
+        # the trainer keeps every character of the corpus whatever the limit: refuse
+        # rather than hand back a larger vocabulary than was asked for
+        if hf.get_vocab_size() > vocab_size:
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small for a wordpiece tokenizer of this corpus: its "
+                f"special tokens and single characters alone take {hf.get_vocab_size()}; use "
+                f"vocab_size >= {hf.get_vocab_size()} (or the char tokenizer, which keeps the most "
+                f"frequent characters)"
+            )
     elif kind == "bpe":
         hf = _build_bpe(texts, vocab_size, min_frequency, show_progress)
     else:

@@ -23,7 +23,7 @@ _NUMBERS = (
     ("log-every", positive_int, "log training metrics every N steps"),
     ("checkpoint-every", positive_int, "write a checkpoint every N steps"),
     ("seed", nonneg_int, "random seed (data order, initialisation, masking)"),
-    ("vocab-size", positive_int, "vocabulary size of a trained tokenizer"),
+    ("vocab-size", positive_int, "vocabulary size of a trained tokenizer, specials included (not with --tokenizer)"),
     ("dropout", float_in(0.0, 1.0, high_open=True), "dropout, replacing the preset's"),
 )
 
@@ -56,7 +56,8 @@ def register(sub) -> None:
     t.add_argument("--tokenizer", default=None,
                    help="a tokenizer.json to use instead of training one (default: train one on the corpus)")
     t.add_argument("--tokenizer-kind", choices=["wordpiece", "bpe", "char"], default=None,
-                   help="kind of tokenizer to train (default: wordpiece for mlm/rtd, bpe for clm)")
+                   help="kind of tokenizer to train (default: wordpiece for mlm/rtd, bpe for clm; "
+                        "not with --tokenizer)")
     t.add_argument("--whole-word-masking", action="store_true", help="mask whole words, not single tokens")
     t.add_argument("--rtd-generator", choices=["model", "uniform"], default=d.rtd_generator,
                    help="'uniform': generator-free random replacement (ablation)")
@@ -152,7 +153,7 @@ def run_train(args: argparse.Namespace, *, story=None) -> int:
     from .loop import Trainer
 
     cfg, given = config_from_args(args)
-    check_before_start(cfg, resume=args.resume)
+    check_before_start(cfg, resume=args.resume, given=given)
     nproc, tp = getattr(args, "nproc", 1), getattr(args, "tp", 1)
     changes = given if args.resume else None
     from ..distributed.ddp import in_distributed_env
@@ -179,14 +180,34 @@ def run_train(args: argparse.Namespace, *, story=None) -> int:
     return 0
 
 
-def check_before_start(cfg: TrainConfig, *, resume: bool = False) -> None:
+def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | None = None) -> None:
     """Refuse settings that would fail only after the run directory is written: the
-    device, an --out that is a file, the model fields (--model, --dropout, --block-len).
+    device, an --out that is a file, the tokenizer's settings (--vocab-size too small, or given
+    with --tokenizer: ``given`` holds the settings given explicitly), the model fields (--model,
+    --dropout, --block-len).
     Raises ValueError or FileExistsError naming the flag."""
+    from ..data.tokenizer import min_vocab_size
     from ..devices import resolve_device
-    from .build import model_config_for
+    from .build import default_tokenizer_kind, model_config_for
 
     resolve_device(cfg.device, what="--device")
+    given = given or {}
+    if cfg.tokenizer is not None and not resume:
+        for flag, field in (("--vocab-size", "vocab_size"), ("--tokenizer-kind", "tokenizer_kind")):
+            if field in given:
+                raise ValueError(f"{flag} {given[field]} has no effect with --tokenizer {cfg.tokenizer!r} "
+                                 f"(the tokenizer file decides it); drop one of them")
+        if not Path(cfg.tokenizer).is_file():
+            raise FileNotFoundError(f"--tokenizer {cfg.tokenizer!r}: no such file; give a tokenizer.json "
+                                    "(e.g. one from another run directory)")
+    elif not resume:
+        kind = cfg.tokenizer_kind or default_tokenizer_kind(cfg.objective)
+        if cfg.vocab_size < min_vocab_size(kind):
+            raise ValueError(
+                f"--vocab-size {cfg.vocab_size} is too small for the {kind} tokenizer: it needs at least "
+                f"{min_vocab_size(kind)} (its special tokens + " + ("the 256 bytes" if kind == "bpe" else "1 character")
+                + ("; a wordpiece tokenizer needs every character of its corpus" if kind == "wordpiece" else "")
+                + ")")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run")
