@@ -177,6 +177,23 @@ class Tokenizer:
         self._set_special_parsing(parse_special)
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def unknown_characters(self, text: str) -> list[str]:
+        """The characters of ``text`` that encode to ``[UNK]`` (each once, in order of
+        appearance); empty for a tokenizer without one (byte-level BPE)."""
+        if self.unk_id is None or not text:
+            return []
+        self._set_special_parsing(False)
+        enc = self._tok.encode(text, add_special_tokens=False)
+        found: dict[str, None] = {}
+        for idx, (start, end) in zip(enc.ids, enc.offsets):
+            if idx != self.unk_id:
+                continue
+            span = text[start:end]
+            # a WordPiece [UNK] covers a whole word: name the characters it could not spell
+            chars = [c for c in span if self.unk_id in self._tok.encode(c, add_special_tokens=False).ids]
+            found.update(dict.fromkeys(chars or [span]))
+        return list(found)
+
     def encode_batch(
         self,
         texts: Sequence[str],

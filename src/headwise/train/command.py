@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int
@@ -236,6 +237,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if run.cfg.objective != "clm":
         raise ValueError(f"generate needs a decoder (a clm run); {args.run} is a {run.cfg.objective} run")
     tok = run.tokenizer
+    unknown = tok.unknown_characters(args.prompt)
+    if unknown:
+        print(f"headwise generate: warning: --prompt has {len(unknown)} character(s) outside the run's "
+              f"vocabulary, encoded as [UNK]: {' '.join(repr(c) for c in unknown)}", file=sys.stderr)
     ids = tok.encode(args.prompt) if args.prompt else [tok.eos_id]
     x = torch.tensor([ids], dtype=torch.long)
     g = torch.Generator().manual_seed(args.seed)
