@@ -4,10 +4,20 @@ TFLOP/s of the forward pass and of forward + backward, bf16, 16 heads, head dims
 64 and 128, causal and not, sequence lengths 512 ... 16k at a fixed 16k tokens
 per batch (batch = 16384 // T). Peers, on the same inputs: F.scaled_dot_product_
 attention restricted to each of its fused kernels (FLASH_ATTENTION,
-CUDNN_ATTENTION, EFFICIENT_ATTENTION; each skipped if unavailable) and compiled
-FlexAttention (a causal block mask when causal). Times are medians of
+CUDNN_ATTENTION, EFFICIENT_ATTENTION; each skipped if unavailable), compiled
+FlexAttention (a causal block mask when causal) and FlashAttention-4
+(``flash_attn.cute.flash_attn_func`` of the ``flash-attn-4`` package, CuTe DSL;
+its column appears only when the package imports). Times are medians of
 triton.testing.do_bench. FLOPs: 4 * B * H * T^2 * D for the forward (two
 matmuls), 2.5x that for the backward, halved when causal.
+
+Two more columns (leave them out with ``--no-auto``) measure headwise's layer-level
+``attend``: ``sdpa`` (``backend="sdpa"``: torch's own choice of fused kernel) and
+``auto`` (``backend="auto"``: the backend measured fastest for the shape class on
+this GPU; its measurement runs in the untimed first calls). ``auto / best`` divides
+auto's TFLOP/s by the better of ``sdpa`` and ``headwise`` (the tiled kernels), so
+1.00 within noise means auto picked the faster one; which one it picked is in the
+JSON (``auto_choice``).
 
     PYTHONPATH=src python bench/gpu_attention.py            # ~4 minutes on an H100
     PYTHONPATH=src python bench/gpu_attention.py --quick    # smoke run, one shape
@@ -47,6 +57,8 @@ HEADS = 16
 SEQS = [512, 1024, 2048, 4096, 8192, 16384]
 HEAD_DIMS = [64, 128]
 TORCH_IMPLS = ["flash", "cudnn", "efficient", "flex"]
+OTHER_PEERS = ["fa4"]  # FlashAttention-4 (flash-attn-4, CuTe DSL), when installed
+AUTO_IMPLS = ["sdpa", "auto"]  # headwise's attend(backend=...), layer level
 # headwise's kernel choices (environment of headwise.kernels.tiled), besides its default
 VARIANTS = {
     "ptr+split": {"HEADWISE_TILED_TMA": "0", "HEADWISE_TILED_BWD": "split"},
@@ -76,9 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"{TOKENS} // T")
     p.add_argument("--causal", choices=["no", "yes", "both"], default="both",
                    help="which masks (default both)")
-    p.add_argument("--peers", nargs="+", choices=TORCH_IMPLS, default=TORCH_IMPLS,
-                   help="torch kernels to compare against (default all: "
-                        f"{' '.join(TORCH_IMPLS)}); leaving out flex skips its compilation")
+    p.add_argument("--peers", nargs="+", choices=TORCH_IMPLS + OTHER_PEERS,
+                   default=TORCH_IMPLS + OTHER_PEERS,
+                   help="kernels to compare against (default all: "
+                        f"{' '.join(TORCH_IMPLS + OTHER_PEERS)}; fa4 only when flash-attn-4 is "
+                        "installed); leaving out flex skips its compilation")
+    p.add_argument("--no-auto", action="store_true",
+                   help="leave out the sdpa and auto columns (headwise's attend, layer level)")
     p.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=[],
                    help="also time these kernel choices of headwise (columns headwise[NAME])")
     p.add_argument("--warmup-ms", type=float, default=None,
@@ -177,9 +193,22 @@ class Flex:
             return self.fn(q, k, v, block_mask=mask)
 
 
-def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS, variants: list[str] = ()):
+def fa4_function():
+    """FlashAttention-4's ``flash_attn_func`` (package ``flash-attn-4``), or the reason
+    it cannot be used here."""
+    try:
+        from flash_attn.cute import flash_attn_func
+    except Exception as e:  # not installed, or its CuTe DSL / CUDA bindings are missing
+        return None, f"flash-attn-4 unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return flash_attn_func, None
+
+
+def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS, variants: list[str] = (),
+               fa4=None, auto: bool = False):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from headwise.attention import attend
+    from headwise.attention.masks import MaskSpec
     from headwise.kernels import tiled_attention
 
     def sdpa(backend):
@@ -201,7 +230,34 @@ def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS, variants: list
             impls[name] = sdpa(backends[name])
     if flex is not None and "flex" in peers:
         impls["flex"] = flex.call
+    if fa4 is not None and "fa4" in peers:
+        def fa4_run(q, k, v, causal):  # it takes (B, T, H, D): our buffers' own layout
+            res = fa4(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal)
+            out = res[0] if isinstance(res, tuple) else res  # (out, lse) in 4.0 betas
+            return out.transpose(1, 2)
+
+        impls["fa4"] = fa4_run
+    if auto:
+        def layer_level(backend):
+            def run(q, k, v, causal):
+                mask = MaskSpec(q.shape[0], q.shape[2], k.shape[2], causal=causal)
+                return attend(q, k, v, mask, backend=backend)[0]
+
+            return run
+
+        impls.update({name: layer_level(name) for name in AUTO_IMPLS})
     return impls
+
+
+def auto_choices(q, k, v, causal) -> dict[str, str]:
+    """What backend="auto" runs for the forward (inference) and forward + backward
+    (training) classes of these inputs, with its measured times."""
+    from headwise.attention import explain_backend
+
+    with torch.no_grad():
+        fwd = explain_backend(q, k, v, causal=causal, measure=False)
+    train = explain_backend(q, k, v, causal=causal, measure=False)
+    return {"fwd": str(fwd), "fwd+bwd": str(train)}
 
 
 def _variant_env(impl: str) -> dict[str, str]:
@@ -239,8 +295,10 @@ def bench_point(impls, flex, head_dim, seq, causal, warmup, rep):
             continue
         if name == "headwise":
             hw_out = out
-        elif reference_out is None and not name.startswith("headwise"):
+        elif reference_out is None and name in TORCH_IMPLS:
             reference_out = out  # the first torch kernel
+        if name == "auto":
+            row["auto_choice"] = auto_choices(q, k, v, causal)
     if reference_out is not None and hw_out is not None:
         diff = (hw_out.float() - reference_out.float()).abs().max().item()
         row["max_abs_diff_vs_first_torch"] = diff
@@ -300,6 +358,12 @@ def tuned_configs() -> dict[str, str]:
 def _best_torch(tflops: dict[str, float]) -> float | None:
     """The fastest torch kernel measured at one shape and pass."""
     return max((tflops[n] for n in TORCH_IMPLS if n in tflops), default=None)
+
+
+def _auto_ratio(tflops: dict[str, float]) -> float | None:
+    """auto's TFLOP/s over the better of the two backends it chooses between."""
+    best = max((tflops[n] for n in ("sdpa", "headwise") if n in tflops), default=None)
+    return None if (best is None or "auto" not in tflops) else tflops["auto"] / best
 
 
 def precompile_items(args: argparse.Namespace) -> list[tuple[int, bool, int, str]]:
@@ -367,6 +431,15 @@ def precompile(args: argparse.Namespace, argv: list[str]) -> int:
     return max(rcs)
 
 
+def _version(package: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(package)
+    except Exception:
+        return None
+
+
 def fmt(x: float | None, digits: int = 0) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
@@ -376,22 +449,28 @@ def tables(rows: list[dict], peak: float | None) -> str:
     for mode in ("fwd", "fwd+bwd"):
         out.append(f"\n### {mode}, bf16, {HEADS} heads, {TOKENS} tokens per batch (TFLOP/s)\n")
         extra = sorted({n for r in rows for n in r["tflops"][mode] if n.startswith("headwise[")})
-        out.append("| D | causal | T | B | headwise | flash | cudnn | efficient | flex "
-                   "| headwise / best torch | headwise % of peak |"
+        seen = {n for r in rows for n in r["tflops"][mode]}
+        # torch's kernels always (a dash where one failed); the others where measured
+        columns = ["headwise", *TORCH_IMPLS, *(n for n in OTHER_PEERS + AUTO_IMPLS if n in seen)]
+        auto = "auto" in seen
+        out.append("| D | causal | T | B | " + " | ".join(columns)
+                   + " | headwise / best torch | headwise % of peak |"
+                   + (" auto / best |" if auto else "")
                    + "".join(f" {n} / best |" for n in extra))
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
+        out.append("|---|---|---|---|" + "---|" * (len(columns) + 2 + auto + len(extra)))
         for r in rows:
             tf = r["tflops"][mode]
             torch_best = _best_torch(tf)
             hw = tf.get("headwise")
             ratio = None if (hw is None or not torch_best) else hw / torch_best
             frac = None if (hw is None or peak is None) else 100 * hw / peak
-            cells = [fmt(tf.get(n)) for n in ("headwise", *TORCH_IMPLS)]
+            cells = [fmt(tf.get(n)) for n in columns]
             variants = [None if (tf.get(n) is None or not torch_best) else tf[n] / torch_best
                         for n in extra]
             out.append(f"| {r['head_dim']} | {'yes' if r['causal'] else 'no'} | {r['seq']} "
                        f"| {r['batch']} | " + " | ".join(cells)
                        + f" | {fmt(ratio, 2)} | {fmt(frac, 1)} |"
+                       + (f" {fmt(_auto_ratio(tf), 2)} |" if auto else "")
                        + "".join(f" {fmt(x, 2)} |" for x in variants))
     return "\n".join(out)
 
@@ -428,7 +507,12 @@ def main(argv: list[str] | None = None) -> int:
             flex = Flex(args.flex_compile_budget_s)
         except Exception as e:
             flex_error = f"{type(e).__name__}: {e}"
-    impls = make_impls(flex, args.peers, args.variants)
+    fa4, fa4_error = (None, "not asked for (--peers)")
+    if "fa4" in args.peers:
+        fa4, fa4_error = fa4_function()
+        if fa4_error:
+            print(f"# {fa4_error}: no fa4 column", flush=True)
+    impls = make_impls(flex, args.peers, args.variants, fa4=fa4, auto=not args.no_auto)
     payload = {
         "device": name, "peak_tflops_bf16_dense": peak, "torch": torch.__version__,
         "triton": triton.__version__, "python": platform.python_version(),
@@ -436,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "flops": "4*B*H*T^2*D forward, x3.5 forward+backward, /2 causal",
         "timing": f"triton.testing.do_bench median, warmup={warmup} ms, rep={rep} ms",
         "flex_error": flex_error, "flex_dynamic_shapes": None, "skipped_for_time": [],
+        "fa4_error": fa4_error, "fa4_version": _version("flash-attn-4") if fa4 else None,
         "command": " ".join(["bench/gpu_attention.py", *(argv if argv is not None
                                                         else sys.argv[1:])]),
         "autotune": os.environ.get("HEADWISE_TILED_AUTOTUNE", "1") != "0",
@@ -458,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"D={head_dim} causal={causal} T={seq}: headwise fwd "
               f"{fmt(tf['fwd'].get('headwise'))} / fwd+bwd {fmt(tf['fwd+bwd'].get('headwise'))}"
               f" TFLOP/s (best torch {fmt(_best_torch(tf['fwd']))} / "
-              f"{fmt(_best_torch(tf['fwd+bwd']))}), diff vs torch "
+              f"{fmt(_best_torch(tf['fwd+bwd']))}), auto / best {fmt(_auto_ratio(tf['fwd']), 2)} / "
+              f"{fmt(_auto_ratio(tf['fwd+bwd']), 2)}, diff vs torch "
               f"{row['max_abs_diff_vs_first_torch']}, errors {row['errors'] or '-'} "
               f"({time.perf_counter() - t0:.1f} s); configs {row['headwise_configs']}",
               flush=True)

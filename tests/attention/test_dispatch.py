@@ -387,3 +387,71 @@ def test_dispatch_traces_under_torch_compile(global_dispatcher, monkeypatch):
 
     got = torch.compile(f, backend="eager", fullgraph=True)(q, k, v)
     torch.testing.assert_close(got, f(q, k, v))
+
+
+def test_nothing_is_timed_under_torch_compile(global_dispatcher, monkeypatch):
+    """A class first seen while dynamo traces gets sdpa, and nothing runs to time it."""
+    monkeypatch.setattr(global_dispatcher, "timed_devices", ("cpu",))
+    global_dispatcher.enabled = True
+    monkeypatch.setattr(global_dispatcher, "make_inputs", lambda c: pytest.fail("timed while tracing"))
+    q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+    mask = MaskSpec(1, 8, 8, causal=True)
+
+    def f(q, k, v):
+        return A.attend(q, k, v, mask)[0]
+
+    got = torch.compile(f, backend="eager", fullgraph=True)(q, k, v)
+    torch.testing.assert_close(got, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+# ------------------------------------------------------------------ on the GPU
+def _cuda_qkv(b=2, h=4, t=256, d=64, grad=True, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [torch.randn(b, t, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+            .transpose(1, 2).requires_grad_(grad) for _ in range(3)]
+
+
+@pytest.mark.gpu
+def test_gpu_auto_times_sdpa_and_tiled_and_the_file_keeps_it(tmp_path):
+    d = Dispatcher(DISPATCHER.backends)  # the real backends, clock and synchronisation
+    d.enabled, d.cache_path = True, tmp_path / "cache.json"
+    q, k, v = _cuda_qkv()
+    call_ = AttentionCall.of(q, k, v, MaskSpec(2, 256, 256, causal=True))
+    rng = torch.cuda.get_rng_state()
+    choice = d.choose(call_)
+    assert torch.equal(rng, torch.cuda.get_rng_state())
+    assert choice.source == "measured" and choice.complete, choice
+    assert set(choice.times_ms) == {"sdpa", "tiled"}
+    assert choice.backend == min(choice.times_ms, key=choice.times_ms.get)
+    assert torch.cuda.get_device_name() in choice.device
+    fresh = Dispatcher(DISPATCHER.backends)
+    fresh.cache_path = d.cache_path
+    again = fresh.choose(call_, measure=False)
+    assert (again.backend, again.source) == (choice.backend, "disk")
+
+
+@pytest.mark.gpu
+def test_gpu_no_timing_under_compile_or_graph_capture(global_dispatcher):
+    global_dispatcher.enabled = True
+    q, k, v = _cuda_qkv(t=384, grad=False, seed=1)
+    mask = MaskSpec(2, 384, 384)
+
+    def f(q, k, v):
+        return A.attend(q, k, v, mask)[0]
+
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    got = torch.compile(f, backend="eager", fullgraph=True)(q, k, v)
+    torch.testing.assert_close(got, want)
+    assert A.explain_backend(q, k, v, mask, measure=False).source == "default"
+    # CUDA graph capture of a class never measured: sdpa, nothing timed
+    q2, k2, v2 = _cuda_qkv(t=640, grad=False, seed=2)
+    mask2 = MaskSpec(2, 640, 640)
+    with torch.no_grad():
+        A.attend(q2, k2, v2, mask2, backend="sdpa")  # warm sdpa up outside the capture
+        global_dispatcher.clear()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = A.attend(q2, k2, v2, mask2)[0]
+        graph.replay()
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q2, k2, v2))
+    assert A.explain_backend(q2, k2, v2, mask2, measure=False).source == "default"

@@ -86,6 +86,7 @@ class BackendChoice:
     device: str | None = None
     times_ms: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    complete: bool | None = None  # measured: every candidate timed within the budget
 
     def __str__(self) -> str:
         return f"{self.backend} ({self.source}): {self.reason}"
@@ -209,6 +210,10 @@ class Dispatcher:
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- settings
+    def backends(self) -> list[Backend]:
+        """The backends it chooses among, highest priority first."""
+        return self._backends()
+
     def timing_enabled(self) -> bool:
         return self.enabled if self.enabled is not None else _env_flag(ENV_AUTOTUNE, True)
 
@@ -432,7 +437,8 @@ class Dispatcher:
                 reason += (f" (timed at B={shape[0]} H={shape[1]} Hkv={shape[2]} Tq={shape[3]} "
                            f"Tk={shape[4]}, {entry.get('warmup')} warm-up + {entry.get('reps')} timed calls)")
         return BackendChoice(entry["choice"], source, reason, shape_class=key, device=env,
-                             times_ms=ms, errors=dict(entry.get("errors", {})))
+                             times_ms=ms, errors=dict(entry.get("errors", {})),
+                             complete=entry.get("complete"))
 
 
 def _considered(backend: Backend, call: AttentionCall) -> bool:
