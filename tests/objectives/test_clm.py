@@ -14,8 +14,13 @@ def test_targets_are_the_next_token(kit, tok):
     model = Decoder(kit.tiny_config())
     objective = CausalLM.from_tokenizer(tok, model)
     # An oracle that, reading token x, puts all its mass on x + 1: only a correct shift
-    # (input t scored against target t + 1) gives loss 0 and accuracy 1.
-    model.forward = lambda ids, kv_caches=None: 50.0 * F.one_hot(ids + 1, kit.V).float()
+    # (input t scored against target t + 1) gives loss 0 and accuracy 1. The objective
+    # reads hidden states (head=False) and projects them with lm_head: one-hot hidden
+    # states through an identity head are the oracle's logits.
+    model.forward = lambda ids, kv_caches=None, head=True: 50.0 * F.one_hot(ids + 1, kit.V).float()
+    model.lm_head = torch.nn.Linear(kit.V, kit.V, bias=False)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(torch.eye(kit.V))
     batch = torch.arange(10, 26).repeat(3, 1)
     out = objective(batch)
     assert out.metrics["accuracy"] == 1.0 and out.loss.item() < 1e-6

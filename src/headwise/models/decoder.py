@@ -55,8 +55,11 @@ class Decoder(nn.Module):
         kv_caches: list[KVCache] | None = None,
         *,
         key_padding_mask: Tensor | None = None,
+        head: bool = True,
     ) -> Tensor:
-        """Logits ``(B, T, V)`` for ``input_ids (B, T)`` (long).
+        """Logits ``(B, T, V)`` for ``input_ids (B, T)`` (long); with ``head=False`` the
+        hidden states ``(B, T, d_model)`` that ``lm_head`` would read (see
+        :meth:`hidden_states`).
 
         Args:
             input_ids: token ids ``(B, T)``; with ``kv_caches``, the new tokens only.
@@ -67,6 +70,20 @@ class Decoder(nn.Module):
                 new). Not needed for right padding: causal attention never lets a real
                 token see the padding after it.
         """
+        x = self.hidden_states(input_ids, kv_caches, key_padding_mask=key_padding_mask)
+        return self.lm_head(x) if head else x
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        kv_caches: list[KVCache] | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+    ) -> Tensor:
+        """What ``lm_head`` reads: the final hidden states ``(B, T, d_model)`` (after
+        ``ln_f``); arguments as for :meth:`forward`. The CLM objective takes them
+        (``forward(..., head=False)``) and projects them together with its loss
+        (:func:`headwise.objectives.fused_loss.linear_cross_entropy`)."""
         check_input_ids(input_ids)
         if kv_caches is not None and len(kv_caches) != len(self.blocks):
             raise ValueError(
@@ -80,7 +97,7 @@ class Decoder(nn.Module):
             x = block(x, causal=True, key_padding_mask=key_padding_mask, kv_cache=cache)
         if self.ln_f is not None:
             x = self.ln_f(x)
-        return self.lm_head(x)
+        return x
 
     def new_kv_caches(self) -> list[KVCache]:
         """A fresh, empty :class:`KVCache` for every block."""

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..models import Decoder
 from .base import ObjectiveOutput, check_batch, check_token_id
+from .fused_loss import fusable, linear_cross_entropy
 from .mlm import IGNORE_INDEX
 
 __all__ = ["CausalLM"]
@@ -24,7 +25,7 @@ class CausalLM(nn.Module):
     the padding after it, so no attention mask is needed.
 
     Metrics: ``loss``, ``perplexity`` (``exp(loss)``), ``accuracy`` (argmax == target),
-    ``n_tokens`` (scored targets).
+    ``n_tokens`` (scored targets); none with ``forward(..., metrics=False)``.
 
     Args:
         model: the :class:`~headwise.models.Decoder` to train.
@@ -53,31 +54,47 @@ class CausalLM(nn.Module):
         """Build with ``tok.pad_id`` and ``tok.vocab_size``."""
         return cls(model, pad_id=tok.pad_id, vocab_size=tok.vocab_size, **kwargs)
 
-    def forward(self, batch: Tensor, generator: torch.Generator | None = None) -> ObjectiveOutput:
+    def forward(
+        self, batch: Tensor, generator: torch.Generator | None = None, *, metrics: bool = True
+    ) -> ObjectiveOutput:
         """``generator`` is accepted for a uniform objective interface; CLM uses no
-        randomness of its own."""
+        randomness of its own. ``metrics=False`` skips everything only the metrics need
+        (the argmax, every host sync): ``metrics`` is then empty and only ``loss`` is
+        set, which is how the trainer runs its steps between two logs.
+
+        The output projection and the cross-entropy run fused, a chunk of rows at a
+        time (:func:`~headwise.objectives.fused_loss.linear_cross_entropy`): the full
+        ``(B, T, V)`` logits never exist."""
         check_batch(batch, min_len=2)
-        logits = self.model(batch[:, :-1])  # (B, T-1, V)
-        targets = batch[:, 1:].long()
+        hidden = self.model(batch[:, :-1], head=False).flatten(0, 1)  # (B*(T-1), D)
+        targets = batch[:, 1:].long().flatten()
         if self.pad_id is not None:
             targets = targets.masked_fill(targets == self.pad_id, IGNORE_INDEX)
-        flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
-        scored = flat_targets != IGNORE_INDEX
-        n_tokens = int(scored.sum().item())
-        if n_tokens == 0:
-            loss = logits.sum() * 0.0
-            accuracy = 0.0
+            count = (targets != IGNORE_INDEX).sum()
         else:
-            loss = F.cross_entropy(flat_logits.float(), flat_targets, ignore_index=IGNORE_INDEX)
-            with torch.no_grad():
-                hits = (flat_logits.argmax(dim=-1) == flat_targets) & scored
-                accuracy = hits.sum().item() / n_tokens
+            count = torch.tensor(targets.numel(), device=targets.device)
+        head = self.model.lm_head
+        if type(head) is nn.Linear and fusable(self.model, head):
+            loss_sum, hits = linear_cross_entropy(
+                hidden, head.weight, head.bias, targets, ignore_index=IGNORE_INDEX,
+                return_hits=metrics,
+            )
+        else:  # a quantized or hooked head (headwise.formats): project, then score
+            logits = head(hidden)
+            loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX,
+                                       reduction="sum")
+            hits = ((logits.argmax(dim=-1) == targets).sum() if metrics else None)
+        # no scored target: a zero still connected to the graph (backward() works)
+        loss = loss_sum / count.clamp(min=1)
+        if not metrics:
+            return ObjectiveOutput(loss, {})
+        n_tokens = int(count.item())
         value = loss.item()
-        metrics = {
+        out = {
             "loss": value,
             # exp overflows a float near 709; report inf rather than raise.
             "perplexity": math.exp(value) if value < 700 else float("inf"),
-            "accuracy": accuracy,
+            "accuracy": hits.item() / n_tokens if n_tokens else 0.0,
             "n_tokens": float(n_tokens),
         }
-        return ObjectiveOutput(loss, metrics)
+        return ObjectiveOutput(loss, out)

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import EncoderForMLM
+from ..models.encoder import MLMHead
 from .base import ObjectiveOutput, check_batch, check_token_id, padding_mask
+from .fused_loss import fusable, linear_cross_entropy
 
 __all__ = ["TokenMasker", "MaskedLM", "IGNORE_INDEX"]
 
@@ -159,7 +161,7 @@ class MaskedLM(nn.Module):
     positions only (the vocabulary projection runs on those rows only).
 
     Metrics: ``loss``, ``accuracy`` (argmax == original, on selected positions),
-    ``n_selected``.
+    ``n_selected``; none with ``forward(..., metrics=False)``.
 
     Args:
         model: the :class:`~headwise.models.EncoderForMLM` to train.
@@ -208,14 +210,48 @@ class MaskedLM(nn.Module):
         and ``is_continuation``; ``kwargs`` as for the constructor."""
         return cls(model, **_tokenizer_facts(tok), **kwargs)
 
-    def forward(self, batch: Tensor, generator: torch.Generator | None = None) -> ObjectiveOutput:
+    def forward(
+        self, batch: Tensor, generator: torch.Generator | None = None, *, metrics: bool = True
+    ) -> ObjectiveOutput:
+        """``metrics=False`` skips what only the metrics need (the argmax and its host
+        sync): ``metrics`` is then empty and only ``loss`` is set."""
         inputs, selected = self.masker(batch, generator)
         hidden = self.model.encoder(inputs, padding_mask(batch, self.masker.pad_id))
         targets = batch[selected].long()
-        logits = self.model.head(hidden[selected])  # (N, V)
-        loss, accuracy = mlm_loss_and_accuracy(logits, targets, hidden)
-        metrics = {"loss": loss.item(), "accuracy": accuracy, "n_selected": float(len(targets))}
-        return ObjectiveOutput(loss, metrics)
+        loss, hits = mlm_head_loss(self.model.head, hidden[selected], targets, hidden,
+                                   want_hits=metrics)
+        if not metrics:
+            return ObjectiveOutput(loss, {})
+        n = len(targets)
+        out = {"loss": loss.item(), "accuracy": hits.item() / n if n else 0.0,
+               "n_selected": float(n)}
+        return ObjectiveOutput(loss, out)
+
+
+def mlm_head_loss(
+    head: nn.Module, rows: Tensor, targets: Tensor, anchor: Tensor, *, want_hits: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Mean cross-entropy of ``head(rows (N, d_model))`` against ``targets (N,)`` (in
+    float32 whatever the model's dtype) and, with ``want_hits``, the number of argmax
+    hits (a tensor; None otherwise). An :class:`~headwise.models.MLMHead`'s decoder runs
+    fused with the loss (:func:`~headwise.objectives.fused_loss.linear_cross_entropy`),
+    so the ``(N, V)`` logits never exist. With ``N == 0`` the loss is a zero connected to
+    ``anchor``'s graph (so ``backward()`` still works)."""
+    n = targets.numel()
+    if n == 0:
+        return anchor.sum() * 0.0, (torch.zeros((), dtype=torch.long) if want_hits else None)
+    if isinstance(head, MLMHead) and type(head.decoder) is nn.Linear and fusable(
+        head, head.dense, head.ln, head.decoder
+    ):
+        z = head.ln(head.act(head.dense(rows)))
+        dec = head.decoder
+        loss_sum, hits = linear_cross_entropy(z, dec.weight, dec.bias, targets,
+                                              return_hits=want_hits)
+        return loss_sum / n, hits
+    logits = head(rows)
+    loss = F.cross_entropy(logits.float(), targets)
+    hits = (logits.argmax(dim=-1) == targets).sum() if want_hits else None
+    return loss, hits
 
 
 def mlm_loss_and_accuracy(

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import EncoderForMLM, EncoderForRTD
-from .base import ObjectiveOutput, check_batch
-from .mlm import TokenMasker, _tokenizer_facts, mlm_loss_and_accuracy
+from .base import ObjectiveOutput, check_batch, padding_mask
+from .mlm import TokenMasker, _tokenizer_facts
 
 __all__ = ["ReplacedTokenDetection"]
 
@@ -39,7 +39,8 @@ class ReplacedTokenDetection(nn.Module):
     Metrics: ``loss``, ``gen_loss``, ``disc_loss``, ``gen_accuracy`` (argmax on selected
     positions), ``disc_accuracy``, ``disc_precision`` / ``disc_recall`` / ``disc_f1``
     (replaced is the positive class), ``replaced_fraction`` (of non-pad tokens),
-    ``n_selected``. ``losses`` holds the ``"gen"`` and ``"disc"`` tensors.
+    ``n_selected``; none with ``forward(..., metrics=False)``. ``losses`` holds the
+    ``"gen"`` and ``"disc"`` tensors.
 
     Args:
         discriminator: an :class:`~headwise.models.EncoderForRTD`.
@@ -122,13 +123,16 @@ class ReplacedTokenDetection(nn.Module):
         return cls(discriminator, generator, **_tokenizer_facts(tok), **kwargs)
 
     def corrupt(
-        self, batch: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        self, batch: Tensor, generator: torch.Generator | None = None, *, metrics: bool = True,
+        key_padding_mask: Tensor | None | str = "auto",
+    ) -> tuple[Tensor, Tensor, Tensor, float | Tensor | None]:
         """Steps 1-2. Returns ``(corrupted (B, T), selected (B, T) bool, gen_loss,
-        gen_accuracy or None)``; in uniform mode ``gen_loss`` is a constant 0."""
+        gen_accuracy)``; in uniform mode ``gen_loss`` is a constant 0 and the accuracy
+        None, and with ``metrics=False`` the accuracy is None too (no argmax).
+        ``key_padding_mask``: the batch's padding mask if the caller has it (None: no
+        padding), ``"auto"`` to compute it."""
         check_batch(batch)
         masker = self.masker
-        pad = batch == masker.pad_id
         if self.generator is None:
             selected = masker.select(batch, generator)
             pick = torch.randint(
@@ -136,14 +140,24 @@ class ReplacedTokenDetection(nn.Module):
             )
             corrupted = torch.where(selected, masker.replacements[pick].to(batch.dtype), batch)
             return corrupted, selected, batch.new_zeros((), dtype=torch.float32), None
+        if isinstance(key_padding_mask, str):
+            key_padding_mask = padding_mask(batch, masker.pad_id)
         gen_inputs, selected = masker(batch, generator)
-        hidden = self.generator.encoder(gen_inputs, pad if bool(pad.any()) else None)
+        hidden = self.generator.encoder(gen_inputs, key_padding_mask)
         targets = batch[selected].long()
-        logits = self.generator.head(hidden[selected])  # (N, V)
-        gen_loss, gen_accuracy = mlm_loss_and_accuracy(logits, targets, hidden)
+        logits = self.generator.head(hidden[selected])  # (N, V): sampled from below
+        if len(targets):
+            gen_loss = F.cross_entropy(logits.float(), targets)
+        else:
+            gen_loss = hidden.sum() * 0.0
+        gen_accuracy = None
         with torch.no_grad():
-            probs = torch.softmax(logits.detach().float() / self.sampling_temperature, dim=-1)
+            if metrics:
+                gen_accuracy = (
+                    (logits.argmax(dim=-1) == targets).float().mean().item() if len(targets) else 0.0
+                )
             if len(targets):
+                probs = torch.softmax(logits.detach().float() / self.sampling_temperature, dim=-1)
                 sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             else:
                 sampled = targets
@@ -151,26 +165,44 @@ class ReplacedTokenDetection(nn.Module):
         corrupted[selected] = sampled.to(batch.dtype)
         return corrupted, selected, gen_loss, gen_accuracy
 
-    def forward(self, batch: Tensor, generator: torch.Generator | None = None) -> ObjectiveOutput:
-        corrupted, selected, gen_loss, gen_accuracy = self.corrupt(batch, generator)
-        pad = batch == self.masker.pad_id
-        real = ~pad
-        replaced = (corrupted != batch) & real
-        disc_logits = self.discriminator(corrupted, pad if bool(pad.any()) else None)  # (B, T)
-        disc_loss = F.binary_cross_entropy_with_logits(
-            disc_logits[real].float(), replaced[real].float()
+    def forward(
+        self, batch: Tensor, generator: torch.Generator | None = None, *, metrics: bool = True
+    ) -> ObjectiveOutput:
+        """``metrics=False`` skips what only the metrics need (argmaxes, counts, host
+        syncs): ``metrics`` is then empty; ``loss`` and ``losses`` are set."""
+        pad = padding_mask(batch, self.masker.pad_id)
+        corrupted, selected, gen_loss, gen_accuracy = self.corrupt(
+            batch, generator, metrics=metrics, key_padding_mask=pad
         )
+        disc_logits = self.discriminator(corrupted, pad)  # (B, T)
+        replaced = corrupted != batch
+        if pad is None:
+            real = None
+            disc_loss = F.binary_cross_entropy_with_logits(disc_logits.float(), replaced.float())
+        else:
+            real = ~pad
+            replaced &= real
+            disc_loss = F.binary_cross_entropy_with_logits(
+                disc_logits[real].float(), replaced[real].float()
+            )
         loss = gen_loss + self.disc_weight * disc_loss
+        losses = {"gen": gen_loss, "disc": disc_loss}
+        if not metrics:
+            return ObjectiveOutput(loss, {}, losses=losses)
 
         with torch.no_grad():
-            predicted = (disc_logits > 0) & real
+            predicted = disc_logits > 0
+            if real is not None:
+                predicted &= real
+            n_real = batch.numel() if real is None else real.sum().item()
             tp = (predicted & replaced).sum().item()
-            n_pred, n_true, n_real = predicted.sum().item(), replaced.sum().item(), real.sum().item()
-            correct = ((predicted == replaced) & real).sum().item()
+            n_pred, n_true = predicted.sum().item(), replaced.sum().item()
+            agree = predicted == replaced
+            correct = (agree if real is None else agree & real).sum().item()
         precision = tp / n_pred if n_pred else 0.0
         recall = tp / n_true if n_true else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        metrics = {
+        out = {
             "loss": loss.item(),
             "gen_loss": gen_loss.item(),
             "disc_loss": disc_loss.item(),
@@ -182,5 +214,5 @@ class ReplacedTokenDetection(nn.Module):
             "n_selected": float(selected.sum().item()),
         }
         if gen_accuracy is not None:
-            metrics["gen_accuracy"] = gen_accuracy
-        return ObjectiveOutput(loss, metrics, losses={"gen": gen_loss, "disc": disc_loss})
+            out["gen_accuracy"] = gen_accuracy
+        return ObjectiveOutput(loss, out, losses=losses)

@@ -1,0 +1,343 @@
+"""Training throughput: headwise's objectives vs Hugging Face transformers, same configs.
+
+Three pairs, each built from one config with the same widths, initial weights drawn
+independently (throughput does not depend on the values), the same batches and the
+same optimizer step (AdamW, clip at 1.0):
+
+* ``mlm``: headwise :class:`~headwise.objectives.MaskedLM` vs ``BertForMaskedLM``
+  (labels -100 outside the masked positions, as a transformers user trains it);
+* ``rtd``: headwise :class:`~headwise.objectives.ReplacedTokenDetection` vs
+  ``ElectraForPreTraining`` with an ``ElectraForMaskedLM`` generator whose embeddings
+  are the discriminator's (ELECTRA's recipe: MLM loss + 50 x BCE, samples drawn
+  without gradient);
+* ``clm``: headwise :class:`~headwise.objectives.CausalLM` vs ``GPT2LMHeadModel``.
+
+Both sides get the headwise architecture of their transformers twin: post-norm,
+exact GELU, token types and eps 1e-12 for BERT/ELECTRA; pre-norm and tanh GELU for
+GPT-2. Sizes: ``tiny`` (4 layers, 128 wide, FFN 512) and ``electra-small`` widths
+(12 layers, 256 wide, FFN 1024, 4 heads; ELECTRA's 128-wide factorised embeddings
+for rtd, embeddings as wide as the model for mlm and clm, which BERT and GPT-2
+require); vocab 8192, dropout off, batch 32 x 128, fp32 (``--precision bf16``
+adds autocast rows, both sides under the same ``torch.autocast``).
+
+Each round times ``--steps`` optimizer steps of every implementation, in alternating
+order; the figure is the median step time over ``--rounds`` rounds. Model FLOP
+utilisation (MFU) counts the matmul FLOPs the objective needs (3x the forward: every
+layer on every token, the vocabulary projection only on the rows that are scored)
+against the fp32 GEMM rate of a large ``torch.matmul`` measured in the same run.
+
+Run: ``python bench/train_throughput.py`` (JSON to ``bench/results/``); short:
+``--rounds 2 --steps 1 --sizes tiny --objectives clm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from headwise.models import Decoder, EncoderForMLM, ModelConfig, build_electra
+from headwise.objectives import IGNORE_INDEX, CausalLM, MaskedLM, ReplacedTokenDetection
+from headwise.objectives.mlm import TokenMasker
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VOCAB, BATCH, SEQ = 8192, 32, 128
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+SPECIALS = (UNK, CLS, SEP)
+SIZES = {
+    "tiny": dict(d_model=128, n_layers=4, n_heads=4, d_ff=512),
+    "electra-small": dict(d_model=256, n_layers=12, n_heads=4, d_ff=1024),
+}
+OBJECTIVES = ("mlm", "rtd", "clm")
+DISC_WEIGHT = 50.0
+
+
+def headwise_config(objective: str, size: str) -> ModelConfig:
+    widths = SIZES[size]
+    if objective == "clm":  # GPT-2
+        return ModelConfig(vocab_size=VOCAB, max_len=SEQ, norm="pre", activation="gelu_tanh",
+                           layer_norm_eps=1e-5, dropout=0.0, attn_dropout=0.0, **widths)
+    embedding_size = 128 if objective == "rtd" else None  # ELECTRA factorises; BERT cannot
+    return ModelConfig(vocab_size=VOCAB, max_len=SEQ, norm="post", activation="gelu",
+                       layer_norm_eps=1e-12, type_vocab_size=2, embedding_size=embedding_size,
+                       dropout=0.0, attn_dropout=0.0, **widths)
+
+
+def masker_kwargs() -> dict:
+    return dict(vocab_size=VOCAB, mask_id=MASK, pad_id=PAD, special_ids=list(SPECIALS))
+
+
+def make_batches(n: int, seq: int, seed: int) -> list[torch.Tensor]:
+    """``n`` batches of random non-special token ids, ``[CLS] ... [SEP]`` framed."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        b = torch.randint(5, VOCAB, (BATCH, seq), generator=g)
+        b[:, 0], b[:, -1] = CLS, SEP
+        out.append(b)
+    return out
+
+
+# --------------------------------------------------------------------------- FLOPs
+def _encoder_flops_per_token(cfg: ModelConfig, seq: int, causal: bool) -> float:
+    """Forward matmul FLOPs of one token through the blocks (and embed_proj)."""
+    d, f = cfg.d_model, cfg.d_ff
+    qkv = (cfg.n_heads + 2 * cfg.kv_heads) * cfg.attn_head_dim
+    per_layer = 2 * d * qkv + 2 * cfg.n_heads * cfg.attn_head_dim * d + 2 * 2 * d * f
+    # scores and weighted values: 2 * (T * Dh) each per head, half of it when causal
+    attn = 2 * 2 * seq * cfg.n_heads * cfg.attn_head_dim * (0.5 if causal else 1.0)
+    proj = 2 * cfg.embed_dim * d if cfg.embed_dim != d else 0
+    return cfg.n_layers * (per_layer + attn) + proj
+
+
+def step_flops(objective: str, cfg: ModelConfig, n_tokens: int, n_scored: float, seq: int) -> float:
+    """Training matmul FLOPs (3x forward) of one step the objective needs."""
+    v, e, d = cfg.vocab_size, cfg.embed_dim, cfg.d_model
+    if objective == "clm":
+        fwd = n_tokens * (_encoder_flops_per_token(cfg, seq, True) + 2 * d * v)
+    elif objective == "mlm":
+        fwd = n_tokens * _encoder_flops_per_token(cfg, seq, False) + n_scored * (2 * d * e + 2 * e * v)
+    else:
+        from headwise.models import generator_config
+
+        g = generator_config(cfg)
+        disc = n_tokens * (_encoder_flops_per_token(cfg, seq, False) + 2 * d * d + 2 * d)
+        gen = n_tokens * _encoder_flops_per_token(g, seq, False) + n_scored * (
+            2 * g.d_model * e + 2 * e * v)
+        fwd = disc + gen
+    return 3.0 * fwd
+
+
+def gemm_rate(n: int = 2048, reps: int = 5) -> float:
+    """fp32 GEMM FLOP/s of ``torch.matmul`` on two ``n x n`` matrices (median)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+# --------------------------------------------------------------------------- steps
+@dataclass
+class Impl:
+    name: str
+    params: list
+    loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def headwise_impl(objective: str, cfg: ModelConfig) -> Impl:
+    if objective == "mlm":
+        obj = MaskedLM(EncoderForMLM(cfg), **masker_kwargs())
+    elif objective == "rtd":
+        generator, discriminator = build_electra(cfg)
+        obj = ReplacedTokenDetection(discriminator, generator, disc_weight=DISC_WEIGHT,
+                                     **masker_kwargs())
+    else:
+        obj = CausalLM(Decoder(cfg), pad_id=PAD)
+    obj.train()
+
+    def loss(batch, gen):
+        return obj(batch, generator=gen, metrics=False).loss
+
+    return Impl("headwise", list(obj.parameters()), loss)
+
+
+def hf_impl(objective: str, cfg: ModelConfig) -> Impl:
+    import transformers as tf
+
+    common = dict(vocab_size=cfg.vocab_size, num_hidden_layers=cfg.n_layers,
+                  max_position_embeddings=cfg.max_len, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0, layer_norm_eps=cfg.layer_norm_eps,
+                  type_vocab_size=2, hidden_act="gelu", pad_token_id=PAD)
+    if objective == "clm":
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(
+            vocab_size=cfg.vocab_size, n_positions=cfg.max_len, n_embd=cfg.d_model,
+            n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff,
+            activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            layer_norm_epsilon=cfg.layer_norm_eps)).train()
+
+        def loss(batch, gen):
+            labels = batch[:, 1:].masked_fill(batch[:, 1:] == PAD, IGNORE_INDEX)
+            return model(input_ids=batch[:, :-1], labels=batch[:, :-1], shift_labels=labels).loss
+
+        return Impl("transformers", list(model.parameters()), loss)
+
+    masker = TokenMasker(**masker_kwargs(), mask_token_prob=0.8 if objective == "mlm" else 0.85,
+                         random_token_prob=0.1 if objective == "mlm" else 0.0)
+    if objective == "mlm":
+        model = tf.BertForMaskedLM(tf.BertConfig(
+            hidden_size=cfg.d_model, num_attention_heads=cfg.n_heads,
+            intermediate_size=cfg.d_ff, **common)).train()
+
+        def loss(batch, gen):
+            inputs, selected = masker(batch, gen)
+            labels = batch.masked_fill(~selected, IGNORE_INDEX)
+            return model(input_ids=inputs, labels=labels).loss
+
+        return Impl("transformers", list(model.parameters()), loss)
+
+    from headwise.models import generator_config
+
+    g = generator_config(cfg)
+    disc = tf.ElectraForPreTraining(tf.ElectraConfig(
+        embedding_size=cfg.embed_dim, hidden_size=cfg.d_model, num_attention_heads=cfg.n_heads,
+        intermediate_size=cfg.d_ff, **common)).train()
+    gen_model = tf.ElectraForMaskedLM(tf.ElectraConfig(
+        embedding_size=g.embed_dim, hidden_size=g.d_model, num_attention_heads=g.n_heads,
+        intermediate_size=g.d_ff, **common)).train()
+    gen_model.electra.embeddings = disc.electra.embeddings  # shared, as ELECTRA does
+    gen_model.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
+    params = list({id(p): p for p in [*disc.parameters(), *gen_model.parameters()]}.values())
+
+    def loss(batch, gen):
+        inputs, selected = masker(batch, gen)
+        labels = batch.masked_fill(~selected, IGNORE_INDEX)
+        out = gen_model(input_ids=inputs, labels=labels)
+        with torch.no_grad():
+            probs = torch.softmax(out.logits[selected].detach().float(), dim=-1)
+            sampled = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        corrupted = batch.clone()
+        corrupted[selected] = sampled
+        replaced = (corrupted != batch).long()
+        d_out = disc(input_ids=corrupted, labels=replaced)
+        return out.loss + DISC_WEIGHT * d_out.loss
+
+    return Impl("transformers", params, loss)
+
+
+def make_step(impl: Impl, precision: str) -> Callable[[torch.Tensor, torch.Generator], float]:
+    decay = [p for p in impl.params if p.dim() >= 2]
+    no_decay = [p for p in impl.params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+
+    def step(batch, gen):
+        opt.zero_grad(set_to_none=True)
+        ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+               else contextlib.nullcontext())
+        with ctx:
+            loss = impl.loss(batch, gen)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(impl.params, 1.0)
+        opt.step()
+        return loss.item()  # the one sync a progress bar needs
+
+    return step
+
+
+def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: int,
+               peak: float) -> dict:
+    cfg = headwise_config(objective, size)
+    seq = SEQ + 1 if objective == "clm" else SEQ  # CLM: the model reads 128, scores 128
+    torch.manual_seed(0)
+    impls = [headwise_impl(objective, cfg), hf_impl(objective, cfg)]
+    step_fns = [make_step(i, precision) for i in impls]
+    batches = make_batches(steps + 1, seq, seed=1)
+    gens = [torch.Generator().manual_seed(2) for _ in impls]
+    first = [fn(batches[-1], g) for fn, g in zip(step_fns, gens)]  # warm-up
+    times: dict[str, list[float]] = {i.name: [] for i in impls}
+    for r in range(rounds):
+        order = range(len(impls)) if r % 2 == 0 else reversed(range(len(impls)))
+        for k in order:
+            t0 = time.perf_counter()
+            for b in batches[:steps]:
+                step_fns[k](b, gens[k])
+            times[impls[k].name].append((time.perf_counter() - t0) / steps)
+    # expected scored rows: every maskable token is selected with p = 0.15
+    maskable = BATCH * (SEQ - 2)
+    n_tokens = BATCH * SEQ
+    n_scored = n_tokens if objective == "clm" else 0.15 * maskable
+    flops = step_flops(objective, cfg, n_tokens, n_scored, SEQ)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {
+        "objective": objective, "size": size, "precision": precision,
+        "first_loss": dict(zip(times, first)),
+        "median_step_s": med, "all_step_s": times,
+        "tokens_per_s": {k: n_tokens / v for k, v in med.items()},
+        "ratio": med["transformers"] / med["headwise"],
+        "model_flops_per_step": flops,
+        "mfu": {k: flops / v / peak for k, v in med.items()},
+    }
+    return row
+
+
+def _lscpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor()
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per round (default 3)")
+    p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    p.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
+    p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                   help="fp32 and/or bf16 (autocast on both sides; default fp32)")
+    p.add_argument("--out", type=Path, default=RESULTS / "train_throughput_cpu.json")
+    args = p.parse_args(argv)
+    torch.set_flush_denormal(True)  # as headwise's trainer does, for both sides
+    import transformers
+
+    from headwise.hardware.precision import native_bf16
+
+    peak = gemm_rate()
+    cpu = _lscpu_model()
+    print(f"# training step, batch {BATCH} x {SEQ}, AdamW, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, transformers {transformers.__version__}, {cpu}")
+    native, why = native_bf16("cpu")
+    print(f"# fp32 GEMM rate (2048^3 matmul): {peak / 1e9:.1f} GFLOP/s; native bf16: {native} ({why})")
+    print(f"{'size':>13} {'obj':>4} {'prec':>5} | {'headwise tok/s':>14} | {'transformers':>12} | "
+          f"{'ratio':>6} | MFU headwise / transformers")
+    rows = []
+    for size in args.sizes:
+        for objective in args.objectives:
+            for precision in args.precision:
+                row = bench_pair(objective, size, precision, args.rounds, args.steps, peak)
+                rows.append(row)
+                tps, mfu = row["tokens_per_s"], row["mfu"]
+                print(f"{size:>13} {objective:>4} {precision:>5} | {tps['headwise']:14,.0f} | "
+                      f"{tps['transformers']:12,.0f} | {row['ratio']:5.2f}x | "
+                      f"{mfu['headwise']:.0%} / {mfu['transformers']:.0%}", flush=True)
+    result = {
+        "benchmark": "train_throughput_cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "machine": platform.machine(),
+        "gemm_flops_fp32": peak,
+        "native_bf16": native, "native_bf16_why": why,
+        "batch": BATCH, "seq": SEQ, "vocab": VOCAB,
+        "rounds": args.rounds, "steps": args.steps,
+        "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

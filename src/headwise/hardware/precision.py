@@ -1,0 +1,79 @@
+"""Which number format a training run uses: ``--precision auto|fp32|bf16``.
+
+bf16 autocast pays only where the hardware multiplies bf16 natively: NVIDIA GPUs of
+compute capability 8.0 (Ampere) and later, x86 CPUs with AVX512-BF16 or AMX-BF16,
+Arm CPUs with the BF16 extension. The check itself is
+:func:`headwise.formats.bf16_math_support` (shared with ``headwise eval --format
+bf16``). Elsewhere ``torch.autocast`` still runs (every bf16 matmul converts to fp32
+and back), which is correct but slower than fp32. :func:`resolve_precision` turns the
+setting into what runs and a sentence that says why; nothing is changed silently:
+``auto`` chooses, ``fp32`` and ``bf16`` are kept as asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["PRECISIONS", "Precision", "native_bf16", "resolve_precision"]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: torch.device | str) -> tuple[bool, str]:
+    """``(True, what)`` when ``device`` multiplies bf16 in hardware, else ``(False, why)``."""
+    from ..formats import bf16_math_support
+
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return False, "CUDA is not available"
+    return bf16_math_support(device)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The setting (``requested``), what runs (``used``: ``"fp32"`` or ``"bf16"``),
+    whether the device has native bf16, and a one-line ``note`` for the log."""
+
+    requested: str
+    used: str
+    native_bf16: bool
+    note: str
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """``torch.bfloat16`` for bf16 autocast, None for plain fp32."""
+        return torch.bfloat16 if self.used == "bf16" else None
+
+    def autocast(self, device: torch.device | str):
+        """The context to run forwards in: bf16 autocast, or a disabled one for fp32."""
+        device = torch.device(device)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.used == "bf16")
+
+    def to_dict(self) -> dict:
+        return {"requested": self.requested, "used": self.used,
+                "native_bf16": self.native_bf16, "note": self.note}
+
+
+def resolve_precision(requested: str, device: torch.device | str, *,
+                      support: tuple[bool, str] | None = None) -> Precision:
+    """``auto`` -> bf16 where the device has native bf16, else fp32; ``fp32`` and
+    ``bf16`` run as asked (bf16 without native support runs emulated, and the note
+    says so). ``support``: a ``(native, why)`` pair to use instead of detecting it."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {requested!r}")
+    native, why = native_bf16(device) if support is None else support
+    if requested == "auto":
+        if native:
+            return Precision(requested, "bf16", True,
+                             f"precision auto -> bf16 autocast, fp32 master weights and optimizer "
+                             f"state ({why})")
+        return Precision(requested, "fp32", False, f"precision auto -> fp32 ({why})")
+    if requested == "bf16":
+        if native:
+            return Precision(requested, "bf16", True,
+                             f"precision bf16: autocast, fp32 master weights and optimizer state ({why})")
+        return Precision(requested, "bf16", False,
+                         f"precision bf16 runs emulated, expect it slower than fp32: {why}")
+    return Precision(requested, "fp32", native, "precision fp32")

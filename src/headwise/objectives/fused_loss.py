@@ -1,0 +1,167 @@
+"""Output projection and cross-entropy in one pass over row chunks.
+
+``F.cross_entropy(F.linear(h, W, b), t)`` materialises the ``(N, V)`` logits, runs a
+separate log-softmax over them and, in the backward, two more passes (the softmax
+gradient, then the two GEMMs). :func:`linear_cross_entropy` instead walks ``h`` in
+chunks of rows; for each chunk it computes the logits, their logsumexp, the loss and,
+when a gradient is wanted, the gradient ``softmax - onehot`` in place, and from it the
+chunk's gradient with respect to ``h`` and its share of the gradients of ``W`` and
+``b``. Only one chunk of logits exists at a time (it stays in cache) and the
+backward only scales the stored gradients by the incoming one.
+
+The FLOPs are those of the unfused version (three ``N x D x V`` GEMMs); what goes is
+the traffic of the full logits and their gradient, and their memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["linear_cross_entropy", "fusable", "DEFAULT_CHUNK_ELEMS"]
+
+#: logits per chunk (rows x V): 2^19 fp32 = 2 MiB, small enough for the L2/L3 cache
+#: of the CPUs measured (bench/train_throughput.py) and large enough for full-speed
+#: GEMMs.
+DEFAULT_CHUNK_ELEMS = 1 << 19
+
+
+def fusable(*modules: nn.Module) -> bool:
+    """Whether ``modules`` can be bypassed for their weights: each a plain float module
+    of its own class (a quantized replacement is another class) with no forward hooks
+    (``headwise.formats``' bf16 casts and inspection hooks must still run)."""
+    for m in modules:
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+        w = getattr(m, "weight", None)
+        if w is not None and not w.is_floating_point():
+            return False
+    return True
+
+
+def _row_chunks(n: int, rows: int) -> Iterator[slice]:
+    """Consecutive row slices of ``rows`` covering ``0 .. n`` (the last one shorter)."""
+    for start in range(0, n, rows):
+        yield slice(start, min(start + rows, n))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_rows, compute_dtype,
+                grad_h_wanted, grad_w_wanted, grad_b_wanted, want_hits):
+        n = hidden.shape[0]
+        acc = torch.promote_types(compute_dtype, torch.float32)
+        h = hidden.to(compute_dtype)
+        w = weight.to(compute_dtype)
+        b = None if bias is None else bias.to(acc)
+        any_grad = grad_h_wanted or grad_w_wanted or grad_b_wanted
+        loss = torch.zeros((), dtype=acc, device=hidden.device)
+        hits = torch.zeros((), dtype=torch.long, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if grad_h_wanted else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if grad_w_wanted else None
+        grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if grad_b_wanted else None
+        for rows in _row_chunks(n, chunk_rows):
+            hc = h[rows]
+            z = hc @ w.t()
+            if z.dtype != acc:
+                z = z.to(acc)
+            if b is not None:
+                z += b
+            tgt = targets[rows]
+            valid = tgt != ignore_index
+            safe = tgt.masked_fill(~valid, 0).unsqueeze(1)
+            lse = torch.logsumexp(z, dim=1)
+            picked = z.gather(1, safe).squeeze(1)
+            loss += ((lse - picked) * valid).sum()
+            if want_hits:
+                hits += ((z.argmax(dim=1) == tgt) & valid).sum()
+            if not any_grad:
+                continue
+            # z becomes d(loss)/d(logits) = softmax - onehot, zero on ignored rows
+            z.sub_(lse.unsqueeze(1)).exp_()
+            z.scatter_add_(1, safe, -valid.to(acc).unsqueeze(1))
+            z.mul_(valid.unsqueeze(1))
+            if grad_b_wanted:
+                grad_b += z.sum(dim=0)
+            g = z if z.dtype == compute_dtype else z.to(compute_dtype)
+            if grad_h_wanted:
+                if grad_h.dtype == compute_dtype:
+                    torch.mm(g, w, out=grad_h[rows])
+                else:
+                    grad_h[rows] = g @ w
+            if grad_w_wanted:
+                if compute_dtype == acc:
+                    grad_w.addmm_(g.t(), hc)
+                else:
+                    grad_w += (g.t() @ hc).to(acc)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(hits)
+        return loss, hits
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_hits):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.dtypes
+        if grad_h is not None:
+            grad_h = grad_h * grad_loss.to(grad_h.dtype)
+        if grad_w is not None:
+            grad_w = (grad_w * grad_loss.to(grad_w.dtype)).to(w_dtype)
+        if grad_b is not None:
+            grad_b = (grad_b * grad_loss.to(grad_b.dtype)).to(b_dtype)
+        return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
+
+
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor,
+    *,
+    ignore_index: int = -100,
+    chunk_rows: int | None = None,
+    return_hits: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Summed cross-entropy of ``hidden (N, D) @ weight (V, D).T + bias (V,)`` against
+    ``targets (N,)`` (rows whose target is ``ignore_index`` count for nothing), and,
+    with ``return_hits``, how many scored rows have their target as the argmax (a long
+    scalar tensor; else None).
+
+    Equal to ``F.cross_entropy(F.linear(hidden, weight, bias), targets,
+    ignore_index=ignore_index, reduction="sum")`` in value and gradients. Divide by the
+    count of scored rows for the mean. The loss is float32 (float64 for float64
+    inputs). Under ``torch.autocast`` the GEMMs run in the autocast dtype and the
+    softmax in float32; gradients come back in the inputs' dtypes.
+
+    When a gradient is wanted, it is computed during the forward, one chunk at a time,
+    and ``backward`` only scales it: a loss computed and then not backpropagated costs
+    the backward's GEMMs too (evaluation runs under ``no_grad``, which skips them).
+    """
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden must be (N, D) and weight (V, D), got {tuple(hidden.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"targets must be ({hidden.shape[0]},), got {tuple(targets.shape)}")
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device) and hidden.is_floating_point():
+        compute_dtype = torch.get_autocast_dtype(device)
+    else:
+        compute_dtype = hidden.dtype
+    v = weight.shape[0]
+    if chunk_rows is None:
+        chunk_rows = max(1, DEFAULT_CHUNK_ELEMS // v)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    grad = torch.is_grad_enabled()
+    hidden = hidden.contiguous()
+    with torch.autocast(device, enabled=False):
+        loss, hits = _LinearCrossEntropy.apply(
+            hidden, weight, bias, targets, ignore_index, chunk_rows, compute_dtype,
+            grad and hidden.requires_grad, grad and weight.requires_grad,
+            grad and bias is not None and bias.requires_grad, return_hits,
+        )
+    return loss, (hits if return_hits else None)
