@@ -226,3 +226,38 @@ def test_inspect_run_without_record_still_works(corpus, tmp_path, capsys):
                  "--examples", "1"]) == 0
     assert "heads over training" not in capsys.readouterr().out
     assert "<section id='timeline'" not in (tmp_path / "rep" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_timeline_section_in_a_browser(encoder, wordpiece, tmp_path):
+    """The page script draws the measure chart and marks the selected head's row (headless
+    Chromium; skipped without it: tests/inspect/test_report_browser.py can install it)."""
+    import re
+    import shutil
+    import subprocess
+
+    from headwise.inspect import inspect_model
+    from headwise.inspect.report import write_report
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium")
+    result = inspect_model(encoder, ["the quick brown fox jumps over the lazy dog ."], wordpiece, keep_examples=1,
+                           induction_len=8, induction_batch=2)
+    rec = HeadRecorder(tmp_path / HEADS_FILE, encoder, torch.randint(5, 60, (2, 12)))
+    for step in (10, 20, 30):
+        rec.record(step)
+    write_report(result, tmp_path / "rep", figures=False, timeline=read_head_record(tmp_path))
+    page = (tmp_path / "rep" / "report.html").as_uri() + "#click=L1H2"
+    done = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    status = re.search(r'<div id="status"([^>]*)>', dom).group(1)
+    assert 'data-errors="0"' in status and 'data-selected="L1H2"' in status, status
+    assert re.search(r'<tr class="tl-row selected" id="tl-L1H2"', dom)
+    svg = re.search(r'<svg[^>]*id="tl-chart"[^>]*data-measure="offset_-1"[^>]*>(.*?)</svg>', dom, re.S)
+    assert svg, "no measure chart"
+    lines = re.findall(r'<polyline[^>]*>', svg.group(1))
+    assert len(lines) == 8 and sum('data-head="L1H2"' in x and 'stroke-width="2.5"' in x for x in lines) == 1

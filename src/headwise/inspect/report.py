@@ -560,7 +560,8 @@ _JS = r"""
       e.setAttribute('fill', '#666'); e.textContent = s; svg.appendChild(e);
     }
     line(L, Hh - B, W - R, Hh - B, '#999'); line(L, T, L, Hh - B, '#999');
-    [lo, (lo + hi) / 2, hi].forEach(function(v){ text(L - 4, Y(v) + 3, fmt(v, 2), 'end'); line(L - 3, Y(v), L, Y(v), '#999'); });
+    [lo, (lo + hi) / 2, hi].forEach(function(v){
+      text(L - 4, Y(v) + 3, fmt(v, 2), 'end'); line(L - 3, Y(v), L, Y(v), '#999'); });
     [s0, steps[Math.floor((steps.length - 1) / 2)], steps[steps.length - 1]].forEach(function(s){
       text(X(s), Hh - B + 14, String(s)); });
     text((L + W - R) / 2, Hh - 2, 'step');
