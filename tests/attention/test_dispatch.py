@@ -105,6 +105,19 @@ def test_auto_takes_the_backend_measured_fastest(ms_sdpa, ms_tiled, want):
     assert fakes["sdpa"].calls == 1 + d.warmup + d.reps
 
 
+def test_the_per_call_shortcut_follows_a_new_choice():
+    d, fakes = make(2.0, 1.0)
+    assert d.backend_for(call()).name == "tiled"
+    assert d.backend_for(call(tk=90)).name == "tiled"  # same class: the shortcut
+    d.pin(call(), "sdpa")
+    assert d.backend_for(call()).name == "sdpa"
+    d.clear()
+    d.enabled = False  # defaults are not settled: timing on again measures
+    assert d.backend_for(call()).name == "sdpa"
+    d.enabled = True
+    assert d.backend_for(call()).name == "tiled"
+
+
 def test_the_first_call_is_not_timed():
     """Compilation and autotuning (the first call) do not count against a candidate."""
     d, _ = make(2.0, 1.0, tiled_first_ms=10_000.0)
@@ -151,12 +164,14 @@ def test_shape_classes_bucket_lengths_to_powers_of_two():
     assert fakes["sdpa"].calls > n
 
 
-def test_a_failing_candidate_is_reported_and_skipped():
-    d, _ = make(2.0, 1.0, tiled_fail=True)
+def test_a_failing_candidate_is_reported_and_skipped(tmp_path):
+    d, _ = make(2.0, 1.0, tiled_fail=True, tmp_path=tmp_path)
     choice = d.choose(call())
-    assert choice.backend == "sdpa"
+    assert choice.backend == "sdpa" and not choice.complete
     assert "kernel failed to build" in choice.errors["tiled"]
     assert "second line" not in choice.errors["tiled"]
+    assert "failed: tiled" in choice.reason
+    assert not (tmp_path / "dispatch.json").exists()  # it may not fail next time
 
 
 # ------------------------------------------------------------------ the budget

@@ -37,6 +37,7 @@ def register_backend(backend: Backend) -> Backend:
         raise ValueError(f"a backend needs a name other than 'auto', got {backend.name!r}")
     _REGISTRY[backend.name] = backend
     _ORDERED[:] = sorted(_REGISTRY.values(), key=lambda b: -b.priority)
+    DISPATCHER.forget_settled()
     return backend
 
 

@@ -207,6 +207,7 @@ class Dispatcher:
         self._memory: dict[str, dict[str, dict]] = {}  # environment -> class -> entry
         self._loaded: set[tuple[str, str]] = set()  # (environment, file) read from disk
         self._env_keys: dict[torch.device, str] = {}
+        self._fast: dict[tuple, Backend] = {}  # the per-call path: settled calls -> backend
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------------- settings
@@ -240,6 +241,11 @@ class Dispatcher:
         with self._lock:
             self._memory.clear()
             self._loaded.clear()
+            self._fast.clear()
+
+    def forget_settled(self) -> None:
+        """Drop the per-call shortcut (after the backends or a choice changed)."""
+        self._fast.clear()
 
     # ---------------------------------------------------------------- choosing
     def backend_for(self, call: AttentionCall) -> Backend:
@@ -250,13 +256,25 @@ class Dispatcher:
                 if _considered(b, call) and b.unsupported(call) is None:
                     return b
             raise RuntimeError("no attention backend can serve this call")  # reference serves all
-        by_name = {b.name: b for b in backends}
-        return by_name[self.choose(call, backends=backends).backend]
+        # a call whose class is settled (measured, read, pinned, or one candidate) takes
+        # the shortcut: one dict lookup instead of asking every backend again
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            fast_key = _settled_key(call)
+            settled = self._fast.get(fast_key)
+            if settled is not None:
+                return settled
+        choice = self.choose(call, backends=backends, explain=False)
+        backend = next(b for b in backends if b.name == choice.backend)
+        if not compiling and choice.source != "default":
+            self._fast[fast_key] = backend
+        return backend
 
     def choose(self, call: AttentionCall, *, measure: bool = True,
-               backends: list[Backend] | None = None) -> BackendChoice:
+               backends: list[Backend] | None = None, explain: bool = True) -> BackendChoice:
         """The choice for ``call`` with its reason; times the candidates when the
-        class is new, timing is on and ``measure`` is true."""
+        class is new, timing is on and ``measure`` is true. ``explain=False`` leaves
+        the reason of a remembered choice unwritten (the per-call path)."""
         backends = self._backends() if backends is None else backends
         servable, refused = [], {}
         for b in backends:
@@ -295,6 +313,8 @@ class Dispatcher:
             env = self.environment(call.device)
             entry = self._lookup(env, key)
         if entry is not None and entry.get("choice") in names:
+            if not explain:
+                return BackendChoice(entry["choice"], entry.get("source", "cached"), "")
             return self._from_entry(entry, key, env)
         default = DEFAULT if DEFAULT in names else names[0]
 
@@ -377,7 +397,8 @@ class Dispatcher:
             ms[b.name] = statistics.median(times)
         m = call.mask
         shape = [m.batch, call.n_heads, call.n_kv_heads, m.q_len, m.k_len, call.head_dim, call.value_dim]
-        measured_all = not over and len(ms) == len(order) - len(errors) and ms
+        # a failure (out of memory, say) may not recur: such a class is not written to the file
+        measured_all = not over and not errors and len(ms) == len(order)
         if over:
             choice = default
             why = (f"budget of {self.budget():.0f} ms spent after timing "
@@ -410,6 +431,7 @@ class Dispatcher:
         return None
 
     def _store(self, env: str, key: str, entry: dict, *, persist: bool) -> None:
+        self._fast.clear()
         self._memory.setdefault(env, {})[key] = dict(entry, source="pinned" if entry.get("source") == "pinned"
                                                       else "cached")
         path = self.cache_file()
@@ -439,6 +461,15 @@ class Dispatcher:
         return BackendChoice(entry["choice"], source, reason, shape_class=key, device=env,
                              times_ms=ms, errors=dict(entry.get("errors", {})),
                              complete=entry.get("complete"))
+
+
+def _settled_key(call: AttentionCall) -> tuple:
+    """Everything that decides auto's answer for ``call`` (at least as fine as
+    :func:`shape_class` plus what the backends' ``unsupported`` reads)."""
+    m = call.mask
+    return (call.device, call.dtype, call.head_dim, call.value_dim, call.n_heads, call.n_kv_heads,
+            m.causal, m.key_lengths is None, m.bias is None, (m.q_len - 1).bit_length(),
+            (m.k_len - 1).bit_length(), call.need_weights, call.dropout_p, call.requires_grad)
 
 
 def _considered(backend: Backend, call: AttentionCall) -> bool:
