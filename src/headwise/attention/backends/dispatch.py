@@ -227,7 +227,7 @@ class Dispatcher:
         if self.cache_path is not None:
             return self.cache_path
         env = os.environ.get(ENV_CACHE)
-        return Path(env) if env else None
+        return Path(env).expanduser() if env else None
 
     def environment(self, device: torch.device) -> str:
         key = self._env_keys.get(device)
@@ -528,7 +528,7 @@ def set_dispatch_cache(path: str | os.PathLike | None) -> None:
     torch and Triton versions. ``None`` goes back to ``HEADWISE_DISPATCH_CACHE``
     (unset: memory only)."""
     d = _dispatcher()
-    d.cache_path = None if path is None else Path(path)
+    d.cache_path = None if path is None else Path(path).expanduser()
     d._loaded.clear()
 
 
