@@ -39,7 +39,7 @@ def run(args) -> int:
         found = _available()
         where = f"in {BENCH_DIR}" if found else f"({BENCH_DIR} is missing: benchmarks run from a source checkout)"
         raise FileNotFoundError(
-            f"no benchmark named {args.name!r}; available: {found or 'none'} {where}"
+            f"NAME {args.name!r}: no such benchmark; available: {found or 'none'} {where}"
         )
     argv = list(args.args)
     if not _gives_out(argv) and not _asks_help(argv):

@@ -49,7 +49,12 @@ EXPECTED_ERRORS = (ValueError, TypeError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line ``argv``; returns the exit status (2: refused input, with
+    one line on stderr saying why; argparse's own refusals included, and ``--help`` is 0)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse printed the usage and the reason
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as e:

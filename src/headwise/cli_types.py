@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 __all__ = [
     "positive_int", "nonneg_int", "positive_float", "nonneg_float", "int_at_least", "float_in",
-    "HelpFormatter",
+    "run_directory", "HelpFormatter",
 ]
 
 
@@ -81,6 +82,19 @@ def float_in(low: float | None = None, high: float | None = None, *, low_open: b
 
 positive_float = float_in(0.0, low_open=True)
 nonneg_float = float_in(0.0)
+
+
+def run_directory(text: str) -> Path:
+    """An argparse type: a headwise run directory (a folder holding run.json)."""
+    path = Path(text)
+    accepted = "a run directory written by headwise train (a folder holding run.json)"
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text!r}: no such folder; expected {accepted}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; expected {accepted}")
+    if not (path / "run.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} holds no run.json; expected {accepted}")
+    return path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -111,7 +111,7 @@ def register(sub) -> None:
 
 
 def _config(args) -> tuple[str, AttentionConfig]:
-    base = resolve_preset(args.preset) if args.preset else None
+    base = _flag("--preset", args.preset, resolve_preset, args.preset) if args.preset else None
     if base is None and (args.d_model is None or args.n_heads is None):
         raise ValueError(
             "give --preset NAME or both --d-model and --n-heads "
@@ -138,12 +138,20 @@ def _config(args) -> tuple[str, AttentionConfig]:
     return (args.preset or "custom"), cfg
 
 
+def _flag(flag: str, value, fn, *a, **kw):
+    """``fn(*a, **kw)``, with a ValueError's message prefixed by the flag and its value."""
+    try:
+        return fn(*a, **kw)
+    except ValueError as e:
+        raise ValueError(f"{flag} {value!r}: {e}") from None
+
+
 def run(args) -> int:
     name, cfg = _config(args)
-    prof = get_profile(args.gpu, refresh=args.refresh_cpu) if str(args.gpu).lower() == "cpu" \
-        else get_profile(args.gpu)
+    prof = _flag("--gpu", args.gpu, get_profile, args.gpu, refresh=args.refresh_cpu) \
+        if str(args.gpu).lower() == "cpu" else _flag("--gpu", args.gpu, get_profile, args.gpu)
     dtype = args.dtype if args.dtype is not None else ("fp32" if prof.is_cpu else "bf16")
-    dtype = prof.check_dtype(dtype)
+    dtype = _flag("--dtype", dtype, prof.check_dtype, dtype)
     if args.top < 0:
         raise ValueError(f"--top must be >= 0, got {args.top}")
     plan, recs = recommend(

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..data import BlockSampler, TokenBlocks, Tokenizer, build_blocks, load_corpus, load_or_train_tokenizer
 from ..models import CONFIG_NAME, ModelConfig, get_preset
+from ..models.presets import PRESETS
 from .config import TrainConfig
 
 __all__ = ["RunParts", "build_parts", "build_objective", "default_tokenizer_kind", "model_config_for"]
@@ -53,6 +54,8 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     overrides, ``--dropout`` and the tokenizer's ``vocab_size``. Raises ValueError
     naming the setting at fault: an unknown ``--model`` field (with the valid ones), a
     bad value, or a ``--block-len`` longer than the model's ``max_len``."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"--preset {cfg.preset!r}: unknown preset; accepted: {', '.join(sorted(PRESETS))}")
     known = sorted(set(ModelConfig.__dataclass_fields__) - {"vocab_size"})  # that one is the tokenizer's
     unknown = sorted(set(cfg.model) - set(known) - {"vocab_size"})
     if unknown:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int
+from ..cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int, run_directory
 from .config import TrainConfig
 
 #: (flag, argparse type, help) of the numeric TrainConfig settings
@@ -78,11 +78,12 @@ def register(sub) -> None:
     _mark_defaults(t)
 
     c = sub.add_parser("check", help="run the sanity checks on a run directory")
-    c.add_argument("run", type=Path, help="a run directory (with run.json)")
+    c.add_argument("run", type=run_directory, metavar="RUN", help="a run directory (with run.json)")
     c.set_defaults(func=run_check)
 
     gen = sub.add_parser("generate", help="sample text from a trained decoder (clm run)")
-    gen.add_argument("run", type=Path, help="a clm run directory (with run.json and a checkpoint)")
+    gen.add_argument("run", type=run_directory, metavar="RUN",
+                     help="a clm run directory (with run.json and a checkpoint)")
     gen.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
     gen.add_argument("--max-new-tokens", type=nonneg_int, default=100, help="tokens to add")
     gen.add_argument("--temperature", type=nonneg_float, default=0.8, help="softmax temperature; 0 is greedy")
@@ -91,7 +92,7 @@ def register(sub) -> None:
     gen.set_defaults(func=run_generate)
 
     e = sub.add_parser("eval", help="evaluate a run on its validation split or another corpus")
-    e.add_argument("run", type=Path, help="a run directory (with run.json and a checkpoint)")
+    e.add_argument("run", type=run_directory, metavar="RUN", help="a run directory (with run.json and a checkpoint)")
     e.add_argument("--corpus", default=None, help="evaluate on this corpus instead of the run's validation split")
     e.add_argument("--batches", type=positive_int, default=50, help="evaluate on at most N batches")
     e.add_argument("--format", choices=["fp32", "bf16", "int8"], default="fp32",
@@ -193,6 +194,10 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
 
     resolve_device(cfg.device, what="--device")
     given = given or {}
+    builtin = cfg.corpus in ("stdlib-docs", "stdlib-code") or str(cfg.corpus).startswith("hf:")
+    if not resume and not builtin and not Path(cfg.corpus).exists():
+        raise FileNotFoundError(f"--corpus {cfg.corpus!r}: no such file or folder; accepted: a file or folder "
+                                "(.txt .md .jsonl), stdlib-docs, stdlib-code or hf:NAME[:CONFIG]")
     if cfg.tokenizer is not None and not resume:
         for flag, field in (("--vocab-size", "vocab_size"), ("--tokenizer-kind", "tokenizer_kind")):
             if field in given:
