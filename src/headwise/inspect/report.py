@@ -574,14 +574,15 @@ _JS = r"""
       var last = h.primary[h.primary.length - 1] || 'other';
       var pl = document.createElementNS(NS, 'polyline');
       pl.setAttribute('points', pts.join(' ')); pl.setAttribute('fill', 'none');
-      pl.setAttribute('stroke', sel ? (D.role_colors[last.split(':')[0]] || '#333') : '#bbb');
+      var col = last.split(':')[0] === 'other' ? '#333' : (D.role_colors[last.split(':')[0]] || '#333');
+      pl.setAttribute('stroke', sel ? col : '#d0d0d0');
       pl.setAttribute('stroke-width', sel ? '2.5' : '1'); pl.setAttribute('data-head', h.id);
       var tt = document.createElementNS(NS, 'title'); tt.textContent = h.id + ': ' + name; pl.appendChild(tt);
       svg.appendChild(pl);
     });
     wrap.appendChild(svg);
     wrap.appendChild(el('p', {'class': 'muted'}, name + ' of every head at each evaluation' +
-      (current ? '; ' + current.id + ' drawn in the colour of its last role' : '')));
+      (current ? '; ' + current.id + ' drawn in the colour of its last role (black: other)' : '')));
   }
   if (TL){
     var pick = document.getElementById('tl-measure');
@@ -756,10 +757,10 @@ def _timeline_html(tl: dict[str, Any] | None) -> str:
     if not tl:
         return ""
     steps = tl["steps"]
-    every = max(1, math.ceil(len(steps) / 12))  # label about 12 of the columns
+    # label about 12 columns, and never two closer than their text is wide (15 px a column)
+    every = max(1, math.ceil(len(steps) / 12), math.ceil((6.5 * len(str(steps[-1])) + 4) / 15))
     head = ["<tr><th>step</th>"] + [
-        f"<th class='tl-step'>{s if (i % every == 0 or i == len(steps) - 1) else ''}</th>"
-        for i, s in enumerate(steps)
+        f"<th class='tl-step'>{s if i % every == 0 else ''}</th>" for i, s in enumerate(steps)
     ] + ["</tr>"]
     rows = []
     for h in tl["heads"]:
