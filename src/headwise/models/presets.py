@@ -42,6 +42,24 @@ PRESETS: dict[str, ModelConfig] = {
         activation="gelu",
         layer_norm_eps=1e-5,
     ),
+    # A character-level GPT for the CPU: the recipe headwise.train.recipes["shakespeare-char"]
+    # trains it (rotary positions, no biases, tied embeddings); vocab_size as for tiny.
+    "shakespeare-char": ModelConfig(
+        vocab_size=8192,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        d_ff=512,
+        max_len=256,
+        positions="rope",
+        norm="pre",
+        dropout=0.0,
+        attn_dropout=0.0,
+        activation="gelu",
+        layer_norm_eps=1e-5,
+        bias=False,
+        tied_embeddings=True,
+    ),
     # google/electra-small-discriminator: 256 wide, 128-wide shared embeddings.
     "electra-small": ModelConfig(
         vocab_size=30522,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int, run_directory
 from .config import TrainConfig
+from .recipes import RECIPES, apply_recipe
 
 #: (flag, argparse type, help) of the numeric TrainConfig settings
 _NUMBERS = (
@@ -38,7 +39,11 @@ def register(sub) -> None:
     t.add_argument("--corpus", default=None,
                    help="a file or folder (.txt .md .jsonl), stdlib-docs, stdlib-code or hf:NAME[:CONFIG] "
                         "(default: stdlib-docs for mlm/rtd, stdlib-code for clm)")
-    t.add_argument("--preset", default=d.preset, help="tiny, electra-small, bert-base, gpt2-small")
+    t.add_argument("--preset", default=d.preset,
+                   help="tiny, shakespeare-char, electra-small, bert-base, gpt2-small")
+    t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="set objective, preset, tokenizer, batch, optimizer and schedule at once; flags given "
+                        "explicitly win (headwise.train.recipes; shakespeare-char: docs/training.md)")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--steps", type=positive_int, default=None, help=f"optimizer steps (default {d.steps})")
     g.add_argument("--max-time", type=positive_float, default=None,
@@ -52,6 +57,10 @@ def register(sub) -> None:
         default = getattr(d, field)
         t.add_argument(f"--{name}", type=typ, default=default, dest=field,
                        help=text + (" (default: the preset's)" if default is None else ""))
+    t.add_argument("--optimizer", choices=["adamw", "muon"], default=d.optimizer,
+                   help="adamw, or muon: Muon on the blocks' weight matrices (at --muon-lr), AdamW on the rest")
+    t.add_argument("--muon-lr", type=positive_float, default=d.muon_lr, dest="muon_lr",
+                   help="Muon's peak learning rate (with --optimizer muon)")
     t.add_argument("--decay", choices=["cosine", "linear", "constant"], default=d.decay,
                    help="learning-rate decay after warm-up")
     t.add_argument("--tokenizer", default=None,
@@ -141,6 +150,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
              if k in TrainConfig.__dataclass_fields__ and v is not None and not isinstance(v, _Default)}
     fields = {k: (v.value if isinstance(v, _Default) else v) for k, v in vars(args).items()
               if k in TrainConfig.__dataclass_fields__ and v is not None}
+    if getattr(args, "recipe", None) is not None:
+        fields = apply_recipe(args.recipe, fields, given)
     fields.setdefault("out", f"runs/{fields['objective']}-{fields['preset']}")
     if args.max_time is not None and args.steps is None and not args.resume:
         fields["steps"] = 10**9

@@ -56,6 +56,7 @@ class TrainConfig:
     dropout: float | None = None  # None: the preset's
     sanity_checks: bool = True
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's ModelConfig
+    recipe: str | None = None  # the --recipe that set these (headwise.train.recipes), for the record
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -73,6 +74,11 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
         if isinstance(self.muon_lr, bool) or not isinstance(self.muon_lr, (int, float)) or self.muon_lr <= 0:
             raise ValueError(f"muon_lr must be positive, got {self.muon_lr!r}")
+        if self.recipe is not None:
+            from .recipes import RECIPES
+
+            if self.recipe not in RECIPES:
+                raise ValueError(f"recipe must be one of {sorted(RECIPES)} or None, got {self.recipe!r}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive minutes, got {self.max_time}")
         if self.decay not in ("cosine", "linear", "constant"):
