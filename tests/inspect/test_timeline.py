@@ -147,6 +147,13 @@ def _kill_at(step):
     return hook
 
 
+def test_a_compiled_model_is_measured_eagerly(decoder, tmp_path):
+    ids = torch.randint(0, 120, (2, 16))
+    plain = HeadRecorder(tmp_path / "a.jsonl", decoder, ids).measure()
+    decoder.compile()  # what Trainer(compile=True) does to the objective's models
+    assert HeadRecorder(tmp_path / "b.jsonl", decoder, ids).measure() == plain
+
+
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
 def test_record_is_exact_across_resume_and_training_is_undisturbed(corpus, tmp_path, objective):
     kw = dict(objective=objective, eval_every=2, steps=8)

@@ -85,6 +85,14 @@ def _is_causal(model: nn.Module) -> bool:
     return any(isinstance(m, Decoder) for m in model.modules())
 
 
+def _eager_forward(model: nn.Module, ids: Tensor) -> object:
+    """``model(ids)``, bypassing an in-place ``torch.compile`` (``Trainer(compile=True)``
+    compiles the objective's models): capture's hooks need the eager modules."""
+    if getattr(model, "_compiled_call_impl", None) is not None:
+        return model.forward(ids)
+    return model(ids)
+
+
 def _num(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -191,7 +199,7 @@ class HeadRecorder:
         model.eval()
         try:
             with capture(model, "weights") as cap:
-                model(self.probe.to(device))
+                _eager_forward(model, self.probe.to(device))
             w = cap.stack("weights").transpose(0, 1).float()  # (B, L, H, T, T)
         finally:
             model.train(was_training)
@@ -201,7 +209,7 @@ class HeadRecorder:
         ind = None
         if self.induction:
             ind = induction_scores(model, n=self.induction_len, batch=self.induction_batch,
-                                   bos_id=self.bos_id, seed=self.induction_seed)
+                                   bos_id=self.bos_id, seed=self.induction_seed, forward=_eager_forward)
         roles = assign_roles(measures, None, ind, self.thresholds)
         table = measures.table()
         if ind is not None:
