@@ -184,3 +184,17 @@ def test_heldout_passages_are_bounded_pieces_of_the_validation_split(corpus, tmp
     assert len(heldout_passages(val, tok, max_passages=3)) == 3
     val_text = " ".join(tok.decode(val[i]) for i in range(len(val)))
     assert all(p.split()[1] in val_text for p in passages if len(p.split()) > 1)
+
+
+def test_a_failed_inspection_still_prints_the_summary_and_is_retried(corpus, tmp_path, capsys, monkeypatch):
+    import headwise.app as app
+
+    def broken(*a, **k):
+        raise RuntimeError("no heads today")
+
+    monkeypatch.setattr(app, "inspect_run", broken)
+    out = tmp_path / "run"
+    assert main(tiny_cli_args(corpus, out)) == 1
+    captured = capsys.readouterr()
+    assert "masked-token accuracy" in captured.out and "no heads today" in captured.out + captured.err
+    assert (out / "summary.txt").is_file() and not (out / "story.json").exists()

@@ -411,7 +411,7 @@ def summary_text(*, run_dir: str | Path, cfg: Any, step: int, val: dict[str, flo
     lines.append("next:")
     if report is not None:
         path = Path(report).resolve()
-        lines.append(f"  open the report   {sys.executable.rsplit('/', 1)[-1]} -m webbrowser {q(path.as_uri())}")
+        lines.append(f"  open the report   python3 -m webbrowser {q(path.as_uri())}")
     if cfg.objective == "clm":
         lines.append(f"  generate          headwise generate {q(run)} --prompt {q('def ')}")
     lines.append(f"  evaluate          headwise eval {q(run)}")
@@ -475,7 +475,8 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
     print the summary with ``out``; writes ``report.html`` (and the inspection's
     figures and ``measures.json``), ``summary.txt`` and ``story.json`` into the run
     directory. A run with nothing left to train whose saved summary was made at the
-    same step with the same options has it re-printed. Returns 0."""
+    same step with the same options has it re-printed. Returns 0, or 1 when the
+    inspection failed (the summary is printed all the same, without the heads)."""
     run_dir = Path(trainer.run_dir)
     cfg = trainer.cfg
     conllu = None if conllu is None else str(conllu)
@@ -502,37 +503,52 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
     if not val:  # nothing was trained in this call (a finished run resumed): evaluate now
         val = trainer.evaluate()
     base = baselines(trainer.parts, cfg, val)
-    leaders = probe = timeline = report_path = n_heads = None
+    heads: dict[str, Any] = {}
+    failed = None
     if report:
-        from .inspect.report import write_report
-        from .inspect.timeline import read_head_record, timeline_summary
-
-        t1 = time.perf_counter()
-        result = inspect_run(trainer.objective, trainer.parts.tokenizer, cfg.objective, trainer.parts.val,
-                             conllu=conllu, corpus=str(cfg.corpus))
-        record = read_head_record(run_dir) or None
-        ckpt = f"step {trainer.step}"
-        written = write_report(result, run_dir, title=f"headwise run {run_dir} ({cfg.objective}, {ckpt})",
-                               command=_reinspect_command(run_dir, conllu), timeline=record)
-        report_path = written["report.html"]
-        leaders = role_leaders(result)
-        n_heads = (int(result.model["n_layers"]), int(result.model["n_heads"]))
-        probe = _probe_line(result)
-        if record:
-            timeline = "\n" + timeline_summary(record)
-        out(f"inspected {result.data['n_sentences']} held-back passages in {time.perf_counter() - t1:.1f} s")
-    text = summary_text(run_dir=run_dir, cfg=cfg, step=trainer.step, val=val, base=base, leaders=leaders,
-                        n_heads=n_heads, probe=probe, timeline=timeline, report=report_path, train_s=train_s,
-                        checks=checks)
+        try:
+            heads = _inspect_and_report(trainer, conllu, out)
+        except Exception as e:  # the trained run stands; say what failed and still summarise
+            failed = f"{type(e).__name__}: {e}"
+            print(f"headwise train: the inspection failed ({failed}); the run itself is complete",
+                  file=sys.stderr)
+    text = summary_text(run_dir=run_dir, cfg=cfg, step=trainer.step, val=val, base=base, train_s=train_s,
+                        checks=checks, **heads)
+    if failed:
+        text += f"\n\n(no report: the inspection failed: {failed})"
     if getattr(trainer, "is_main", True):
         summary_path.write_text(text + "\n")
-        story_path.write_text(json.dumps({
-            "key": _story_key(trainer, conllu, report), "validation": val, "baselines": base.to_dict(),
-            "roles": leaders,
-        }, indent=1) + "\n")
+        if not failed:  # a failed inspection is tried again by the next --resume
+            story_path.write_text(json.dumps({
+                "key": _story_key(trainer, conllu, report), "validation": val, "baselines": base.to_dict(),
+                "roles": heads.get("leaders"),
+            }, indent=1) + "\n")
     out("")
     out(text)
-    return 0
+    return 1 if failed else 0
+
+
+def _inspect_and_report(trainer: Any, conllu: str | None, out: Any) -> dict[str, Any]:
+    """Inspect the trainer's model on held-back text, write the report into the run
+    directory; returns the summary's head fields (:func:`summary_text` keywords)."""
+    from .inspect.report import write_report
+    from .inspect.timeline import read_head_record, timeline_summary
+
+    cfg, run_dir = trainer.cfg, Path(trainer.run_dir)
+    t1 = time.perf_counter()
+    result = inspect_run(trainer.objective, trainer.parts.tokenizer, cfg.objective, trainer.parts.val,
+                         conllu=conllu, corpus=str(cfg.corpus))
+    record = read_head_record(run_dir) or None
+    written = write_report(result, run_dir, title=f"headwise run {run_dir} ({cfg.objective}, step {trainer.step})",
+                           command=_reinspect_command(run_dir, conllu), timeline=record)
+    out(f"inspected {result.data['n_sentences']} held-back passages in {time.perf_counter() - t1:.1f} s")
+    return {
+        "leaders": role_leaders(result),
+        "n_heads": (int(result.model["n_layers"]), int(result.model["n_heads"])),
+        "probe": _probe_line(result),
+        "timeline": "\n" + timeline_summary(record) if record else None,
+        "report": written["report.html"],
+    }
 
 
 def _reinspect_command(run_dir: Path, conllu: str | None) -> str:
