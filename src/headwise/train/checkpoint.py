@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -107,7 +108,8 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         # save_model handles tied (shared) tensors, which save_file refuses
-        save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step)})
+        # "manifest" marks the weights as written with a manifest.json (so losing it is noticed)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"step": str(step), "manifest": MANIFEST})
         torch.save({**trainer_state, "step": step}, tmp / "trainer.pt")
         manifest = {"step": step, "files": {f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)}
                                             for f in FILES}}
@@ -146,9 +148,16 @@ def verify_checkpoint(path: Path) -> str | None:
         return f"{path.name} is missing"
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        # written before manifests existed: all that can be checked is that the files are there
         missing = [f for f in FILES if not (path / f).is_file()]
-        return f"{', '.join(missing)} missing" if missing else None
+        if missing:
+            return f"{', '.join(missing)} missing"
+        try:
+            with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+                written_with_manifest = MANIFEST in (f.metadata() or {}).values()
+        except Exception:  # a damaged header
+            return "model.safetensors is unreadable"
+        # written before manifests existed, all that can be checked is that the files are there
+        return f"{MANIFEST} missing" if written_with_manifest else None
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]

@@ -233,15 +233,24 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from .checkpoint import checkpoint_report
     from .reader import load_run
     from .sanity import run_checks
 
     run = load_run(args.run, fresh_weights=True)
+    lines, intact = [], True
+    report = checkpoint_report(args.run)
+    for name, problem in report:
+        lines.append(f"[{'ok' if problem is None else 'FAIL'}] checkpoint {name}: "
+                     + ("intact (every file has its recorded size and hash)" if problem is None else problem))
+        intact = intact and problem is None
+    if not report:
+        lines.append("[ok] checkpoints: none written yet")
     batch = run.train.batch(run.train.sampler(min(8, len(run.train)), seed=0).batch_indices(0))
     results = run_checks(run.objective, batch, run.tokenizer.vocab_size, run.cfg.objective)
-    for r in results:
-        print(r.line())
-    return 0 if all(r.passed for r in results) else 1
+    for line in lines + [r.line() for r in results]:
+        print(line)
+    return 0 if intact and all(r.passed for r in results) else 1
 
 
 def run_generate(args: argparse.Namespace) -> int:

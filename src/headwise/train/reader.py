@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 
 from ..data import TokenBlocks, build_blocks, load_corpus
 from .build import RunParts, build_parts
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, newest_intact
 from .config import TrainConfig
 from .evaluate import evaluate_blocks
 from .loop import pick_device
@@ -53,9 +54,13 @@ def load_run(run_dir: Path, *, fresh_weights: bool = False, device: str = "auto"
     parts = build_parts(cfg, run_dir, dev, resume=True)
     ckpt = None
     if not fresh_weights:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt, skipped = newest_intact(run_dir)
         if ckpt is None:
+            if skipped:
+                raise CheckpointError(f"{run_dir} has no intact checkpoint: " + "; ".join(skipped))
             raise FileNotFoundError(f"{run_dir} has no complete checkpoint yet")
+        for line in skipped:
+            print(f"note: {line}; using {ckpt.name}", file=sys.stderr)
         load_checkpoint(ckpt, parts.objective, map_location=dev)
     parts.objective.eval()
     return LoadedRun(cfg, parts, dev, ckpt)
