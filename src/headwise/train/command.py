@@ -75,6 +75,11 @@ def register(sub) -> None:
                    help="override preset fields, e.g. d_model=64,n_layers=2,positions=rope")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--device", default="auto", help="auto (a GPU if there is one, else the CPU), cpu, cuda or cuda:N")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+                   help="bf16: autocast forwards with fp32 master weights and optimizer state; auto "
+                        "(the default) picks bf16 where the device has native bf16 (CUDA sm80+, a CPU "
+                        "with AVX512-BF16 or AMX), else fp32. bf16 elsewhere runs emulated (slow) "
+                        "and says so; the run directory's precision.json records what ran")
     t.add_argument("--no-sanity-checks", dest="sanity_checks", action="store_false",
                    help="skip the initial-loss and causality checks before the first step")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

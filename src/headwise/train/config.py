@@ -53,6 +53,7 @@ class TrainConfig:
     rtd_disc_weight: float = 50.0
     compile: bool = False
     device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; auto: bf16 where the device has it natively)
     dropout: float | None = None  # None: the preset's
     sanity_checks: bool = True
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's ModelConfig
@@ -85,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
         if self.rtd_generator not in ("model", "uniform"):
             raise ValueError(f"rtd_generator must be 'model' or 'uniform', got {self.rtd_generator!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         self.betas = tuple(self.betas)  # JSON gives a list

@@ -10,6 +10,7 @@ interrupted and resumed ends with the same weights as one that was not.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..hardware.precision import resolve_precision
 from .build import RunParts, build_parts
 from .checkpoint import CheckpointError, load_checkpoint, newest_intact, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -119,6 +121,8 @@ class Trainer:
             # Adam's second moments of tiny gradients reach subnormal floats, which x86
             # handles ~100x slower; flushing them to zero costs nothing in accuracy here.
             torch.set_flush_denormal(True)
+        # bf16 autocast around the forwards (fp32 master weights and optimizer state)
+        self.precision = resolve_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.parts: RunParts = self._build_parts(cfg, resume=resume)
         self.objective = self.parts.objective
@@ -150,6 +154,9 @@ class Trainer:
         # only the writing process may trim the log of a resumed run
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
                                   resume_step=(self.step if resume else -1) if self.is_main else None)
+        if self.is_main:  # what runs, beside run.json's request
+            (self.run_dir / "precision.json").write_text(json.dumps(self.precision.to_dict(), indent=2) + "\n")
+        self._print(self.precision.note)
         if cfg.compile:
             # compile the models, not the objective: its metrics call .item(), which
             # would break the graph at every step
@@ -241,7 +248,10 @@ class Trainer:
 
     def _micro_step(self, micro: int) -> dict[str, float]:
         """Forward and backward of micro-batch ``micro``; returns its metrics."""
-        out = self.forward(self._batch(micro), generator=self.mask_rng)
+        # the metrics' argmaxes and host syncs only at the steps that log them
+        wants = (self.step + 1) % self.cfg.log_every == 0 or self.step + 1 >= self.cfg.steps
+        with self.precision.autocast(self.device):
+            out = self.forward(self._batch(micro), generator=self.mask_rng, metrics=wants)
         if not torch.isfinite(out.loss):
             self._fail(f"the loss is {out.loss.item()} at step {self.step}")
         (out.loss / self.cfg.accum).backward()
@@ -262,7 +272,7 @@ class Trainer:
         blocks = self.parts.val if split == "val" else self.parts.train
         return evaluate_blocks(self.objective, blocks, batch_size=self.cfg.batch_size,
                                max_batches=self.cfg.eval_batches if max_batches is None else max_batches,
-                               device=self.device)
+                               device=self.device, precision=self.precision)
 
     # ------------------------------------------------------------------ run
     def run(self, until_step: int | None = None) -> dict[str, float]:
