@@ -461,12 +461,15 @@ def inspect_model(
     ind = None
     if induction:
         t0 = time.perf_counter()
+        ind_bos = bos_id if bos_id is not None else _bos_for_induction(tokenizer)
+        if max_len is not None:  # [bos] r r must fit the model's positions (a context of 64: r of 31)
+            induction_len = min(induction_len, (max_len - (ind_bos is not None)) // 2)
         ind = induction_scores(
             model,
             n=induction_len,
             batch=induction_batch,
             vocab_range=vocab_range,
-            bos_id=bos_id if bos_id is not None else _bos_for_induction(tokenizer),
+            bos_id=ind_bos,
             forward=lambda m, x: fwd(m, x, None),
         )
         timings["induction"] = time.perf_counter() - t0
