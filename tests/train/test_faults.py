@@ -110,10 +110,10 @@ _KILL_AT = {
 
 
 def _run_killed(world, run: Path, moment: str, n: int) -> subprocess.CompletedProcess:
-    patch = textwrap.indent(textwrap.dedent(_KILL_AT[moment]).format(n=n), "")
+    patch = textwrap.dedent(_KILL_AT[moment]).format(n=n)
     args = tiny_cli_args(world["corpus"], run, "--checkpoint-every", "2", "--eval-every", "4")
-    code = "import os, signal, sys\nfrom pathlib import Path\n" + patch + (
-        "\nfrom headwise.cli import main\nsys.exit(main(%r))\n" % args)
+    code = (f"import os, signal, sys\nfrom pathlib import Path\n{patch}\n"
+            f"from headwise.cli import main\nsys.exit(main({args!r}))\n")
     env = {**os.environ, "HEADWISE_CACHE": os.environ["HEADWISE_CACHE"]}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 

@@ -3,40 +3,25 @@ checkpoints, schedules, sanity checks and the CLI around runs."""
 
 import json
 import math
-import random
 
 import pytest
 import torch
+from tiny_runs import tiny_cfg, write_corpus
 
 from headwise.cli import main
 from headwise.train import NonFiniteError, TrainConfig, Trainer
 from headwise.train.checkpoint import latest_checkpoint
 from headwise.train.schedule import lr_lambda
 
-WORDS = "the a cat dog sat ran on under mat tree quickly slowly big small red green".split()
-
 
 @pytest.fixture
 def corpus(tmp_path, monkeypatch):
     """A small synthetic corpus (deterministic) and an isolated cache."""
     monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache"))
-    rng = random.Random(0)
-    docs = []
-    for _ in range(300):
-        sents = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(5)]
-        docs.append(" ".join(sents))
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(docs))
-    return path
+    return write_corpus(tmp_path / "corpus.txt")
 
 
-def _cfg(corpus, out, **kw):
-    base = dict(objective="mlm", corpus=str(corpus), out=str(out), steps=8, batch_size=8, block_len=32,
-                vocab_size=300, warmup=2, eval_every=4, eval_batches=2, log_every=2, checkpoint_every=4,
-                dropout=0.1, model={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64},
-                sanity_checks=False)
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = tiny_cfg
 
 
 def _weights(trainer):
