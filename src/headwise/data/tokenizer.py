@@ -410,7 +410,8 @@ def min_vocab_size(kind: str) -> int:
 
 def _min_vocab_reason(kind: str) -> str:
     n = len(_SPECIALS[kind])
-    return f"256 bytes + {n} special tokens" if kind == "bpe" else f"{n} special tokens + 1 character"
+    return (f"256 bytes + {n} special tokens" if kind == "bpe"
+            else f"{n} special tokens + 1 character: fewer leaves no room for characters")
 
 
 def train_tokenizer(
