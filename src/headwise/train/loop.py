@@ -29,19 +29,11 @@ from .optim import build_optimizer
 from .rundir import RunDir
 from .schedule import make_scheduler
 
-__all__ = ["Trainer", "NonFiniteError", "prepare_run_dir", "resumed_config", "RESUMABLE_CHANGES"]
+__all__ = ["Trainer", "NonFiniteError", "resumed_config", "RESUMABLE_CHANGES"]
 
 
 class NonFiniteError(RuntimeError):
     """A loss or gradient became NaN or infinite."""
-
-
-def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> Path:
-    """Open ``out`` for a run without keeping it locked (see :class:`RunDir`)."""
-    rd = RunDir.open(Path(out), resume=resume, overwrite=overwrite)
-    rd.started()
-    rd.release()
-    return rd.path
 
 
 #: settings a resume may change; any other differing setting is refused
