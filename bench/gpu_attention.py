@@ -28,7 +28,9 @@ JSON (``auto_choice``).
 ``--variants`` adds columns for headwise's kernel choices forced one way, measured on
 the same inputs in the same run: ``ptr+split`` (pointer loads, dQ in its own pass:
 the kernels before TMA), ``tma+fused`` (dQ added atomically by the dK/dV pass),
-``ptr+fused``, ``tma+split`` (the default on Hopper and later).
+``ptr+fused``, ``tma+split`` (the default on Hopper and later), ``desc`` and ``ws``
+(the non-causal forward with device-side tensor descriptors, and with those and a
+warp-specialised key loop: ``HEADWISE_TILED_FWD``; causal shapes run the default).
 
 Prints a markdown table per pass with the ratio headwise / best torch kernel and
 headwise's fraction of the GPU's dense bf16 peak; writes
@@ -65,6 +67,10 @@ VARIANTS = {
     "tma+split": {"HEADWISE_TILED_TMA": "auto", "HEADWISE_TILED_BWD": "split"},
     "tma+fused": {"HEADWISE_TILED_TMA": "auto", "HEADWISE_TILED_BWD": "fused"},
     "ptr+fused": {"HEADWISE_TILED_TMA": "0", "HEADWISE_TILED_BWD": "fused"},
+    # the forward with device-side descriptors, and with a warp-specialised key loop
+    # (non-causal only; causal shapes run the default kernel under these names)
+    "desc": {"HEADWISE_TILED_FWD": "desc"},
+    "ws": {"HEADWISE_TILED_FWD": "ws"},
 }
 # dense bf16 tensor-core peak (no sparsity), TFLOP/s
 PEAKS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),

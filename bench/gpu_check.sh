@@ -22,7 +22,8 @@
 #                                        -> $OUT/gpu_dispatch.log, $OUT/gpu_dispatch.json
 #   4. the benchmark (BENCH_ARGS; default D=128 then 64, causal and not, 16k/4k/1k
 #      tokens, against flash, cuDNN and FlashAttention-4 (its column only when
-#      flash-attn-4 imports), with the sdpa and auto columns)
+#      flash-attn-4 imports), with the sdpa and auto columns and the forward
+#      variants ws and desc (device-side descriptors, warp-specialised loop))
 #                                        -> $OUT/gpu_attention.log, $OUT/gpu_attention.json
 #   5. optional, RUN_INT8=1 (default 0): the int8 kernel's benchmark -> $OUT/gpu_int8_attention.log
 #   6. optional, RUN_PLANNER=1 (default 0): tile planner vs torch.matmul
@@ -32,7 +33,7 @@
 # Environment (defaults): GPU_CHECK_BUDGET_S=225 TEST_TIMEOUT=60 TEST_JOBS=4
 # HEADWISE_GPU_CASES=8 PRECOMPILE_JOBS=4 PRECOMPILE_TIMEOUT=75 DISPATCH_TIMEOUT=55
 # DISPATCH_ARGS="" BENCH_ARGS="--head-dims 128 64 --causal both --seqs 16384 4096 1024
-# --peers flash cudnn fa4 --warmup-ms 10 --rep-ms 50" RUN_INT8=0 INT8_TIMEOUT=40
+# --peers flash cudnn fa4 --variants ws desc --warmup-ms 10 --rep-ms 50" RUN_INT8=0 INT8_TIMEOUT=40
 # INT8_ARGS="--budget-s 20" RUN_PLANNER=0 PYTHON=python OUT=bench/results DRY_RUN=0
 set -u
 cd "$(dirname "$0")/.."
@@ -44,7 +45,7 @@ PY="${PYTHON:-python}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export HEADWISE_GPU_CASES="${HEADWISE_GPU_CASES:-8}"
 BUDGET="${GPU_CHECK_BUDGET_S:-225}"
-BENCH_ARGS="${BENCH_ARGS:---head-dims 128 64 --causal both --seqs 16384 4096 1024 --peers flash cudnn fa4 --warmup-ms 10 --rep-ms 50}"
+BENCH_ARGS="${BENCH_ARGS:---head-dims 128 64 --causal both --seqs 16384 4096 1024 --peers flash cudnn fa4 --variants ws desc --warmup-ms 10 --rep-ms 50}"
 DISPATCH_ARGS="${DISPATCH_ARGS:-}"
 DISPATCH_TIMEOUT="${DISPATCH_TIMEOUT:-55}"
 INT8_TIMEOUT="${INT8_TIMEOUT:-40}"

@@ -198,6 +198,56 @@ def _rms(x, ref):
     return (x.double() - ref).pow(2).mean().sqrt().item()
 
 
+# The forward with device-side tensor descriptors (HEADWISE_TILED_FWD=desc) and a
+# warp-specialised key loop (ws): bench-only candidates, non-causal only.
+FWD_VARIANT_CASES = [
+    pytest.param(2, 4, 2, 37, 53, 24, 24, [53, 0], id="d24-gqa-len0"),
+    pytest.param(1, 2, 2, 40, 40, 64, 64, None, id="d64-plain"),
+    pytest.param(2, 2, 1, 70, 33, 40, 40, [20, 33], id="d40-mqa-Tq>Tk-lens"),
+    pytest.param(1, 4, 1, 33, 47, 16, 32, [5], id="d16-dv32-lens"),
+]
+
+
+@pytest.mark.parametrize("variant", ["desc", "ws"])
+@pytest.mark.parametrize("b,h,hkv,tq,tk,d,dv,lens", FWD_VARIANT_CASES)
+def test_forward_variants_match_float64(b, h, hkv, tq, tk, d, dv, lens, variant, monkeypatch):
+    monkeypatch.setenv("HEADWISE_TILED_FWD", variant)
+    dtype = torch.float32 if tiled_mod.INTERPRET else torch.bfloat16  # TMA needs 16 bits on CUDA
+    q, k, v = make_qkv(b, h, hkv, tq, tk, d, dv, dtype=dtype)
+    if tiled_mod.INTERPRET:
+        assert tiled_mod._forward_variant(False, q, k, v) == variant
+        assert tiled_mod._forward_variant(True, q, k, v) is None  # causal: the default kernel
+    key_lengths = None if lens is None else torch.tensor(lens, device=DEV)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref_out, ref_lse = attention_reference(q64, k64, v64, key_lengths=key_lengths)
+    kn, vn = (x.detach().clone() for x in (k, v))
+    for i, n in enumerate(lens or []):  # padding keys may hold NaN
+        kn[i, :, n:] = float("nan")
+        vn[i, :, n:] = float("nan")
+    out, lse = tiled_attention_lse(q, kn, vn, causal=False, key_lengths=key_lengths)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    (dq,) = torch.autograd.grad(out, (q,), dout)  # the backward reads this forward's lse
+    (ref_dq,) = torch.autograd.grad(ref_out, (q64,), dout.double())
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(out.double(), ref_out, atol=tol, rtol=tol)
+    assert torch.equal(torch.isfinite(lse), finite) and (out[~finite] == 0).all()
+    torch.testing.assert_close(lse.double()[finite], ref_lse[finite], atol=tol, rtol=tol)
+    torch.testing.assert_close(dq.double(), ref_dq, atol=5 * tol, rtol=5 * tol)
+
+
+def test_forward_variant_names(monkeypatch):
+    q = torch.zeros(1, 1, 4, 16)
+    monkeypatch.delenv("HEADWISE_TILED_FWD", raising=False)
+    assert tiled_mod._forward_variant(False, q, q, q) is None
+    monkeypatch.setenv("HEADWISE_TILED_FWD", "fast")
+    with pytest.raises(ValueError, match="HEADWISE_TILED_FWD must be 'default', 'desc' or 'ws'"):
+        tiled_mod._forward_variant(False, q, q, q)
+    monkeypatch.setenv("HEADWISE_TILED_FWD", "desc")
+    monkeypatch.setenv("HEADWISE_TILED_TMA", "0")  # no TMA at all: no descriptor variant
+    assert tiled_mod._forward_variant(False, q, q, q) is None
+
+
 def _block_combos():
     """Tile shapes of the GPU configs (fwd, dkdv, dq), run here in the interpreter."""
     combos = []
@@ -600,6 +650,31 @@ def test_gpu_random_shapes_half_precision(fixed_config, variant):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["desc", "ws"])
+def test_gpu_forward_variants(fixed_config, variant, monkeypatch):
+    """The bench-only forward variants (device-side descriptors; and a warp-specialised
+    key loop, which Triton documents for Blackwell only: skipped, with the reason, if
+    it does not build here) on the GPU, non-causal."""
+    monkeypatch.setenv("HEADWISE_TILED_FWD", variant)
+    probe = make_qkv(1, 2, 2, 64, 64, 128, dtype=torch.bfloat16, device="cuda")
+    if tiled_mod._forward_variant(False, *probe) != variant:
+        pytest.skip("no tensor descriptors on this GPU (needs Hopper or later)")
+    cases = [(2, 8, 2, 333, 1024, 128, torch.bfloat16, False, torch.tensor([1024, 500])),
+             (2, 4, 4, 1000, 1000, 64, torch.float16, False, None),
+             (1, 4, 2, 200, 77, 80, torch.bfloat16, False, None)]
+    for seed, case in enumerate(cases):
+        try:
+            _check_gpu_case(*case, seed=seed)
+        except AssertionError:
+            raise
+        except Exception as e:
+            if variant != "ws":
+                raise
+            pytest.skip(f"the warp-specialised loop does not build here: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:300] if str(e) else ''}")
+
+
+@pytest.mark.gpu
 def test_gpu_autotuned_configs(monkeypatch):
     """The autotuner's path: a grid per config, the best one runs. Only the first
     two configs of each list (one of them already compiled by the fixed-config
@@ -684,13 +759,19 @@ def test_gpu_torch_compile_inductor(fixed_config):
 
 
 @pytest.mark.gpu
-def test_gpu_layer_auto_uses_tiled(fixed_config):
+def test_gpu_layer_auto_is_measured(fixed_config):
+    """auto times sdpa and tiled for the class and runs the faster; either is accurate."""
+    from headwise.attention import clear_dispatch_cache, explain_backend
+
     layer = MultiHeadAttention(256, 4, n_kv_heads=2, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(2, 100, 256, device="cuda", dtype=torch.bfloat16)
     call = AttentionCall(dtype=torch.bfloat16, device=x.device, head_dim=64, value_dim=64,
                          n_heads=4, n_kv_heads=2, mask=MaskSpec(2, 100, 100, causal=True),
                          need_weights=False, dropout_p=0.0, requires_grad=False)
-    assert get_backend("auto", call).name == "tiled"
+    clear_dispatch_cache()
+    choice = explain_backend(call)
+    assert choice.source == "measured" and set(choice.times_ms) == {"sdpa", "tiled"}, choice
+    assert get_backend("auto", call).name == choice.backend
     keys = torch.arange(100, device="cuda")
     allowed = (keys[None, :] <= keys[:, None]).expand(2, 4, 100, 100)
     want, _ = layer_reference(layer, x, allowed=allowed)

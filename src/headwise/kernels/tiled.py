@@ -260,6 +260,82 @@ def _attn_fwd(Q, K, V, O, LSE, KLEN,
     tl.store(LSE + (b * H + h) * Tq + offs_m, lse, mask=offs_m < Tq)
 
 
+# ------------------------------------------------- forward variant: device descriptors
+# A bench-only candidate (HEADWISE_TILED_FWD=desc|ws; non-causal only): each program
+# builds 2-D tensor descriptors of its (batch, head)'s (T, D) matrices on the device
+# (tl.make_tensor_descriptor) instead of receiving host-side 4-D ones, and the loop
+# over whole key tiles may be warp-specialised (tl.range(..., warp_specialize=True):
+# producer warps issue the TMA loads, consumer warps the matrix products and softmax).
+# The masked last tile runs in a plain loop. Kept only if measured faster on the GPU
+# (bench/gpu_attention.py --variants desc ws).
+@triton.jit
+def _fwd_desc_inner(acc, l_i, m_i, q, k_desc, v_desc, start_n, end_n, offs_m, kv_end, qk_scale,
+                    MASKED: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+                    WS: tl.constexpr):
+    for n0 in tl.range(start_n, end_n, BLOCK_N, warp_specialize=WS):
+        k = k_desc.load([n0, 0])  # zero past Tk and past the head dim
+        v = v_desc.load([n0, 0])
+        qk = _dot(q, tl.trans(k), DOT_PREC)
+        if MASKED:  # keys from kv_end on are padding, which may hold NaN
+            key_ok = (n0 + tl.arange(0, BLOCK_N)) < kv_end
+            qk = tl.where(key_ok[None, :], qk, float("-inf"))
+            v = tl.where(key_ok[:, None], v, 0.0)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk * qk_scale - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = _dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["H", "GROUP", "Tq", "Tk", "SEQ_BUCKET"])
+def _attn_fwd_desc(Q, K, V, O, LSE, KLEN,
+                   stride_qb, stride_qh, stride_qm, stride_qd,
+                   stride_kb, stride_kh, stride_kn, stride_kd,
+                   stride_vb, stride_vh, stride_vn, stride_vd,
+                   stride_ob, stride_oh, stride_om, stride_od,
+                   H, GROUP, Tq, Tk, qk_scale, SEQ_BUCKET,
+                   HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
+                   DOT_PREC: tl.constexpr, WS: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """The non-causal forward (CAUSAL is False; it is a parameter for the autotuner's
+    key) with device-side descriptors; the head dim must be contiguous."""
+    num_m = tl.cdiv(Tq, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    m0 = (pid % num_m) * BLOCK_M
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    hkv = h // GROUP
+    q_desc = tl.make_tensor_descriptor(Q + b * stride_qb + h * stride_qh, shape=[Tq, HEAD_DIM],
+                                       strides=[stride_qm, 1], block_shape=[BLOCK_M, BLOCK_D])
+    k_desc = tl.make_tensor_descriptor(K + b * stride_kb + hkv * stride_kh, shape=[Tk, HEAD_DIM],
+                                       strides=[stride_kn, 1], block_shape=[BLOCK_N, BLOCK_D])
+    v_desc = tl.make_tensor_descriptor(V + b * stride_vb + hkv * stride_vh, shape=[Tk, V_DIM],
+                                       strides=[stride_vn, 1], block_shape=[BLOCK_N, BLOCK_DV])
+    o_desc = tl.make_tensor_descriptor(O + b * stride_ob + h * stride_oh, shape=[Tq, V_DIM],
+                                       strides=[stride_om, 1], block_shape=[BLOCK_M, BLOCK_DV])
+    q = q_desc.load([m0, 0])
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    kv_end, causal_off, full, hi = _query_tile_keys(KLEN, b, Tq, Tk, m0, False, HAS_KLEN,
+                                                    BLOCK_M, BLOCK_N)
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    acc, l_i, m_i = _fwd_desc_inner(acc, l_i, m_i, q, k_desc, v_desc, 0, full, offs_m, kv_end,
+                                    qk_scale, False, BLOCK_N, DOT_PREC, WS)
+    acc, l_i, m_i = _fwd_desc_inner(acc, l_i, m_i, q, k_desc, v_desc, full, hi, offs_m, kv_end,
+                                    qk_scale, True, BLOCK_N, DOT_PREC, False)
+    empty = l_i == 0.0  # rows that saw no key: output 0, lse -inf
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc * (1.0 / l_safe)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    o_desc.store([m0, 0], out.to(q.dtype))  # clips rows past Tq, columns past the head dim
+    tl.store(LSE + (b * H + h) * Tq + offs_m, lse, mask=offs_m < Tq)
+
+
 # --------------------------------------------------------------------------- backward
 @triton.jit(do_not_specialize=["H", "Tq"])
 def _bwd_delta(O, DO, DELTA,
@@ -556,17 +632,19 @@ _DQ_CONFIGS = {
                _cfg(64, 32, 8, 3), _cfg(64, 32, 4, 2)],
     "large": [_cfg(32, 16, 4, 2), _cfg(64, 32, 8, 2), _cfg(32, 16, 4, 1)],
 }
-_CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS}
-_KERNELS = {"fwd": "_attn_fwd", "dkdv": "_attn_bwd_dkdv", "dq": "_attn_bwd_dq"}
+_CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS,
+            "fwd_desc": _FWD_CONFIGS}
+_KERNELS = {"fwd": "_attn_fwd", "dkdv": "_attn_bwd_dkdv", "dq": "_attn_bwd_dq",
+            "fwd_desc": "_attn_fwd_desc"}
 # Without autotuning (HEADWISE_TILED_AUTOTUNE=0): the first config that compiles,
 # in list order (the last, smallest, first for fp32, whose tiles are twice as big).
 _FIXED: dict[tuple, triton.Config] = {}
 # The interpreter runs programs one after another in numpy: small tiles keep the
 # test shapes multi-tile (so masks and loop bounds are exercised) and fast.
-_INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
+_INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16), "fwd_desc": (32, 16)}
 _DELTA_BLOCK_M = 64
 _KEYS = ["HEAD_DIM", "V_DIM", "CAUSAL", "HAS_KLEN", "SEQ_BUCKET", "GROUP"]
-_EXTRA_KEYS = {"fwd": [], "dkdv": ["FUSE_DQ"], "dq": []}
+_EXTRA_KEYS = {"fwd": [], "dkdv": ["FUSE_DQ"], "dq": [], "fwd_desc": ["WS"]}
 
 
 def _dim_class(d: int) -> str:
@@ -678,16 +756,17 @@ def _fuse_dq() -> bool:
     return choice == "fused" and not torch.are_deterministic_algorithms_enabled()
 
 
-def _use_tma(*tensors: Tensor) -> bool:
+def _use_tma(*tensors: Tensor, asked: bool = False) -> bool:
     """Move the kernels' streamed tiles with tensor descriptors (TMA on Hopper and
     later) when every tensor meets TMA's rules: 16-bit floats, 16-byte aligned base
     and strides, contiguous head dim. ``HEADWISE_TILED_TMA=0`` turns it off; the
-    interpreter runs it when ``HEADWISE_TILED_TMA=1``."""
+    interpreter runs it when ``HEADWISE_TILED_TMA=1`` or when a descriptor variant
+    was ``asked`` for (``HEADWISE_TILED_FWD``)."""
     choice = os.environ.get("HEADWISE_TILED_TMA", "auto")
     if choice == "0" or TensorDescriptor is None:
         return False
     if INTERPRET:
-        if choice != "1":
+        if choice != "1" and not asked:
             return False
     elif not torch.cuda.is_available() or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
         return False
@@ -698,6 +777,32 @@ def _use_tma(*tensors: Tensor) -> bool:
         if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * size) % 16 for s in t.stride()[:-1]):
             return False
     return True
+
+
+def _forward_variant(causal: bool, *tensors: Tensor) -> str | None:
+    """``HEADWISE_TILED_FWD``: ``desc`` (device-side descriptors) or ``ws`` (those and
+    a warp-specialised key loop) for the non-causal forward, a bench-only candidate
+    against the default (unset or ``default``); ``None`` where it does not apply
+    (causal, or tensors TMA cannot read: same rules as the default's TMA path)."""
+    choice = os.environ.get("HEADWISE_TILED_FWD", "default")
+    if choice not in ("default", "desc", "ws"):
+        raise ValueError(f"HEADWISE_TILED_FWD must be 'default', 'desc' or 'ws', got {choice!r}")
+    if choice == "default" or causal or not hasattr(tl, "make_tensor_descriptor"):
+        return None
+    return choice if _use_tma(*tensors, asked=True) else None
+
+
+_ALLOCATOR_SET = False
+
+
+def _device_descriptor_scratch() -> None:
+    """Device-side descriptors are written to global scratch memory that Triton asks
+    an allocator for; set one (torch's caching allocator) the first time."""
+    global _ALLOCATOR_SET
+    if not _ALLOCATOR_SET and hasattr(triton, "set_allocator"):
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(
+            size, dtype=torch.int8, device="cuda" if torch.cuda.is_available() else "cpu"))
+        _ALLOCATOR_SET = True
 
 
 def _descriptor(t: Tensor):
@@ -746,14 +851,20 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None, causal
         # the kernel takes the row max of the raw scores and scales it, which needs
         # scale > 0: q k^T * s == (-q) k^T * (-s), and s == 0 scores every key 0
         q, scale = (-q, -scale) if scale < 0.0 else (torch.zeros_like(q), 1.0)
-    tma = _use_tma(q, k, v, out)
-    tensors = tuple(_descriptor(t) for t in (q, k, v, out)) if tma else (q, k, v, out)
-    args = (*tensors, lse, _klen_arg(key_lengths, q), *q.stride(), *k.stride(), *v.stride(),
-            *out.stride(), h, h // hkv, tq, tk, scale * _LOG2E, _seq_bucket(tq, tk))
     meta = dict(HEAD_DIM=d, V_DIM=dv, BLOCK_D=_pad_dim(d), BLOCK_DV=_pad_dim(dv),
                 CAUSAL=causal, HAS_KLEN=key_lengths is not None,
-                DOT_PREC=_dot_precision(q.dtype), USE_TMA=tma)
-    _launch("fwd", _attn_fwd, tq, b * h, args, meta, q.dtype)
+                DOT_PREC=_dot_precision(q.dtype))
+    rest = (lse, _klen_arg(key_lengths, q), *q.stride(), *k.stride(), *v.stride(),
+            *out.stride(), h, h // hkv, tq, tk, scale * _LOG2E, _seq_bucket(tq, tk))
+    variant = _forward_variant(causal, q, k, v, out)
+    if variant is not None:
+        _device_descriptor_scratch()
+        _launch("fwd_desc", _attn_fwd_desc, tq, b * h, (q, k, v, out, *rest),
+                {**meta, "WS": variant == "ws"}, q.dtype)
+        return out, lse
+    tma = _use_tma(q, k, v, out)
+    tensors = tuple(_descriptor(t) for t in (q, k, v, out)) if tma else (q, k, v, out)
+    _launch("fwd", _attn_fwd, tq, b * h, (*tensors, *rest), {**meta, "USE_TMA": tma}, q.dtype)
     return out, lse
 
 
