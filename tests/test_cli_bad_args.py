@@ -19,7 +19,8 @@ from headwise.cli import main
 BAD_CUDA = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
 
 # (command line, what the message must contain). In both, {file} is a text file, {missing} a
-# path that does not exist, {run} a folder with a run.json, {dir} an empty folder.
+# path that does not exist, {run} a folder with a run.json, {dir} an empty folder, {gpurun} a run
+# whose run.json names a device this machine lacks.
 CASES: list[tuple[list[str], list[str]]] = [
     # ---------------------------------------------------------------- train: numbers
     *[(["train", flag, "0"], [flag, "'0'", "integer >= 1"]) for flag in (
@@ -70,6 +71,12 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["generate", "{run}", "--top-k", "0"], ["--top-k", "'0'", "integer >= 1"]),
     (["generate", "{run}", "--seed", "x"], ["--seed", "'x'", "integer >= 0"]),
     (["eval", "{run}", "--batches", "0"], ["--batches", "'0'", "integer >= 1"]),
+    *[([cmd, "{run}", "--device", "banana"], ["--device 'banana'", "unknown device type", "accepted: auto, cpu"])
+      for cmd in ("check", "generate", "eval")],
+    *[([cmd, "{run}", "--device", BAD_CUDA], [f"--device '{BAD_CUDA}'", "accepted: auto, cpu"])
+      for cmd in ("check", "generate", "eval")],
+    *[([cmd, "{gpurun}"], [f"device '{BAD_CUDA}'", "run.json", "pass --device", "accepted: auto, cpu"])
+      for cmd in ("check", "generate", "eval")],
     (["eval", "{run}", "--format", "fp8"], ["--format", "'fp8'", "'fp32', 'bf16', 'int8'"]),
     # ---------------------------------------------------------------- bench
     (["bench", "nope"], ["NAME 'nope'", "no such benchmark", "attention"]),
@@ -117,8 +124,10 @@ def places(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     (tmp_path / "fakerun").mkdir()
     (tmp_path / "fakerun" / "run.json").write_text("{}\n")
+    (tmp_path / "gpurun").mkdir()  # a run made where BAD_CUDA existed
+    (tmp_path / "gpurun" / "run.json").write_text(f'{{"device": "{BAD_CUDA}"}}\n')
     return {"file": str(tmp_path / "a.txt"), "missing": str(tmp_path / "missing"),
-            "run": str(tmp_path / "fakerun"), "dir": str(tmp_path / "empty")}
+            "run": str(tmp_path / "fakerun"), "dir": str(tmp_path / "empty"), "gpurun": str(tmp_path / "gpurun")}
 
 
 def _fill(items: list[str], places: dict[str, str]) -> list[str]:

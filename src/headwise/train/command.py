@@ -93,6 +93,7 @@ def register(sub) -> None:
 
     c = sub.add_parser("check", help="run the sanity checks on a run directory")
     c.add_argument("run", type=run_directory, metavar="RUN", help="a run directory (with run.json)")
+    _device_flag(c)
     c.set_defaults(func=run_check)
 
     gen = sub.add_parser("generate", help="sample text from a trained decoder (clm run)")
@@ -103,6 +104,7 @@ def register(sub) -> None:
     gen.add_argument("--temperature", type=nonneg_float, default=0.8, help="softmax temperature; 0 is greedy")
     gen.add_argument("--top-k", type=positive_int, default=50, help="sample among the K most likely tokens")
     gen.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the sampling")
+    _device_flag(gen)
     gen.set_defaults(func=run_generate)
 
     e = sub.add_parser("eval", help="evaluate a run on its validation split or another corpus")
@@ -112,6 +114,7 @@ def register(sub) -> None:
     e.add_argument("--format", choices=["fp32", "bf16", "int8"], default="fp32",
                    help="also run the model in this number format and compare it with fp32: every block's "
                         "output (cosine, relative L1) and the metrics (see docs/formats.md)")
+    _device_flag(e)
     e.set_defaults(func=run_eval)
 
 
@@ -237,12 +240,31 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
         model_config_for(cfg, cfg.vocab_size)  # the tokenizer's size is not known yet: any valid one
 
 
+def _device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="auto, cpu, cuda or cuda:N (default: the run's own --device setting)")
+
+
+def _run_device(args: argparse.Namespace) -> str:
+    """The device for reading ``args.run``: ``--device`` if given, else the run's own
+    setting; either is checked here, so an unusable one is named with its source."""
+    from ..devices import resolve_device
+
+    if getattr(args, "device", None) is not None:
+        return str(resolve_device(args.device, what="--device"))
+    saved = TrainConfig.from_json(Path(args.run) / "run.json").device
+    try:
+        return str(resolve_device(saved, what="the run's device"))
+    except ValueError as e:
+        raise ValueError(f"{e}; {args.run}/run.json says device {saved!r}: pass --device to use another") from None
+
+
 def run_check(args: argparse.Namespace) -> int:
     from .checkpoint import checkpoint_report
     from .reader import load_run
     from .sanity import run_checks
 
-    run = load_run(args.run, fresh_weights=True)
+    run = load_run(args.run, fresh_weights=True, device=_run_device(args))
     lines, intact = [], True
     report = checkpoint_report(args.run)
     for name, problem in report:
@@ -263,7 +285,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from .reader import load_run
 
-    run = load_run(args.run)
+    run = load_run(args.run, device=_run_device(args))
     if run.cfg.objective != "clm":
         raise ValueError(f"generate needs a decoder (a clm run); {args.run} is a {run.cfg.objective} run")
     tok = run.tokenizer
@@ -283,7 +305,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from .reader import evaluate_run, load_run
 
-    run = load_run(args.run)
+    run = load_run(args.run, device=_run_device(args))
     if getattr(args, "format", "fp32") != "fp32":
         from ..formats import evaluate_run_format
 
