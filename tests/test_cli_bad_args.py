@@ -63,7 +63,8 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["train", "--block-len", "1000"], ["--block-len 1000", "preset 'tiny'", "--block-len <= 128"]),
     (["train", "--dropout", "0.1", "--model", "dropout=0.2"], ["--dropout 0.1", "--model dropout=0.2"]),
     # ---------------------------------------------------------------- check, generate, eval
-    *[([cmd, "{missing}"], ["RUN", "'{missing}'", "no such folder", "run.json"]) for cmd in ("check", "generate", "eval")],
+    *[([cmd, "{missing}"], ["RUN", "'{missing}'", "no such folder", "run.json"])
+      for cmd in ("check", "generate", "eval")],
     *[([cmd, "{file}"], ["RUN", "'{file}'", "is a file", "run.json"]) for cmd in ("check", "generate", "eval")],
     *[([cmd, "{dir}"], ["RUN", "'{dir}'", "holds no run.json"]) for cmd in ("check", "generate", "eval")],
     (["generate", "{run}", "--max-new-tokens", "-1"], ["--max-new-tokens", "'-1'", "integer >= 0"]),

@@ -185,7 +185,7 @@ class Tokenizer:
         self._set_special_parsing(False)
         enc = self._tok.encode(text, add_special_tokens=False)
         found: dict[str, None] = {}
-        for idx, (start, end) in zip(enc.ids, enc.offsets):
+        for idx, (start, end) in zip(enc.ids, enc.offsets, strict=True):
             if idx != self.unk_id:
                 continue
             span = text[start:end]
