@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -286,6 +287,18 @@ def _lscpu_model() -> str:
     return platform.processor()
 
 
+def _commit() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src", "bench"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
@@ -294,8 +307,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
                    help="fp32 and/or bf16 (autocast on both sides; default fp32)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's, one per core)")
     p.add_argument("--out", type=Path, default=RESULTS / "train_throughput_cpu.json")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     torch.set_flush_denormal(True)  # as headwise's trainer does, for both sides
     import transformers
 
@@ -325,11 +343,14 @@ def main(argv: list[str] | None = None) -> dict:
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu,
+        "commit": _commit(),
         "machine": platform.machine(),
         "gemm_flops_fp32": peak,
         "native_bf16": native, "native_bf16_why": why,
         "batch": BATCH, "seq": SEQ, "vocab": VOCAB,
         "rounds": args.rounds, "steps": args.steps,
+        # other processes on the machine: 1/5/15-minute load averages before and after
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rows": rows,
     }
