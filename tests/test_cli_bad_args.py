@@ -62,6 +62,7 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["train", "--model", "max_len=16"], ["--block-len 128", "--model max_len=16", "--block-len <= 16"]),
     (["train", "--block-len", "1000"], ["--block-len 1000", "preset 'tiny'", "--block-len <= 128"]),
     (["train", "--dropout", "0.1", "--model", "dropout=0.2"], ["--dropout 0.1", "--model dropout=0.2"]),
+    (["train", "--conllu", "{missing}"], ["--conllu '{missing}'", "no such file"]),
     # ---------------------------------------------------------------- check, generate, eval
     *[([cmd, "{missing}"], ["RUN", "'{missing}'", "no such folder", "run.json"])
       for cmd in ("check", "generate", "eval")],
