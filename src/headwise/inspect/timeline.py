@@ -62,6 +62,7 @@ __all__ = [
 HEADS_FILE = "heads.jsonl"
 # a run's own file: --overwrite may remove it (headwise.train.rundir's manifest)
 register_run_entry(HEADS_FILE)
+register_run_entry(HEADS_FILE + ".tmp")  # left by a run killed while trimming the record on resume
 #: the measures each row holds per head, in this order (``induction`` for decoders only).
 RECORDED_MEASURES: tuple[str, ...] = (
     "entropy", "normalized_entropy", "to_special",
