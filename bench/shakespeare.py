@@ -119,9 +119,18 @@ class Job:
         self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=out,
                                      stderr=subprocess.STDOUT if out else None, text=True)
 
+    def poll(self) -> bool:
+        """Whether it has exited (its time is taken at the first poll that sees it)."""
+        if self.proc.poll() is None:
+            return False
+        if self.wall_s != self.wall_s:  # NaN: not yet recorded
+            self.wall_s = time.perf_counter() - self._t0
+        return True
+
     def wait(self) -> None:
-        code = self.proc.wait()
-        self.wall_s = time.perf_counter() - self._t0
+        while not self.poll():
+            time.sleep(0.05)
+        code = self.proc.returncode
         if self._out is not None:
             self._out.close()
         if code != 0:
@@ -185,6 +194,8 @@ def nanogpt_args(iters: int) -> list[str]:
     if iters != NANOGPT_ITERS:
         args = [a for a in args if not a.startswith(("--max_iters=", "--lr_decay_iters="))]
         args += [f"--max_iters={iters}", f"--lr_decay_iters={iters}"]
+        if iters < 250:  # it checkpoints at its evaluations, every 250 iterations
+            args.append(f"--eval_interval={iters}")
     return args
 
 
@@ -259,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.concurrent:
             for job in jobs:
                 job.start(args.verbose)
+            while not all([job.poll() for job in jobs]):  # a list: poll every job each time
+                time.sleep(0.05)
             for job in jobs:
                 job.wait()
         else:
