@@ -37,8 +37,8 @@ def _problems(parser: argparse.ArgumentParser) -> list[str]:
         shown = formatter._expand_help(action)
         if isinstance(action, SWITCHES):
             continue  # a switch is off unless given
-        if not action.option_strings and action.required and action.default is None:
-            continue  # a required positional has no default
+        if action.required:
+            continue  # a required flag or positional has no default
         if "default" not in shown:
             problems.append(f"{parser.prog} {_name(action)}: help does not show the default "
                             f"({action.default!r}): {shown!r}")

@@ -98,8 +98,9 @@ def run_directory(text: str) -> Path:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows ``(default: X)`` after each flag's help, unless the help already gives the
-    default or the flag is a switch (store_true/store_false) or has no default."""
+    """Shows ``(default: X)`` after each flag's help (``none`` for a flag that is unset
+    unless given), unless the help already gives the default, the flag is a switch
+    (store_true/store_false) or it is required."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -112,6 +113,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         if not action.option_strings and action.nargs in (argparse.REMAINDER, argparse.ZERO_OR_MORE):
             return text
-        if not action.option_strings and action.default is None:
-            return text  # a required positional has no default
+        if action.required or (not action.option_strings and action.default is None):
+            return text  # a required flag or positional has no default
+        if action.default is None:
+            return text + " (default: none)"
         return text + " (default: %(default)s)"
