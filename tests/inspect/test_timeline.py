@@ -268,3 +268,5 @@ def test_timeline_section_in_a_browser(encoder, wordpiece, tmp_path):
     assert svg, "no measure chart"
     lines = re.findall(r'<polyline[^>]*>', svg.group(1))
     assert len(lines) == 8 and sum('data-head="L1H2"' in x and 'stroke-width="2.5"' in x for x in lines) == 1
+    hist = re.search(r'<div class="roles" id="head-history">(.*?)</div>', dom, re.S)
+    assert hist and "over training (probe batch): " in hist.group(1) and "10" in hist.group(1)  # from step 10

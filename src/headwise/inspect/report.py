@@ -624,6 +624,27 @@ _JS = r"""
       });
     }
     p.appendChild(roles);
+    var th = null;
+    if (TL) TL.heads.forEach(function(x){ if (x.id === id) th = x; });
+    if (th){  // its primary role over training, as runs of equal roles
+      var segs = [];
+      th.primary.forEach(function(r, i){
+        if (r === null) return;
+        var last = segs[segs.length - 1];
+        if (last && last.role === r) last.to = TL.steps[i];
+        else segs.push({role: r, from: TL.steps[i], to: TL.steps[i]});
+      });
+      var hist = el('div', {'class': 'roles', 'id': 'head-history'});
+      hist.appendChild(document.createTextNode('over training (probe batch): '));
+      segs.forEach(function(sg, k){
+        if (k) hist.appendChild(document.createTextNode(' \u2192 '));
+        var span = sg.from === sg.to ? 'step ' + sg.from : sg.from + '\u2013' + sg.to;
+        var sp = el('span', null, sg.role + ' (' + span + ')');
+        sp.style.background = D.role_colors[sg.role.split(':')[0]] || '#ccc';
+        hist.appendChild(sp);
+      });
+      p.appendChild(hist);
+    }
 
     p.appendChild(el('h3', null, 'Attention on an example sentence'));
     var sel = el('select', {'id': 'sentence'});
