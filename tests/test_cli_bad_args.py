@@ -47,6 +47,8 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["train", "--decay", "step"], ["--decay", "'step'", "'cosine', 'linear', 'constant'"]),
     (["train", "--tokenizer-kind", "sentencepiece"], ["--tokenizer-kind", "'sentencepiece'", "'wordpiece'"]),
     (["train", "--rtd-generator", "big"], ["--rtd-generator", "'big'", "'model', 'uniform'"]),
+    (["train", "--precision", "fp64"], ["--precision", "'fp64'", "'auto', 'fp32', 'bf16'"]),
+    (["train", "--recipe", "nope"], ["--recipe", "'nope'", "shakespeare-char"]),
     (["train", "--preset", "nope"], ["--preset 'nope'", "unknown preset", "tiny"]),
     (["train", "--device", "banana"], ["--device 'banana'", "unknown device type", "accepted: auto, cpu"]),
     (["train", "--device", BAD_CUDA], [f"--device '{BAD_CUDA}'", "accepted: auto, cpu"]),
