@@ -24,7 +24,9 @@ Each round times ``--steps`` optimizer steps of every implementation, in alterna
 order; the figure is the median step time over ``--rounds`` rounds. Model FLOP
 utilisation (MFU) counts the matmul FLOPs the objective needs (3x the forward: every
 layer on every token, the vocabulary projection only on the rows that are scored)
-against the fp32 GEMM rate of a large ``torch.matmul`` measured in the same run.
+against the fp32 GEMM rate of a 2048^3 ``torch.matmul`` measured in the same run (the
+median of a measurement at the start and one in every round, as the machine may be
+shared).
 
 Run: ``python bench/train_throughput.py`` (JSON to ``bench/results/``); short:
 ``--rounds 2 --steps 1 --sizes tiny --objectives clm``.
@@ -251,7 +253,9 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
     gens = [torch.Generator().manual_seed(2) for _ in impls]
     first = [fn(batches[-1], g) for fn, g in zip(step_fns, gens)]  # warm-up
     times: dict[str, list[float]] = {i.name: [] for i in impls}
+    rates = []
     for r in range(rounds):
+        rates.append(gemm_rate(reps=3))  # the machine is shared: its rate now, each round
         order = range(len(impls)) if r % 2 == 0 else reversed(range(len(impls)))
         for k in order:
             t0 = time.perf_counter()
@@ -264,6 +268,7 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
     n_scored = n_tokens if objective == "clm" else 0.15 * maskable
     flops = step_flops(objective, cfg, n_tokens, n_scored, SEQ)
     med = {k: statistics.median(v) for k, v in times.items()}
+    peak = statistics.median([peak, *rates])
     row = {
         "objective": objective, "size": size, "precision": precision,
         "first_loss": dict(zip(times, first)),
@@ -271,6 +276,7 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
         "tokens_per_s": {k: n_tokens / v for k, v in med.items()},
         "ratio": med["transformers"] / med["headwise"],
         "model_flops_per_step": flops,
+        "gemm_flops_fp32": peak, "gemm_flops_fp32_rounds": rates,
         "mfu": {k: flops / v / peak for k, v in med.items()},
     }
     return row

@@ -157,8 +157,7 @@ class ReplacedTokenDetection(nn.Module):
                     (logits.argmax(dim=-1) == targets).float().mean().item() if len(targets) else 0.0
                 )
             if len(targets):
-                probs = torch.softmax(logits.detach().float() / self.sampling_temperature, dim=-1)
-                sampled = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                sampled = sample_rows(logits.detach(), self.sampling_temperature, generator)
             else:
                 sampled = targets
         corrupted = batch.clone()
@@ -216,3 +215,23 @@ class ReplacedTokenDetection(nn.Module):
         if gen_accuracy is not None:
             out["gen_accuracy"] = gen_accuracy
         return ObjectiveOutput(loss, out, losses=losses)
+
+
+def sample_rows(logits: Tensor, temperature: float = 1.0,
+                generator: torch.Generator | None = None) -> Tensor:
+    """One token per row of ``logits (N, V)`` drawn from ``softmax(logits / temperature)``
+    -> ``(N,)`` long, by inverting each row's cumulative distribution with one uniform
+    draw per row.
+
+    ``torch.multinomial`` draws an exponential variate for every one of the ``N x V``
+    entries; on the CPU that was 12% of an ELECTRA step (tiny preset, profiled). This
+    costs one exponential pass and one cumulative sum. A token of probability zero is
+    never drawn (the search is for the first cumulative mass strictly above the draw).
+    """
+    z = logits.float()
+    if temperature != 1.0:
+        z = z / temperature
+    cdf = (z - z.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)  # unnormalised
+    u = torch.rand(z.shape[0], 1, generator=generator, device=z.device, dtype=cdf.dtype)
+    picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
+    return picked.clamp_(max=z.shape[-1] - 1)
