@@ -215,3 +215,44 @@ def test_end_to_end_no_traceback(argv, needle, tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
     assert needle in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("error,shown", [
+    (PermissionError(13, "Permission denied", "/somewhere/out.json"), "/somewhere/out.json: Permission denied"),
+    (IsADirectoryError(21, "Is a directory", "/somewhere"), "/somewhere: Is a directory"),
+    (FileNotFoundError("--thing 'x': no such file"), "--thing 'x': no such file"),
+])
+def test_expected_errors_are_one_line_with_status_2(monkeypatch, capsys, error, shown):
+    import headwise.hardware.command as plan
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(plan, "run", fail)
+    assert main(["plan"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"headwise plan: error: {shown}"
+
+
+def test_a_diverged_run_is_reported_not_a_traceback(monkeypatch, capsys):
+    import headwise.hardware.command as plan
+    from headwise.train.loop import NonFiniteError
+
+    def fail(args):
+        raise NonFiniteError("the loss is nan at step 3; stopped and saved the last good state to x")
+
+    monkeypatch.setattr(plan, "run", fail)
+    assert main(["plan"]) == 2
+    assert "error: the loss is nan at step 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bug", [KeyError("k"), RuntimeError("an internal error"), IndexError("i")])
+def test_a_bug_keeps_its_traceback(monkeypatch, bug):
+    import headwise.hardware.command as plan
+
+    def fail(args):
+        raise bug
+
+    monkeypatch.setattr(plan, "run", fail)
+    with pytest.raises(type(bug)):
+        main(["plan"])
