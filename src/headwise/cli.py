@@ -55,15 +55,22 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse printed the usage and the reason
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    return run_parsed(args, f"headwise {args.command}")
+
+
+def run_parsed(args: argparse.Namespace, prog: str) -> int:
+    """Run the parsed command ``args.func(args)``; an expected error (bad input, an
+    unusable environment, a diverged run) becomes one line ``PROG: error: ...`` and
+    status 2. Shared by ``python -m headwise.train``."""
     try:
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as e:
-        print(f"headwise {args.command}: error: {_describe(e)}", file=sys.stderr)
+        print(f"{prog}: error: {_describe(e)}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         if not _expected_runtime_error(e):
             raise
-        print(f"headwise {args.command}: error: {_describe(e)}", file=sys.stderr)
+        print(f"{prog}: error: {_describe(e)}", file=sys.stderr)
         return 2
 
 

@@ -15,16 +15,19 @@ from .command import register
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import _parsers
+    from ..cli_types import HelpFormatter
+
     parser = argparse.ArgumentParser(prog="python -m headwise.train")
     sub = parser.add_subparsers(dest="command")
     register(sub)
+    for p in _parsers(parser):
+        p.formatter_class = HelpFormatter
     # the arguments are exactly those of `headwise train`
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
-        print(f"headwise train: error: {e}", file=sys.stderr)
-        return 2
+    from ..cli import run_parsed
+
+    return run_parsed(args, "headwise train")
 
 
 if __name__ == "__main__":
