@@ -30,7 +30,8 @@ the same inputs in the same run: ``ptr+split`` (pointer loads, dQ in its own pas
 the kernels before TMA), ``tma+fused`` (dQ added atomically by the dK/dV pass),
 ``ptr+fused``, ``tma+split`` (the default on Hopper and later), ``desc`` and ``ws``
 (the non-causal forward with device-side tensor descriptors, and with those and a
-warp-specialised key loop: ``HEADWISE_TILED_FWD``; causal shapes run the default).
+warp-specialised key loop: ``HEADWISE_TILED_FWD``; causal shapes run the default),
+``pers`` (the dK/dV pass on a persistent grid: ``HEADWISE_TILED_DKDV=persistent``).
 
 Prints a markdown table per pass with the ratio headwise / best torch kernel and
 headwise's fraction of the GPU's dense bf16 peak; writes
@@ -71,6 +72,8 @@ VARIANTS = {
     # (non-causal only; causal shapes run the default kernel under these names)
     "desc": {"HEADWISE_TILED_FWD": "desc"},
     "ws": {"HEADWISE_TILED_FWD": "ws"},
+    # the dK/dV pass on a persistent grid (one program per SM looping over key tiles)
+    "pers": {"HEADWISE_TILED_DKDV": "persistent"},
 }
 # dense bf16 tensor-core peak (no sparsity), TFLOP/s
 PEAKS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),

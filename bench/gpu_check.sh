@@ -22,18 +22,20 @@
 #                                        -> $OUT/gpu_dispatch.log, $OUT/gpu_dispatch.json
 #   4. the benchmark (BENCH_ARGS; default D=128 then 64, causal and not, 16k/4k/1k
 #      tokens, against flash, cuDNN and FlashAttention-4 (its column only when
-#      flash-attn-4 imports), with the sdpa and auto columns and the forward
-#      variants ws and desc (device-side descriptors, warp-specialised loop))
+#      flash-attn-4 imports), with the sdpa and auto columns and the kernel
+#      variants ws, desc (forward: device-side descriptors, warp-specialised loop) and
+#      pers (persistent dK/dV); the autotuner's picks (a 128x128 dQ tile among them)
+#      are in the JSON)
 #                                        -> $OUT/gpu_attention.log, $OUT/gpu_attention.json
 #   5. optional, RUN_INT8=1 (default 0): the int8 kernel's benchmark -> $OUT/gpu_int8_attention.log
 #   6. optional, RUN_PLANNER=1 (default 0): tile planner vs torch.matmul
 # Then a summary of every step (exit code, seconds, the dispatch check's agreement and
 # the benchmark's auto / best ratios) -> stdout and $OUT/gpu_check_summary.json.
 #
-# Environment (defaults): GPU_CHECK_BUDGET_S=225 TEST_TIMEOUT=60 TEST_JOBS=4
-# HEADWISE_GPU_CASES=8 PRECOMPILE_JOBS=4 PRECOMPILE_TIMEOUT=75 DISPATCH_TIMEOUT=55
+# Environment (defaults): GPU_CHECK_BUDGET_S=225 TEST_TIMEOUT=75 TEST_JOBS=6
+# HEADWISE_GPU_CASES=8 PRECOMPILE_JOBS=6 PRECOMPILE_TIMEOUT=75 DISPATCH_TIMEOUT=55
 # DISPATCH_ARGS="" BENCH_ARGS="--head-dims 128 64 --causal both --seqs 16384 4096 1024
-# --peers flash cudnn fa4 --variants ws desc --warmup-ms 10 --rep-ms 50" RUN_INT8=0 INT8_TIMEOUT=40
+# --peers flash cudnn fa4 --variants ws desc pers --warmup-ms 10 --rep-ms 50" RUN_INT8=0 INT8_TIMEOUT=40
 # INT8_ARGS="--budget-s 20" RUN_PLANNER=0 PYTHON=python OUT=bench/results DRY_RUN=0
 set -u
 cd "$(dirname "$0")/.."
@@ -45,7 +47,7 @@ PY="${PYTHON:-python}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export HEADWISE_GPU_CASES="${HEADWISE_GPU_CASES:-8}"
 BUDGET="${GPU_CHECK_BUDGET_S:-225}"
-BENCH_ARGS="${BENCH_ARGS:---head-dims 128 64 --causal both --seqs 16384 4096 1024 --peers flash cudnn fa4 --variants ws desc --warmup-ms 10 --rep-ms 50}"
+BENCH_ARGS="${BENCH_ARGS:---head-dims 128 64 --causal both --seqs 16384 4096 1024 --peers flash cudnn fa4 --variants ws desc pers --warmup-ms 10 --rep-ms 50}"
 DISPATCH_ARGS="${DISPATCH_ARGS:-}"
 DISPATCH_TIMEOUT="${DISPATCH_TIMEOUT:-55}"
 INT8_TIMEOUT="${INT8_TIMEOUT:-40}"
@@ -85,7 +87,7 @@ PRE_PID=""
 if [ "$DRY" != "1" ]; then
   # shellcheck disable=SC2086
   timeout -k 5 "${PRECOMPILE_TIMEOUT:-75}" "$PY" bench/gpu_attention.py --precompile \
-    --precompile-jobs "${PRECOMPILE_JOBS:-4}" $BENCH_ARGS > "$OUT/precompile.log" 2>&1 &
+    --precompile-jobs "${PRECOMPILE_JOBS:-6}" $BENCH_ARGS > "$OUT/precompile.log" 2>&1 &
   PRE_PID=$!
 fi
 
@@ -105,7 +107,7 @@ fi
 
 # -- 2: the gpu-marked tests, dealt round-robin to TEST_JOBS pytest processes
 RESERVE_AFTER_TESTS=$(( DISPATCH_TIMEOUT + 60 + (RUN_INT8 == 1 ? INT8_TIMEOUT : 0) ))
-TEST_T=$(cap "${TEST_TIMEOUT:-60}" "$RESERVE_AFTER_TESTS")
+TEST_T=$(cap "${TEST_TIMEOUT:-75}" "$RESERVE_AFTER_TESTS")
 echo "== 2 gpu tests (t=$((SECONDS - START)) s, timeout ${TEST_T} s)" | tee -a "$OUT/gpu_tests.log"
 if [ "$DRY" = "1" ]; then
   record gpu_tests dry-run 0
@@ -113,7 +115,7 @@ else
   t0=$SECONDS
   mapfile -t TEST_IDS < <(timeout 60 "$PY" -m pytest -q -m gpu tests/kernels tests/attention \
     -p no:cacheprovider --collect-only 2>/dev/null | grep '::')
-  JOBS="${TEST_JOBS:-4}"
+  JOBS="${TEST_JOBS:-6}"
   [ "${#TEST_IDS[@]}" -lt "$JOBS" ] && JOBS="${#TEST_IDS[@]}"
   echo "${#TEST_IDS[@]} gpu tests in $JOBS processes" | tee -a "$OUT/gpu_tests.log"
   pids=()

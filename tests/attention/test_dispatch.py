@@ -427,7 +427,8 @@ def _cuda_qkv(b=2, h=4, t=256, d=64, grad=True, seed=0):
 
 
 @pytest.mark.gpu
-def test_gpu_auto_times_sdpa_and_tiled_and_the_file_keeps_it(tmp_path):
+def test_gpu_auto_times_sdpa_and_tiled_and_the_file_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADWISE_TILED_AUTOTUNE", "0")  # one tiled config: a quick compile
     d = Dispatcher(DISPATCHER.backends)  # the real backends, clock and synchronisation
     d.enabled, d.cache_path = True, tmp_path / "cache.json"
     q, k, v = _cuda_qkv()

@@ -236,6 +236,36 @@ def test_forward_variants_match_float64(b, h, hkv, tq, tk, d, dv, lens, variant,
     torch.testing.assert_close(dq.double(), ref_dq, atol=5 * tol, rtol=5 * tol)
 
 
+@pytest.mark.parametrize("bwd", ["split", "fused"])
+@pytest.mark.parametrize("b,h,hkv,tq,tk,d,dv,causal,lens", [
+    pytest.param(2, 4, 2, 37, 53, 24, 24, True, [53, 0], id="gqa-causal-len0"),
+    pytest.param(1, 2, 2, 40, 70, 16, 16, False, None, id="plain"),
+    pytest.param(2, 2, 1, 70, 33, 40, 40, True, [20, 33], id="mqa-causal-Tq>Tk"),
+])
+def test_persistent_dkdv_matches_float64(b, h, hkv, tq, tk, d, dv, causal, lens, bwd, monkeypatch):
+    """HEADWISE_TILED_DKDV=persistent: three programs here, each looping over several
+    of the key tiles (16 keys each in the interpreter)."""
+    monkeypatch.setenv("HEADWISE_TILED_DKDV", "persistent")
+    monkeypatch.setenv("HEADWISE_TILED_BWD", bwd)
+    if tiled_mod.INTERPRET:
+        assert tiled_mod._persistent_dkdv(torch.device("cpu")) == 3
+        assert b * hkv * -(-tk // tiled_mod._INTERPRET_BLOCKS["dkdv"][1]) > 3
+    q, k, v = make_qkv(b, h, hkv, tq, tk, d, dv, seed=4)
+    key_lengths = None if lens is None else torch.tensor(lens, device=DEV)
+    (out, lse, grads), (ref_out, ref_lse, ref_grads) = run_both(
+        q, k, v, causal=causal, key_lengths=key_lengths)
+    for name, g, rg in zip("qkv", grads, ref_grads, strict=True):
+        torch.testing.assert_close(g.double(), rg, atol=5e-5, rtol=5e-5, msg=f"d{name}")
+
+
+def test_persistent_dkdv_names(monkeypatch):
+    monkeypatch.delenv("HEADWISE_TILED_DKDV", raising=False)
+    assert tiled_mod._persistent_dkdv(torch.device("cpu")) is None
+    monkeypatch.setenv("HEADWISE_TILED_DKDV", "always")
+    with pytest.raises(ValueError, match="HEADWISE_TILED_DKDV must be 'default' or 'persistent'"):
+        tiled_mod._persistent_dkdv(torch.device("cpu"))
+
+
 def test_forward_variant_names(monkeypatch):
     q = torch.zeros(1, 1, 4, 16)
     monkeypatch.delenv("HEADWISE_TILED_FWD", raising=False)
@@ -672,6 +702,14 @@ def test_gpu_forward_variants(fixed_config, variant, monkeypatch):
                 raise
             pytest.skip(f"the warp-specialised loop does not build here: {type(e).__name__}: "
                         f"{str(e).splitlines()[0][:300] if str(e) else ''}")
+
+
+@pytest.mark.gpu
+def test_gpu_persistent_dkdv(fixed_config, monkeypatch):
+    """The persistent dK/dV pass (HEADWISE_TILED_DKDV=persistent, a bench candidate)."""
+    monkeypatch.setenv("HEADWISE_TILED_DKDV", "persistent")
+    for seed, case in enumerate([c for c in GPU_FIXED_CASES if c[5] in (64, 128)]):
+        _check_gpu_case(*case, seed=seed)
 
 
 @pytest.mark.gpu

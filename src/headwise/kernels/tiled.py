@@ -23,6 +23,11 @@ K, V and output; dK/dV's Q and dO; dQ's K and V) with the tensor memory accelera
 sequence and the head dim, stores clip) when the tensors are 16-bit with 16-byte
 aligned strides; otherwise, and with ``HEADWISE_TILED_TMA=0``, pointer loads.
 
+Candidates for a GPU to measure against these defaults (bench-only, off unless
+selected): ``HEADWISE_TILED_FWD=desc|ws``, the non-causal forward with device-side
+descriptors (``tl.make_tensor_descriptor``) and optionally a warp-specialised key
+loop; ``HEADWISE_TILED_DKDV=persistent``, the dK/dV pass on one program per SM.
+
 Masks: causal (bottom-right aligned: query ``i`` sees key ``j`` iff
 ``j <= i + Tk - Tq``) and key lengths (keys ``>= key_lengths[b]`` are padding).
 Tiles that are masked out entirely are never visited (the loop bounds exclude
@@ -429,25 +434,25 @@ def _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, h, H,
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["H", "HKV", "GROUP", "Tq", "Tk", "SEQ_BUCKET"])
-def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
-                   stride_qb, stride_qh, stride_qm, stride_qd,
-                   stride_kb, stride_kh, stride_kn, stride_kd,
-                   stride_vb, stride_vh, stride_vn, stride_vd,
-                   stride_dob, stride_doh, stride_dom, stride_dod,
-                   stride_dkb, stride_dkh, stride_dkn, stride_dkd,
-                   stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-                   stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-                   H, HKV, GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET,
-                   HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
-                   DOT_PREC: tl.constexpr, GQA: tl.constexpr, FUSE_DQ: tl.constexpr,
-                   USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dK, dV of one key tile; with FUSE_DQ also its float32 share of dQ, added
-    atomically into DQ (five tile products per step instead of the seven that a
-    separate dQ pass needs, at the price of a run-to-run varying summation order)."""
+@triton.jit
+def _dkdv_tile(pid, Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
+               stride_qb, stride_qh, stride_qm, stride_qd,
+               stride_kb, stride_kh, stride_kn, stride_kd,
+               stride_vb, stride_vh, stride_vn, stride_vd,
+               stride_dob, stride_doh, stride_dom, stride_dod,
+               stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+               stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+               stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+               H, HKV, GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET,
+               HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
+               DOT_PREC: tl.constexpr, GQA: tl.constexpr, FUSE_DQ: tl.constexpr,
+               USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dK, dV of key tile ``pid`` (in the flat (batch, kv head, key tile) order);
+    with FUSE_DQ also its float32 share of dQ, added atomically into DQ (five tile
+    products per step instead of the seven that a separate dQ pass needs, at the
+    price of a run-to-run varying summation order)."""
     num_n = tl.cdiv(Tk, BLOCK_N)
-    pid = tl.program_id(0)
     bhkv = pid // num_n
     n0 = (pid % num_n) * BLOCK_N
     b = (bhkv // HKV).to(tl.int64)
@@ -504,6 +509,48 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
     _store_tile(DV + b * stride_dvb + hkv * stride_dvh + offs_n[:, None] * stride_dvn
                 + offs_dv[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), offs_n, Tk, offs_dv,
                 V_DIM)
+
+
+
+@triton.jit(do_not_specialize=["H", "HKV", "GROUP", "Tq", "Tk", "SEQ_BUCKET", "BHKV"])
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
+                   stride_qb, stride_qh, stride_qm, stride_qd,
+                   stride_kb, stride_kh, stride_kn, stride_kd,
+                   stride_vb, stride_vh, stride_vn, stride_vd,
+                   stride_dob, stride_doh, stride_dom, stride_dod,
+                   stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+                   stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+                   stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+                   H, HKV, GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET, BHKV,
+                   HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
+                   DOT_PREC: tl.constexpr, GQA: tl.constexpr, FUSE_DQ: tl.constexpr,
+                   USE_TMA: tl.constexpr, PERSISTENT: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """dK, dV (and with FUSE_DQ dQ's float32 shares) of every key tile: one program
+    per tile, or (PERSISTENT, HEADWISE_TILED_DKDV=persistent: a candidate for the GPU
+    to measure) a grid of about one program per SM, each taking every
+    ``num_programs``-th of the BHKV * cdiv(Tk, BLOCK_N) tiles in turn."""
+    if PERSISTENT:
+        n_tiles = BHKV * tl.cdiv(Tk, BLOCK_N)
+        for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+            _dkdv_tile(tile,
+                Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN, stride_qb, stride_qh, stride_qm,
+                stride_qd, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
+                stride_vn, stride_vd, stride_dob, stride_doh, stride_dom, stride_dod,
+                stride_dkb, stride_dkh, stride_dkn, stride_dkd, stride_dvb, stride_dvh,
+                stride_dvn, stride_dvd, stride_dqb, stride_dqh, stride_dqm, stride_dqd, H, HKV,
+                GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET, HEAD_DIM, V_DIM, BLOCK_D,
+                BLOCK_DV, CAUSAL, HAS_KLEN, DOT_PREC, GQA, FUSE_DQ, USE_TMA, BLOCK_M, BLOCK_N)
+    else:  # no loop around the tile: the default's code as it was
+        _dkdv_tile(tl.program_id(0),
+            Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN, stride_qb, stride_qh, stride_qm,
+            stride_qd, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
+            stride_vn, stride_vd, stride_dob, stride_doh, stride_dom, stride_dod, stride_dkb,
+            stride_dkh, stride_dkn, stride_dkd, stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+            stride_dqb, stride_dqh, stride_dqm, stride_dqd, H, HKV, GROUP, Tq, Tk, qk_scale,
+            sm_scale, SEQ_BUCKET, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, CAUSAL, HAS_KLEN,
+            DOT_PREC, GQA, FUSE_DQ, USE_TMA, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -625,11 +672,11 @@ _DKDV_CONFIGS = {  # BLOCK_N: the key tile a program owns; BLOCK_M: its query st
                _cfg(64, 128, 8, 3), _cfg(64, 64, 8, 3), _cfg(32, 64, 4, 2)],
     "large": [_cfg(32, 32, 8, 2), _cfg(16, 32, 8, 2), _cfg(16, 32, 4, 1)],
 }
-_DQ_CONFIGS = {
+_DQ_CONFIGS = {  # 128 x 128 (not spill-checked): a larger dQ tile for the autotuner to try
     "small": [_cfg(128, 64, 8, 3), _cfg(128, 32, 8, 3), _cfg(128, 32, 4, 3),
-              _cfg(64, 32, 4, 3)],
+              _cfg(128, 128, 8, 2), _cfg(64, 32, 4, 3)],
     "medium": [_cfg(128, 64, 8, 3), _cfg(128, 64, 8, 2), _cfg(128, 32, 8, 3),
-               _cfg(64, 32, 8, 3), _cfg(64, 32, 4, 2)],
+               _cfg(64, 32, 8, 3), _cfg(128, 128, 8, 2), _cfg(64, 32, 4, 2)],
     "large": [_cfg(32, 16, 4, 2), _cfg(64, 32, 8, 2), _cfg(32, 16, 4, 1)],
 }
 _CONFIGS = {"fwd": _FWD_CONFIGS, "dkdv": _DKDV_CONFIGS, "dq": _DQ_CONFIGS,
@@ -644,7 +691,7 @@ _FIXED: dict[tuple, triton.Config] = {}
 _INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16), "fwd_desc": (32, 16)}
 _DELTA_BLOCK_M = 64
 _KEYS = ["HEAD_DIM", "V_DIM", "CAUSAL", "HAS_KLEN", "SEQ_BUCKET", "GROUP"]
-_EXTRA_KEYS = {"fwd": [], "dkdv": ["FUSE_DQ"], "dq": [], "fwd_desc": ["WS"]}
+_EXTRA_KEYS = {"fwd": [], "dkdv": ["FUSE_DQ", "PERSISTENT"], "dq": [], "fwd_desc": ["WS"]}
 
 
 def _dim_class(d: int) -> str:
@@ -698,9 +745,11 @@ def _autotune_enabled() -> bool:
 
 
 def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tuple,
-            meta: dict, dtype: torch.dtype) -> None:
+            meta: dict, dtype: torch.dtype, max_programs: int | None = None) -> None:
     """Launch ``fn`` on a flat grid of ``cdiv(n_rows, BLOCK) * n_programs_per_row_tile``
-    programs with the interpreter's, a fixed or the autotuned config."""
+    programs (at most ``max_programs``: a persistent kernel loops over the rest) with
+    the interpreter's, a fixed or the autotuned config."""
+    cap = (lambda n: n) if max_programs is None else (lambda n: min(n, max_programs))
     tile_key = "BLOCK_N" if kind == "dkdv" else "BLOCK_M"
     dim_class = _dim_class(max(meta["BLOCK_D"], meta["BLOCK_DV"]))
     tma = meta.get("USE_TMA", False)
@@ -712,13 +761,13 @@ def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tupl
     if INTERPRET:
         bm, bn = _INTERPRET_BLOCKS[kind]
         blocks = {"BLOCK_M": bm, "BLOCK_N": bn}
-        grid = (triton.cdiv(n_rows, blocks[tile_key]) * n_programs_per_row_tile,)
+        grid = (cap(triton.cdiv(n_rows, blocks[tile_key]) * n_programs_per_row_tile),)
         set_blocks(blocks)
         fn[grid](*args, **meta, **blocks)
         return
     if _autotune_enabled():
         def grid(m):
-            return (triton.cdiv(n_rows, m[tile_key]) * n_programs_per_row_tile,)
+            return (cap(triton.cdiv(n_rows, m[tile_key]) * n_programs_per_row_tile),)
 
         _tuned(kind, dim_class, tma)[grid](*args, **meta)
         return
@@ -729,7 +778,7 @@ def _launch(kind: str, fn, n_rows: int, n_programs_per_row_tile: int, args: tupl
     elif dtype == torch.float32:
         configs = configs[::-1]
     for i, cfg in enumerate(configs):
-        grid = (triton.cdiv(n_rows, cfg.kwargs[tile_key]) * n_programs_per_row_tile,)
+        grid = (cap(triton.cdiv(n_rows, cfg.kwargs[tile_key]) * n_programs_per_row_tile),)
         set_blocks(cfg.kwargs)
         try:
             fn[grid](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
@@ -754,6 +803,21 @@ def _fuse_dq() -> bool:
     if choice not in ("fused", "split"):
         raise ValueError(f"HEADWISE_TILED_BWD must be 'fused' or 'split', got {choice!r}")
     return choice == "fused" and not torch.are_deterministic_algorithms_enabled()
+
+
+def _persistent_dkdv(device: torch.device) -> int | None:
+    """``HEADWISE_TILED_DKDV=persistent``: the dK/dV pass on a grid of one program per
+    SM (three in the interpreter, so that each program takes several tiles), a
+    candidate for the GPU to measure against the default (unset or ``default``: one
+    program per key tile). Returns the grid's cap, or None."""
+    choice = os.environ.get("HEADWISE_TILED_DKDV", "default")
+    if choice not in ("default", "persistent"):
+        raise ValueError(f"HEADWISE_TILED_DKDV must be 'default' or 'persistent', got {choice!r}")
+    if choice == "default":
+        return None
+    if INTERPRET or device.type != "cuda":
+        return 3
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _use_tma(*tensors: Tensor, asked: bool = False) -> bool:
@@ -899,11 +963,13 @@ def _backward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: T
     # fused: dQ is summed over key tiles in float32 by the dK/dV kernel; else a
     # placeholder (the autotuner zeroes whatever DQ is between its timing runs)
     dq_acc = torch.zeros((b, h, tq, d) if fuse else (1, 1, 1, 1), dtype=torch.float32, device=q.device)
+    persistent = _persistent_dkdv(q.device)
     _launch("dkdv", _attn_bwd_dkdv, tk, b * hkv,
             (qd, k, v, dod, lse, delta, dk, dv, dq_acc, klen, *common, *dk.stride(), *dv.stride(),
              *(dq_acc.stride() if fuse else (0, 0, 0, 0)),
-             h, hkv, h // hkv, tq, tk, scale * _LOG2E, scale, bucket),
-            {**meta, "GQA": h > hkv, "FUSE_DQ": fuse}, q.dtype)
+             h, hkv, h // hkv, tq, tk, scale * _LOG2E, scale, bucket, b * hkv),
+            {**meta, "GQA": h > hkv, "FUSE_DQ": fuse, "PERSISTENT": persistent is not None},
+            q.dtype, max_programs=persistent)
     if fuse:
         dq.copy_(dq_acc)
     else:
