@@ -172,16 +172,17 @@ fi
 # -- summary
 TOTAL=$((SECONDS - START))
 printf '%s\n' "${STEPS[@]}" > "$OUT/gpu_check_steps.txt"
-timeout 30 "$PY" - "$OUT" "$TOTAL" <<'EOF' || echo "(summary script failed; steps: ${STEPS[*]})"
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+timeout 30 "$PY" - "$OUT" "$TOTAL" "$COMMIT" <<'EOF' || echo "(summary script failed; steps: ${STEPS[*]})"
 import json, sys
 from pathlib import Path
 
-out, total = Path(sys.argv[1]), int(sys.argv[2])
+out, total, commit = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 steps = []
 for line in (out / "gpu_check_steps.txt").read_text().splitlines():
     name, rc, secs = line.split()
     steps.append({"step": name, "rc": rc, "seconds": secs})
-summary = {"total_s": total, "steps": steps}
+summary = {"total_s": total, "commit": commit, "steps": steps}
 for name in ("gpu_dispatch.json", "gpu_attention.json"):
     try:
         data = json.loads((out / name).read_text())
@@ -201,7 +202,7 @@ for name in ("gpu_dispatch.json", "gpu_attention.json"):
                                 "skipped_for_time": data.get("skipped_for_time"),
                                 "fa4": data.get("fa4_error") or data.get("fa4_version")}
 (out / "gpu_check_summary.json").write_text(json.dumps(summary, indent=1))
-print(f"== summary ({total} s; rc 124 = timed out)")
+print(f"== summary ({total} s, commit {commit}; rc 124 = timed out)")
 for s in steps:
     print(f"  {s['step']:<12} rc={s['rc']:<8} {s['seconds']} s")
 for key in ("dispatch", "benchmark"):
