@@ -302,8 +302,11 @@ class Dispatcher:
             only = timed[0] if timed else servable[0]
             others = [b for b in backends if getattr(b, "timed_by_auto", False) and b is not only]
             why = "; ".join(f"{b.name}: {refused.get(b.name, 'not timed')}" for b in others)
-            return BackendChoice(only.name, "only", f"only {only.name} can serve"
-                                 + (f" ({why})" if why else ""), errors=refused)
+            if not timed:  # e.g. weights asked for: the first by priority, as on the CPU
+                reason = f"no timed candidate can serve ({why}); {only.name} is the first by priority"
+            else:
+                reason = f"only {only.name} can serve" + (f" ({why})" if why else "")
+            return BackendChoice(only.name, "only", reason, errors=refused)
         key = shape_class(call)
         names = [b.name for b in timed]
         if torch.compiler.is_compiling():  # traced code: what is in memory, nothing else
