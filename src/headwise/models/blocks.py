@@ -202,15 +202,20 @@ class Block(nn.Module):
         causal: bool = False,
         key_padding_mask: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """``x (B, T, d_model)`` -> ``(B, T, d_model)``. ``key_padding_mask (B, Tk)``
-        bool, True = padding; ``kv_cache`` for incremental decoding."""
+        bool, True = padding; ``kv_cache`` for incremental decoding. ``context (B, Tk,
+        d_model)``: the sequence whose positions ``x`` is a subset of, for keys and
+        values (the block then computes ``x``'s positions only; see
+        ``Encoder.forward(rows=...)``)."""
         attn_kw = {"causal": causal, "key_padding_mask": key_padding_mask, "kv_cache": kv_cache}
         if self.pre_norm:
-            x = x + self.drop(self.attn(self.ln_1(x), **attn_kw))
+            kv = None if context is None else self.ln_1(context)
+            x = x + self.drop(self.attn(self.ln_1(x), kv, **attn_kw))
             x = x + self.drop(self.mlp(self.ln_2(x)))
         else:
-            x = self.ln_1(x + self.drop(self.attn(x, **attn_kw)))
+            x = self.ln_1(x + self.drop(self.attn(x, context, **attn_kw)))
             x = self.ln_2(x + self.drop(self.mlp(x)))
         return x
 

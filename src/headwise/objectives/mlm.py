@@ -216,10 +216,10 @@ class MaskedLM(nn.Module):
         """``metrics=False`` skips what only the metrics need (the argmax and its host
         sync): ``metrics`` is then empty and only ``loss`` is set."""
         inputs, selected = self.masker(batch, generator)
-        hidden = self.model.encoder(inputs, padding_mask(batch, self.masker.pad_id))
+        # hidden states of the selected positions only (the last block narrows to them)
+        rows = self.model.encoder(inputs, padding_mask(batch, self.masker.pad_id), rows=selected)
         targets = batch[selected].long()
-        loss, hits = mlm_head_loss(self.model.head, hidden[selected], targets, hidden,
-                                   want_hits=metrics)
+        loss, hits = mlm_head_loss(self.model.head, rows, targets, rows, want_hits=metrics)
         if not metrics:
             return ObjectiveOutput(loss, {})
         n = len(targets)

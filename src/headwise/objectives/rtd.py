@@ -143,9 +143,10 @@ class ReplacedTokenDetection(nn.Module):
         if isinstance(key_padding_mask, str):
             key_padding_mask = padding_mask(batch, masker.pad_id)
         gen_inputs, selected = masker(batch, generator)
-        hidden = self.generator.encoder(gen_inputs, key_padding_mask)
+        # the selected positions' hidden states only (the last block narrows to them)
+        hidden = self.generator.encoder(gen_inputs, key_padding_mask, rows=selected)
         targets = batch[selected].long()
-        logits = self.generator.head(hidden[selected])  # (N, V): sampled from below
+        logits = self.generator.head(hidden)  # (N, V): sampled from below
         if len(targets):
             gen_loss = F.cross_entropy(logits.float(), targets)
         else:
