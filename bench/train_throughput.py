@@ -282,6 +282,25 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
     return row
 
 
+def profile_pair(objective: str, size: str, precision: str, rows: int = 15) -> None:
+    """Print the costliest ops of one training step of each side (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = headwise_config(objective, size)
+    seq = SEQ + 1 if objective == "clm" else SEQ
+    torch.manual_seed(0)
+    batch = make_batches(1, seq, seed=1)[0]
+    for impl in (headwise_impl(objective, cfg), hf_impl(objective, cfg)):
+        step, gen = make_step(impl, precision), torch.Generator().manual_seed(2)
+        step(batch, gen)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            step(batch, gen)
+            took = time.perf_counter() - t0
+        print(f"== {impl.name}: {size} {objective} {precision}, one step {took:.2f} s")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def _lscpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -313,6 +332,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
                    help="fp32 and/or bf16 (autocast on both sides; default fp32)")
+    p.add_argument("--profile", action="store_true",
+                   help="instead of timing, profile one step of each side (torch.profiler) and "
+                        "print the ops that cost most")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's, one per core)")
     p.add_argument("--out", type=Path, default=RESULTS / "train_throughput_cpu.json")
@@ -325,6 +347,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     from headwise.hardware.precision import native_bf16
 
+    if args.profile:
+        for size in args.sizes:
+            for objective in args.objectives:
+                for precision in args.precision:
+                    profile_pair(objective, size, precision)
+        return {}
     peak = gemm_rate()
     cpu = _lscpu_model()
     print(f"# training step, batch {BATCH} x {SEQ}, AdamW, {torch.get_num_threads()} threads, "
