@@ -16,7 +16,9 @@ class ObjectiveOutput:
 
     Attributes:
         loss: scalar tensor to call ``backward()`` on.
-        metrics: plain floats for logging (always includes ``"loss"``).
+        metrics: plain floats for logging (including ``"loss"``); empty when the
+            objective was called with ``metrics=False`` (the trainer's steps between two
+            logs), which skips the argmaxes and host syncs only the metrics need.
         losses: the weighted loss's parts as tensors with their graphs (e.g. RTD's
             ``"gen"`` and ``"disc"``), for analysis and tests; empty when the loss has
             one part.
