@@ -270,7 +270,7 @@ class DistributedTrainer(Trainer):
         last = micro == self.cfg.accum - 1
         # gradients are all-reduced once per optimizer step, with the last micro-batch
         sync = nullcontext() if last else self.forward.no_sync()
-        with sync, self._global_masks():
+        with sync, self._global_masks(), self.precision.autocast(self.device):  # --precision
             out = self.forward(self._batch(micro), generator=self.mask_rng)
             key = COUNT_KEY.get(self.cfg.objective)
             n_local = float(out.metrics[key]) if key is not None else 1.0
