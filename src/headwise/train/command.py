@@ -19,6 +19,7 @@ _NUMBERS = (
     ("lr", positive_float, "peak learning rate (AdamW)"),
     ("weight-decay", nonneg_float, "AdamW weight decay (not on biases and norms)"),
     ("warmup", nonneg_int, "linear warm-up steps"),
+    ("min-lr-ratio", float_in(0.0, 1.0), "the learning rate decays to this fraction of its peak"),
     ("grad-clip", positive_float, "clip the global gradient norm to this"),
     ("eval-every", positive_int, "validate every N steps"),
     ("eval-batches", positive_int, "validation batches per evaluation"),

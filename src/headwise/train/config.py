@@ -71,6 +71,9 @@ class TrainConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if isinstance(self.min_lr_ratio, bool) or not isinstance(self.min_lr_ratio, (int, float)) \
+                or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
         if self.optimizer not in ("adamw", "muon"):
             raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
         if isinstance(self.muon_lr, bool) or not isinstance(self.muon_lr, (int, float)) or self.muon_lr <= 0:
