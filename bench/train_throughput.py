@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
+    commit = _commit()  # the code the run imported
     torch.set_flush_denormal(True)  # as headwise's trainer does, for both sides
     import transformers
 
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
         "cpu": cpu,
-        "commit": _commit(),
+        "commit": commit,
         "machine": platform.machine(),
         "gemm_flops_fp32": peak,
         "native_bf16": native, "native_bf16_why": why,
