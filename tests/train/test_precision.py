@@ -73,6 +73,19 @@ def test_bf16_loss_curve_within_the_fp32_seed_spread(tmp_path, monkeypatch):
     assert json.loads((t32.run_dir / "run.json").read_text())["precision"] == "fp32"
 
 
+@pytest.mark.parametrize("objective", ["mlm", "rtd", "clm"])
+def test_every_objective_trains_under_bf16_autocast(tmp_path, monkeypatch, objective):
+    """ELECTRA's projected embeddings hand bf16 activations to fp32 attention weights."""
+    monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    corpus = write_corpus(tmp_path / "c.txt")
+    t = Trainer(tiny_cfg(corpus, tmp_path / "run", objective=objective, steps=2, eval_every=2,
+                         checkpoint_every=2, precision="bf16"), progress=False)
+    val = t.run()
+    assert torch.isfinite(torch.tensor(val["loss"]))
+    assert all(p.dtype == torch.float32 for p in t.objective.parameters())  # fp32 master weights
+
+
 def test_cli_flag_and_auto_record(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache"))
     assert main(["train", "--help"]) == 0

@@ -382,7 +382,7 @@ class MultiHeadAttention(nn.Module):
         w = self.out_proj.weight
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if t.dtype != w.dtype:
+        if t.dtype != w.dtype and not _autocast_to(t):
             raise TypeError(
                 f"{name} has dtype {t.dtype} but the layer's weights are {w.dtype}; "
                 f"convert one of them (e.g. layer.to({t.dtype}))"
@@ -400,6 +400,13 @@ class MultiHeadAttention(nn.Module):
         if not self.fused:
             s += f", kdim={self.kdim}, vdim={self.vdim}"
         return s
+
+
+def _autocast_to(t: Tensor) -> bool:
+    """Whether ``t`` is in the dtype an active ``torch.autocast`` computes in: the
+    projections then cast the (fp32) weights themselves, so mixed dtypes are right."""
+    kind = t.device.type
+    return torch.is_autocast_enabled(kind) and t.dtype == torch.get_autocast_dtype(kind)
 
 
 def _xavier_(w: Tensor) -> None:
