@@ -363,15 +363,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'size':>13} {'obj':>4} {'prec':>5} | {'headwise tok/s':>14} | {'transformers':>12} | "
           f"{'ratio':>6} | MFU headwise / transformers")
     rows = []
-    for size in args.sizes:
-        for objective in args.objectives:
-            for precision in args.precision:
-                row = bench_pair(objective, size, precision, args.rounds, args.steps, peak)
-                rows.append(row)
-                tps, mfu = row["tokens_per_s"], row["mfu"]
-                print(f"{size:>13} {objective:>4} {precision:>5} | {tps['headwise']:14,.0f} | "
-                      f"{tps['transformers']:12,.0f} | {row['ratio']:5.2f}x | "
-                      f"{mfu['headwise']:.0%} / {mfu['transformers']:.0%}", flush=True)
     result = {
         "benchmark": "train_throughput_cpu",
         "torch": torch.__version__,
@@ -384,12 +375,22 @@ def main(argv: list[str] | None = None) -> dict:
         "native_bf16": native, "native_bf16_why": why,
         "batch": BATCH, "seq": SEQ, "vocab": VOCAB,
         "rounds": args.rounds, "steps": args.steps,
-        # other processes on the machine: 1/5/15-minute load averages before and after
-        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    for size in args.sizes:
+        for objective in args.objectives:
+            for precision in args.precision:
+                row = bench_pair(objective, size, precision, args.rounds, args.steps, peak)
+                rows.append(row)
+                tps, mfu = row["tokens_per_s"], row["mfu"]
+                print(f"{size:>13} {objective:>4} {precision:>5} | {tps['headwise']:14,.0f} | "
+                      f"{tps['transformers']:12,.0f} | {row['ratio']:5.2f}x | "
+                      f"{mfu['headwise']:.0%} / {mfu['transformers']:.0%}", flush=True)
+                args.out.write_text(json.dumps(result, indent=2))  # so far: kept if a later row fails
+    # other processes on the machine: 1/5/15-minute load averages before and after
+    result["loadavg_before"], result["loadavg_after"] = load_before, os.getloadavg()
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     return result
