@@ -43,12 +43,11 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from headwise.models import Decoder, EncoderForMLM, ModelConfig, build_electra
 from headwise.objectives import IGNORE_INDEX, CausalLM, MaskedLM, ReplacedTokenDetection
@@ -251,7 +250,7 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
     step_fns = [make_step(i, precision) for i in impls]
     batches = make_batches(steps + 1, seq, seed=1)
     gens = [torch.Generator().manual_seed(2) for _ in impls]
-    first = [fn(batches[-1], g) for fn, g in zip(step_fns, gens)]  # warm-up
+    first = [fn(batches[-1], g) for fn, g in zip(step_fns, gens, strict=True)]  # warm-up
     times: dict[str, list[float]] = {i.name: [] for i in impls}
     rates = []
     for r in range(rounds):
@@ -271,7 +270,7 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
     peak = statistics.median([peak, *rates])
     row = {
         "objective": objective, "size": size, "precision": precision,
-        "first_loss": dict(zip(times, first)),
+        "first_loss": dict(zip(times, first, strict=True)),
         "median_step_s": med, "all_step_s": times,
         "tokens_per_s": {k: n_tokens / v for k, v in med.items()},
         "ratio": med["transformers"] / med["headwise"],

@@ -39,7 +39,7 @@ def test_rows_equal_the_full_encoders_rows_float64(norm):
     g_got = torch.autograd.grad((got * weights).sum(), list(enc.parameters()), allow_unused=True)
     g_want = torch.autograd.grad((full[rows] * weights).sum(), list(enc.parameters()),
                                  allow_unused=True)
-    for a, b in zip(g_got, g_want):
+    for a, b in zip(g_got, g_want, strict=True):
         if a is None or b is None:
             assert a is None and b is None
         else:

@@ -36,7 +36,7 @@ def max_error(chunk_rows, bias=True):
     want = reference(h, w, b, t)
     errors = [(got - want).abs().item()]
     # a non-unit incoming gradient, as from loss / n or loss / accum
-    for a, e in zip(grads(0.37 * got, (h, w, b)), grads(0.37 * want, (h, w, b))):
+    for a, e in zip(grads(0.37 * got, (h, w, b)), grads(0.37 * want, (h, w, b)), strict=True):
         errors.append((a - e).abs().max().item())
     return max(errors)
 
@@ -97,7 +97,7 @@ def test_autocast_bf16_close_to_fp32():
     torch.testing.assert_close(got, want, rtol=2e-2, atol=0.0)
     gh, gw, gb = grads(got, (h, w, b))
     assert gh.dtype == gw.dtype == gb.dtype == torch.float32
-    for a, e in zip((gh, gw, gb), grads(want, (h, w, b))):
+    for a, e in zip((gh, gw, gb), grads(want, (h, w, b)), strict=True):
         assert (a - e).norm() / e.norm() < 3e-2
 
 
