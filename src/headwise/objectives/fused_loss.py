@@ -158,7 +158,7 @@ def linear_cross_entropy(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     grad = torch.is_grad_enabled()
-    hidden = hidden.contiguous()
+    hidden, targets = hidden.contiguous(), targets.long()
     with torch.autocast(device, enabled=False):
         loss, hits = _LinearCrossEntropy.apply(
             hidden, weight, bias, targets, ignore_index, chunk_rows, compute_dtype,
