@@ -12,15 +12,16 @@ $(STAMP): pyproject.toml constraints/dev.txt
 	$(PIP) install -q -c constraints/dev.txt -e ".[dev]"
 	touch $(STAMP)
 
-# The main job: train the `tiny` preset as a GPT-like decoder (next token) on the
-# standard library's source (present on every machine), look inside its heads
+# The main job: train the `tiny` preset (rotary positions) as a GPT-like decoder (next
+# token) on the standard library's source (present on every machine), look inside its heads
 # (RUN_DIR/report.html) and print what it learned (docs/training.md). A second
 # `make run` resumes the same run, or re-prints the summary of a finished one.
 # CONLLU=path/to/treebank.conllu adds the syntax probe.
 RUN_DIR ?= runs/default
 CONLLU ?=
 run: $(STAMP)
-	$(VENV)/bin/headwise train --objective clm --preset tiny --steps 750 --out $(RUN_DIR) \
+	$(VENV)/bin/headwise train --objective clm --preset tiny --model positions=rope --steps 750 \
+		--eval-every 100 --out $(RUN_DIR) \
 		$(if $(CONLLU),--conllu $(CONLLU)) $(if $(wildcard $(RUN_DIR)/run.json),--resume)
 
 test: $(STAMP)
