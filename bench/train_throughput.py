@@ -221,11 +221,17 @@ def hf_impl(objective: str, cfg: ModelConfig) -> Impl:
     return Impl("transformers", params, loss)
 
 
-def make_step(impl: Impl, precision: str) -> Callable[[torch.Tensor, torch.Generator], float]:
+#: AdamW implementation for both sides: "fused" (one kernel per parameter) or "default"
+#: (torch's choice on the CPU: several elementwise ops per parameter)
+ADAMW = {"fused": {"fused": True}, "default": {}}
+
+
+def make_step(impl: Impl, precision: str, adamw: str = "fused"
+              ) -> Callable[[torch.Tensor, torch.Generator], float]:
     decay = [p for p in impl.params if p.dim() >= 2]
     no_decay = [p for p in impl.params if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, **ADAMW[adamw])
 
     def step(batch, gen):
         opt.zero_grad(set_to_none=True)
@@ -242,12 +248,12 @@ def make_step(impl: Impl, precision: str) -> Callable[[torch.Tensor, torch.Gener
 
 
 def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: int,
-               peak: float) -> dict:
+               peak: float, adamw: str = "fused") -> dict:
     cfg = headwise_config(objective, size)
     seq = SEQ + 1 if objective == "clm" else SEQ  # CLM: the model reads 128, scores 128
     torch.manual_seed(0)
     impls = [headwise_impl(objective, cfg), hf_impl(objective, cfg)]
-    step_fns = [make_step(i, precision) for i in impls]
+    step_fns = [make_step(i, precision, adamw) for i in impls]
     batches = make_batches(steps + 1, seq, seed=1)
     gens = [torch.Generator().manual_seed(2) for _ in impls]
     first = [fn(batches[-1], g) for fn, g in zip(step_fns, gens, strict=True)]  # warm-up
@@ -334,6 +340,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--profile", action="store_true",
                    help="instead of timing, profile one step of each side (torch.profiler) and "
                         "print the ops that cost most")
+    p.add_argument("--adamw", choices=list(ADAMW), default="fused",
+                   help="AdamW for both sides: fused (default) or torch's CPU default "
+                        "(per-parameter elementwise ops)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's, one per core)")
     p.add_argument("--out", type=Path, default=RESULTS / "train_throughput_cpu.json")
@@ -373,7 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gemm_flops_fp32": peak,
         "native_bf16": native, "native_bf16_why": why,
         "batch": BATCH, "seq": SEQ, "vocab": VOCAB,
-        "rounds": args.rounds, "steps": args.steps,
+        "rounds": args.rounds, "steps": args.steps, "adamw": args.adamw,
         "command": "python bench/train_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "rows": rows,
     }
@@ -381,7 +390,8 @@ def main(argv: list[str] | None = None) -> dict:
     for size in args.sizes:
         for objective in args.objectives:
             for precision in args.precision:
-                row = bench_pair(objective, size, precision, args.rounds, args.steps, peak)
+                row = bench_pair(objective, size, precision, args.rounds, args.steps, peak,
+                                 args.adamw)
                 rows.append(row)
                 tps, mfu = row["tokens_per_s"], row["mfu"]
                 print(f"{size:>13} {objective:>4} {precision:>5} | {tps['headwise']:14,.0f} | "
