@@ -72,7 +72,7 @@ def test_binary_entropy():
 
 def _result(roles):
     return {"roles": [{"layer": l, "head": h, "primary": p, "roles": [p], "evidence": ev}
-                      for l, h, p, ev in roles]}
+                      for l, h, p, ev in roles], "thresholds": {"positional": 0.5, "broad": 0.8}}
 
 
 def test_role_leaders_count_primary_roles_and_name_the_strongest_head():
@@ -81,14 +81,17 @@ def test_role_leaders_count_primary_roles_and_name_the_strongest_head():
         (0, 1, "previous-token", {"previous-token": 0.9}),
         (1, 0, "induction", {"induction": 0.4}),
         (1, 1, "syntactic:det", {"syntactic": {"det": {"accuracy": 0.8, "margin": 0.2}}}),
-        (1, 2, "other", {}),
+        (1, 2, "other", {"previous-token": 0.2, "broad": 0.5}),
+        (1, 3, "other", {"previous-token": 0.3, "broad": 0.4}),
     ])
     got = {x["role"]: x for x in role_leaders(res)}
     assert [x["role"] for x in role_leaders(res)] == ["induction", "syntactic", "previous-token", "other"]
     assert got["previous-token"]["count"] == 2 and got["previous-token"]["head"] == "L0H1"
     assert "90%" in got["previous-token"]["says"]
     assert got["syntactic"]["head"] == "L1H1" and "det" in got["syntactic"]["says"]
-    assert got["other"]["head"] is None
+    # the "other" head nearest a role: L1H2 at 0.5 / 0.8 of broad's threshold beats 0.3 / 0.5 of previous-token
+    assert got["other"]["count"] == 2 and got["other"]["head"] == "L1H2"
+    assert got["other"]["says"] == "closest to a role: normalised entropy 0.50 (broad needs 0.80)"
 
 
 def _cfg(objective):

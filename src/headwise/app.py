@@ -312,11 +312,35 @@ _ROLE_STRENGTH = {
 }
 
 
+#: the roles an "other" head can be near, with the threshold each is held to
+_NEAR = (("previous-token", "positional"), ("next-token", "positional"), ("self", "positional"),
+         ("special", "special"), ("induction", "induction"), ("broad", "broad"))
+
+
+def _nearest_role(heads: list[dict[str, Any]], thresholds: dict[str, Any]) -> tuple | None:
+    """The "other" head closest to a role: the largest evidence / threshold ratio."""
+    best = None
+    for h in heads:
+        for role, key in _NEAR:
+            v, limit = h["evidence"].get(role), thresholds.get(key)
+            if v is None or not limit:
+                continue
+            if best is None or v / limit > best[0]:
+                best = (v / limit, h, role, v, limit)
+    if best is None:
+        return None
+    _, h, role, v, limit = best
+    says = _ROLE_STRENGTH[role][1].format(v)
+    return (h, v, f"closest to a role: {says} ({role} needs {limit:.0%})" if role != "broad" and role != "induction"
+            else f"closest to a role: {says} ({role} needs {limit:.2f})")
+
+
 def role_leaders(result: Any) -> list[dict[str, Any]]:
     """Per primary role (in the roles' priority order, then ``other``): ``{"role",
     "count", "head": "L1H2" or None, "strength": float or None, "says": str}``: how
     many heads have it as their primary role, and the strongest of them (syntactic:
-    the largest margin over the relation's offset baseline)."""
+    the largest margin over the relation's offset baseline; other: the head nearest to
+    a role's threshold, and which)."""
     from .inspect import PRIORITY
 
     d = result if isinstance(result, dict) else result.to_dict()
@@ -346,6 +370,8 @@ def role_leaders(result: Any) -> list[dict[str, Any]]:
             if cands:
                 v, h = max(cands, key=lambda c: c[0])
                 best = (h, v, fmt.format(v))
+        elif role == "other":
+            best = _nearest_role(heads, d.get("thresholds") or {})
         out.append({
             "role": role, "count": len(heads),
             "head": f"L{best[0]['layer']}H{best[0]['head']}" if best else None,
@@ -401,7 +427,8 @@ def summary_text(*, run_dir: str | Path, cfg: Any, step: int, val: dict[str, flo
         lines.append(f"what the {total} heads became ({shape}; layers and heads 0-based), by primary role:")
         width = max(len(x["role"]) for x in leaders)
         for x in leaders:
-            tail = f"   strongest {x['head']}: {x['says']}" if x["head"] else ""
+            word = "nearest" if x["role"] == "other" else "strongest"
+            tail = f"   {word} {x['head']}: {x['says']}" if x["head"] else ""
             lines.append(f"  {x['role'].ljust(width)}  {x['count']:>3}{tail}")
         if probe:
             lines.append(probe)
