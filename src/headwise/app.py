@@ -312,9 +312,10 @@ _ROLE_STRENGTH = {
 }
 
 
-#: the roles an "other" head can be near, with the threshold each is held to
+#: the roles an "other" head can be near, with the threshold each is held to ("broad" is
+#: left out: it names the absence of a pattern)
 _NEAR = (("previous-token", "positional"), ("next-token", "positional"), ("self", "positional"),
-         ("special", "special"), ("induction", "induction"), ("broad", "broad"))
+         ("special", "special"), ("induction", "induction"))
 
 
 def _nearest_role(heads: list[dict[str, Any]], thresholds: dict[str, Any]) -> tuple | None:
@@ -331,8 +332,8 @@ def _nearest_role(heads: list[dict[str, Any]], thresholds: dict[str, Any]) -> tu
         return None
     _, h, role, v, limit = best
     says = _ROLE_STRENGTH[role][1].format(v)
-    return (h, v, f"closest to a role: {says} ({role} needs {limit:.0%})" if role != "broad" and role != "induction"
-            else f"closest to a role: {says} ({role} needs {limit:.2f})")
+    need = f"{limit:.2f}" if role == "induction" else f"{limit:.0%}"
+    return h, v, f"closest to a role: {says} ({role} needs {need})"
 
 
 def role_leaders(result: Any) -> list[dict[str, Any]]:
