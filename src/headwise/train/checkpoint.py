@@ -201,11 +201,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path
 
 
-def load_checkpoint(path: Path, model: nn.Module, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, model: nn.Module, map_location: str | torch.device = "cpu", *,
+                    verify: bool = True) -> dict[str, Any]:
     """Load weights into ``model`` (strictly) and return the trainer state. A broken or
-    unreadable checkpoint raises :class:`CheckpointError` naming the file."""
+    unreadable checkpoint raises :class:`CheckpointError` naming the file. ``verify=False``
+    skips the hash check, for a path :func:`newest_intact` has just verified."""
     path = Path(path)
-    problem = verify_checkpoint(path)
+    problem = verify_checkpoint(path) if verify else None
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} is broken: {problem}")
     try:

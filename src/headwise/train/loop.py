@@ -205,7 +205,8 @@ class Trainer:
                                keep=self.cfg.keep_checkpoints)
 
     def _restore(self, ckpt: Path) -> None:
-        state = load_checkpoint(ckpt, self.objective, map_location=self.device)
+        # only called with a checkpoint newest_intact has just hashed
+        state = load_checkpoint(ckpt, self.objective, map_location=self.device, verify=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], {"mask": self.mask_rng})

@@ -61,7 +61,7 @@ def load_run(run_dir: Path, *, fresh_weights: bool = False, device: str = "auto"
             raise FileNotFoundError(f"{run_dir} has no complete checkpoint yet")
         for line in skipped:
             print(f"note: {line}; using {ckpt.name}", file=sys.stderr)
-        load_checkpoint(ckpt, parts.objective, map_location=dev)
+        load_checkpoint(ckpt, parts.objective, map_location=dev, verify=False)  # newest_intact hashed it
     parts.objective.eval()
     return LoadedRun(cfg, parts, dev, ckpt)
 

@@ -97,14 +97,13 @@ class RunDir:
             rd._created_dir = True
         rd._lock()
         try:
-            foreign = rd._foreign_entries()
-            if rd._entries() and not overwrite:
-                raise RunDirError(
-                    f"run directory {out} already exists and is not empty; pass --resume to continue "
-                    f"it or --overwrite to replace it"
-                )
-            if overwrite and rd._entries():
-                rd._move_old_run_aside(foreign)
+            if rd._entries():
+                if not overwrite:
+                    raise RunDirError(
+                        f"run directory {out} already exists and is not empty; pass --resume to continue "
+                        f"it or --overwrite to replace it"
+                    )
+                rd._move_old_run_aside(rd._foreign_entries())
             rd._fresh = True
             rd._preexisting = set(rd._entries())
             rd._write_manifest()
