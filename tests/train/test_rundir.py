@@ -155,6 +155,11 @@ def test_resume_keeps_the_saved_target_unless_steps_or_time_is_given(corpus, tmp
     assert saved["steps"] == 8
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 8
+    # a target below the step reached is refused, and run.json keeps its target
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--steps", "3"]) == 2
+    assert "--steps 3 is below the step the run has reached (8)" in capsys.readouterr().err
+    assert json.loads((run / "run.json").read_text())["steps"] == 8
 
 
 @pytest.mark.parametrize("flag,value,saved", [

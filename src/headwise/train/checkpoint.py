@@ -187,6 +187,12 @@ def newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
+def newest_step(run_dir: Path) -> int:
+    """The step of the newest checkpoint folder of ``run_dir`` (0 if none), unverified."""
+    dirs = _step_dirs(Path(run_dir) / "checkpoints")
+    return int(dirs[0].name.split("-")[1]) if dirs else 0
+
+
 def checkpoint_report(run_dir: Path) -> list[tuple[str, str | None]]:
     """``(name, problem or None)`` for every checkpoint of ``run_dir``, newest first."""
     return [(p.name, verify_checkpoint(p)) for p in _step_dirs(Path(run_dir) / "checkpoints")]

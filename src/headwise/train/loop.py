@@ -21,7 +21,15 @@ from torch import nn
 
 from ..hardware.precision import resolve_precision
 from .build import RunParts, build_parts
-from .checkpoint import CheckpointError, load_checkpoint, newest_intact, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    newest_intact,
+    newest_step,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig
 from .evaluate import evaluate_blocks
 from .metrics import MetricsLog, plot_loss_curve
@@ -176,6 +184,10 @@ class Trainer:
                 if changes is None:
                     changes = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
                 new = resumed_config(saved, changes)
+                reached = newest_step(run_dir)
+                if new.steps < reached:
+                    raise ValueError(f"--steps {new.steps} is below the step the run has reached ({reached}); "
+                                     f"give --steps {reached} or more to train further")
                 if new != saved:
                     new.to_json(run_dir / "run.json")
                 cfg = new
