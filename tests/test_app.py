@@ -191,7 +191,7 @@ def test_heldout_passages_are_bounded_pieces_of_the_validation_split(corpus, tmp
 
 
 def test_a_failed_inspection_still_prints_the_summary_and_is_retried(corpus, tmp_path, capsys, monkeypatch):
-    import headwise.app as app
+    import headwise.app.main_job as app
 
     def broken(*a, **k):
         raise RuntimeError("no heads today")

@@ -13,7 +13,7 @@ from .cli_types import HelpFormatter
 # module paths, each with register(subparsers)
 COMMANDS = [
     "headwise.train.command",
-    "headwise.app",  # after train.command: makes `train` tell the whole story (adds --no-report, --conllu)
+    "headwise.app.main_job",  # after train.command: makes `train` tell the whole story (adds --no-report, --conllu)
     "headwise.bench_command",
     "headwise.hardware.command",
     "headwise.inspect.command",

@@ -65,8 +65,8 @@ _STORY_FILE = "story.json"
 
 def _register_entries() -> None:
     """Declare the files the story writes into a run directory (``--overwrite`` may remove them)."""
-    from .inspect.report import REPORT_FILES
-    from .train.rundir import register_run_entry
+    from ..inspect.report import REPORT_FILES
+    from ..train.rundir import register_run_entry
 
     for name in (*REPORT_FILES, SUMMARY_FILE, _STORY_FILE):
         register_run_entry(name)
@@ -278,8 +278,8 @@ def inspect_run(objective: Any, tokenizer: Any, kind: str, val_blocks: Any, *,
     seen in training. Decoders also get the induction test. With ``conllu`` the
     treebank's sentences are run too, for the syntax probe only, and the roles are
     assigned from both (syntactic roles from the probe)."""
-    from .inspect import assign_roles, inspect_model, read_conllu
-    from .inspect.timeline import inspected_model
+    from ..inspect import assign_roles, inspect_model, read_conllu
+    from ..inspect.timeline import inspected_model
 
     model = inspected_model(objective, kind)
     passages = heldout_passages(val_blocks, tokenizer, max_passages=max_passages)
@@ -342,7 +342,7 @@ def role_leaders(result: Any) -> list[dict[str, Any]]:
     many heads have it as their primary role, and the strongest of them (syntactic:
     the largest margin over the relation's offset baseline; other: the head nearest to
     a role's threshold, and which)."""
-    from .inspect import PRIORITY
+    from ..inspect import PRIORITY
 
     d = result if isinstance(result, dict) else result.to_dict()
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -472,7 +472,7 @@ def _probe_line(result: Any) -> str | None:
 # ---------------------------------------------------------------------- the story
 def _attach_recorder(trainer: Any) -> bool:
     try:
-        from .inspect.timeline import attach_head_recorder
+        from ..inspect.timeline import attach_head_recorder
     except ImportError:  # pragma: no cover - the recorder is part of the package
         return False
     return attach_head_recorder(trainer) is not None
@@ -559,8 +559,8 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
 def _inspect_and_report(trainer: Any, conllu: str | None, out: Any) -> dict[str, Any]:
     """Inspect the trainer's model on held-back text, write the report into the run
     directory; returns the summary's head fields (:func:`summary_text` keywords)."""
-    from .inspect.report import write_report
-    from .inspect.timeline import read_head_record, timeline_summary
+    from ..inspect.report import write_report
+    from ..inspect.timeline import read_head_record, timeline_summary
 
     cfg, run_dir = trainer.cfg, Path(trainer.run_dir)
     t1 = time.perf_counter()
@@ -592,8 +592,8 @@ def run_train_command(args: argparse.Namespace) -> int:
     told on the single-process Trainer. For ``--nproc``/``--tp`` launches the run is
     trained first and then opened from its directory for the story; inside torchrun
     (one rank of many) only training happens."""
-    from .distributed.ddp import in_distributed_env
-    from .train import command as train_command
+    from ..distributed.ddp import in_distributed_env
+    from ..train import command as train_command
 
     report = not getattr(args, "no_report", False)
     conllu = getattr(args, "conllu", None)
@@ -609,7 +609,7 @@ def run_train_command(args: argparse.Namespace) -> int:
 
     rc = train_command.run_train(args, story=story)
     if rc == 0 and not told:  # trained by a launcher's processes: tell it from the run directory
-        from .train.loop import Trainer
+        from ..train.loop import Trainer
 
         cfg, _ = train_command.config_from_args(args)
         trainer = Trainer(cfg, resume=True, progress=False)
