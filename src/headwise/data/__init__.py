@@ -11,7 +11,8 @@ Text flows ``load_corpus(spec)`` -> ``train_tokenizer`` / ``Tokenizer.load`` ->
     x = train.batch(sampler.batch_indices(step))   # (32, 128) int64
 """
 
-from .blocks import BlockSampler, TokenBlocks, build_blocks, default_cache_dir, token_dtype
+from .blocks import BlockSampler, TokenBlocks, build_blocks, token_dtype
+from .cache import default_cache_dir
 from .corpus import STDLIB_CODE, STDLIB_DOCS, Corpus, load_corpus, stdlib_root
 from .tokenizer import Tokenizer, load_or_train_tokenizer, train_tokenizer
 

@@ -41,6 +41,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..checks import is_int
+from .cache import default_cache_dir
 from .corpus import Corpus, load_corpus
 from .tokenizer import Tokenizer
 
@@ -48,7 +50,6 @@ __all__ = [
     "TokenBlocks",
     "BlockSampler",
     "build_blocks",
-    "default_cache_dir",
     "token_dtype",
     "STYLES",
 ]
@@ -61,12 +62,6 @@ _FORMAT_VERSION = 1
 _ENCODE_GROUP = 256
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def default_cache_dir() -> Path:
-    """``$HEADWISE_CACHE`` if set, else ``~/.cache/headwise``."""
-    env = os.environ.get("HEADWISE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "headwise"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -144,7 +139,7 @@ class TokenBlocks:
                 f"style='encoder' needs cls_id and sep_id, got cls_id={cls_id}, sep_id={sep_id}"
             )
         min_len = 3 if style == "encoder" else 2
-        if not isinstance(block_len, int) or block_len < min_len:
+        if not is_int(block_len) or block_len < min_len:
             raise ValueError(
                 f"block_len must be an int >= {min_len} for style={style!r}, got {block_len!r}"
             )
@@ -428,7 +423,7 @@ def build_blocks(
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     min_len = 3 if style == "encoder" else 2
-    if not isinstance(block_len, int) or isinstance(block_len, bool) or block_len < min_len:
+    if not is_int(block_len) or block_len < min_len:
         raise ValueError(
             f"block_len must be an int >= {min_len} for style={style!r}, got {block_len!r}"
         )

@@ -38,9 +38,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Encoding, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _HFTokenizer
 
+from ..checks import check_choice, check_int
+from ..protocols import WordPieces
+from .cache import default_cache_dir
 from .corpus import Corpus
 
 __all__ = ["Tokenizer", "TokenizerKind", "train_tokenizer", "load_or_train_tokenizer", "KINDS",
@@ -94,8 +97,7 @@ class Tokenizer:
     """
 
     def __init__(self, hf: _HFTokenizer, kind: str) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        check_choice("kind", kind, KINDS)
         self._tok = hf
         self.kind: str = kind
         vocab = hf.get_vocab(with_added_tokens=True)
@@ -114,6 +116,8 @@ class Tokenizer:
         self.eos_id: int | None = eos if eos is not None else (
             self.sep_id if kind == "wordpiece" else None
         )
+        # No kind trained here opens a sequence with a BOS token ([CLS] does for WordPiece).
+        self.bos_id: int | None = None
         self.is_special = np.zeros(self._vocab_size, dtype=bool)
         self.is_special[self.special_ids] = True
         self.is_continuation = self._continuation_marks(vocab)
@@ -210,6 +214,20 @@ class Tokenizer:
         encs = self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)
         return [e.ids for e in encs]
 
+    def encode_words(self, words: Sequence[str], *, add_special_tokens: bool = True) -> WordPieces:
+        """Pieces of pre-split ``words`` (``word_ids[t]`` indexes ``words``, ``None`` for
+        ``[CLS]``/``[SEP]``); special-token strings among the words stay plain text."""
+        self._set_special_parsing(False)
+        enc = self._tok.encode(list(words), is_pretokenized=True, add_special_tokens=add_special_tokens)
+        return WordPieces(list(enc.ids), _word_ids(enc))
+
+    def encode_text(self, text: str, *, add_special_tokens: bool = True) -> WordPieces:
+        """Pieces of raw ``text`` with their character offsets; ``word_ids`` number the
+        pre-tokenizer's words (BERT splits off punctuation, byte-level BPE at spaces)."""
+        self._set_special_parsing(False)
+        enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
+        return WordPieces(list(enc.ids), _word_ids(enc), [tuple(o) for o in enc.offsets])
+
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` (a list, numpy array or 1-D tensor of token ids)."""
         if hasattr(ids, "tolist"):
@@ -291,6 +309,12 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def _word_ids(enc: Encoding) -> list[int | None]:
+    """Each piece's word index, ``None`` for a special token the post-processor added."""
+    special = enc.special_tokens_mask or [0] * len(enc.ids)
+    return [None if s else w for w, s in zip(enc.word_ids, special, strict=True)]
 
 
 # ---------------------------------------------------------------------- training
@@ -403,8 +427,7 @@ def min_vocab_size(kind: str) -> int:
     """The smallest ``vocab_size`` a ``kind`` tokenizer can have on any corpus: its
     special tokens plus one character (char, wordpiece) or the 256 bytes (bpe). A
     wordpiece tokenizer needs more: every character of its corpus."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_choice("kind", kind, KINDS)
     return len(_SPECIALS[kind]) + (256 if kind == "bpe" else 1)
 
 
@@ -435,10 +458,8 @@ def train_tokenizer(
         lowercase, strip_accents: WordPiece normalisation; ``strip_accents=None``
             strips accents exactly when lowercasing (BERT's rule).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
-        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    check_choice("kind", kind, KINDS)
+    check_int("vocab_size", vocab_size)
     if vocab_size < min_vocab_size(kind):
         raise ValueError(
             f"vocab_size={vocab_size} is too small for a {kind} tokenizer: it needs at least "
@@ -475,9 +496,7 @@ def load_or_train_tokenizer(
     """Train once per (corpus content, kind, vocab size, options) and reuse.
 
     The tokenizer is kept as ``<cache_dir>/tokenizers/<key>/tokenizer.json``;
-    ``cache_dir`` defaults to :func:`headwise.data.blocks.default_cache_dir`."""
-    from .blocks import default_cache_dir
-
+    ``cache_dir`` defaults to :func:`headwise.data.cache.default_cache_dir`."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key_src = repr((corpus.content_hash, kind, vocab_size, sorted(train_kwargs.items())))
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
