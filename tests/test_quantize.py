@@ -133,7 +133,7 @@ def test_quantised_heads_are_dequantised_copies():
     torch.manual_seed(0)
     layer = MultiHeadAttention(32, 4, n_kv_heads=2)
     want = layer.heads[1]
-    Int8MultiHeadAttention.convert(layer)
+    layer = Int8MultiHeadAttention.convert(layer)
     got = layer.heads[1]
     for name in ("W_Q", "W_K", "W_V", "W_O"):
         assert rel(getattr(got, name), getattr(want, name)) < 1e-2, name
@@ -146,7 +146,7 @@ def test_cross_attention_layer_is_quantised_too():
     layer = MultiHeadAttention(32, 4, kdim=24, vdim=24).eval()
     x, ctx = torch.randn(2, 5, 32), torch.randn(2, 9, 24)
     want = layer(x, ctx)
-    Int8MultiHeadAttention.convert(layer)
+    layer = Int8MultiHeadAttention.convert(layer)
     assert rel(layer(x, ctx), want) < INT8_LINEAR_REL_TOL * 2
 
 

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from reference_math import allowed_matrix
 
 from headwise.attention import KVCache, MultiHeadAttention, attend, normalize_mask
@@ -250,3 +251,37 @@ def test_head_hook_sees_weights_and_can_ablate_a_head():
     contribution = seen["z"][:, 2] @ layer.heads[2].W_O
     torch.testing.assert_close(ablated, base - contribution)
     torch.testing.assert_close(layer(x, causal=True), base)
+
+
+# ------------------------------------------------------------------ given projections
+def test_given_projection_modules_compute_what_the_own_weights_do():
+    torch.manual_seed(0)
+    layer = MultiHeadAttention(32, 4, n_kv_heads=2).eval()
+    qkv = nn.Linear(32, layer.qkv_weight.shape[0])
+    with torch.no_grad():
+        qkv.weight.copy_(layer.qkv_weight)
+        qkv.bias.copy_(layer.qkv_bias)
+    given = MultiHeadAttention.with_projections(layer, qkv_proj=qkv)
+    assert given.out_proj is layer.out_proj and not hasattr(given, "qkv_weight")
+    x, ctx = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    torch.testing.assert_close(given(x, causal=True), layer(x, causal=True))
+    torch.testing.assert_close(given(x, ctx), layer(x, ctx))
+    torch.testing.assert_close(given.heads[3].W_K, layer.heads[3].W_K)
+    # the hooks are the layer's: a handle removes the hook from both
+    seen = []
+    handle = layer.register_head_hook(lambda m, z, w: seen.append(m))
+    given(x)
+    handle.remove()
+    given(x)
+    assert seen == [given]
+
+
+def test_given_projections_must_fit_the_layer():
+    with pytest.raises(ValueError, match=r"qkv_proj\.weight must have shape \(96, 32\)"):
+        MultiHeadAttention(32, 4, qkv_proj=nn.Linear(32, 64))
+    with pytest.raises(ValueError, match="takes q_proj and k_proj and v_proj"):
+        MultiHeadAttention(32, 4, kdim=8, q_proj=nn.Linear(32, 32))
+    with pytest.raises(TypeError, match="out_proj must be an nn.Module with weight and bias"):
+        MultiHeadAttention(32, 4, out_proj=lambda x: x)
+    with pytest.raises(ValueError, match="with_projections needs the input projections"):
+        MultiHeadAttention.with_projections(MultiHeadAttention(32, 4))

@@ -11,13 +11,16 @@ from .backends.dispatch import (
 )
 from .functional import attend
 from .kv_cache import KVCache
-from .layer import HeadView, MultiHeadAttention
+from .heads import HeadView
+from .layer import MultiHeadAttention
 from .masks import MaskSpec, normalize_mask
+from .projection import Projection
 from .rope import RotaryEmbedding
 
 __all__ = [
     "MultiHeadAttention",
     "HeadView",
+    "Projection",
     "KVCache",
     "RotaryEmbedding",
     "MaskSpec",

@@ -11,6 +11,11 @@ Storage (PyTorch's ``(out_features, in_features)`` convention):
 * ``out_proj``: a ``Linear(H*Dh, d_model)``; head ``i`` owns columns ``i*Dh ..``.
 
 ``layer.heads[i]`` shows head ``i`` in the textbook orientation (``x @ W_Q``), as views.
+
+Other projection modules (int8 ones, :class:`headwise.formats.Int8Linear`) can take the
+place of these weights: see :class:`Projection` for what the layer asks of them, and
+the ``qkv_proj``/``q_proj``/``k_proj``/``v_proj``/``out_proj`` arguments and
+:meth:`MultiHeadAttention.with_projections`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,55 +31,16 @@ from torch.utils.hooks import RemovableHandle
 
 from .backends import check_backend_name
 from .functional import attend
+from .heads import HeadSequence, HeadView
 from .kv_cache import KVCache
 from .masks import normalize_mask
+from .projection import Projection, check_projection, module_device
 from .rope import RotaryEmbedding
 
-__all__ = ["MultiHeadAttention", "HeadView", "HeadHook"]
+__all__ = ["MultiHeadAttention", "HeadHook"]
 
 # fn(layer, z (B, H, Tq, Dh), weights (B, H, Tq, Tk) or None) -> replacement z or None
 HeadHook = Callable[["MultiHeadAttention", Tensor, "Tensor | None"], "Tensor | None"]
-
-
-@dataclass(frozen=True)
-class HeadView:
-    """One head's weights as views into the layer's fused storage (no copies: writing
-    into them changes the layer). Shapes follow ``x @ W``:
-
-    * ``W_Q (d_model, Dh)``, ``W_K (kdim, Dh)``, ``W_V (vdim, Dh)``, ``W_O (Dh, d_model)``
-    * ``b_Q``, ``b_K``, ``b_V`` ``(Dh,)`` or ``None`` without bias.
-
-    With grouped-query attention, ``W_K``/``W_V`` are those of the key/value head
-    shared by this head's group (``kv_index``), so writing to them changes every
-    head in the group. The views carry gradients to the layer's parameters; to
-    write into them, do it under ``torch.no_grad()`` as for any parameter.
-    """
-
-    index: int
-    kv_index: int
-    W_Q: Tensor
-    W_K: Tensor
-    W_V: Tensor
-    W_O: Tensor
-    b_Q: Tensor | None
-    b_K: Tensor | None
-    b_V: Tensor | None
-
-
-class _Heads(Sequence):
-    def __init__(self, layer: MultiHeadAttention) -> None:
-        self._layer = layer
-
-    def __len__(self) -> int:
-        return self._layer.n_heads
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if not isinstance(i, int) or not -n <= i < n:
-            raise IndexError(f"head index must be an int in [-{n}, {n}), got {i!r}")
-        return self._layer._head_view(i % n)
 
 
 class MultiHeadAttention(nn.Module):
@@ -96,6 +61,19 @@ class MultiHeadAttention(nn.Module):
         rope_theta: RoPE base.
         kdim, vdim: widths of the keys' and values' source (cross-attention);
             default ``d_model``.
+        qkv_proj: a :class:`Projection` ``d_model -> (H + 2*Hkv) * Dh`` to use instead
+            of the layer's own fused ``qkv_weight``/``qkv_bias`` (self-attention layers,
+            ``kdim == vdim == d_model``).
+        q_proj, k_proj, v_proj: the same for a cross-attention layer (``kdim`` or
+            ``vdim`` not ``d_model``): all three, ``d_model``/``kdim``/``vdim`` ->
+            ``H*Dh``/``Hkv*Dh``/``Hkv*Dh``.
+        out_proj: a :class:`Projection` ``H*Dh -> d_model`` instead of a new
+            ``nn.Linear``.
+
+    Given projections are used as they are (``bias`` does not apply to them, and
+    :meth:`reset_parameters` leaves them alone); the layer then holds no Q/K/V
+    parameters of its own, and ``layer.heads`` shows copies read from their
+    ``weight`` and ``bias`` rather than views.
 
     Fully masked query rows give an output of zero (before W_O's bias), never NaN.
     """
@@ -116,6 +94,11 @@ class MultiHeadAttention(nn.Module):
         vdim: int | None = None,
         device=None,
         dtype=None,
+        qkv_proj: Projection | None = None,
+        q_proj: Projection | None = None,
+        k_proj: Projection | None = None,
+        v_proj: Projection | None = None,
+        out_proj: Projection | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("n_heads", n_heads)):
@@ -160,7 +143,22 @@ class MultiHeadAttention(nn.Module):
         self.fused = kdim == d_model and vdim == d_model
         factory = {"device": device, "dtype": dtype}
         q_out, kv_out = n_heads * head_dim, n_kv_heads * head_dim
-        if self.fused:
+        given = {"qkv_proj": qkv_proj, "q_proj": q_proj, "k_proj": k_proj, "v_proj": v_proj}
+        wanted = ("qkv_proj",) if self.fused else ("q_proj", "k_proj", "v_proj")
+        named = {k for k, v in given.items() if v is not None}
+        if named and named != set(wanted):
+            raise ValueError(
+                f"this layer (kdim={kdim}, vdim={vdim}, d_model={d_model}) takes "
+                f"{' and '.join(wanted)} as its input projections (all or none), got {sorted(named)}"
+            )
+        self._own_qkv = not named
+        if named:
+            shapes = {"qkv_proj": (q_out + 2 * kv_out, d_model), "q_proj": (q_out, d_model),
+                      "k_proj": (kv_out, kdim), "v_proj": (kv_out, vdim)}
+            for name in wanted:
+                check_projection(name, given[name], shapes[name])
+                setattr(self, name, given[name])
+        elif self.fused:
             self.qkv_weight = nn.Parameter(torch.empty(q_out + 2 * kv_out, d_model, **factory))
             self.qkv_bias = (
                 nn.Parameter(torch.empty(q_out + 2 * kv_out, **factory)) if bias else None
@@ -175,10 +173,56 @@ class MultiHeadAttention(nn.Module):
                 self.v_bias = nn.Parameter(torch.empty(kv_out, **factory))
             else:
                 self.q_bias = self.k_bias = self.v_bias = None
-        self.out_proj = nn.Linear(q_out, d_model, bias=bias, **factory)
+        self._own_out = out_proj is None
+        if out_proj is None:
+            self.out_proj = nn.Linear(q_out, d_model, bias=bias, **factory)
+        else:
+            check_projection("out_proj", out_proj, (d_model, q_out))
+            self.out_proj = out_proj
         self.rotary = RotaryEmbedding(head_dim, rope_theta) if rope else None
         self._head_hooks: OrderedDict[int, tuple[HeadHook, bool]] = OrderedDict()
-        self.reset_parameters()
+        if self._own_qkv or self._own_out:
+            self.reset_parameters()
+
+    @classmethod
+    def with_projections(
+        cls,
+        layer: MultiHeadAttention,
+        *,
+        qkv_proj: Projection | None = None,
+        q_proj: Projection | None = None,
+        k_proj: Projection | None = None,
+        v_proj: Projection | None = None,
+        out_proj: Projection | None = None,
+    ) -> MultiHeadAttention:
+        """A new layer (of this class) shaped as ``layer`` (sizes, dropout, backend,
+        training mode), sharing its rotary embedding and head hooks (their handles
+        still remove them), whose input projections are the given modules
+        (``qkv_proj``, or ``q_proj``/``k_proj``/``v_proj`` for a cross-attention layer)
+        and whose output projection is ``out_proj`` (default: ``layer.out_proj``
+        itself). ``layer`` is left as it was. Module hooks registered with torch's
+        ``register_forward_hook`` and the like are not carried over."""
+        new = cls(
+            layer.d_model,
+            layer.n_heads,
+            layer.head_dim,
+            layer.n_kv_heads,
+            dropout=layer.dropout,
+            backend=layer.backend,
+            kdim=layer.kdim,
+            vdim=layer.vdim,
+            qkv_proj=qkv_proj,
+            q_proj=q_proj,
+            k_proj=k_proj,
+            v_proj=v_proj,
+            out_proj=layer.out_proj if out_proj is None else out_proj,
+        )
+        if new._own_qkv:
+            raise ValueError("with_projections needs the input projections (qkv_proj, or q_proj, "
+                             "k_proj and v_proj)")
+        new.rotary = layer.rotary
+        new._head_hooks = layer._head_hooks
+        return new.train(layer.training)
 
     # ------------------------------------------------------------------ hooks
     def register_head_hook(self, fn: HeadHook, *, need_weights: bool = False) -> RemovableHandle:
@@ -193,42 +237,55 @@ class MultiHeadAttention(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def reset_parameters(self) -> None:
-        """Xavier-uniform per projection (as torch.nn.MultiheadAttention), zero biases."""
-        for w in self._split_weights():
-            _xavier_(w)
-        for b in self._split_biases():
-            if b is not None:
-                with torch.no_grad():
-                    b.zero_()
-        nn.init.xavier_uniform_(self.out_proj.weight)
-        if self.out_proj.bias is not None:
-            nn.init.zeros_(self.out_proj.bias)
+        """Xavier-uniform per projection (as torch.nn.MultiheadAttention), zero biases,
+        for the projections the layer made itself (given ones are left alone)."""
+        if self._own_qkv:
+            for w in self.projection_weights():
+                _xavier_(w)
+            for b in self.projection_biases():
+                if b is not None:
+                    with torch.no_grad():
+                        b.zero_()
+        if self._own_out:
+            nn.init.xavier_uniform_(self.out_proj.weight)
+            if self.out_proj.bias is not None:
+                nn.init.zeros_(self.out_proj.bias)
 
-    def _split_weights(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(W_q, W_k, W_v) in (out, in) layout; views of the fused weight if fused."""
+    def projection_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(W_q, W_k, W_v)`` in ``(out, in)`` layout: views of the layer's own weights
+        (of the fused one when fused), or the given projections' ``weight``."""
         if self.fused:
             q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            return tuple(self.qkv_weight.split([q_out, kv_out, kv_out], dim=0))  # type: ignore
-        return self.q_weight, self.k_weight, self.v_weight
+            w = self.qkv_weight if self._own_qkv else self.qkv_proj.weight
+            return tuple(w.split([q_out, kv_out, kv_out], dim=0))  # type: ignore
+        if self._own_qkv:
+            return self.q_weight, self.k_weight, self.v_weight
+        return self.q_proj.weight, self.k_proj.weight, self.v_proj.weight
 
-    def _split_biases(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def projection_biases(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """``(b_q, b_k, b_v)``, as :meth:`projection_weights` (``None`` without bias)."""
         if self.fused:
-            if self.qkv_bias is None:
+            b = self.qkv_bias if self._own_qkv else self.qkv_proj.bias
+            if b is None:
                 return None, None, None
             q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            return tuple(self.qkv_bias.split([q_out, kv_out, kv_out], dim=0))  # type: ignore
-        return self.q_bias, self.k_bias, self.v_bias
+            return tuple(b.split([q_out, kv_out, kv_out], dim=0))  # type: ignore
+        if self._own_qkv:
+            return self.q_bias, self.k_bias, self.v_bias
+        return self.q_proj.bias, self.k_proj.bias, self.v_proj.bias
 
     @property
     def heads(self) -> Sequence[HeadView]:
-        """``heads[i]``: head ``i``'s W_Q, W_K, W_V, W_O and biases as views."""
-        return _Heads(self)
+        """``heads[i]``: head ``i``'s W_Q, W_K, W_V, W_O and biases as views (copies
+        read from given projections' ``weight``, which may compute a fresh tensor)."""
+        return HeadSequence(self)
 
-    def _head_view(self, i: int) -> HeadView:
+    def head_view(self, i: int) -> HeadView:
+        """Head ``i`` (in ``[0, n_heads)``) as a :class:`HeadView`; ``heads[i]`` checks ``i``."""
         d = self.head_dim
         kv = i // (self.n_heads // self.n_kv_heads)
-        wq, wk, wv = self._split_weights()
-        bq, bk, bv = self._split_biases()
+        wq, wk, wv = self.projection_weights()
+        bq, bk, bv = self.projection_biases()
         rows_q, rows_kv = slice(i * d, (i + 1) * d), slice(kv * d, (kv + 1) * d)
         return HeadView(
             index=i,
@@ -251,15 +308,15 @@ class MultiHeadAttention(nn.Module):
         Self-attention runs one GEMM for every head's Q, K and V."""
         b, t, _ = x.shape
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
-        wq, wk, wv = self._split_weights()
-        bq, bk, bv = self._split_biases()
-        if context is None and self.fused:
+        if not self._own_qkv:
+            q, k, v = self._project_given(x, context)
+        elif context is None and self.fused:
             qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
             q, k, v = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
-            s = t
         else:
+            wq, wk, wv = self.projection_weights()
+            bq, bk, bv = self.projection_biases()
             src = x if context is None else context
-            s = src.shape[1]
             q = F.linear(x, wq, bq)
             if self.fused:  # cross-attention with a same-width context: one GEMM for K and V
                 kv_w = self.qkv_weight[h * d :]
@@ -267,9 +324,23 @@ class MultiHeadAttention(nn.Module):
                 k, v = F.linear(src, kv_w, kv_b).split([hkv * d, hkv * d], dim=-1)
             else:
                 k, v = F.linear(src, wk, bk), F.linear(src, wv, bv)
+        s = k.shape[1]
         q = q.view(b, t, h, d).transpose(1, 2)
         k = k.view(b, s, hkv, d).transpose(1, 2)
         v = v.view(b, s, hkv, d).transpose(1, 2)
+        return q, k, v
+
+    def _project_given(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        if not self.fused:
+            src = x if context is None else context
+            return self.q_proj(x), self.k_proj(src), self.v_proj(src)
+        sizes = [h * d, hkv * d, hkv * d]
+        q, k, v = self.qkv_proj(x).split(sizes, dim=-1)
+        if context is not None:
+            # one module holds Q, K and V together: project the context through all of
+            # it and keep K and V (cross-attention through a fused projection is rare)
+            _, k, v = self.qkv_proj(context).split(sizes, dim=-1)
         return q, k, v
 
     def forward(
@@ -379,17 +450,21 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(
                 f"{name} must have last dimension {width}, got shape {tuple(t.shape)}"
             )
-        w = self.out_proj.weight
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if t.dtype != w.dtype and not _autocast_to(t):
-            raise TypeError(
-                f"{name} has dtype {t.dtype} but the layer's weights are {w.dtype}; "
-                f"convert one of them (e.g. layer.to({t.dtype}))"
-            )
-        if t.device != w.device:
+        if self._own_qkv:
+            w = self.out_proj.weight
+            if t.dtype != w.dtype and not _autocast_to(t):
+                raise TypeError(
+                    f"{name} has dtype {t.dtype} but the layer's weights are {w.dtype}; "
+                    f"convert one of them (e.g. layer.to({t.dtype}))"
+                )
+            device = w.device
+        else:  # given projections take any floating-point input (Projection)
+            device = module_device(self.out_proj)
+        if device is not None and t.device != device:
             raise ValueError(
-                f"{name} is on {t.device} but the layer's weights are on {w.device}"
+                f"{name} is on {t.device} but the layer's weights are on {device}"
             )
 
     def extra_repr(self) -> str:

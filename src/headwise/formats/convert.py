@@ -115,7 +115,9 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
         model: a float32 model (any ``nn.Module``; headwise models can also be saved
             with :func:`save_quantized`).
         format: one of :data:`FORMATS`.
-        inplace: modify ``model`` itself instead of a deep copy.
+        inplace: modify ``model`` itself instead of a deep copy (its attention layers
+            are replaced by new int8 ones; a bare attention layer given as ``model`` is
+            replaced too, so use the returned module).
         attention: ``"int8"`` also switches every attention layer to the int8 Triton
             backend (int8 Q K^T; CUDA, fp16/bf16 activations); None keeps each layer's
             backend.
@@ -162,7 +164,7 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
     if format == "bf16":
         _to_bf16(model, device)
     elif format == "int8":
-        _to_int8(model, kernel, stats or {}, smooth_alpha)
+        model = _to_int8(model, kernel, stats or {}, smooth_alpha)
     if attention == "int8":
         for m in model.modules():
             if isinstance(m, MultiHeadAttention):
@@ -215,17 +217,23 @@ def calibrate(model: nn.Module, batches: Iterable[Any],
 SMOOTHED_PROJECTIONS = ("qkv_proj", "fc_in")
 
 
-def _to_int8(model: nn.Module, kernel: str, stats: dict[str, Tensor], alpha: float) -> None:
+def _to_int8(model: nn.Module, kernel: str, stats: dict[str, Tensor], alpha: float) -> nn.Module:
+    """``model`` with its attention layers replaced by int8 ones and its ``nn.Linear``
+    modules by :class:`Int8Linear` (the int8 layer itself when ``model`` is one)."""
     stats = {k: v for k, v in stats.items() if k.rsplit(".", 1)[-1] in SMOOTHED_PROJECTIONS}
 
     def sub(prefix: str) -> dict[str, Tensor]:
         p = f"{prefix}." if prefix else ""
         return {k[len(p):]: v for k, v in stats.items() if k.startswith(p)}
 
-    # attention first: its out_proj is an nn.Linear that the layer converts itself
+    # attention first: its out_proj is an nn.Linear that the int8 layer quantises itself
     for name, m in list(model.named_modules()):
         if isinstance(m, MultiHeadAttention) and not isinstance(m, Int8MultiHeadAttention):
-            Int8MultiHeadAttention.convert(m, kernel=kernel, input_absmax=sub(name), alpha=alpha)
+            q = Int8MultiHeadAttention.convert(m, kernel=kernel, input_absmax=sub(name), alpha=alpha)
+            if not name:
+                return q
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, q)
     for pname, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:  # subclasses (NonDynamicallyQuantizableLinear...) too risky
@@ -235,6 +243,7 @@ def _to_int8(model: nn.Module, kernel: str, stats: dict[str, Tensor], alpha: flo
     if type(model) is nn.Linear:
         raise TypeError("quantize() replaces a model's submodules; wrap a bare nn.Linear in a module "
                         "or use Int8Linear.from_float")
+    return model
 
 
 def _to_bf16(model: nn.Module, device: torch.device) -> None:

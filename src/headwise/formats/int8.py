@@ -269,87 +269,42 @@ def _after_load(module: Int8Linear, incompatible) -> None:
 
 
 class Int8MultiHeadAttention(MultiHeadAttention):
-    """:class:`MultiHeadAttention` whose projections are :class:`Int8Linear`: the fused
-    ``qkv_proj`` (one int8 GEMM for every head's Q, K and V; or ``q_proj``/``k_proj``/
-    ``v_proj`` for cross-attention layers) and ``out_proj``. Attention itself runs in
-    the input's float dtype with the layer's backend.
+    """:class:`MultiHeadAttention` whose projections are :class:`Int8Linear` modules,
+    given to it through the layer's public projection arguments (see
+    :class:`headwise.attention.Projection`): the fused ``qkv_proj`` (one int8 GEMM for
+    every head's Q, K and V; or ``q_proj``/``k_proj``/``v_proj`` for cross-attention
+    layers) and ``out_proj``. Attention itself runs in the input's float dtype with the
+    layer's backend; inputs of any float dtype are accepted (the projections quantise
+    them).
 
-    Made by :meth:`convert` from a float layer (in place); ``layer.heads[i]`` then
-    shows dequantised copies, not views. Inference only: there are no parameters.
+    Made by :meth:`convert` from a float layer; ``layer.heads[i]`` then shows
+    dequantised copies, not views. Inference only: there are no parameters.
     """
 
     @classmethod
     def convert(cls, layer: MultiHeadAttention, *, kernel: str = "auto",
                 input_absmax: dict[str, Tensor] | None = None, alpha: float = 0.75) -> Int8MultiHeadAttention:
-        """Quantise ``layer``'s projections and turn it into this class, in place (its
-        hooks, backend, rotary embedding and attributes are kept). ``input_absmax``
-        may hold calibration statistics for ``"qkv_proj"`` and ``"out_proj"`` (see
-        :meth:`Int8Linear.from_float`)."""
+        """A new int8 layer with ``layer``'s projections quantised (``layer`` itself is
+        left as it was): its sizes, backend, dropout, training mode, rotary embedding
+        and head hooks are carried over (see
+        :meth:`MultiHeadAttention.with_projections`); put it where ``layer`` was.
+        ``input_absmax`` may hold calibration statistics for ``"qkv_proj"`` and
+        ``"out_proj"`` (see :meth:`Int8Linear.from_float`)."""
         if not isinstance(layer, MultiHeadAttention) or isinstance(layer, Int8MultiHeadAttention):
             raise TypeError(f"layer must be a float MultiHeadAttention, got {type(layer).__name__}")
         stats = input_absmax or {}
+        wq, wk, wv = layer.projection_weights()
+        bq, bk, bv = layer.projection_biases()
         if layer.fused:
-            proj = Int8Linear.from_float(layer.qkv_weight, layer.qkv_bias, kernel=kernel,
-                                         input_absmax=stats.get("qkv_proj"), alpha=alpha)
-            del layer.qkv_weight, layer.qkv_bias
-            layer.qkv_proj = proj
+            qkv_bias = None if bq is None else torch.cat([bq, bk, bv])
+            inputs = {"qkv_proj": Int8Linear.from_float(torch.cat([wq, wk, wv]), qkv_bias, kernel=kernel,
+                                                        input_absmax=stats.get("qkv_proj"), alpha=alpha)}
         else:
-            for p in ("q", "k", "v"):
-                proj = Int8Linear.from_float(getattr(layer, f"{p}_weight"), getattr(layer, f"{p}_bias"),
-                                             kernel=kernel)
-                delattr(layer, f"{p}_weight")
-                delattr(layer, f"{p}_bias")
-                setattr(layer, f"{p}_proj", proj)
-        layer.out_proj = Int8Linear.from_float(layer.out_proj.weight, layer.out_proj.bias, kernel=kernel,
-                                               input_absmax=stats.get("out_proj"), alpha=alpha)
-        layer.__class__ = cls
-        return layer  # type: ignore[return-value]
+            inputs = {f"{p}_proj": Int8Linear.from_float(w, b, kernel=kernel)
+                      for p, w, b in (("q", wq, bq), ("k", wk, bk), ("v", wv, bv))}
+        out = Int8Linear.from_float(layer.out_proj.weight, layer.out_proj.bias, kernel=kernel,
+                                    input_absmax=stats.get("out_proj"), alpha=alpha)
+        return cls.with_projections(layer, out_proj=out, **inputs)  # type: ignore[return-value]
 
     def reset_parameters(self) -> None:
         raise RuntimeError("an int8 attention layer has no parameters to reset; quantise a float layer")
-
-    def _split_weights(self):
-        if self.fused:
-            q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            return tuple(self.qkv_proj.weight.split([q_out, kv_out, kv_out], dim=0))
-        return self.q_proj.weight, self.k_proj.weight, self.v_proj.weight
-
-    def _split_biases(self):
-        if self.fused:
-            b = self.qkv_proj.bias
-            if b is None:
-                return None, None, None
-            q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            return tuple(b.split([q_out, kv_out, kv_out], dim=0))
-        return self.q_proj.bias, self.k_proj.bias, self.v_proj.bias
-
-    def project(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """As :meth:`MultiHeadAttention.project`, through the int8 projections."""
-        b, t, _ = x.shape
-        h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
-        sizes = [h * d, hkv * d, hkv * d]
-        if self.fused:
-            q, k, v = self.qkv_proj(x).split(sizes, dim=-1)
-            if context is not None:
-                # the packed int8 weight holds Q, K and V together: project the context
-                # through all of it and keep K and V (cross-attention is rare here)
-                _, k, v = self.qkv_proj(context).split(sizes, dim=-1)
-        else:
-            src = x if context is None else context
-            q, k, v = self.q_proj(x), self.k_proj(src), self.v_proj(src)
-        s = k.shape[1]
-        return (q.view(b, t, h, d).transpose(1, 2), k.view(b, s, hkv, d).transpose(1, 2),
-                v.view(b, s, hkv, d).transpose(1, 2))
-
-    def _check_input(self, name: str, t: Tensor, width: int) -> None:
-        # as the float layer's check, but any float dtype is accepted: the int8
-        # projections quantise their input whatever its precision
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 3 or t.shape[-1] != width:
-            raise ValueError(f"{name} must be 3-D (batch, seq, {width}), got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        device = self.out_proj.weight_int8.device
-        if t.device != device:
-            raise ValueError(f"{name} is on {t.device} but the layer's weights are on {device}")

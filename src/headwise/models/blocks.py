@@ -247,9 +247,9 @@ def init_weights(module: nn.Module, cfg: ModelConfig) -> None:
         elif isinstance(m, RMSNorm):
             nn.init.ones_(m.weight)
         elif isinstance(m, MultiHeadAttention):
-            for w in m._split_weights():
+            for w in m.projection_weights():
                 w.normal_(0.0, std)
-            for b in m._split_biases():
+            for b in m.projection_biases():
                 if b is not None:
                     b.zero_()
     # Second pass, so the residual scaling wins over the generic Linear rule above
