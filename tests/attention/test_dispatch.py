@@ -337,7 +337,7 @@ def test_explain_backend_builds_the_call_the_layer_makes(global_dispatcher, monk
     seen = []
     real = functional.get_backend
     monkeypatch.setattr(functional, "get_backend", lambda name, c: (seen.append(c), real(name, c))[1])
-    from headwise.attention.backends.dispatch import _layer_call
+    from headwise.attention.explain import _layer_call
 
     layer = A.MultiHeadAttention(32, 4, n_kv_heads=2, dropout=0.1)
     x, ctx = torch.randn(2, 7, 32), torch.randn(2, 9, 32)

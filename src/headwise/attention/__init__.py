@@ -1,8 +1,8 @@
 """The multi-head attention layer, its masks, RoPE, KV cache and backends."""
 
 from .backends import available_backends, get_backend, register_backend
-from .backends.dispatch import (
-    BackendChoice,
+from .backends.dispatch import BackendChoice
+from .explain import (
     clear_dispatch_cache,
     explain_backend,
     pin_backend,
@@ -10,8 +10,8 @@ from .backends.dispatch import (
     set_dispatch_cache,
 )
 from .functional import attend
-from .kv_cache import KVCache
 from .heads import HeadView
+from .kv_cache import KVCache
 from .layer import MultiHeadAttention
 from .masks import MaskSpec, normalize_mask
 from .projection import Projection

@@ -8,11 +8,13 @@ weights (B, H, Tq, Tk) or None)``. It knows nothing of projections or models.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ... import kernels
 from ..masks import MaskSpec
 
 __all__ = ["AttentionCall", "Backend", "safe_softmax", "zero_masked_rows", "triton_kernel_unsupported"]
@@ -103,8 +105,6 @@ def triton_kernel_unsupported(
     dropout, no dense bias (key lengths and the causal flag are native), ``dtypes``,
     head dims up to ``max_head_dim``, CUDA (or the CPU under ``TRITON_INTERPRET=1``),
     and Triton installed. ``None`` when the call fits, else the reason."""
-    import os
-
     if call.need_weights:
         return "it cannot return attention weights (need_weights=True)"
     if call.dropout_p > 0:
@@ -123,8 +123,6 @@ def triton_kernel_unsupported(
                     "and only when asked for explicitly")
     elif device != "cuda":
         return f"device {call.device} (supports cuda)"
-    from ...kernels import triton_available
-
-    if not triton_available():
+    if not kernels.triton_available():  # looked up at each call (tests patch it)
         return "triton is not installed (pip install triton)"
     return None

@@ -29,8 +29,9 @@ name and the torch and Triton versions.
 capture (never timed there: a choice already in memory is used, else ``sdpa``;
 traced code does not read the cache file either), or a budget spent. When only
 one candidate can serve a call (a dense mask, dropout, fp64 ...) it is used
-without timing. :func:`explain_backend` says which backend a call gets
-and why; :func:`pin_backend` fixes the choice for a call's class.
+without timing. :func:`headwise.attention.explain_backend` says which backend a call
+gets and why; :func:`headwise.attention.pin_backend` fixes the choice for a call's class
+(both in :mod:`headwise.attention.explain`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -55,11 +57,6 @@ __all__ = [
     "Dispatcher",
     "shape_class",
     "environment_key",
-    "explain_backend",
-    "pin_backend",
-    "set_backend_autotune",
-    "set_dispatch_cache",
-    "clear_dispatch_cache",
 ]
 
 ENV_AUTOTUNE = "HEADWISE_AUTOTUNE_BACKEND"
@@ -114,8 +111,6 @@ def shape_class(call: AttentionCall) -> str:
 
 def _triton_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("triton")
     except Exception:  # not installed
         return "none"
@@ -242,6 +237,13 @@ class Dispatcher:
             self._memory.clear()
             self._loaded.clear()
             self._fast.clear()
+
+    def use_cache_file(self, path: Path | None) -> None:
+        """Keep measurements in the JSON file ``path`` too (None: the environment's
+        ``HEADWISE_DISPATCH_CACHE``, else memory only); the file is read afresh."""
+        with self._lock:
+            self.cache_path = path
+            self._loaded.clear()
 
     def forget_settled(self) -> None:
         """Drop the per-call shortcut (after the backends or a choice changed)."""
@@ -496,138 +498,3 @@ def _write_cache(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-
-
-# ------------------------------------------------------------------ the public API
-def _dispatcher() -> Dispatcher:
-    from . import DISPATCHER
-
-    return DISPATCHER
-
-
-def set_backend_autotune(enabled: bool | None = None, *, budget_ms: float | None = None,
-                         warmup: int | None = None, reps: int | None = None) -> dict:
-    """Turn ``auto``'s timing on or off (``None`` leaves it to ``HEADWISE_AUTOTUNE_BACKEND``,
-    default on) and set its budget and call counts. Returns the settings now in force."""
-    d = _dispatcher()
-    if budget_ms is not None and not budget_ms >= 0:
-        raise ValueError(f"budget_ms must be >= 0, got {budget_ms}")
-    for name, value in (("warmup", warmup), ("reps", reps)):
-        if value is not None and (not isinstance(value, int) or value < (0 if name == "warmup" else 1)):
-            raise ValueError(f"{name} must be an int >= {0 if name == 'warmup' else 1}, got {value!r}")
-    d.enabled = enabled
-    if budget_ms is not None:
-        d.budget_ms = float(budget_ms)
-    if warmup is not None:
-        d.warmup = warmup
-    if reps is not None:
-        d.reps = reps
-    return {"enabled": d.timing_enabled(), "budget_ms": d.budget(), "warmup": d.warmup, "reps": d.reps}
-
-
-def set_dispatch_cache(path: str | os.PathLike | None) -> None:
-    """Keep ``auto``'s measurements in the JSON file ``path`` too (read at the first
-    call of a device, written after each new measurement), keyed by GPU name and the
-    torch and Triton versions. ``None`` goes back to ``HEADWISE_DISPATCH_CACHE``
-    (unset: memory only)."""
-    d = _dispatcher()
-    d.cache_path = None if path is None else Path(path).expanduser()
-    d._loaded.clear()
-
-
-def clear_dispatch_cache() -> None:
-    """Forget the choices held in memory (a cache file is not touched)."""
-    _dispatcher().clear()
-
-
-def _call_from(target, args: tuple, kwargs: dict) -> tuple[AttentionCall, str]:
-    """An AttentionCall and the backend name from explain/pin's arguments."""
-    from ..masks import MaskSpec, normalize_mask
-
-    if isinstance(target, AttentionCall):
-        if args or kwargs:
-            raise TypeError("with an AttentionCall, pass nothing else")
-        return target, "auto"
-    if isinstance(target, Tensor):  # q, k, v as attend() takes them
-        q, (k, v, *rest) = target, args
-        if len(rest) > 1:
-            raise TypeError("explain_backend(q, k, v[, mask], ...) takes at most one MaskSpec")
-        mask = rest[0] if rest else kwargs.pop("mask", None)
-        backend = kwargs.pop("backend", "auto")
-        need_weights = kwargs.pop("need_weights", False)
-        dropout_p = kwargs.pop("dropout_p", 0.0)
-        if mask is None:
-            mask = normalize_mask(batch=q.shape[0], n_heads=q.shape[1], q_len=q.shape[2],
-                                  k_len=k.shape[2], device=q.device, float_dtype=q.dtype, **kwargs)
-        elif kwargs or not isinstance(mask, MaskSpec):
-            raise TypeError("pass either a MaskSpec or mask keywords (causal=, key_lengths=, ...)")
-        return AttentionCall.of(q, k, v, mask, need_weights=need_weights, dropout_p=dropout_p), backend
-    from ..layer import MultiHeadAttention
-
-    if isinstance(target, MultiHeadAttention):
-        return _layer_call(target, *args, **kwargs), target.backend
-    raise TypeError(f"expected an AttentionCall, q/k/v tensors or a MultiHeadAttention layer with its "
-                    f"inputs, got {type(target).__name__}")
-
-
-def _layer_call(layer, x: Tensor, context: Tensor | None = None, *, causal: bool = False,
-                key_padding_mask=None, key_lengths=None, attn_mask=None, kv_cache=None,
-                need_weights: bool = False) -> AttentionCall:
-    """The AttentionCall ``layer(x, context, ...)`` would make, without running it."""
-    from ..masks import normalize_mask
-
-    b, tq = x.shape[0], x.shape[1]
-    tk = (x if context is None else context).shape[1] + (0 if kv_cache is None else len(kv_cache))
-    mask = normalize_mask(batch=b, n_heads=layer.n_heads, q_len=tq, k_len=tk, device=x.device,
-                          causal=causal, key_padding_mask=key_padding_mask, key_lengths=key_lengths,
-                          attn_mask=attn_mask, float_dtype=x.dtype)
-    wants = any(w for _, w in layer._head_hooks.values())
-    grad = torch.is_grad_enabled() and (
-        x.requires_grad or (context is not None and context.requires_grad)
-        or any(p.requires_grad for p in layer.parameters()))
-    return AttentionCall(dtype=x.dtype, device=x.device, head_dim=layer.head_dim,
-                         value_dim=layer.head_dim, n_heads=layer.n_heads, n_kv_heads=layer.n_kv_heads,
-                         mask=mask, need_weights=need_weights or wants,
-                         dropout_p=layer.dropout if layer.training else 0.0, requires_grad=grad)
-
-
-def explain_backend(target, *args, measure: bool = True, show: bool = False, **kwargs) -> BackendChoice:
-    """Which backend a call gets and why.
-
-    ``target`` is an :class:`AttentionCall`; or ``q, k, v`` tensors (and a
-    :class:`MaskSpec` or ``causal=``/``key_lengths=``/... keywords, ``need_weights=``,
-    ``backend=``), as :func:`headwise.attention.attend` takes them; or a
-    :class:`~headwise.attention.MultiHeadAttention` layer followed by the arguments of
-    its call (``explain_backend(layer, x, causal=True)``). With ``measure=True``
-    (default) a new shape class is timed now, as its first call would time it; with
-    ``measure=False`` nothing runs. ``show=True`` also prints the explanation.
-
-    A backend named by the layer or call (not ``"auto"``) is reported as such, and
-    raises the ``ValueError`` the call would raise if it cannot serve it."""
-    from . import get_backend
-
-    call, name = _call_from(target, args, kwargs)
-    if name != "auto":
-        get_backend(name, call)  # raises as the call would
-        choice = BackendChoice(name, "named", f"named explicitly (backend={name!r}); auto is not consulted")
-    else:
-        choice = _dispatcher().choose(call, measure=measure)
-    if show:
-        print(choice)
-    return choice
-
-
-def pin_backend(name: str, target, *args, **kwargs) -> BackendChoice:
-    """Make ``name`` auto's choice for the shape class of a call (given as for
-    :func:`explain_backend`) on its device, in memory and in the cache file if one is
-    set. ``name`` must be able to serve the call. Returns the new explanation."""
-    from . import get_backend
-
-    call, _ = _call_from(target, args, kwargs)
-    get_backend(name, call)  # raises ValueError unless it can serve the call
-    d = _dispatcher()
-    if call.device.type not in d.timed_devices:
-        raise ValueError(f"auto does not measure on {call.device.type} (it goes by priority there); "
-                         f"name the backend instead (backend={name!r})")
-    d.pin(call, name)
-    return d.choose(call, measure=False)
