@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from .attention.backends import check_backend_name
 from .attention.functional import attend
 from .attention.masks import normalize_mask
+from .checks import check_int
 
 __all__ = ["MultiheadAttention", "ShapeError", "ShapeRuntimeError"]
 
@@ -77,10 +78,8 @@ class MultiheadAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0:
-            raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
-        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(f"num_heads must be a positive int, got {num_heads!r}")
+        check_int("embed_dim", embed_dim)
+        check_int("num_heads", num_heads)
         if embed_dim % num_heads != 0:
             raise ShapeError(_both(
                 f"num_heads ({num_heads}) must divide embed_dim ({embed_dim}); for heads of "

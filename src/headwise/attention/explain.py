@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checks import check_int
 from .backends import DISPATCHER, AttentionCall, get_backend
 from .backends.dispatch import BackendChoice
 from .layer import MultiHeadAttention
@@ -28,9 +29,8 @@ def set_backend_autotune(enabled: bool | None = None, *, budget_ms: float | None
     d = DISPATCHER
     if budget_ms is not None and not budget_ms >= 0:
         raise ValueError(f"budget_ms must be >= 0, got {budget_ms}")
-    for name, value in (("warmup", warmup), ("reps", reps)):
-        if value is not None and (not isinstance(value, int) or value < (0 if name == "warmup" else 1)):
-            raise ValueError(f"{name} must be an int >= {0 if name == 'warmup' else 1}, got {value!r}")
+    check_int("warmup", warmup, minimum=0, none_ok=True)
+    check_int("reps", reps, minimum=1, none_ok=True)
     d.enabled = enabled
     if budget_ms is not None:
         d.budget_ms = float(budget_ms)

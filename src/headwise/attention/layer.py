@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ..checks import check_int
 from .backends import check_backend_name
 from .functional import attend
 from .heads import HeadSequence, HeadView
@@ -101,9 +102,8 @@ class MultiHeadAttention(nn.Module):
         out_proj: Projection | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("d_model", d_model), ("n_heads", n_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("d_model", d_model)
+        check_int("n_heads", n_heads)
         if head_dim is None:
             if d_model % n_heads != 0:
                 raise ValueError(
@@ -120,8 +120,7 @@ class MultiHeadAttention(nn.Module):
             ("kdim", kdim),
             ("vdim", vdim),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, value)
         if n_heads % n_kv_heads != 0:
             raise ValueError(
                 f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads}) "

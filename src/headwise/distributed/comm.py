@@ -25,6 +25,7 @@ import sys
 import torch
 
 from ..attention import MultiHeadAttention
+from ..checks import check_int
 from ..models import ModelConfig
 
 __all__ = ["communication_volume", "ring_allreduce_bytes", "model_parameters", "main"]
@@ -56,12 +57,6 @@ def model_parameters(model_cfg: ModelConfig, kind: str = "decoder") -> tuple[int
     return total, sharded
 
 
-def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 def communication_volume(model_cfg: ModelConfig, batch: int, seq: int, dp: int = 1, tp: int = 1,
                          dtype: str | torch.dtype = "fp32", *, accum: int = 1,
                          kind: str = "decoder") -> dict[str, float]:
@@ -82,7 +77,7 @@ def communication_volume(model_cfg: ModelConfig, batch: int, seq: int, dp: int =
     all-reduce), ``tp_allreduces`` (per step), ``tp_bytes``, ``total_bytes``.
     Raises ValueError when ``tp`` does not divide the heads."""
     for name, value in (("batch", batch), ("seq", seq), ("dp", dp), ("tp", tp), ("accum", accum)):
-        _positive(name, value)
+        check_int(name, value)
     if isinstance(dtype, torch.dtype):
         nbytes = torch.empty((), dtype=dtype).element_size()
     elif dtype in DTYPE_BYTES:

@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..attention import KVCache, MultiHeadAttention
+from ..checks import check_int
 
 __all__ = [
     "HeadParallelAttention",
@@ -100,8 +101,7 @@ def reduce_from_group(x: Tensor, group=None) -> Tensor:
 # ---------------------------------------------------------------------- layout
 def check_head_parallel(n_heads: int, n_kv_heads: int, degree: int) -> None:
     """Raise ValueError unless ``degree`` divides both ``n_heads`` and ``n_kv_heads``."""
-    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
-        raise ValueError(f"the head-parallel degree must be a positive int, got {degree!r}")
+    check_int("the head-parallel degree", degree)
     for name, value in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
         if value % degree:
             ok = [d for d in range(1, value + 1) if value % d == 0 and n_heads % d == 0 and n_kv_heads % d == 0]

@@ -41,6 +41,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
+from ..checks import check_int
 from .profiles import DTYPE_BYTES, HardwareProfile, Tile
 
 __all__ = [
@@ -66,12 +67,6 @@ __all__ = [
 TILE_TIE = 0.02
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class AttentionConfig:
     """The attention shape of a model.
@@ -87,9 +82,9 @@ class AttentionConfig:
     n_layers: int = 1
 
     def __post_init__(self) -> None:
-        _positive_int("d_model", self.d_model)
-        _positive_int("n_heads", self.n_heads)
-        _positive_int("n_layers", self.n_layers)
+        check_int("d_model", self.d_model)
+        check_int("n_heads", self.n_heads)
+        check_int("n_layers", self.n_layers)
         if self.head_dim is None:
             if self.d_model % self.n_heads:
                 raise ValueError(
@@ -99,8 +94,8 @@ class AttentionConfig:
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
-        _positive_int("head_dim", self.head_dim)
-        _positive_int("n_kv_heads", self.n_kv_heads)
+        check_int("head_dim", self.head_dim)
+        check_int("n_kv_heads", self.n_kv_heads)
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})"
@@ -198,7 +193,7 @@ def plan_gemm(
     docstring) among ``tiles`` (default: the profile's candidates for ``dtype``)."""
     dtype = profile.check_dtype(dtype)
     for arg, v in (("m", m), ("n", n), ("k", k), ("batch", batch), ("launches", launches)):
-        _positive_int(arg, v)
+        check_int(arg, v)
     size = DTYPE_BYTES[dtype]
     al = profile.align_elems(dtype)
     flops = 2.0 * m * n * k * batch
@@ -283,8 +278,8 @@ def plan_attention(
 ) -> LayerPlan:
     """Plan every GEMM of one attention layer of ``config`` for input ``(batch, seq,
     d_model)`` on ``profile`` in ``dtype`` (see the module docstring's table)."""
-    _positive_int("batch", batch)
-    _positive_int("seq", seq)
+    check_int("batch", batch)
+    check_int("seq", seq)
     dtype = profile.check_dtype(dtype)
     H, Hkv, Dh, D = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
     assert Dh is not None and Hkv is not None
@@ -346,9 +341,9 @@ def k_slice_waste(head_dim: int, dtype: str, k_bytes: int = 32, rows: int = 64) 
     """The textbook example: a ``head_dim`` vector of ``dtype`` stored along K of a
     ``rows x k_bytes`` tile. 10 bf16 = 20 bytes of a 32-byte slice (16 bf16), so 12
     bytes, 37.5 %, are padding; 20 int8 = 20 bytes of 32 (32 int8), also 37.5 %."""
-    _positive_int("head_dim", head_dim)
-    _positive_int("k_bytes", k_bytes)
-    _positive_int("rows", rows)
+    check_int("head_dim", head_dim)
+    check_int("k_bytes", k_bytes)
+    check_int("rows", rows)
     d = str(dtype).lower()
     if d not in DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)}, got {dtype!r}")

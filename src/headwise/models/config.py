@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..checks import check_choice, check_int, check_real
+
 __all__ = ["ModelConfig", "ACTIVATIONS", "POSITIONS", "NORMS", "NORM_TYPES", "CONFIG_NAME"]
 
 #: ``gelu`` is the exact (erf) GELU of BERT/ELECTRA; ``gelu_tanh`` is GPT-2's tanh
@@ -93,15 +95,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("head_dim", "n_kv_heads", "embedding_size"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+                check_int(name, getattr(self, name), minimum=1)
         if self.d_ff is None:
             # 4x is the width BERT and GPT-2 use; stored resolved so config.json is explicit.
             object.__setattr__(self, "d_ff", 4 * self.d_model)
-        _check_int("d_ff", self.d_ff, minimum=1)
-        _check_int("type_vocab_size", self.type_vocab_size, minimum=0)
+        check_int("d_ff", self.d_ff, minimum=1)
+        check_int("type_vocab_size", self.type_vocab_size, minimum=0)
         if self.head_dim is None and self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"n_heads={self.n_heads} must divide d_model={self.d_model} when head_dim is "
@@ -111,24 +113,18 @@ class ModelConfig:
             raise ValueError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}"
             )
-        _check_choice("positions", self.positions, POSITIONS)
-        _check_choice("norm", self.norm, NORMS)
-        _check_choice("norm_type", self.norm_type, NORM_TYPES)
-        _check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("positions", self.positions, POSITIONS)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("norm_type", self.norm_type, NORM_TYPES)
+        check_choice("activation", self.activation, ACTIVATIONS)
         if self.positions == "rope" and self.attn_head_dim % 2 != 0:
             raise ValueError(
                 f"positions='rope' needs an even head_dim, got head_dim={self.attn_head_dim}"
             )
         for name in ("dropout", "attn_dropout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
+            check_real(name, getattr(self, name), minimum=0, maximum=1, max_open=True)
         for name in ("layer_norm_eps", "rope_theta", "init_std"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a positive float, got {value!r}")
+            check_real(name, getattr(self, name), minimum=0, min_open=True)
         for name in ("tied_embeddings", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -191,13 +187,3 @@ class ModelConfig:
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-
-
-def _check_choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise ValueError(f"{name} must be one of {list(accepted)}, got {value!r}")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import KVCache
+from ..checks import check_int
 from .blocks import Block, Embeddings, check_input_ids, init_weights, norm_module
 from .config import ModelConfig
 
@@ -132,16 +133,12 @@ class Decoder(nn.Module):
             ``(B, T + n)`` long, the prompt followed by ``n <= max_new_tokens`` tokens.
         """
         check_input_ids(input_ids)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or (
-            max_new_tokens < 0
-        ):
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids must hold at least one prompt token, got length 0")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+        check_int("top_k", top_k, none_ok=True)
         total = input_ids.shape[1] + max_new_tokens
         if self.cfg.positions == "learned" and total > self.cfg.max_len:
             raise ValueError(

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_int
 from ..models import EncoderForMLM
 from ..models.encoder import MLMHead
 from .base import ObjectiveOutput, check_batch, check_token_id, padding_mask
@@ -62,8 +63,7 @@ class TokenMasker(nn.Module):
         whole_word: bool = False,
     ) -> None:
         super().__init__()
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
+        check_int("vocab_size", vocab_size, minimum=2)
         check_token_id("mask_id", mask_id, vocab_size)
         check_token_id("pad_id", pad_id, vocab_size)
         for i in special_ids:
