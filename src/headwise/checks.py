@@ -37,13 +37,14 @@ def _int_phrase(minimum: int | None, maximum: int | None) -> str:
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = 1, maximum: int | None = None,
-              none_ok: bool = False) -> Any:
+              none_ok: bool = False, what: str | None = None) -> Any:
     """``value`` if it is an int (not a bool) in ``[minimum, maximum]`` (or None when
-    ``none_ok``); else ``ValueError("NAME must be a positive int, got VALUE")`` and the like."""
+    ``none_ok``); else ``ValueError("NAME must be a positive int, got VALUE")`` and the like
+    (``what`` replaces the phrase: ``"a token id in [0, 50)"``)."""
     if none_ok and value is None:
         return value
     if not is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        what = _int_phrase(minimum, maximum)
+        what = _int_phrase(minimum, maximum) if what is None else what
         raise ValueError(f"{name} must be {'None or ' if none_ok else ''}{what}, got {value!r}")
     return value
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..checks import check_real
 from .config import ModelConfig
 
 __all__ = ["PRESETS", "get_preset", "generator_config"]
@@ -134,8 +135,7 @@ def generator_config(cfg: ModelConfig, fraction: float = 0.25) -> ModelConfig:
     ``d_model // n_heads`` of the scaled sizes. Raises ValueError if the scaled sizes
     do not divide evenly.
     """
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    check_real("fraction", fraction, minimum=0, maximum=1, min_open=True, what="in (0, 1]")
     d_model = round(cfg.d_model * fraction)
     n_heads = max(1, round(cfg.n_heads * fraction))
     d_ff = round(cfg.d_ff * fraction)

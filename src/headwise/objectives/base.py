@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ..checks import check_int
+
 __all__ = ["ObjectiveOutput", "check_batch", "padding_mask"]
 
 
@@ -53,5 +55,4 @@ def padding_mask(batch: Tensor, pad_id: int | None) -> Tensor | None:
 
 
 def check_token_id(name: str, value, vocab_size: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
-        raise ValueError(f"{name} must be a token id in [0, {vocab_size}), got {value!r}")
+    check_int(name, value, minimum=0, maximum=vocab_size - 1, what=f"a token id in [0, {vocab_size})")
