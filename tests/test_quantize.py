@@ -27,6 +27,7 @@ from headwise.formats import (
     save_quantized,
 )
 from headwise.formats import convert as convert_mod
+from headwise.hardware import precision as precision_mod
 from headwise.models import Decoder, EncoderForMLM, EncoderForRTD, ModelConfig
 
 # int8 weights (per channel) and activations (per tensor or per token) keep ~7 bits:
@@ -181,8 +182,8 @@ def test_bf16_warns_when_the_device_lacks_bf16_math():
     ({"amx_bf16": True, "avx512_bf16": True}, True, "AMX_BF16"),
 ])
 def test_bf16_capability_check_reads_the_cpu_flags(flags, ok, words):
-    with mock.patch.object(convert_mod, "_cpu_capabilities", return_value=flags), \
-            mock.patch.object(convert_mod.platform, "machine", return_value="x86_64"):
+    with mock.patch.object(precision_mod, "cpu_capabilities", return_value=flags), \
+            mock.patch.object(precision_mod.platform, "machine", return_value="x86_64"):
         got, why = bf16_math_support("cpu")
     assert got is ok and words in why
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
-from .int8 import Int8Linear, Int8MultiHeadAttention, _cpu_capabilities, int8_kernel_for
+from ..hardware.precision import bf16_math_support
+from .int8 import Int8Linear, Int8MultiHeadAttention, int8_kernel_for
 
 __all__ = [
     "FORMATS",
@@ -33,47 +33,6 @@ _FORMAT_ATTR = "_headwise_format"
 # submodules a caller runs on their own (MaskedLM runs model.encoder then model.head):
 # a bf16 model takes and returns float32 at each of them
 _BF16_ENTRY_POINTS = ("encoder", "head", "lm_head")
-
-
-# ------------------------------------------------------------------ capabilities
-def bf16_math_support(device: torch.device | str = "cpu") -> tuple[bool, str]:
-    """``(True, what)`` when ``device`` computes in bf16 natively, else ``(False, why)``.
-
-    CPU: x86 needs AVX512_BF16 or AMX-BF16 (oneDNN then runs bf16 GEMMs faster than
-    fp32); Arm needs the BF16 extension. Without them every bf16 op converts to fp32
-    and back, which is slower than staying in fp32. CUDA: compute capability >= 8.0.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        if major >= 8:
-            return True, f"CUDA compute capability {major}.{minor} has bf16 tensor cores"
-        return False, (f"CUDA compute capability {major}.{minor} < 8.0 has no bf16 tensor cores "
-                       f"(bf16 is emulated)")
-    if device.type != "cpu":
-        return False, f"no bf16 capability check for device type {device.type!r}"
-    caps = _cpu_capabilities()
-    arch = platform.machine().lower()
-    if arch in ("x86_64", "amd64", "i386", "i686"):
-        found = [f for f in ("amx_bf16", "avx512_bf16") if caps.get(f)]
-        if found:
-            return True, f"this CPU has {' and '.join(f.upper() for f in found)}"
-        return False, ("this CPU lacks AVX512_BF16 and AMX-BF16 (torch CPU capability "
-                       f"{torch.backends.cpu.get_cpu_capability()!r}), so bf16 math is emulated "
-                       "by converting to fp32 and back")
-    if arch in ("aarch64", "arm64"):
-        if _arm_has_bf16():
-            return True, "this Arm CPU has the BF16 extension"
-        return False, "this Arm CPU lacks the BF16 extension, so bf16 math is emulated in fp32"
-    return False, f"no bf16 capability check for CPU architecture {arch!r}"
-
-
-def _arm_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("Features") and " bf16" in line for line in f)
-    except OSError:
-        return platform.system() == "Darwin"  # Apple M2 and later
 
 
 # ------------------------------------------------------------------ quantize
