@@ -26,7 +26,7 @@ import torch
 
 from ..attention import MultiHeadAttention
 from ..checks import check_int
-from ..models import ModelConfig
+from ..models import Decoder, EncoderForMLM, ModelConfig, get_preset
 
 __all__ = ["communication_volume", "ring_allreduce_bytes", "model_parameters", "main"]
 
@@ -43,8 +43,6 @@ def model_parameters(model_cfg: ModelConfig, kind: str = "decoder") -> tuple[int
     (``"decoder"``: :class:`Decoder`; ``"encoder"``: :class:`EncoderForMLM`), counted on
     the meta device (no memory). ``attention_sharded`` is what head parallelism splits:
     every attention layer's QKV weight and bias and W_O (not W_O's bias)."""
-    from ..models import Decoder, EncoderForMLM
-
     if kind not in ("decoder", "encoder"):
         raise ValueError(f"kind must be 'decoder' or 'encoder', got {kind!r}")
     with torch.device("meta"):
@@ -148,8 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPE_BYTES), default="bf16")
     p.add_argument("--bandwidth", type=float, default=None, help="GB/s per rank, to turn bytes into time")
     args = p.parse_args(argv)
-    from ..models import get_preset
-
     try:
         cfg = get_preset(args.preset)
         kind = args.kind or ("decoder" if cfg.norm == "pre" else "encoder")

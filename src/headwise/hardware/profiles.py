@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+
 __all__ = [
     "DTYPE_BYTES",
     "Tile",
@@ -318,8 +320,6 @@ def measure_cpu(matmul_n: int = 1024, copy_mb: int = 128, reps: int = 5) -> dict
     """Measure the local CPU with torch: fp32 matmul peak (``matmul_n``-square, FLOP/s),
     copy bandwidth (a ``copy_mb`` MiB tensor, read + write, bytes/s) and the fixed cost
     of one tiny matmul (s). About 1-2 s at the defaults; tests pass small sizes."""
-    import torch
-
     a = torch.randn(matmul_n, matmul_n)
     b = torch.randn(matmul_n, matmul_n)
     t_mm = _median_time(lambda: torch.matmul(a, b), reps)
@@ -338,8 +338,6 @@ def measure_cpu(matmul_n: int = 1024, copy_mb: int = 128, reps: int = 5) -> dict
 
 
 def _cpu_identity() -> dict[str, object]:
-    import torch
-
     return {
         "cpu_model": _cpu_model(),
         "threads": torch.get_num_threads(),

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ..attention import MultiHeadAttention
 from .blocks import Block, Embeddings, activation_module, check_input_ids, init_weights, norm_module
 from .config import ModelConfig
+from .presets import generator_config
 
 __all__ = ["Encoder", "MLMHead", "RTDHead", "EncoderForMLM", "EncoderForRTD", "build_electra"]
 
@@ -209,8 +210,6 @@ def build_electra(
     (token, position and type tables and their LayerNorm, as ELECTRA shares its
     ``embeddings`` scope). The generator is ``generator_config(cfg, generator_fraction)``
     and projects the shared ``embed_dim``-wide embeddings to its own width."""
-    from .presets import generator_config
-
     discriminator = EncoderForRTD(cfg)
     generator = EncoderForMLM(
         generator_config(cfg, generator_fraction), discriminator.encoder.embeddings
