@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
 from ..hardware.precision import bf16_math_support
+from ..models import Decoder, Encoder, EncoderForMLM, EncoderForRTD, ModelConfig
 from .int8 import Int8Linear, Int8MultiHeadAttention, int8_kernel_for
 
 __all__ = [
@@ -239,10 +242,8 @@ def _outputs_to_fp32(module: nn.Module, args: tuple, output):
 
 
 # ------------------------------------------------------------------ save / load
-def _model_classes() -> dict[str, type]:
-    from ..models import Decoder, Encoder, EncoderForMLM, EncoderForRTD
-
-    return {c.__name__: c for c in (Encoder, EncoderForMLM, EncoderForRTD, Decoder)}
+# the headwise models load_quantized can rebuild, by class name
+_MODEL_CLASSES: dict[str, type] = {c.__name__: c for c in (Encoder, EncoderForMLM, EncoderForRTD, Decoder)}
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -253,9 +254,7 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
     Raises TypeError for a model that is not a headwise Encoder, EncoderForMLM,
     EncoderForRTD or Decoder (only those can be rebuilt by :func:`load_quantized`).
     """
-    from safetensors.torch import save_model
-
-    classes = _model_classes()
+    classes = _MODEL_CLASSES
     name = type(model).__name__
     if name not in classes or not hasattr(model, "cfg"):
         raise TypeError(f"save_quantized takes a headwise model, one of {sorted(classes)}; got {name}")
@@ -273,16 +272,11 @@ def load_quantized(path: str | os.PathLike, *, device: str | torch.device = "cpu
     """Rebuild a model written by :func:`save_quantized`, in its format, on ``device``
     (int8 models are quantised on ``device`` and then given the saved int8 weights and
     scales, so outputs match the saved model's exactly)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_model
-
-    from ..models import ModelConfig
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if "headwise_format" not in meta:
         raise ValueError(f"{path} was not written by save_quantized (no headwise_format metadata)")
-    cls = _model_classes()[meta["model_class"]]
+    cls = _MODEL_CLASSES[meta["model_class"]]
     cfg = ModelConfig.from_dict(json.loads(meta["config"]))
     with warnings.catch_warnings():
         # the bf16 speed warning was given when the model was first quantised
