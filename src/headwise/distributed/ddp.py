@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..devices import resolve_device
 from .head_parallel import parallelize_heads
 
 __all__ = [
@@ -85,20 +86,22 @@ def env_from_os(tp: int = 1) -> DistEnv:
 
 
 def device_for(env: DistEnv, device: str = "auto") -> torch.device:
-    """``cuda:LOCAL_RANK`` when ``device`` is ``"auto"``/``"cuda"`` and CUDA is there,
-    else the CPU."""
-    if device in ("auto", "cuda") and torch.cuda.is_available():
-        if env.local_rank >= torch.cuda.device_count():
-            raise ValueError(
-                f"LOCAL_RANK {env.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
-                f"start at most that many processes per node"
-            )
-        return torch.device("cuda", env.local_rank)
-    if device == "cuda":
-        raise ValueError("device 'cuda' was asked for but CUDA is not available")
-    if device not in ("auto", "cpu"):
+    """This rank's device for the run's ``device`` setting: ``cuda:LOCAL_RANK`` for
+    ``auto`` (when CUDA is there) and ``cuda``, else the CPU. The setting is checked by
+    :func:`headwise.devices.resolve_device`, so an unusable one is refused as everywhere
+    else; a GPU index (``cuda:N``) or another device type is refused too: each rank takes
+    the GPU of its LOCAL_RANK."""
+    if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"a distributed run's device must be 'auto', 'cuda' or 'cpu', got {device!r}")
-    return torch.device("cpu")
+    dev = resolve_device(device, what="--device")
+    if dev.type == "cpu":
+        return dev
+    if env.local_rank >= torch.cuda.device_count():
+        raise ValueError(
+            f"LOCAL_RANK {env.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+            f"start at most that many processes per node"
+        )
+    return torch.device("cuda", env.local_rank)
 
 
 def init_distributed(env: DistEnv, device: torch.device) -> None:

@@ -140,7 +140,7 @@ class DistributedTrainer(Trainer):
         else:
             self.mesh, self.dp_group, self.tp_group = None, None, None
         super().__init__(cfg, resume=resume, overwrite=overwrite, progress=progress and self.is_main,
-                         changes=changes)
+                         changes=changes, device=device)
         self.masker = None
         masker = getattr(self.objective, "masker", None)
         if isinstance(masker, TokenMasker):
@@ -167,9 +167,6 @@ class DistributedTrainer(Trainer):
                 f"each takes batch_size/{self.env.dp} blocks"
             )
         return run_dir, cfg
-
-    def _pick_device(self, cfg: TrainConfig) -> torch.device:
-        return self._device
 
     def _build_parts(self, cfg: TrainConfig, *, resume: bool) -> RunParts:
         if self.is_main:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..devices import resolve_device
 from ..hardware.precision import resolve_precision
 from .build import RunParts, build_parts
 from .checkpoint import (
@@ -78,13 +79,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def pick_device(name: str) -> torch.device:
-    """``name`` as a torch.device; a bad one raises ValueError (headwise.devices)."""
-    from ..devices import resolve_device
-
-    return resolve_device(name)
-
-
 class Trainer:
     """Owns one run: builds the parts, trains, evaluates, checkpoints.
 
@@ -93,6 +87,9 @@ class Trainer:
         resume: continue the run in ``cfg.out`` from its last checkpoint.
         overwrite: replace an existing run directory.
         progress: show a progress bar.
+        changes: on resume, the settings given explicitly (what may differ from run.json).
+        device: the device to train on; default ``cfg.device`` through
+            :func:`headwise.devices.resolve_device` (a distributed rank passes its own).
     """
 
     #: whether this process writes the run directory (metrics, figures, checkpoints);
@@ -100,12 +97,13 @@ class Trainer:
     is_main: bool = True
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True, changes: dict[str, Any] | None = None) -> None:
+                 progress: bool = True, changes: dict[str, Any] | None = None,
+                 device: torch.device | None = None) -> None:
         self._rundir: RunDir | None = None
         self._resume_changes = changes
         self.run_dir, cfg = self._open_run_dir(cfg, resume=resume, overwrite=overwrite)
         try:
-            self._setup(cfg, resume=resume, progress=progress)
+            self._setup(cfg, resume=resume, progress=progress, device=device)
         except BaseException:
             if self._rundir is not None:
                 self._rundir.abort()  # leave nothing that would block the corrected command
@@ -113,10 +111,10 @@ class Trainer:
         if self._rundir is not None:
             self._rundir.started()  # only now is a run it replaced deleted
 
-    def _setup(self, cfg: TrainConfig, *, resume: bool, progress: bool) -> None:
+    def _setup(self, cfg: TrainConfig, *, resume: bool, progress: bool, device: torch.device | None) -> None:
         self.cfg = cfg
         self.progress = progress
-        self.device = self._pick_device(cfg)
+        self.device = resolve_device(cfg.device) if device is None else device
         if self.device.type == "cpu":
             # Adam's second moments of tiny gradients reach subnormal floats, which x86
             # handles ~100x slower; flushing them to zero costs nothing in accuracy here.
@@ -173,7 +171,7 @@ class Trainer:
         self.eval_hooks: list[Callable[[Trainer, int], None]] = []
 
     # ------------------------------------------------------------------ setup
-    # The _open_run_dir/_pick_device/_build_parts/_micro_step/_reduce_metrics/_clip_grad_norm
+    # The _open_run_dir/_build_parts/_micro_step/_reduce_metrics/_clip_grad_norm
     # hooks are what headwise.distributed's trainer overrides; here they are the
     # single-process behaviour.
     def _open_run_dir(self, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> tuple[Path, TrainConfig]:
@@ -200,9 +198,6 @@ class Trainer:
             self._rundir.abort()
             raise
         return run_dir, cfg
-
-    def _pick_device(self, cfg: TrainConfig) -> torch.device:
-        return pick_device(cfg.device)
 
     def _build_parts(self, cfg: TrainConfig, *, resume: bool) -> RunParts:
         return build_parts(cfg, self.run_dir, self.device, resume=resume)

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from ..data import TokenBlocks, build_blocks, load_corpus
+from ..devices import resolve_device
 from .build import RunParts, build_parts
 from .checkpoint import CheckpointError, load_checkpoint, newest_intact
 from .config import TrainConfig
 from .evaluate import evaluate_blocks
-from .loop import pick_device
 
 __all__ = ["LoadedRun", "load_run", "evaluate_run"]
 
@@ -49,7 +49,7 @@ def load_run(run_dir: Path, *, fresh_weights: bool = False, device: str = "auto"
     if not (run_dir / "run.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a headwise run directory (no run.json)")
     cfg = TrainConfig.from_json(run_dir / "run.json")
-    dev = pick_device(device if device != "auto" else cfg.device)
+    dev = resolve_device(device if device != "auto" else cfg.device)
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, run_dir, dev, resume=True)
     ckpt = None
