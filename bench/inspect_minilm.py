@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from headwise.inspect import align_words, inspect_model, read_conllu
+from headwise.app.inspection import inspect_model
+from headwise.inspect import align_words, read_conllu
 from headwise.inspect.report import write_report
 from headwise.models.hf import load_minilm, packaged_model_path, resolve_model_folder
 

@@ -4,13 +4,18 @@ tiny randomly initialised headwise run and a small inline CoNLL-U treebank."""
 import json
 import random
 import re
+from fnmatch import fnmatch
+from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
 
+from headwise.app.inspection import inspect_model
 from headwise.cli import main
-from headwise.inspect import inspect_model, parse_conllu
+from headwise.inspect import parse_conllu
 from headwise.inspect.report import REPORT_FILES, ROLE_COLORS, report_data, summary_table, write_report
+from headwise.inspect.report_page import ASSETS
 
 WORDS = "the a cat dog sat ran on under mat tree quickly slowly big small red green".split()
 
@@ -130,6 +135,24 @@ def test_report_accepts_the_dict_and_names_bad_input(result, tmp_path):
         write_report(42, tmp_path)  # type: ignore[arg-type]
     written = write_report(d, tmp_path / "nofig", figures=False)
     assert set(written) == {"report.html", "measures.json"}
+
+
+def test_page_inlines_the_packaged_css_and_js(result, tmp_path):
+    """The stylesheet and script are package data (inspect/assets), declared in pyproject's
+    package-data so a wheel carries them, and the page inlines each whole."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    assets = resources.files("headwise.inspect").joinpath("assets")
+    page = write_report(result, tmp_path, figures=False)["report.html"].read_text(encoding="utf-8")
+    css, js = (assets.joinpath(name).read_text(encoding="utf-8") for name in ("report.css", "report.js"))
+    assert "td.cell{" in css and "function heatmap(" in js
+    assert f"<style>\n{css}</style>" in page
+    assert f"<script>\n{js}</script>" in page
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["headwise.inspect"]
+    on_disk = sorted(p.name for p in assets.iterdir() if p.is_file())
+    assert sorted(ASSETS) == on_disk
+    for name in on_disk:
+        assert any(fnmatch(f"assets/{name}", pat) for pat in patterns), name
 
 
 def test_summary_table(result):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from headwise.inspect import inspect_model, parse_conllu
+from headwise.app.inspection import inspect_model
+from headwise.inspect import parse_conllu
 from headwise.inspect.report import write_report
 
 pytestmark = pytest.mark.slow

@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
+from headwise.app.inspection import inspect_model
 from headwise.inspect import (
     MeasureAccumulator,
     capture,
-    inspect_model,
     parse_conllu,
     probe_syntax,
     read_conllu,

@@ -243,7 +243,7 @@ def test_timeline_section_in_a_browser(encoder, wordpiece, tmp_path):
     import shutil
     import subprocess
 
-    from headwise.inspect import inspect_model
+    from headwise.app.inspection import inspect_model
     from headwise.inspect.report import write_report
 
     exe = shutil.which("chromium") or shutil.which("chromium-browser")

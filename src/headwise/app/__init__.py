@@ -15,8 +15,10 @@ from .main_job import (
     tell_story,
     unigram_baseline,
 )
+from .inspection import InspectOptions, InspectResult, inspect_model
 
 __all__ = [
     "Baselines", "baselines", "binary_entropy", "heldout_passages", "inspect_run", "role_leaders",
     "scored_targets", "summary_text", "tell_story", "unigram_baseline",
+    "InspectOptions", "InspectResult", "inspect_model",
 ]

@@ -271,14 +271,15 @@ def inspect_run(objective: Any, tokenizer: Any, kind: str, val_blocks: Any, *,
                 conllu: str | Path | None = None, max_passages: int = 512, keep_examples: int = 8,
                 corpus: str = "") -> Any:
     """Inspect the model inside a run's ``objective`` (the encoder, RTD discriminator
-    or decoder) and return an :class:`headwise.inspect.InspectResult`.
+    or decoder) and return an :class:`headwise.app.InspectResult`.
 
     The measures (entropy, offsets, specials, sinks) and the example maps come from
     :func:`heldout_passages` of ``val_blocks``: the run's own kind of text, none of it
     seen in training. Decoders also get the induction test. With ``conllu`` the
     treebank's sentences are run too, for the syntax probe only, and the roles are
     assigned from both (syntactic roles from the probe)."""
-    from ..inspect import assign_roles, inspect_model, read_conllu
+    from ..inspect import assign_roles, read_conllu
+    from .inspection import inspect_model
     from ..inspect.timeline import inspected_model
 
     model = inspected_model(objective, kind)

@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from ..attention import MultiHeadAttention
 from ..attention.backends import AttentionCall, get_backend
 from ..attention.masks import MaskSpec
+from ..models import Decoder
 
-__all__ = ["CAPTURABLE", "attention_layers", "n_layers_heads", "Capture", "capture", "weights_capable"]
+__all__ = ["CAPTURABLE", "attention_layers", "n_layers_heads", "is_causal", "Capture", "capture", "weights_capable"]
 
 #: what :func:`capture` can record: ``"weights"`` (attention probabilities
 #: ``(B, H, Tq, Tk)``) and ``"z"`` (each head's output before W_O, ``(B, H, Tq, Dh)``).
@@ -58,6 +59,11 @@ def n_layers_heads(model: nn.Module) -> tuple[int, int]:
     if len(heads) != 1:
         raise ValueError(f"attention layers have different head counts {sorted(heads)}; (L, H) tables need one")
     return len(layers), heads.pop()
+
+
+def is_causal(model: nn.Module) -> bool:
+    """Whether ``model`` attends causally: it is, or contains, a headwise ``Decoder``."""
+    return any(isinstance(m, Decoder) for m in model.modules())
 
 
 def weights_capable(layer: MultiHeadAttention) -> bool:

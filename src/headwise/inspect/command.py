@@ -229,7 +229,8 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """The ``headwise inspect`` command (see the module docstring)."""
-    from . import inspect_model, read_conllu
+    from ..app.inspection import inspect_model  # this module moves to app/ (issue 13)
+    from . import read_conllu
     from .report import summary_table, write_report
 
     out = Path(args.out)

@@ -43,9 +43,10 @@ import torch
 from torch import Tensor, nn
 
 from ..train.rundir import register_run_entry
-from .capture import capture, n_layers_heads
+from .capture import capture, is_causal, n_layers_heads
 from .measures import MeasureAccumulator, induction_scores
 from .roles import DEFAULT_THRESHOLDS, RoleThresholds, assign_roles
+from .tokens import induction_bos_id
 
 __all__ = [
     "HEADS_FILE",
@@ -78,12 +79,6 @@ def inspected_model(objective: nn.Module, kind: str) -> nn.Module:
     if kind in ("mlm", "clm"):
         return objective.model
     raise ValueError(f"objective kind must be mlm, rtd or clm, got {kind!r}")
-
-
-def _is_causal(model: nn.Module) -> bool:
-    from ..models import Decoder
-
-    return any(isinstance(m, Decoder) for m in model.modules())
 
 
 def _eager_forward(model: nn.Module, ids: Tensor) -> object:
@@ -162,7 +157,7 @@ class HeadRecorder:
         self.probe = probe.detach().long().cpu()
         ids = torch.tensor(sorted(set(int(i) for i in special_ids)), dtype=torch.long)
         self.special = torch.isin(self.probe, ids)
-        self.causal = _is_causal(model) if causal is None else causal
+        self.causal = is_causal(model) if causal is None else causal
         self.induction = self.causal if induction is None else induction
         max_len = getattr(getattr(model, "cfg", None), "max_len", None)
         if max_len is not None:
@@ -261,11 +256,9 @@ def attach_head_recorder(trainer: Any, *, n_blocks: int = 8, **kw: Any) -> HeadR
     if cfg.objective == "clm":
         probe = probe[:, :-1]  # what the decoder sees of a block (the last token is only a target)
     tok = parts.tokenizer
-    from . import _bos_for_induction
-
     # the specials a block holds: its frame ([CLS] ... [SEP]) and document separators
     kw.setdefault("special_ids", [i for i in (tok.cls_id, tok.sep_id, tok.eos_id) if i is not None])
-    kw.setdefault("bos_id", _bos_for_induction(tok))
+    kw.setdefault("bos_id", induction_bos_id(tok))
     kw.setdefault("induction_seed", cfg.seed)
     recorder = HeadRecorder(trainer.run_dir / HEADS_FILE, model, probe, resume_step=trainer.step, **kw)
     trainer.eval_hooks.append(recorder)

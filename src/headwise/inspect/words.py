@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .tokens import tokenizer_kind
+
 __all__ = [
     "AlignedText",
     "align_words",
@@ -51,27 +53,6 @@ def is_punctuation(word: str) -> bool:
     return bool(word) and all(unicodedata.category(c)[0] in "PS" for c in word)
 
 
-def _kind(tokenizer: Any) -> str:
-    """Which tokenizer API ``tokenizer`` offers: "headwise", "hf" (transformers), or
-    "tokenizers" (a raw ``tokenizers.Tokenizer``)."""
-    from ..data import Tokenizer
-
-    if isinstance(tokenizer, Tokenizer):
-        return "headwise"
-    try:
-        from tokenizers import Tokenizer as RawTokenizer
-    except ImportError:  # pragma: no cover - tokenizers is a dependency
-        RawTokenizer = ()  # type: ignore[assignment]
-    if isinstance(tokenizer, RawTokenizer):
-        return "tokenizers"
-    if callable(tokenizer) and hasattr(tokenizer, "convert_ids_to_tokens"):
-        return "hf"
-    raise TypeError(
-        f"tokenizer must be a headwise.data.Tokenizer, a tokenizers.Tokenizer or a Hugging Face "
-        f"(fast) tokenizer, got {type(tokenizer).__name__}"
-    )
-
-
 def _check_words(words: Sequence[str]) -> list[str]:
     if isinstance(words, str) or not isinstance(words, Sequence):
         raise TypeError(f"words must be a sequence of str, got {type(words).__name__}")
@@ -98,7 +79,7 @@ def align_words(
     none; every piece still maps to exactly one word.
     """
     words = _check_words(words)
-    kind = _kind(tokenizer)
+    kind = tokenizer_kind(tokenizer)
     if kind in ("headwise", "tokenizers"):
         raw = tokenizer.backend if kind == "headwise" else tokenizer
         if kind == "headwise":
@@ -145,7 +126,7 @@ def align_text(text: str, tokenizer: Any, *, add_special_tokens: bool = True) ->
     ``words[w]`` is the text span covered by the pieces with ``word_ids == w``."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    kind = _kind(tokenizer)
+    kind = tokenizer_kind(tokenizer)
     if kind in ("headwise", "tokenizers"):
         raw = tokenizer.backend if kind == "headwise" else tokenizer
         if kind == "headwise":
