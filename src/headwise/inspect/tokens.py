@@ -50,7 +50,7 @@ def pad_id(tokenizer: Any) -> int:
 def induction_bos_id(tokenizer: Any) -> int | None:
     """The special token the repeated random tokens of an induction test start with:
     ``[CLS]``, else a BOS, else None."""
-    return _first_id(tokenizer, ("cls_id", "cls_token_id", "bos_token_id"))
+    return _first_id(tokenizer, ("cls_id", "cls_token_id", "bos_id", "bos_token_id"))
 
 
 def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
