@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checks import check_int
 from ..devices import resolve_device
 from .head_parallel import parallelize_heads
 
@@ -48,8 +49,7 @@ class DistEnv:
     tp: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.tp, bool) or not isinstance(self.tp, int) or self.tp < 1:
-            raise ValueError(f"tp (the head-parallel degree) must be a positive int, got {self.tp!r}")
+        check_int("tp (the head-parallel degree)", self.tp)
         if self.world_size % self.tp:
             raise ValueError(
                 f"tp={self.tp} must divide the number of processes ({self.world_size}): "
@@ -130,9 +130,8 @@ def init_mesh(dp: int, tp: int, device_type: str = "cpu"):
     from torch.distributed.device_mesh import init_device_mesh
 
     world = dist.get_world_size()
-    for name, value in (("dp", dp), ("tp", tp)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_int("dp", dp)
+    check_int("tp", tp)
     if dp * tp != world:
         raise ValueError(f"dp * tp must equal the world size {world}, got dp={dp}, tp={tp} ({dp * tp})")
     return init_device_mesh(device_type, (dp, tp), mesh_dim_names=("dp", "tp"))
