@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..checks import check_choice
+
 __all__ = ["PRECISIONS", "Precision", "cpu_capabilities", "bf16_math_support", "native_bf16",
            "resolve_precision"]
 
@@ -111,8 +113,7 @@ def resolve_precision(requested: str, device: torch.device | str, *,
     """``auto`` -> bf16 where the device has native bf16, else fp32; ``fp32`` and
     ``bf16`` run as asked (bf16 without native support runs emulated, and the note
     says so). ``support``: a ``(native, why)`` pair to use instead of detecting it."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {requested!r}")
+    check_choice("precision", requested, PRECISIONS)
     native, why = native_bf16(device) if support is None else support
     if requested == "auto":
         if native:
