@@ -27,6 +27,7 @@ import torch
 from ..attention import MultiHeadAttention
 from ..checks import check_int
 from ..models import Decoder, EncoderForMLM, ModelConfig, get_preset
+from .head_parallel import check_head_parallel
 
 __all__ = ["communication_volume", "ring_allreduce_bytes", "model_parameters", "main"]
 
@@ -82,8 +83,6 @@ def communication_volume(model_cfg: ModelConfig, batch: int, seq: int, dp: int =
         nbytes = DTYPE_BYTES[dtype]
     else:
         raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)} or a torch.dtype, got {dtype!r}")
-    from .head_parallel import check_head_parallel
-
     check_head_parallel(model_cfg.n_heads, model_cfg.kv_heads, tp)
     total, sharded = model_parameters(model_cfg, kind)
     per_rank = total - sharded + sharded // tp

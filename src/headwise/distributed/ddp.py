@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checks import check_int
@@ -127,8 +128,6 @@ def init_mesh(dp: int, tp: int, device_type: str = "cpu"):
     """A 2-D ``DeviceMesh`` of shape ``(dp, tp)`` named ``("dp", "tp")`` over the default
     group (``dp * tp`` must equal the world size). ``mesh["tp"].get_group()`` is this
     rank's head-parallel group, ``mesh["dp"].get_group()`` its gradient all-reduce group."""
-    from torch.distributed.device_mesh import init_device_mesh
-
     world = dist.get_world_size()
     check_int("dp", dp)
     check_int("tp", tp)
