@@ -117,3 +117,31 @@ def test_errors_name_the_argument(encoder):
             pass
     with pytest.raises(TypeError, match="nn.Module"):
         attention_layers("model")
+
+
+def test_the_layer_obtains_weights_for_its_hooks_and_takes_its_backend_back(encoder):
+    """register_head_hook(need_weights=True, switch_to_auto=True) on a layer whose backend
+    returns no weights runs it on "auto" until the last such hook is removed; z-only hooks
+    and hooks without switch_to_auto change nothing."""
+    layer = encoder.blocks[0].attn
+    layer.backend = "sdpa"
+    assert not layer.can_return_weights()
+    seen = []
+    z_only = layer.register_head_hook(lambda m, z, w: seen.append(w))
+    assert layer.backend == "sdpa"
+    strict = layer.register_head_hook(lambda m, z, w: None, need_weights=True)
+    assert layer.backend == "sdpa"
+    strict.remove()
+    first = layer.register_head_hook(lambda m, z, w: seen.append(w), need_weights=True, switch_to_auto=True)
+    second = layer.register_head_hook(lambda m, z, w: None, need_weights=True, switch_to_auto=True)
+    assert layer.backend == "auto" and layer.can_return_weights()
+    encoder(torch.randint(5, 120, (1, 5)))
+    assert seen[0] is None and seen[1].shape == (1, 4, 5, 5)
+    first.remove()
+    assert layer.backend == "auto"  # the second hook still needs the weights
+    second.remove()
+    assert layer.backend == "sdpa"
+    z_only.remove()
+    assert layer.backend == "sdpa" and _no_hooks(encoder)
+    layer.backend = "math"
+    assert layer.can_return_weights()

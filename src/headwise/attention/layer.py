@@ -21,6 +21,7 @@ the ``qkv_proj``/``q_proj``/``k_proj``/``v_proj``/``out_proj`` arguments and
 from __future__ import annotations
 
 import math
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -30,11 +31,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ..checks import check_int
-from .backends import check_backend_name
+from .backends import AttentionCall, check_backend_name, get_backend
 from .functional import attend
 from .heads import HeadSequence, HeadView
 from .kv_cache import KVCache
-from .masks import normalize_mask
+from .masks import MaskSpec, normalize_mask
 from .projection import Projection, check_projection, module_device
 from .rope import RotaryEmbedding
 
@@ -224,15 +225,73 @@ class MultiHeadAttention(nn.Module):
         return new.train(layer.training)
 
     # ------------------------------------------------------------------ hooks
-    def register_head_hook(self, fn: HeadHook, *, need_weights: bool = False) -> RemovableHandle:
+    #: the backend to go back to once no hook needs weights (set while hooks registered
+    #: with switch_to_auto run a layer whose backend cannot return weights on "auto")
+    _backend_before_weight_hooks: str | None = None
+
+    class _HeadHookHandle(RemovableHandle):
+        """Removes a head hook, then lets the layer take its backend back."""
+
+        _layer_ref: weakref.ref | None = None
+
+        def __init__(self, layer: MultiHeadAttention) -> None:
+            super().__init__(layer._head_hooks)
+            self._layer_ref = weakref.ref(layer)
+
+        def remove(self) -> None:
+            super().remove()
+            layer = None if self._layer_ref is None else self._layer_ref()
+            if layer is not None:
+                layer._restore_backend_after_weight_hooks()
+
+    def register_head_hook(self, fn: HeadHook, *, need_weights: bool = False,
+                           switch_to_auto: bool = False) -> RemovableHandle:
         """Call ``fn(layer, z, weights)`` on every forward, where ``z (B, H, Tq, Dh)`` is
         each head's output before W_O; if ``fn`` returns a tensor it replaces ``z``
         (ablation, head masks). With ``need_weights=True`` the attention weights
-        ``(B, H, Tq, Tk)`` are computed and passed too (else ``None``). Layers
-        without hooks pay nothing. Returns a handle whose ``remove()`` undoes it."""
-        handle = RemovableHandle(self._head_hooks)
+        ``(B, H, Tq, Tk)`` are computed and passed too (else ``None``); a backend chosen
+        by name that cannot return them (:meth:`can_return_weights`: ``"sdpa"``,
+        ``"tiled"``) then refuses the forward, unless ``switch_to_auto=True``: the layer
+        then runs on ``"auto"`` while such a hook is registered, and goes back to its
+        backend when the last one is removed. Layers without hooks pay nothing.
+        Returns a handle whose ``remove()`` undoes it."""
+        if need_weights and switch_to_auto and not self.can_return_weights():
+            self._backend_before_weight_hooks = self.backend
+            self.backend = "auto"
+        handle = self._HeadHookHandle(self)
         self._head_hooks[handle.id] = (fn, need_weights)
         return handle
+
+    def can_return_weights(self) -> bool:
+        """Whether this layer's backend can return the attention weights. ``"auto"``
+        always can (asked for weights, it picks a backend that returns them); a named
+        backend is asked, through the registry, about a call that differs from this
+        layer's calls only in needing the weights."""
+        if self.backend == "auto":
+            return True
+        w = self.out_proj.weight
+        call = AttentionCall(
+            dtype=w.dtype,
+            device=w.device,
+            head_dim=self.head_dim,
+            value_dim=self.head_dim,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            mask=MaskSpec(batch=1, q_len=1, k_len=1),
+            need_weights=True,
+            dropout_p=0.0,
+            requires_grad=False,
+        )
+        try:
+            get_backend(self.backend, call)
+        except ValueError:
+            return False
+        return True
+
+    def _restore_backend_after_weight_hooks(self) -> None:
+        if self._backend_before_weight_hooks is not None and not any(w for _, w in self._head_hooks.values()):
+            self.backend = self._backend_before_weight_hooks
+            self._backend_before_weight_hooks = None
 
     # ------------------------------------------------------------------ weights
     def reset_parameters(self) -> None:

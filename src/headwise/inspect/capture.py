@@ -11,7 +11,7 @@ attention module met) and registers a head hook on each for the duration of a
     cap.z["encoder.blocks.3.attn"]  # (B, H, Tq, Dh): the same layers by module path
     cap.stack("weights")            # (L, B, H, Tq, Tk) when every layer has the same shape
 
-On exit every hook is removed and every layer's ``backend`` is restored, so a model
+On exit every hook is removed (and with it any backend switch the weights needed), so a model
 that is not capturing runs exactly as before (the layer skips the hook machinery when
 it has no hooks).
 """
@@ -25,8 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
-from ..attention.backends import AttentionCall, get_backend
-from ..attention.masks import MaskSpec
 from ..models import Decoder
 
 __all__ = ["CAPTURABLE", "attention_layers", "n_layers_heads", "is_causal", "Capture", "capture", "weights_capable"]
@@ -67,31 +65,9 @@ def is_causal(model: nn.Module) -> bool:
 
 
 def weights_capable(layer: MultiHeadAttention) -> bool:
-    """Whether ``layer``'s configured backend can return attention weights.
-
-    ``"auto"`` always can (it picks a weight-capable backend when asked for weights);
-    an explicit backend is asked, through the registry, about a minimal call that only
-    differs from a real one by needing the weights."""
-    if layer.backend == "auto":
-        return True
-    w = layer.out_proj.weight
-    call = AttentionCall(
-        dtype=w.dtype,
-        device=w.device,
-        head_dim=layer.head_dim,
-        value_dim=layer.head_dim,
-        n_heads=layer.n_heads,
-        n_kv_heads=layer.n_kv_heads,
-        mask=MaskSpec(batch=1, q_len=1, k_len=1),
-        need_weights=True,
-        dropout_p=0.0,
-        requires_grad=False,
-    )
-    try:
-        get_backend(layer.backend, call)
-    except ValueError:
-        return False
-    return True
+    """Whether ``layer``'s configured backend can return attention weights
+    (:meth:`MultiHeadAttention.can_return_weights`)."""
+    return layer.can_return_weights()
 
 
 class _LayerMap(Mapping):
@@ -257,8 +233,9 @@ def capture(
         a :class:`Capture`, filled as the model runs.
 
     Capturing weights needs a backend that returns them: a layer whose explicitly
-    chosen backend cannot (``"sdpa"``, ``"tiled"``) is switched to ``"auto"`` for the
-    block and switched back on exit. Outputs are otherwise unchanged; the hooks
+    chosen backend cannot (``"sdpa"``, ``"tiled"``) runs on ``"auto"`` for the block
+    and goes back on exit (:meth:`MultiHeadAttention.register_head_hook` with
+    ``switch_to_auto=True`` does it). Outputs are otherwise unchanged; the hooks
     never replace ``z``.
     """
     items = _check_what(what)
@@ -268,21 +245,16 @@ def capture(
     chosen = _select_layers(found, layers)
     cap = Capture([n for n, _ in found], items, keep)
     want_weights = "weights" in items
-    handles, restore = [], []
+    handles = []
     try:
         for i in chosen:
             layer = found[i][1]
-            if want_weights and not weights_capable(layer):
-                restore.append((layer, layer.backend))
-                layer.backend = "auto"
 
             def hook(mod: MultiHeadAttention, z: Tensor, w: Tensor | None, _i: int = i) -> None:
                 cap._record(_i, z, w, detach, to_cpu)
 
-            handles.append(layer.register_head_hook(hook, need_weights=want_weights))
+            handles.append(layer.register_head_hook(hook, need_weights=want_weights, switch_to_auto=True))
         yield cap
     finally:
         for h in handles:
             h.remove()
-        for layer, backend in restore:
-            layer.backend = backend
