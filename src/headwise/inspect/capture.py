@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
+from ..checks import is_int
 from ..models import Decoder
 
 __all__ = ["CAPTURABLE", "attention_layers", "n_layers_heads", "is_causal", "Capture", "capture", "weights_capable"]
@@ -77,7 +78,7 @@ class _LayerMap(Mapping):
         self._names, self._store, self._what = list(names), store, what
 
     def _index(self, key: int | str) -> int:
-        if isinstance(key, bool) or not isinstance(key, (int, str)):
+        if not (is_int(key) or isinstance(key, str)):
             raise KeyError(f"layer must be an int index or a module path, got {key!r}")
         if isinstance(key, str):
             if key not in self._names:
@@ -199,7 +200,7 @@ def _select_layers(
     for key in layers:
         if isinstance(key, str) and key in names:
             out.append(names.index(key))
-        elif isinstance(key, int) and not isinstance(key, bool) and -len(found) <= key < len(found):
+        elif is_int(key) and -len(found) <= key < len(found):
             out.append(key % len(found))
         else:
             raise ValueError(

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..checks import is_int
+
 __all__ = ["Token", "Sentence", "parse_conllu", "read_conllu", "base_relation"]
 
 
@@ -139,7 +141,7 @@ def parse_conllu(text: str, *, source: str = "<string>") -> list[Sentence]:
 
 def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[Sentence]:
     """Read a ``.conllu`` file (UTF-8); ``limit`` keeps the first ``limit`` sentences."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+    if limit is not None and (not is_int(limit) or limit < 0):
         raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):

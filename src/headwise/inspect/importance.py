@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_real, is_int
 from .capture import attention_layers, capture, n_layers_heads
 
 __all__ = [
@@ -168,7 +169,7 @@ def heads_to_mask(heads: Tensor | Iterable[tuple[int, int]], shape: tuple[int, i
         return _check_lh("heads", heads, shape).cpu()
     mask = torch.zeros(shape, dtype=torch.bool)
     for pair in heads:
-        ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, int) for x in pair)
+        ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(is_int(x) for x in pair)
         if not ok or not (0 <= pair[0] < shape[0] and 0 <= pair[1] < shape[1]):
             raise ValueError(f"heads must hold (layer, head) pairs within (L, H) = {shape}, got {pair!r}")
         mask[pair[0], pair[1]] = True
@@ -238,8 +239,7 @@ def pruning_curve(
     by running ``metric_fn``."""
     shape = n_layers_heads(model)
     _check_lh("importance", importance, shape)
-    if not isinstance(step, (int, float)) or not 0 < step <= 1:
-        raise ValueError(f"step must be a fraction in (0, 1], got {step!r}")
+    check_real("step", step, minimum=0, min_open=True, maximum=1, what="a fraction in (0, 1]")
     batches = list(batches)
     if not batches:
         raise ValueError("batches is empty: the pruning curve needs data to evaluate")

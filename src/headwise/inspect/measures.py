@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_int, is_int
 from .capture import capture
 
 __all__ = [
@@ -267,10 +268,9 @@ def repeated_random_tokens(
     """``(batch, [1 +] 2n)`` long: per row ``[bos] r r`` where ``r`` is ``n`` distinct
     random ids from ``[low, high)`` (distinct, so "the token after the previous
     occurrence" is unambiguous; with fewer than ``n`` ids available they repeat)."""
-    for name, v in (("n", n), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if not isinstance(high, int) or not isinstance(low, int) or high <= low:
+    check_int("n", n)
+    check_int("batch", batch)
+    if not (is_int(high) and is_int(low)) or high <= low:
         raise ValueError(f"need ints low < high for the token range, got low={low!r}, high={high!r}")
     span = high - low
     if span >= n:

@@ -30,13 +30,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .measures import HeadMeasures
-    from .syntax import SyntaxProbe
+from .measures import HeadMeasures
+from .syntax import SyntaxProbe
 
 __all__ = ["RoleThresholds", "DEFAULT_THRESHOLDS", "ROLES", "PRIORITY", "HeadRoles", "assign_roles", "role_counts"]
 
