@@ -30,8 +30,11 @@ the same inputs in the same run: ``ptr+split`` (pointer loads, dQ in its own pas
 the kernels before TMA), ``tma+fused`` (dQ added atomically by the dK/dV pass),
 ``ptr+fused``, ``tma+split`` (the default on Hopper and later), ``desc`` and ``ws``
 (the non-causal forward with device-side tensor descriptors, and with those and a
-warp-specialised key loop: ``HEADWISE_TILED_FWD``; causal shapes run the default),
-``pers`` (the dK/dV pass on a persistent grid: ``HEADWISE_TILED_DKDV=persistent``).
+warp-specialised key loop: ``TiledOptions(fwd=...)``; causal shapes run the default),
+``pers`` (the dK/dV pass on a persistent grid: ``TiledOptions(dkdv="persistent")``).
+Each variant's options are passed to ``tiled_attention(..., options=...)``; the
+``headwise`` column runs the options that the ``HEADWISE_TILED_*`` variables select
+(read once at start, as the ``headwise`` command does; e.g. ``HEADWISE_TILED_AUTOTUNE=0``).
 
 Prints a markdown table per pass with the ratio headwise / best torch kernel and
 headwise's fraction of the GPU's dense bf16 peak; writes
@@ -49,10 +52,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
+
+from headwise.kernels import TiledOptions, get_tiled_options, set_tiled_options
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENS = 16384
@@ -62,18 +66,18 @@ HEAD_DIMS = [64, 128]
 TORCH_IMPLS = ["flash", "cudnn", "efficient", "flex"]
 OTHER_PEERS = ["fa4"]  # FlashAttention-4 (flash-attn-4, CuTe DSL), when installed
 AUTO_IMPLS = ["sdpa", "auto"]  # headwise's attend(backend=...), layer level
-# headwise's kernel choices (environment of headwise.kernels.tiled), besides its default
+# headwise's kernel choices (changes to its TiledOptions), besides its default
 VARIANTS = {
-    "ptr+split": {"HEADWISE_TILED_TMA": "0", "HEADWISE_TILED_BWD": "split"},
-    "tma+split": {"HEADWISE_TILED_TMA": "auto", "HEADWISE_TILED_BWD": "split"},
-    "tma+fused": {"HEADWISE_TILED_TMA": "auto", "HEADWISE_TILED_BWD": "fused"},
-    "ptr+fused": {"HEADWISE_TILED_TMA": "0", "HEADWISE_TILED_BWD": "fused"},
+    "ptr+split": {"tma": False, "bwd": "split"},
+    "tma+split": {"tma": None, "bwd": "split"},
+    "tma+fused": {"tma": None, "bwd": "fused"},
+    "ptr+fused": {"tma": False, "bwd": "fused"},
     # the forward with device-side descriptors, and with a warp-specialised key loop
     # (non-causal only; causal shapes run the default kernel under these names)
-    "desc": {"HEADWISE_TILED_FWD": "desc"},
-    "ws": {"HEADWISE_TILED_FWD": "ws"},
+    "desc": {"fwd": "desc"},
+    "ws": {"fwd": "ws"},
     # the dK/dV pass on a persistent grid (one program per SM looping over key tiles)
-    "pers": {"HEADWISE_TILED_DKDV": "persistent"},
+    "pers": {"dkdv": "persistent"},
 }
 # dense bf16 tensor-core peak (no sparsity), TFLOP/s
 PEAKS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
@@ -227,11 +231,16 @@ def make_impls(flex: Flex | None, peers: list[str] = TORCH_IMPLS, variants: list
 
         return run
 
-    def headwise(q, k, v, causal):
-        return tiled_attention(q, k, v, causal=causal)
+    def headwise(options=None):
+        def run(q, k, v, causal):
+            return tiled_attention(q, k, v, causal=causal, options=options)
 
-    # a variant is the same call, measured with its environment set (_variant_env)
-    impls = {"headwise": headwise, **{f"headwise[{name}]": headwise for name in variants}}
+        return run
+
+    # a variant is the same call with its options (the default's, changed)
+    impls = {"headwise": headwise(), **{
+        f"headwise[{name}]": headwise(get_tiled_options().replace(**VARIANTS[name]))
+        for name in variants}}
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
     for name in TORCH_IMPLS:
@@ -269,14 +278,6 @@ def auto_choices(q, k, v, causal) -> dict[str, str]:
     return {"fwd": str(fwd), "fwd+bwd": str(train)}
 
 
-def _variant_env(impl: str) -> dict[str, str]:
-    """The environment an implementation is measured under: a ``headwise[NAME]``
-    variant's settings, nothing for the others."""
-    if impl.startswith("headwise[") and impl.endswith("]"):
-        return VARIANTS[impl[len("headwise["):-1]]
-    return {}
-
-
 def bench_point(impls, flex, head_dim, seq, causal, warmup, rep):
     """Times (ms) and TFLOP/s of every implementation at one shape."""
     batch = max(1, TOKENS // seq)
@@ -298,8 +299,7 @@ def bench_point(impls, flex, head_dim, seq, causal, warmup, rep):
         if name == "flex" and flex.spent_s > flex.budget_s:
             row["errors"][name] = f"skipped: flex compile budget ({flex.budget_s:.0f} s) spent"
             continue
-        with mock.patch.dict(os.environ, _variant_env(name)):
-            out = _measure(row, name, fn, flex, q, k, v, dout, causal, warmup, rep)
+        out = _measure(row, name, fn, flex, q, k, v, dout, causal, warmup, rep)
         if out is None:
             continue
         if name == "headwise":
@@ -352,12 +352,10 @@ def _measure(row, name, fn, flex, q, k, v, dout, causal, warmup, rep):
 def tuned_configs() -> dict[str, str]:
     """The config each of headwise's autotuners picked last (this shape's, since
     every kernel just ran): which tiles win is what the next tuning step needs."""
-    try:
-        from headwise.kernels import tiled as tiled_mod
-    except ImportError:
-        return {}
+    from headwise.kernels import runtime
+
     picked = {}
-    for (kind, dim_class, tma), tuner in getattr(tiled_mod, "_TUNERS", {}).items():
+    for (kind, dim_class, tma), tuner in runtime.TUNERS.items():
         best = getattr(tuner, "best_config", None)
         if best is not None:
             picked[f"{kind}/{dim_class}{'/tma' if tma else ''}"] = str(best)
@@ -377,12 +375,12 @@ def _auto_ratio(tflops: dict[str, float]) -> float | None:
 
 def precompile_items(args: argparse.Namespace) -> list[tuple[int, bool, int, str]]:
     """(head_dim, causal, config index, variant): one forward and one backward each."""
-    from headwise.kernels import tiled as tiled_mod
+    from headwise.kernels import tiled_configs
 
     items = []
     for head_dim, causal in dict.fromkeys((d, c) for d, c, _ in plan(args)):
-        dim_class = tiled_mod._dim_class(tiled_mod._pad_dim(head_dim))
-        n = max(len(tiled_mod._CONFIGS[k][dim_class]) for k in ("fwd", "dkdv", "dq"))
+        dim_class = tiled_configs.dim_class(tiled_configs.pad_dim(head_dim))
+        n = max(len(tiled_configs.CONFIGS[k][dim_class]) for k in ("fwd", "dkdv", "dq"))
         items += [(head_dim, causal, i, v) for v in ("default", *args.variants) for i in range(n)]
     return items
 
@@ -393,34 +391,34 @@ def precompile_worker(items: list[tuple[int, bool, int, str]]) -> int:
     small inputs laid out as bench_point's, so that Triton specializes them the
     same way and the compiled kernels land in its cache under the keys the
     autotuned run will look up."""
-    from headwise.kernels import tiled as tiled_mod
+    from headwise.kernels import reset_autotune_cache, tiled_configs, tiled_launch
 
-    os.environ["HEADWISE_TILED_AUTOTUNE"] = "0"
-    originals = {k: {c: list(v) for c, v in tiled_mod._CONFIGS[k].items()}
+    fixed = get_tiled_options().replace(autotune=False)  # each item's one config, no timing
+    originals = {k: {c: list(v) for c, v in tiled_configs.CONFIGS[k].items()}
                  for k in ("fwd", "dkdv", "dq")}
     failures = 0
     for head_dim, causal, i, variant in items:
-        dim_class = tiled_mod._dim_class(tiled_mod._pad_dim(head_dim))
+        dim_class = tiled_configs.dim_class(tiled_configs.pad_dim(head_dim))
         for kind, lists in originals.items():
             cfgs = lists[dim_class]
-            tiled_mod._CONFIGS[kind][dim_class] = [cfgs[min(i, len(cfgs) - 1)]]
-        tiled_mod._FIXED.clear()
+            tiled_configs.CONFIGS[kind][dim_class] = [cfgs[min(i, len(cfgs) - 1)]]
+        reset_autotune_cache()
         batch, seq = 2, 256
         x = [torch.randn(batch, seq, HEADS, head_dim, device="cuda", dtype=torch.bfloat16)
              .transpose(1, 2) for _ in range(3)]
         dout = torch.randn(batch, HEADS, seq, head_dim, device="cuda", dtype=torch.bfloat16)
         scale = head_dim ** -0.5
         try:
-            with mock.patch.dict(os.environ, VARIANTS.get(variant, {})):
-                out, lse = tiled_mod._forward(*x, None, causal, scale)
-                tiled_mod._backward(dout, *x, out, lse, None, None, causal, scale)
+            options = fixed.replace(**VARIANTS.get(variant, {}))
+            out, lse = tiled_launch.forward(*x, None, causal, scale, options)
+            tiled_launch.backward(dout, *x, out, lse, None, None, causal, scale, options)
             torch.cuda.synchronize()
         except Exception as e:  # e.g. OutOfResources: the autotuner skips it too
             failures += 1
             print(f"precompile D={head_dim} causal={causal} config {i} {variant}: "
                   f"{type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
     for kind, lists in originals.items():
-        tiled_mod._CONFIGS[kind].update(lists)
+        tiled_configs.CONFIGS[kind].update(lists)
     return 0 if failures < len(items) else 1
 
 
@@ -495,6 +493,9 @@ def write(payload: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # this script is a top-level program: like the headwise command, it takes the
+    # kernels' default options from the HEADWISE_TILED_* variables, once
+    set_tiled_options(TiledOptions.from_env(os.environ))
     if not torch.cuda.is_available():
         print("bench/gpu_attention.py needs a CUDA GPU (torch.cuda.is_available() is False); "
               "nothing was measured.", file=sys.stderr)
@@ -532,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         "fa4_error": fa4_error, "fa4_version": _version("flash-attn-4") if fa4 else None,
         "command": " ".join(["bench/gpu_attention.py", *(argv if argv is not None
                                                         else sys.argv[1:])]),
-        "autotune": os.environ.get("HEADWISE_TILED_AUTOTUNE", "1") != "0",
+        "autotune": get_tiled_options().autotune,
         "variants": {name: VARIANTS[name] for name in args.variants},
         "rows": [],
     }

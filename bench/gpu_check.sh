@@ -37,6 +37,11 @@
 # DISPATCH_ARGS="" BENCH_ARGS="--head-dims 128 64 --causal both --seqs 16384 4096 1024
 # --peers flash cudnn fa4 --variants ws desc pers --warmup-ms 10 --rep-ms 50" RUN_INT8=0 INT8_TIMEOUT=40
 # INT8_ARGS="--budget-s 20" RUN_PLANNER=0 PYTHON=python OUT=bench/results DRY_RUN=0
+# The kernels' options are explicit here: the tests set each one they exercise, and the
+# benchmark's variant columns (--variants in BENCH_ARGS) pass theirs to tiled_attention.
+# HEADWISE_TILED_* variables, if exported, change only the benchmark's base options (its
+# headwise column, which each variant then changes): bench/gpu_attention.py reads them once
+# at start, as the headwise command does; the tests never read them.
 set -u
 cd "$(dirname "$0")/.."
 START=$SECONDS

@@ -85,11 +85,12 @@ def check_choice(name: str, value: Any, accepted: Iterable[Any]) -> Any:
 
 
 def check_key_lengths(key_lengths: Any, batch: int, k_len: int, device: torch.device,
-                      *, other: str = "the inputs are") -> Tensor:
+                      *, other: str = "the inputs are", values: bool = True) -> Tensor:
     """A ``(batch,)`` integer tensor of valid key counts in ``[0, k_len]`` on ``device``,
     returned as int64; ``TypeError``/``ValueError`` naming what is wrong otherwise.
     ``other`` names what ``device`` belongs to in the message ("q is"). Reads the values (one host
-    sync) to check the range."""
+    sync) to check the range, unless ``values`` is False (the kernels clamp them to ``[0, k_len]``,
+    and a check under ``torch.compile`` must not read a tensor's data)."""
     if not isinstance(key_lengths, Tensor):
         raise TypeError(
             f"key_lengths must be a torch.Tensor of shape ({batch},), got {type(key_lengths).__name__}"
@@ -103,7 +104,7 @@ def check_key_lengths(key_lengths: Any, batch: int, k_len: int, device: torch.de
         )
     if key_lengths.device != device:
         raise ValueError(f"key_lengths is on {key_lengths.device} but {other} on {device}")
-    if key_lengths.numel():
+    if values and key_lengths.numel():
         lo, hi = int(key_lengths.min()), int(key_lengths.max())
         if lo < 0 or hi > k_len:
             raise ValueError(

@@ -18,6 +18,7 @@ import headwise.attention as A
 from headwise.attention.backends import DISPATCHER, AttentionCall, Backend, get_backend
 from headwise.attention.backends.dispatch import Dispatcher, shape_class, synthetic_inputs
 from headwise.attention.masks import MaskSpec
+from headwise.kernels import set_tiled_options
 
 
 class Clock:
@@ -427,8 +428,9 @@ def _cuda_qkv(b=2, h=4, t=256, d=64, grad=True, seed=0):
 
 
 @pytest.mark.gpu
-def test_gpu_auto_times_sdpa_and_tiled_and_the_file_keeps_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("HEADWISE_TILED_AUTOTUNE", "0")  # one tiled config: a quick compile
+def test_gpu_auto_times_sdpa_and_tiled_and_the_file_keeps_it(tmp_path, request):
+    previous = set_tiled_options(autotune=False)  # one tiled config: a quick compile
+    request.addfinalizer(lambda: set_tiled_options(previous))
     d = Dispatcher(DISPATCHER.backends)  # the real backends, clock and synchronisation
     d.enabled, d.cache_path = True, tmp_path / "cache.json"
     q, k, v = _cuda_qkv()

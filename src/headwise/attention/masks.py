@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..checks import check_key_lengths
+
 __all__ = ["MaskSpec", "normalize_mask", "causal_bool_mask"]
 
 
@@ -144,30 +146,7 @@ def normalize_mask(
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     lengths = None
     if key_lengths is not None:
-        if not isinstance(key_lengths, Tensor):
-            raise TypeError(
-                f"key_lengths must be a torch.Tensor of shape ({batch},), "
-                f"got {type(key_lengths).__name__}"
-            )
-        if key_lengths.dtype.is_floating_point or key_lengths.dtype == torch.bool:
-            raise TypeError(f"key_lengths must be an integer tensor, got dtype {key_lengths.dtype}")
-        if tuple(key_lengths.shape) != (batch,):
-            raise ValueError(
-                f"key_lengths must have shape ({batch},) (one length per sequence), "
-                f"got {tuple(key_lengths.shape)}"
-            )
-        if key_lengths.device != device:
-            raise ValueError(
-                f"key_lengths is on {key_lengths.device} but the inputs are on {device}"
-            )
-        if key_lengths.numel() and (
-            int(key_lengths.min()) < 0 or int(key_lengths.max()) > k_len
-        ):
-            raise ValueError(
-                f"key_lengths must lie in [0, {k_len}] (the key length), "
-                f"got values in [{int(key_lengths.min())}, {int(key_lengths.max())}]"
-            )
-        lengths = key_lengths.to(torch.long)
+        lengths = check_key_lengths(key_lengths, batch, k_len, device)
 
     bias = None
     if key_padding_mask is not None:

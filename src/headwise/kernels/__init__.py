@@ -1,35 +1,32 @@
 """Triton kernels (no nn.Modules here).
 
-Submodules import Triton and define their kernels when first imported: Triton
-reads ``TRITON_INTERPRET`` at that moment, so this package loads them lazily and
-``import headwise.kernels`` alone never touches Triton.
+``import headwise.kernels`` never touches Triton: the modules that define kernels
+(Triton reads ``TRITON_INTERPRET`` when a kernel is defined) are imported at the
+first call.
 
 * :func:`tiled_attention`, :func:`tiled_attention_lse` — FlashAttention-style
   forward and backward (``headwise.kernels.tiled``), registered as the
   custom ops ``torch.ops.headwise.tiled_attention_fwd`` / ``_bwd``.
+* :class:`TiledOptions` — how they run; :func:`set_tiled_options` and the
+  :func:`tiled_options` context manager set the process default, which
+  :func:`get_tiled_options` returns.
+* :func:`reset_autotune_cache` — forget the launch configs found so far.
+* ``headwise.kernels.int8_attention.int8_attention`` — int8 ``Q K^T`` (forward only).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import Any
+from .options import TiledOptions, get_tiled_options, set_tiled_options, tiled_options
+from .runtime import reset_autotune_cache, triton_available
+from .tiled import tiled_attention, tiled_attention_lse
 
-__all__ = ["tiled_attention", "tiled_attention_lse", "triton_available"]
-
-_LAZY = {
-    "tiled_attention": "tiled",
-    "tiled_attention_lse": "tiled",
-}
-
-
-def triton_available() -> bool:
-    """True when Triton can be imported (without defining any kernel)."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "tiled_attention",
+    "tiled_attention_lse",
+    "triton_available",
+    "TiledOptions",
+    "get_tiled_options",
+    "set_tiled_options",
+    "tiled_options",
+    "reset_autotune_cache",
+]

@@ -20,14 +20,13 @@ softmax the output differs from exact attention by ~1e-2 relative (see tests).
 
 Inputs ``q (B, H, Tq, D)``, ``k, v (B, Hkv, Tk, D|Dv)`` in float16/bfloat16, any
 strides; output ``(B, H, Tq, Dv)`` in their dtype. Head dims up to 256.
-Like :mod:`headwise.kernels.tiled`, Triton is imported and the kernels are defined
-when this module is imported (Triton reads ``TRITON_INTERPRET`` then).
+Triton is imported and the kernels are defined when this module is imported (Triton
+reads ``TRITON_INTERPRET`` then); :mod:`headwise.kernels` does not import it.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -35,14 +34,10 @@ import triton.language as tl
 from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
-from .tiled import _query_tile_keys
+from .inputs import MAX_HEAD_DIM, check_int8_inputs
+from .tiled_helpers import INTERPRET, LOG2E, query_tile_keys
 
 __all__ = ["int8_attention", "INTERPRET", "MAX_HEAD_DIM"]
-
-INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
-MAX_HEAD_DIM = 256
-_LOG2E = 1.4426950408889634
-_DTYPES = (torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -151,8 +146,8 @@ def _int8_attn_fwd(QQ, QS, KQ, KS, V, O, KLEN,
     ks_base = KS + bkv * num_n
     v_base = V + b * stride_vb + (h // GROUP) * stride_vh
 
-    kv_end, causal_off, full, hi = _query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
-                                                    BLOCK_M, BLOCK_N)
+    kv_end, causal_off, full, hi = query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
+                                                   BLOCK_M, BLOCK_N)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -202,7 +197,7 @@ def _run(q, k, v, key_lengths, causal, scale, smooth_k, cfg) -> Tensor:
     hkv, tk, dv = k.shape[1], k.shape[2], v.shape[3]
     block_d = _pad_dim(d, 32)  # int8 MMA takes K in steps of 32
     mean = k.float().mean(dim=2).contiguous() if smooth_k else None  # (B, Hkv, D)
-    qq, qs = _quantize(q, None, scale * _LOG2E, block_m, block_d)
+    qq, qs = _quantize(q, None, scale * LOG2E, block_m, block_d)
     kq, ks = _quantize(k, mean, 1.0, block_n, block_d)
     out = torch.empty((b, tq, h, dv), dtype=q.dtype, device=q.device).transpose(1, 2)
     klen = q if key_lengths is None else key_lengths.to(device=q.device, dtype=torch.int32).contiguous()
@@ -213,31 +208,6 @@ def _run(q, k, v, key_lengths, causal, scale, smooth_k, cfg) -> Tensor:
                          HAS_KLEN=key_lengths is not None, UPCAST=INTERPRET and q.dtype == torch.bfloat16,
                          BLOCK_M=block_m, BLOCK_N=block_n, **extra)
     return out
-
-
-def _check(q: object, k: object, v: object) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"{name} must be float16 or bfloat16 (int8 attention keeps P V in it), "
-                            f"got dtype {t.dtype}")
-    assert isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    b, h, _, d = q.shape
-    if k.shape[0] != b or v.shape[0] != b or k.shape[3] != d or k.shape[1:3] != v.shape[1:3]:
-        raise ValueError(f"q, k, v shapes do not fit together: {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)} (need k (B, Hkv, Tk, D), v (B, Hkv, Tk, Dv))")
-    if k.shape[1] == 0 or h % k.shape[1] != 0:
-        raise ValueError(f"the number of query heads ({h}) must be a multiple of the number of key/value "
-                         f"heads ({k.shape[1]})")
-    if not (1 <= d <= MAX_HEAD_DIM and 1 <= v.shape[3] <= MAX_HEAD_DIM):
-        raise ValueError(f"head dims must be in 1..{MAX_HEAD_DIM}, got {d} and {v.shape[3]}")
 
 
 @torch.no_grad()
@@ -265,14 +235,12 @@ def int8_attention(
     Returns ``(B, H, Tq, Dv)`` in the inputs' dtype; rows that see no key are 0.
     Forward only: the result carries no gradient.
     """
-    _check(q, k, v)
+    check_int8_inputs(q, k, v, key_lengths)
     b, h, tq, d = q.shape
     tk, dv = k.shape[2], v.shape[3]
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if b * h * tq == 0 or tk == 0:
         return torch.zeros((b, tq, h, dv), dtype=q.dtype, device=q.device).transpose(1, 2)
-    if key_lengths is not None and (key_lengths.dim() != 1 or key_lengths.shape[0] != b):
-        raise ValueError(f"key_lengths must have shape ({b},), got {tuple(key_lengths.shape)}")
     if INTERPRET:
         return _run(q, k, v, key_lengths, causal, scale, smooth_k, _INTERPRET_CONFIG)
     configs = _GPU_CONFIGS[_pad_dim(max(d, dv), 64)]

@@ -10,13 +10,9 @@ attention="int8")``). On the CPU it runs only under ``TRITON_INTERPRET=1``, for 
 
 from __future__ import annotations
 
-import torch
-
+from ...kernels.inputs import INT8_DTYPES, MAX_HEAD_DIM
 from ..masks import MaskSpec
 from .base import AttentionCall, Backend, triton_kernel_unsupported
-
-_DTYPES = (torch.float16, torch.bfloat16)
-_MAX_HEAD_DIM = 256  # as headwise.kernels.int8_attention.MAX_HEAD_DIM, without importing Triton
 
 
 class Int8Backend(Backend):
@@ -29,9 +25,10 @@ class Int8Backend(Backend):
     def unsupported(self, call: AttentionCall) -> str | None:
         if call.requires_grad:
             return "it is forward-only (inference): no backward, but gradients are required here"
-        return triton_kernel_unsupported(call, _DTYPES, _MAX_HEAD_DIM)
+        return triton_kernel_unsupported(call, INT8_DTYPES, MAX_HEAD_DIM)
 
     def attend(self, q, k, v, mask: MaskSpec, *, scale, dropout_p, need_weights):
+        # Triton is an optional dependency: this module defines kernels when imported
         from ...kernels.int8_attention import int8_attention
 
         out = int8_attention(q, k, v, causal=mask.causal, key_lengths=mask.key_lengths, scale=float(scale))

@@ -10,18 +10,16 @@ It runs on CUDA, where ``backend="auto"`` times it against ``sdpa`` once per sha
 class and takes the faster (:mod:`.dispatch`). On the CPU it runs only under
 ``TRITON_INTERPRET=1`` (the Triton interpreter, for tests), and ``auto`` never picks
 it there (``auto_devices``). Triton is imported at the first call, not when this module
-is imported, because Triton reads ``TRITON_INTERPRET`` when kernels are defined.
+is imported (:mod:`headwise.kernels` defers it), because Triton reads ``TRITON_INTERPRET``
+when kernels are defined.
 """
 
 from __future__ import annotations
 
-import torch
-
+from ...kernels import tiled_attention  # no Triton until the first call
+from ...kernels.inputs import MAX_HEAD_DIM, TILED_DTYPES
 from ..masks import MaskSpec
 from .base import AttentionCall, Backend, triton_kernel_unsupported
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_MAX_HEAD_DIM = 256  # as headwise.kernels.tiled.MAX_HEAD_DIM, without importing Triton
 
 
 class TiledBackend(Backend):
@@ -33,11 +31,9 @@ class TiledBackend(Backend):
     auto_devices: tuple[str, ...] = ("cuda",)  # "auto" never picks it on the CPU
 
     def unsupported(self, call: AttentionCall) -> str | None:
-        return triton_kernel_unsupported(call, _DTYPES, _MAX_HEAD_DIM)
+        return triton_kernel_unsupported(call, TILED_DTYPES, MAX_HEAD_DIM)
 
     def attend(self, q, k, v, mask: MaskSpec, *, scale, dropout_p, need_weights):
-        from ...kernels import tiled_attention
-
         out = tiled_attention(
             q, k, v, causal=mask.causal, key_lengths=mask.key_lengths, scale=float(scale)
         )
