@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
+from headwise.app.cli_types import HelpFormatter, positive_int
 from headwise.attention import MultiHeadAttention
-from headwise.cli_types import HelpFormatter, positive_int
 from headwise.nn import MultiheadAttention as DropIn
 
 D_MODEL, HEADS, BATCH = 512, 8, 8

@@ -10,7 +10,7 @@ from its start to its exit (startup, data, evaluations and checkpoints included)
     PYTHONPATH=src python bench/shakespeare.py                          # headwise only
     PYTHONPATH=src python bench/shakespeare.py --nanogpt /tmp/nanoGPT   # and nanoGPT
 
-headwise runs ``python -m headwise.train --objective clm --recipe RECIPE`` on a
+headwise runs ``python -m headwise train --recipe RECIPE --no-report`` on a
 temporary file holding the training text (``--headwise-args`` adds flags to it, for
 ablations). ``--nanogpt PATH`` names a local nanoGPT checkout, which is not modified:
 its ``train.py``, ``model.py``, ``configurator.py`` and ``config/`` are copied into a
@@ -152,8 +152,8 @@ def headwise_job(train_text: str, work: Path, recipe: str, extra: list[str], env
     corpus = work / "train.txt"
     corpus.write_text(train_text, encoding="utf-8")
     run_dir = work / "headwise-run"
-    cmd = [sys.executable, "-m", "headwise.train", "--recipe", recipe, "--corpus", str(corpus),
-           "--out", str(run_dir), "--overwrite", "--quiet", *extra]
+    cmd = [sys.executable, "-m", "headwise", "train", "--recipe", recipe, "--corpus", str(corpus),
+           "--out", str(run_dir), "--overwrite", "--quiet", "--no-report", *extra]
     return Job("headwise", cmd, work, env, work / "headwise.log")
 
 

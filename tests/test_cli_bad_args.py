@@ -179,7 +179,7 @@ args.out.write_text(json.dumps({"written_by": "fake"}))
 
 
 def test_bench_without_out_writes_a_new_file_never_over_the_committed_one(tmp_path, monkeypatch, capsys):
-    from headwise import bench_command
+    from headwise.app import bench_command
 
     bench = tmp_path / "bench"
     (bench / "results").mkdir(parents=True)
@@ -223,7 +223,7 @@ def test_end_to_end_no_traceback(argv, needle, tmp_path):
     (FileNotFoundError("--thing 'x': no such file"), "--thing 'x': no such file"),
 ])
 def test_expected_errors_are_one_line_with_status_2(monkeypatch, capsys, error, shown):
-    import headwise.hardware.command as plan
+    import headwise.app.plan_command as plan
 
     def fail(args):
         raise error
@@ -235,7 +235,7 @@ def test_expected_errors_are_one_line_with_status_2(monkeypatch, capsys, error, 
 
 
 def test_a_diverged_run_is_reported_not_a_traceback(monkeypatch, capsys):
-    import headwise.hardware.command as plan
+    import headwise.app.plan_command as plan
     from headwise.train.loop import NonFiniteError
 
     def fail(args):
@@ -248,7 +248,7 @@ def test_a_diverged_run_is_reported_not_a_traceback(monkeypatch, capsys):
 
 @pytest.mark.parametrize("bug", [KeyError("k"), RuntimeError("an internal error"), IndexError("i")])
 def test_a_bug_keeps_its_traceback(monkeypatch, bug):
-    import headwise.hardware.command as plan
+    import headwise.app.plan_command as plan
 
     def fail(args):
         raise bug

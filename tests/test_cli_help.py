@@ -77,7 +77,7 @@ def test_attention_bench_help_shows_defaults(capsys):
     import runpy
     import sys
 
-    from headwise.bench_command import BENCH_DIR
+    from headwise.app.bench_command import BENCH_DIR
 
     old = sys.argv
     sys.argv = [str(BENCH_DIR / "attention.py"), "--help"]

@@ -58,7 +58,7 @@ def test_unknown_characters():
 
 
 def test_generate_warns_about_prompt_characters_outside_the_vocabulary(tmp_path, monkeypatch, capsys):
-    import headwise.train.reader as reader
+    import headwise.app.train_command as reader
 
     tok = train_tokenizer(["hello world"] * 3, "char", 100)
 

@@ -1,22 +1,25 @@
-"""The ``headwise`` command. Each subcommand lives in the module that owns its
-work and exposes ``register(subparsers)``, which adds its parser and sets
-``func``; this file only lists them."""
+"""The ``headwise`` command. Each subcommand lives in a command module of
+:mod:`headwise.app` that exposes ``register(subparsers)``, which adds its parser and
+sets ``func``; this file only lists them, parses and reports refusals."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from .cli_types import HelpFormatter
+import torch
 
-# module paths, each with register(subparsers)
+from .app import bench_command, inspect_command, main_job, plan_command, train_command
+from .app.cli_types import HelpFormatter
+from .train.loop import NonFiniteError
+
+#: the command modules, each with register(subparsers), in the order they register
 COMMANDS = [
-    "headwise.train.command",
-    "headwise.app.main_job",  # after train.command: makes `train` tell the whole story (adds --no-report, --conllu)
-    "headwise.bench_command",
-    "headwise.hardware.command",
-    "headwise.inspect.command",
+    train_command,
+    main_job,  # after train_command: makes `train` tell the whole story (adds --no-report, --conllu)
+    bench_command,
+    plan_command,
+    inspect_command,
 ]
 
 
@@ -27,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for path in COMMANDS:
-        importlib.import_module(path).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     for p in _parsers(parser):
         p.formatter_class = HelpFormatter  # every flag's help shows its default
     return parser
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_parsed(args: argparse.Namespace, prog: str) -> int:
     """Run the parsed command ``args.func(args)``; an expected error (bad input, an
     unusable environment, a diverged run) becomes one line ``PROG: error: ...`` and
-    status 2. Shared by ``python -m headwise.train``."""
+    status 2."""
     try:
         return int(args.func(args) or 0)
     except EXPECTED_ERRORS as e:
@@ -77,13 +80,7 @@ def run_parsed(args: argparse.Namespace, prog: str) -> int:
 def _expected_runtime_error(e: RuntimeError) -> bool:
     """A RuntimeError that reports the run or the machine, not a bug: a training loss
     that became non-finite, or a GPU out of memory."""
-    import torch
-
-    kinds: list[type] = [torch.cuda.OutOfMemoryError]
-    loop = sys.modules.get("headwise.train.loop")  # imported only if a run started
-    if loop is not None:
-        kinds.append(loop.NonFiniteError)
-    return isinstance(e, tuple(kinds))
+    return isinstance(e, (torch.cuda.OutOfMemoryError, NonFiniteError))
 
 
 def _describe(e: BaseException) -> str:

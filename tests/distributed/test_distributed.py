@@ -6,7 +6,7 @@ Each multi-process test starts real processes (torchrun, or ``headwise train
 * head-parallel layers and models: forward, backward, gathered gradients (1e-5);
 * (dp, tp) meshes (1, 2) and (2, 1) train like one process on the whole batch;
 * 2-rank DDP with per-rank batch b ends with the weights of one process with batch 2b;
-* head-parallel training through the trainer (torchrun -m headwise.train --tp 2) too;
+* head-parallel training through the trainer (torchrun -m headwise train --tp 2) too;
 * a rank SIGKILLed mid-run leaves the last checkpoint intact; the run resumes from
   it on 1 rank and ends where the uninterrupted single-process run ends.
 """
@@ -134,7 +134,7 @@ def test_degree_must_divide_the_heads():
 
 
 def test_global_batch_must_split_evenly_before_any_process_starts(tmp_path):
-    from headwise.distributed.trainer import launch
+    from headwise.app.launch import launch
 
     with pytest.raises(ValueError, match=r"--batch-size 6 .* divisible by the number of data-parallel replicas, 4"):
         launch(_cfg("x.txt", tmp_path / "r", batch_size=6), 4)
@@ -161,11 +161,11 @@ def test_two_rank_ddp_matches_one_process_with_twice_the_batch(world):
 
 
 def test_head_parallel_training_through_torchrun_matches_one_process(world):
-    """torchrun -m headwise.train --tp 2: heads split over 2 ranks; the checkpoint is in
+    """torchrun -m headwise train --tp 2: heads split over 2 ranks; the checkpoint is in
     the single-process format, optimizer state included."""
     out = world["root"] / "tp"
     cfg = _cfg(world["corpus"], out)
-    r = _torchrun(2, "-m", "headwise.train", "--tp", "2", *_cli_args(cfg), env=world["env"])
+    r = _torchrun(2, "-m", "headwise", "train", "--tp", "2", *_cli_args(cfg), env=world["env"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     _assert_same_weights(_weights(out), _weights(world["reference"]))
     a = torch.load(latest_checkpoint(out) / "trainer.pt", weights_only=False)["optimizer"]["state"]

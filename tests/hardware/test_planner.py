@@ -2,13 +2,12 @@
 K-slice example, the attention GEMM list, recommendations and the CLI."""
 
 import json
-import sys
 from dataclasses import dataclass
 
 import pytest
 
+from headwise.app import plan_command as C
 from headwise.cli import main
-from headwise.hardware import command as C
 from headwise.hardware import profiles as P
 from headwise.hardware.planner import (
     AttentionConfig,
@@ -202,16 +201,7 @@ def test_bad_inputs():
 
 
 # ------------------------------------------------------------------ CLI
-@pytest.fixture
-def no_models(monkeypatch):
-    """Pretend headwise.models is absent, so the built-in preset table is used (patched
-    at the plan command's import helper: other commands may need the real module)."""
-    monkeypatch.setattr(C, "_models_get_preset", lambda: None)
-
-
-def test_preset_falls_back_without_headwise_models(monkeypatch):
-    monkeypatch.setitem(sys.modules, "headwise.models", None)  # import now raises
-    assert C._models_get_preset() is None
+def test_preset_shape_and_unknown_preset():
     cfg = C.resolve_preset("gpt2-small")
     assert (cfg.d_model, cfg.n_heads, cfg.n_layers) == (768, 12, 12)
     with pytest.raises(ValueError, match=r"preset must be one of .*gpt2-small.*'nope'"):
@@ -224,7 +214,7 @@ def test_preset_from_headwise_models_when_importable():
     assert (cfg.d_model, cfg.n_heads) == (768, 12)
 
 
-def test_cli_prints_table(capsys, no_models):
+def test_cli_prints_table(capsys):
     rc = main(["plan", "--preset", "gpt2-small", "--gpu", "h100", "--dtype", "bf16",
                "--seq", "2048", "--explain"])
     out = capsys.readouterr().out
@@ -255,7 +245,7 @@ def test_cli_uses_headwise_models_when_present(capsys, monkeypatch):
         n_kv_heads: int | None = 5
         n_layers: int = 3
 
-    monkeypatch.setattr(C, "_models_get_preset", lambda: (lambda name: Cfg()))
+    monkeypatch.setattr(C, "get_preset", lambda name: Cfg())
     assert main(["plan", "--preset", "anything", "--json", "--top", "0"]) == 0
     cfg = json.loads(capsys.readouterr().out)["plan"]["config"]
     assert cfg == {"d_model": 640, "n_heads": 10, "head_dim": 64, "n_kv_heads": 5, "n_layers": 3}
@@ -282,7 +272,7 @@ def test_cli_cpu_uses_injected_measurement(capsys, monkeypatch, tmp_path):
         (["--gpu", "h100"], "--preset"),
     ],
 )
-def test_cli_bad_input(capsys, no_models, argv, needle):
+def test_cli_bad_input(capsys, argv, needle):
     assert main(["plan", *argv]) == 2
     err = capsys.readouterr().err
     assert needle in err and "error" in err

@@ -4,9 +4,9 @@ import argparse
 
 import pytest
 
+from headwise.app.train_command import config_from_args, register
 from headwise.models import get_preset
 from headwise.train import TrainConfig
-from headwise.train.command import config_from_args, register
 from headwise.train.recipes import RECIPES, apply_recipe
 
 

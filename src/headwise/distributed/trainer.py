@@ -1,5 +1,6 @@
-"""The distributed training run: :class:`DistributedTrainer` (a :class:`Trainer` on
-every rank) and :func:`launch` (``headwise train --nproc N``).
+"""The distributed training run: :class:`DistributedTrainer`, a :class:`Trainer` on
+every rank (started by torchrun, or by ``headwise train --nproc N`` through
+:mod:`headwise.app.launch`).
 
 What makes N ranks train like one process with the same global batch:
 
@@ -24,8 +25,6 @@ What makes N ranks train like one process with the same global batch:
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,8 @@ from .ddp import (
     broadcast_module,
     device_for,
     env_from_os,
-    free_port,
     init_distributed,
+    init_mesh,
     wrap_ddp,
 )
 from .head_parallel import (
@@ -61,7 +60,7 @@ from .head_parallel import (
     parallelize_heads,
 )
 
-__all__ = ["DistributedTrainer", "GlobalBatchMasker", "launch", "run_distributed", "rank_seed"]
+__all__ = ["DistributedTrainer", "GlobalBatchMasker", "rank_seed"]
 
 # the metric that counts a micro-batch's scored tokens, per objective: the loss is a
 # mean over them, so ranks are weighted by it (RTD's two losses have two counts: none)
@@ -116,8 +115,8 @@ class GlobalBatchMasker(nn.Module):
 class DistributedTrainer(Trainer):
     """A :class:`Trainer` for one rank of a data-parallel x head-parallel run.
 
-    Start one per process (torchrun, or :func:`launch`); the default process group is
-    joined here if it is not yet. ``tp`` ranks split each attention layer's heads; the
+    Start one per process (torchrun, or :func:`headwise.app.launch.launch`); the default
+    process group is joined here if it is not yet. ``tp`` ranks split each attention layer's heads; the
     ``world_size / tp`` replicas split each global batch. Arguments as for
     :class:`Trainer`, plus ``env`` (default: from torchrun's environment variables) and
     ``tp``. Raises ValueError when ``cfg.batch_size`` is not divisible by the number of
@@ -133,8 +132,6 @@ class DistributedTrainer(Trainer):
         init_distributed(self.env, device)
         self._device = device
         if self.env.tp > 1 or self.env.dp > 1:
-            from .ddp import init_mesh
-
             self.mesh = init_mesh(self.env.dp, self.env.tp, device.type)
             self.dp_group, self.tp_group = self.mesh["dp"].get_group(), self.mesh["tp"].get_group()
         else:
@@ -325,61 +322,3 @@ class DistributedTrainer(Trainer):
             path = super().save()
         barrier(self.device)
         return path
-
-
-# ---------------------------------------------------------------------- entry points
-def run_distributed(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                    tp: int = 1, changes: dict[str, Any] | None = None) -> DistributedTrainer:
-    """Train this rank's part of ``cfg`` to the end (inside torchrun or :func:`launch`),
-    print the result on rank 0, leave the process group. Returns the trainer."""
-    trainer = DistributedTrainer(cfg, resume=resume, overwrite=overwrite, progress=progress, tp=tp,
-                                 changes=changes)
-    try:
-        val = trainer.run()
-        if trainer.is_main:
-            import json
-
-            print(f"run {trainer.run_dir}: step {trainer.step}; {trainer.env.world_size} processes "
-                  f"(dp {trainer.env.dp} x tp {trainer.env.tp}); validation "
-                  + json.dumps({k: round(v, 4) for k, v in val.items()}), flush=True)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return trainer
-
-
-def _worker(local_rank: int, nproc: int, port: int, cfg: TrainConfig, flags: dict[str, Any]) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(local_rank),
-                       "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)})
-    threads = flags.pop("threads", None)
-    if threads:
-        torch.set_num_threads(threads)
-    run_distributed(cfg, **flags)
-
-
-def launch(cfg: TrainConfig, nproc: int, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-           tp: int = 1, changes: dict[str, Any] | None = None) -> int:
-    """Run ``cfg`` on ``nproc`` local processes (``headwise train --nproc N``) and wait.
-
-    Returns 0 on success, 1 when a process failed or was killed (the others are then
-    stopped; the run directory keeps its last complete checkpoint)."""
-    import torch.multiprocessing as mp
-
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"--nproc must be a positive int, got {nproc!r}")
-    DistEnv(0, nproc, 0, tp)  # validates tp against nproc before any process starts
-    if cfg.batch_size % (nproc // tp):
-        raise ValueError(
-            f"--batch-size {cfg.batch_size} (the global batch) must be divisible by the number of data-parallel "
-            f"replicas, {nproc // tp} (= --nproc {nproc} / --tp {tp})"
-        )
-    # N processes on this machine's cores: split the cores rather than oversubscribe them
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    flags = {"resume": resume, "overwrite": overwrite, "progress": progress, "tp": tp, "threads": threads,
-             "changes": changes}
-    try:
-        mp.spawn(_worker, args=(nproc, free_port(), cfg, flags), nprocs=nproc, join=True)
-    except mp.ProcessException as e:
-        print(f"headwise train: {e}", file=sys.stderr)
-        return 1
-    return 0

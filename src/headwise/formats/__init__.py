@@ -11,7 +11,7 @@ The int8 attention kernel (int8 ``Q K^T``) is the ``"int8"`` attention backend
 (:mod:`headwise.kernels.int8_attention`); ``quantize(..., attention="int8")`` selects it.
 """
 
-from .compare import compare_formats, default_layers, evaluate_run_format
+from .compare import compare_formats, default_layers
 from .convert import FORMATS, bf16_math_support, load_quantized, model_format, quantize, save_quantized
 from .int8 import Int8Linear, Int8MultiHeadAttention, quantize_per_channel, quantize_per_token
 
@@ -24,7 +24,6 @@ __all__ = [
     "load_quantized",
     "compare_formats",
     "default_layers",
-    "evaluate_run_format",
     "Int8Linear",
     "Int8MultiHeadAttention",
     "quantize_per_channel",

@@ -11,6 +11,10 @@ from typing import Any
 __all__ = ["TrainConfig", "DEFAULT_CORPUS"]
 
 OBJECTIVES = ("mlm", "rtd", "clm")
+#: the learning-rate decays after warm-up (headwise.train.schedule)
+DECAYS = ("cosine", "linear", "constant")
+#: what replaces RTD's selected tokens: the generator model, or uniformly random tokens
+RTD_GENERATORS = ("model", "uniform")
 # the built-in corpora, present on every machine (the running Python's standard library)
 DEFAULT_CORPUS = {"mlm": "stdlib-docs", "rtd": "stdlib-docs", "clm": "stdlib-code"}
 
@@ -85,9 +89,9 @@ class TrainConfig:
                 raise ValueError(f"recipe must be one of {sorted(RECIPES)} or None, got {self.recipe!r}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive minutes, got {self.max_time}")
-        if self.decay not in ("cosine", "linear", "constant"):
+        if self.decay not in DECAYS:
             raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
-        if self.rtd_generator not in ("model", "uniform"):
+        if self.rtd_generator not in RTD_GENERATORS:
             raise ValueError(f"rtd_generator must be 'model' or 'uniform', got {self.rtd_generator!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")

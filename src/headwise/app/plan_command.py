@@ -11,10 +11,9 @@ Examples::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
-from ..cli_types import nonneg_float, nonneg_int, positive_int
-from .planner import (
+from ..checks import check_int
+from ..hardware.planner import (
     AttentionConfig,
     GemmPlan,
     LayerPlan,
@@ -23,52 +22,18 @@ from .planner import (
     recommend,
     textbook_examples,
 )
-from .profiles import DTYPE_BYTES, PROFILE_NAMES, HardwareProfile, get_profile
+from ..hardware.profiles import DTYPE_BYTES, PROFILE_NAMES, HardwareProfile, get_profile
+from ..models import PRESETS, get_preset
+from .cli_types import nonneg_float, nonneg_int, positive_int
 
-__all__ = ["register", "run", "resolve_preset", "FALLBACK_PRESETS"]
-
-
-@dataclass(frozen=True)
-class _Shape:
-    d_model: int
-    n_heads: int
-    head_dim: int | None
-    n_kv_heads: int | None
-    n_layers: int
-
-
-# Used only while headwise.models (the owner of presets) is not importable.
-FALLBACK_PRESETS: dict[str, _Shape] = {
-    "gpt2-small": _Shape(768, 12, None, None, 12),
-    "bert-base": _Shape(768, 12, None, None, 12),
-    "electra-small": _Shape(256, 4, None, None, 12),
-    "tiny": _Shape(128, 4, None, None, 4),
-}
-
-
-def _models_get_preset():
-    """``headwise.models.get_preset``, or None while that module is not importable.
-    Imported lazily so ``plan`` works without the models package."""
-    try:
-        from headwise.models import get_preset
-    except ImportError:
-        return None
-    return get_preset
+__all__ = ["register", "run", "resolve_preset"]
 
 
 def resolve_preset(name: str):
-    """The model shape for preset ``name``: from ``headwise.models.get_preset`` when that
-    module exists, else from :data:`FALLBACK_PRESETS`. Returns an object with
-    ``d_model, n_heads, head_dim, n_kv_heads, n_layers`` (``None`` = default)."""
-    get_preset = _models_get_preset()
-    if get_preset is not None:
-        try:
-            return get_preset(name)
-        except KeyError as e:  # normalise to the CLI's error type
-            raise ValueError(f"unknown preset {name!r}: {e}") from None
-    if name not in FALLBACK_PRESETS:
-        raise ValueError(f"preset must be one of {sorted(FALLBACK_PRESETS)}, got {name!r}")
-    return FALLBACK_PRESETS[name]
+    """The model shape of preset ``name`` (:func:`headwise.models.get_preset`): an object
+    with ``d_model, n_heads, head_dim, n_kv_heads, n_layers`` (``None`` = default).
+    Raises ValueError naming the presets for an unknown one."""
+    return get_preset(name)
 
 
 def register(sub) -> None:
@@ -81,7 +46,7 @@ def register(sub) -> None:
             "(or the measured local CPU), then suggest head layouts that waste less."
         ),
     )
-    p.add_argument("--preset", help="model preset, e.g. gpt2-small, bert-base, electra-small "
+    p.add_argument("--preset", help=f"model preset: {', '.join(PRESETS)} "
                                     "(default: none, give --d-model and --n-heads)")
     p.add_argument("--d-model", type=positive_int, help="model width (default: the preset's)")
     p.add_argument("--n-heads", type=positive_int, help="query heads H (default: the preset's)")
@@ -152,8 +117,7 @@ def run(args) -> int:
         if str(args.gpu).lower() == "cpu" else _flag("--gpu", args.gpu, get_profile, args.gpu)
     dtype = args.dtype if args.dtype is not None else ("fp32" if prof.is_cpu else "bf16")
     dtype = _flag("--dtype", dtype, prof.check_dtype, dtype)
-    if args.top < 0:
-        raise ValueError(f"--top must be >= 0, got {args.top}")
+    check_int("--top", args.top, minimum=0)
     plan, recs = recommend(
         cfg, args.batch, args.seq, prof, dtype, tolerance=args.tolerance, top=args.top
     )

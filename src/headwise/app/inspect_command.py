@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cli_types import nonneg_int, positive_int
+from ..checks import check_int
+from ..devices import resolve_device
+from ..inspect import read_conllu
+from ..inspect.conllu import Sentence
+from ..inspect.report import REPORT_FILES, summary_table, write_report
+from ..inspect.timeline import read_head_record, timeline_summary
+from ..inspect.words import align_text, align_words
+from ..models import Decoder, EncoderForMLM
+from ..models.hf import from_pretrained, load_minilm
+from ..objectives import CausalLM, MaskedLM
 from ..protocols import Tokenizer
+from ..train.reader import load_run
+from .cli_types import nonneg_int, positive_int
+from .inspection import inspect_model
 
 __all__ = ["LoadedModel", "load_model", "read_text", "run_inspect", "register"]
 
@@ -68,16 +79,7 @@ class LoadedModel:
     device: torch.device = torch.device("cpu")
 
 
-def _pick_device(device: str) -> torch.device:
-    from ..devices import resolve_device
-
-    return resolve_device(device, what="--device")
-
-
 def _hf_objective(model: nn.Module, tok: Any) -> tuple[nn.Module | None, str | None, int | None]:
-    from ..models import Decoder, EncoderForMLM
-    from ..objectives import CausalLM, MaskedLM
-
     protocol = isinstance(tok, Tokenizer)  # load_tokenizer's HFTokenizer (not a raw tokenizers one)
     pad = tok.pad_id if protocol else None
     if isinstance(model, EncoderForMLM):
@@ -96,11 +98,9 @@ def load_model(spec: str, device: str = "auto") -> LoadedModel:
     """Load ``spec``: a headwise run directory (has ``run.json``), a Hugging Face model
     folder (has ``config.json``), or ``minilm``. Raises FileNotFoundError for a path
     that does not exist and ValueError for anything else it cannot use."""
-    dev = _pick_device(device)
+    dev = resolve_device(device, what="--device")
     accepted = "a headwise run directory (with run.json), a Hugging Face model folder (with config.json) or 'minilm'"
     if spec in PACKAGED:
-        from ..models.hf import load_minilm
-
         try:
             model, tok = load_minilm()
         except ModuleNotFoundError as e:
@@ -112,8 +112,6 @@ def load_model(spec: str, device: str = "auto") -> LoadedModel:
     if not path.is_dir():
         raise ValueError(f"MODEL {spec!r} is a file; MODEL must be {accepted}")
     if (path / "run.json").is_file():
-        from ..train.reader import load_run
-
         run = load_run(path, device=str(dev))
         obj = run.objective
         kind = run.cfg.objective
@@ -126,8 +124,6 @@ def load_model(spec: str, device: str = "auto") -> LoadedModel:
         return LoadedModel(model, tok, f"headwise run {path} ({kind}, {ckpt})", obj, metric, part,
                            getattr(tok, "pad_id", None), run.device)
     if (path / "config.json").is_file():
-        from ..models.hf import from_pretrained
-
         loaded = from_pretrained(path)
         model, tok = loaded.model, loaded.tokenizer
         if tok is None:
@@ -152,9 +148,6 @@ def read_text(path: str | Path) -> list[str]:
 
 def _importance_batches(items: list[Any], loaded: LoadedModel, n: int, batch_size: int = 16) -> list[Any]:
     """``[(seed, ids (B, T))]`` from the first ``n`` sentences, length-sorted, right-padded."""
-    from .conllu import Sentence
-    from .words import align_text, align_words
-
     tok = loaded.tokenizer
     max_len = getattr(getattr(loaded.model, "cfg", None), "max_len", None)
     seqs = []
@@ -200,8 +193,6 @@ def _objective_fns(loaded: LoadedModel) -> tuple[Any, Any]:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    from .report import REPORT_FILES
-
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -229,16 +220,11 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """The ``headwise inspect`` command (see the module docstring)."""
-    from ..app.inspection import inspect_model  # this module moves to app/ (issue 13)
-    from . import read_conllu
-    from .report import summary_table, write_report
-
     out = Path(args.out)
-    _pick_device(args.device)  # refuse a bad --device before reading or writing anything
-    if args.max_sentences is not None and args.max_sentences < 1:
-        raise ValueError(f"--max-sentences must be a positive int, got {args.max_sentences}")
-    if args.examples < 0:
-        raise ValueError(f"--examples must be >= 0, got {args.examples}")
+    resolve_device(args.device, what="--device")  # refuse a bad --device before reading or writing anything
+    if args.max_sentences is not None:
+        check_int("--max-sentences", args.max_sentences)
+    check_int("--examples", args.examples, minimum=0)
     if args.conllu is not None:
         if not Path(args.conllu).is_file():
             raise FileNotFoundError(f"--conllu {args.conllu!r}: no such file")
@@ -260,8 +246,6 @@ def run_inspect(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - t0
     timeline = None
     if (Path(args.model) / "run.json").is_file():  # a run: its heads over training, if recorded
-        from .timeline import read_head_record
-
         timeline = read_head_record(args.model) or None
     kw: dict[str, Any] = {}
     if args.importance:
@@ -287,8 +271,6 @@ def run_inspect(args: argparse.Namespace) -> int:
     report_s = time.perf_counter() - t0
     print(summary_table(result))
     if timeline:
-        from .timeline import timeline_summary
-
         print("\n" + timeline_summary(timeline))
     if result.importance is not None:
         flat = result.importance.flatten()
@@ -327,9 +309,3 @@ def register(sub: Any) -> None:
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="replace the report files in a non-empty --out")
     p.set_defaults(func=run_inspect)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main(["inspect", *sys.argv[1:]]))

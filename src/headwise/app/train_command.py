@@ -1,4 +1,10 @@
-"""``headwise train | check | generate | eval``: the training run and what reads it."""
+"""``headwise train | check | generate | eval``: the training run and what reads it.
+
+``headwise train`` runs in this process (:class:`headwise.train.Trainer`), on N local
+processes (``--nproc``/``--tp``: :func:`headwise.app.launch.launch`), or as one rank
+inside torchrun (:func:`headwise.app.launch.run_distributed`); ``eval --format``
+evaluates the run in another number format (:mod:`headwise.app.format_eval`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,26 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int, run_directory
-from .config import TrainConfig
-from .recipes import RECIPES, apply_recipe
+import torch
+
+from ..data.tokenizer import KINDS as TOKENIZER_KINDS
+from ..data.tokenizer import min_vocab_size
+from ..devices import resolve_device
+from ..distributed.ddp import in_distributed_env
+from ..formats import FORMATS
+from ..hardware.precision import PRECISIONS
+from ..models import PRESETS
+from ..train.build import default_tokenizer_kind, model_config_for
+from ..train.checkpoint import checkpoint_report
+from ..train.config import DECAYS, OBJECTIVES, RTD_GENERATORS, TrainConfig
+from ..train.loop import Trainer
+from ..train.optim import OPTIMIZERS
+from ..train.reader import evaluate_run, load_run
+from ..train.recipes import RECIPES, apply_recipe
+from ..train.sanity import run_checks
+from .cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int, run_directory
+from .format_eval import evaluate_run_format
+from .launch import launch, run_distributed
 
 #: (flag, argparse type, help) of the numeric TrainConfig settings
 _NUMBERS = (
@@ -35,13 +58,13 @@ def register(sub) -> None:
     t = sub.add_parser("train", help="train a model from scratch (mlm, rtd or clm)",
                        description="Train a model from random weights; see README for the run directory.")
     d = TrainConfig()
-    t.add_argument("--objective", choices=["mlm", "rtd", "clm"], default="mlm",
+    t.add_argument("--objective", choices=OBJECTIVES, default=d.objective,
                    help="fill in the blank (mlm), replaced-token detection (rtd, ELECTRA) or next token (clm)")
     t.add_argument("--corpus", default=None,
                    help="a file or folder (.txt .md .jsonl), stdlib-docs, stdlib-code or hf:NAME[:CONFIG] "
                         "(default: stdlib-docs for mlm/rtd, stdlib-code for clm)")
     t.add_argument("--preset", default=d.preset,
-                   help="tiny, shakespeare-char, electra-small, bert-base, gpt2-small")
+                   help=", ".join(PRESETS))
     t.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="set objective, preset, tokenizer, batch, optimizer and schedule at once; flags given "
                         "explicitly win (headwise.train.recipes; shakespeare-char: docs/training.md)")
@@ -58,25 +81,25 @@ def register(sub) -> None:
         default = getattr(d, field)
         t.add_argument(f"--{name}", type=typ, default=default, dest=field,
                        help=text + (" (default: the preset's)" if default is None else ""))
-    t.add_argument("--optimizer", choices=["adamw", "muon"], default=d.optimizer,
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                    help="adamw, or muon: Muon on the blocks' weight matrices (at --muon-lr), AdamW on the rest")
     t.add_argument("--muon-lr", type=positive_float, default=d.muon_lr, dest="muon_lr",
                    help="Muon's peak learning rate (with --optimizer muon)")
-    t.add_argument("--decay", choices=["cosine", "linear", "constant"], default=d.decay,
+    t.add_argument("--decay", choices=DECAYS, default=d.decay,
                    help="learning-rate decay after warm-up")
     t.add_argument("--tokenizer", default=None,
                    help="a tokenizer.json to use instead of training one (default: train one on the corpus)")
-    t.add_argument("--tokenizer-kind", choices=["wordpiece", "bpe", "char"], default=None,
+    t.add_argument("--tokenizer-kind", choices=TOKENIZER_KINDS, default=None,
                    help="kind of tokenizer to train (default: wordpiece for mlm/rtd, bpe for clm; "
                         "not with --tokenizer)")
     t.add_argument("--whole-word-masking", action="store_true", help="mask whole words, not single tokens")
-    t.add_argument("--rtd-generator", choices=["model", "uniform"], default=d.rtd_generator,
+    t.add_argument("--rtd-generator", choices=RTD_GENERATORS, default=d.rtd_generator,
                    help="'uniform': generator-free random replacement (ablation)")
     t.add_argument("--model", type=_overrides, default={},
                    help="override preset fields, e.g. d_model=64,n_layers=2,positions=rope")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--device", default="auto", help="auto (a GPU if there is one, else the CPU), cpu, cuda or cuda:N")
-    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+    t.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: autocast forwards with fp32 master weights and optimizer state; auto "
                         "(the default) picks bf16 where the device has native bf16 (CUDA sm80+, a CPU "
                         "with AVX512-BF16 or AMX), else fp32. bf16 elsewhere runs emulated (slow) "
@@ -86,7 +109,7 @@ def register(sub) -> None:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--nproc", type=positive_int, default=1,
                    help="train on N local processes (data parallel; gloo on CPU, NCCL on GPUs); "
-                        "--batch-size stays the global batch. For several machines use torchrun -m headwise.train")
+                        "--batch-size stays the global batch. For several machines use torchrun -m headwise train")
     t.add_argument("--tp", type=positive_int, default=1,
                    help="head-parallel degree: split each attention layer's heads over this many of the processes")
     t.set_defaults(func=run_train)
@@ -112,7 +135,7 @@ def register(sub) -> None:
     e.add_argument("run", type=run_directory, metavar="RUN", help="a run directory (with run.json and a checkpoint)")
     e.add_argument("--corpus", default=None, help="evaluate on this corpus instead of the run's validation split")
     e.add_argument("--batches", type=positive_int, default=50, help="evaluate on at most N batches")
-    e.add_argument("--format", choices=["fp32", "bf16", "int8"], default="fp32",
+    e.add_argument("--format", choices=FORMATS, default="fp32",
                    help="also run the model in this number format and compare it with fp32: every block's "
                         "output (cosine, relative L1) and the metrics (see docs/formats.md)")
     _device_flag(e)
@@ -172,25 +195,17 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 def run_train(args: argparse.Namespace, *, story=None) -> int:
     """Train as ``args`` say. ``story(trainer) -> exit status``, when given, takes over
     the single-process Trainer before it runs (headwise.app: train, inspect, summarise)."""
-    from .loop import Trainer
-
     cfg, given = config_from_args(args)
     check_before_start(cfg, resume=args.resume, given=given)
     nproc, tp = getattr(args, "nproc", 1), getattr(args, "tp", 1)
     changes = given if args.resume else None
-    from ..distributed.ddp import in_distributed_env
-
     if in_distributed_env():  # started by torchrun: this process is one rank
         if nproc != 1:
             raise ValueError(f"--nproc {nproc} inside torchrun: torchrun already started the processes; drop --nproc")
-        from ..distributed.trainer import run_distributed
-
         run_distributed(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, tp=tp,
                         changes=changes)
         return 0
     if nproc != 1 or tp != 1:
-        from ..distributed.trainer import launch
-
         return launch(cfg, nproc, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, tp=tp,
                       changes=changes)
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, changes=changes)
@@ -208,10 +223,6 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
     with --tokenizer: ``given`` holds the settings given explicitly), the model fields (--model,
     --dropout, --block-len).
     Raises ValueError or FileExistsError naming the flag."""
-    from ..data.tokenizer import min_vocab_size
-    from ..devices import resolve_device
-    from .build import default_tokenizer_kind, model_config_for
-
     resolve_device(cfg.device, what="--device")
     given = given or {}
     builtin = cfg.corpus in ("stdlib-docs", "stdlib-code") or str(cfg.corpus).startswith("hf:")
@@ -249,8 +260,6 @@ def _device_flag(parser: argparse.ArgumentParser) -> None:
 def _run_device(args: argparse.Namespace) -> str:
     """The device for reading ``args.run``: ``--device`` if given, else the run's own
     setting; either is checked here, so an unusable one is named with its source."""
-    from ..devices import resolve_device
-
     if getattr(args, "device", None) is not None:
         return str(resolve_device(args.device, what="--device"))
     saved = TrainConfig.from_json(Path(args.run) / "run.json").device
@@ -261,10 +270,6 @@ def _run_device(args: argparse.Namespace) -> str:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from .checkpoint import checkpoint_report
-    from .reader import load_run
-    from .sanity import run_checks
-
     run = load_run(args.run, fresh_weights=True, device=_run_device(args))
     lines, intact = [], True
     report = checkpoint_report(args.run)
@@ -282,10 +287,6 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from .reader import load_run
-
     run = load_run(args.run, device=_run_device(args))
     if run.cfg.objective != "clm":
         raise ValueError(f"generate needs a decoder (a clm run); {args.run} is a {run.cfg.objective} run")
@@ -304,12 +305,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .reader import evaluate_run, load_run
-
     run = load_run(args.run, device=_run_device(args))
     if getattr(args, "format", "fp32") != "fp32":
-        from ..formats import evaluate_run_format
-
         report = evaluate_run_format(run, args.format, corpus=args.corpus, max_batches=args.batches)
         print(json.dumps(report, indent=2))
         return 0

@@ -1,0 +1,113 @@
+"""``headwise bench NAME``: run the benchmark script ``NAME.py`` from a bench folder.
+
+The scripts are not part of the installed package: they live in the repository's
+``bench/`` folder. ``headwise bench`` looks for ``NAME.py`` in ``--bench-dir`` when it
+is given; otherwise in ``./bench`` under the current folder (a checkout you are in),
+then in the ``bench/`` folder of the source checkout this package runs from (an
+editable install, ``make bench``). A missing script is refused with the folders it
+looked in and the benchmarks they hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+import time
+from pathlib import Path
+
+#: the bench/ folder of the source checkout this package runs from (absent in a wheel)
+BENCH_DIR = Path(__file__).resolve().parents[3] / "bench"
+#: where ``headwise bench NAME`` writes without ``--out`` (relative to the current folder);
+#: the committed results in bench/results/ are only written when --out names them
+DEFAULT_OUT_DIR = Path("runs") / "bench"
+
+
+def bench_dirs(bench_dir: str | Path | None = None) -> list[Path]:
+    """The folders searched for benchmark scripts, in order: ``bench_dir`` alone when
+    given, else ``./bench`` and then :data:`BENCH_DIR` (once if they are the same)."""
+    if bench_dir is not None:
+        return [Path(bench_dir)]
+    dirs = [Path("bench"), BENCH_DIR]
+    if dirs[0].resolve() == BENCH_DIR.resolve():
+        return [BENCH_DIR]
+    return dirs
+
+
+def _available(dirs: list[Path]) -> list[str]:
+    names = {p.stem for d in dirs if d.is_dir() for p in d.glob("*.py") if not p.stem.startswith("_")}
+    return sorted(names)
+
+
+def find_script(name: str, bench_dir: str | Path | None = None) -> Path:
+    """``NAME.py`` in the first of :func:`bench_dirs` that holds it; FileNotFoundError
+    naming the folders looked in (and whether each exists) and the benchmarks found."""
+    dirs = bench_dirs(bench_dir)
+    for d in dirs:
+        script = d / f"{name}.py"
+        if script.is_file():
+            return script
+    looked = ", ".join(f"{d}" + ("" if d.is_dir() else " (missing)") for d in dirs)
+    found = _available(dirs)
+    hint = "" if found else "; the scripts come with a source checkout: give --bench-dir CHECKOUT/bench"
+    raise FileNotFoundError(
+        f"NAME {name!r}: no such benchmark; available: {found or 'none'} (looked in {looked}){hint}"
+    )
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark from bench/ (comparisons with the peer tools)",
+        description="Run bench/NAME.py; extra arguments go to the script (see NAME --help). The script is "
+                    "looked for in --bench-dir, else in ./bench, else in the bench/ folder of the source "
+                    "checkout headwise runs from.",
+    )
+    p.add_argument("--bench-dir", metavar="DIR", default=None,
+                   help="the folder holding NAME.py (default: ./bench, then the source checkout's bench/)")
+    p.add_argument("name", help="benchmark name, e.g. 'attention'")
+    p.add_argument("args", nargs=argparse.REMAINDER,
+                   help="arguments for the script; without --out the results go to a new file "
+                        f"under {DEFAULT_OUT_DIR}/ in the current folder, never over an existing one")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    script = find_script(args.name, getattr(args, "bench_dir", None))
+    argv = list(args.args)
+    if not _gives_out(argv) and not _asks_help(argv):
+        out = _fresh_out(args.name)
+        print(f"headwise bench {args.name}: writing the results to {out} (give --out to choose)",
+              file=sys.stderr)
+        argv += ["--out", str(out)]
+    old = sys.argv
+    sys.argv = [str(script), *argv]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:  # the script's argparse refused an argument (it printed why)
+        if e.code is None or isinstance(e.code, int):
+            return int(e.code or 0)
+        print(f"headwise bench {args.name}: error: {e.code}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = old
+    return 0
+
+
+def _gives_out(argv: list[str]) -> bool:
+    return any(a == "--out" or a.startswith("--out=") for a in argv)
+
+
+def _asks_help(argv: list[str]) -> bool:
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def _fresh_out(name: str) -> Path:
+    """``runs/bench/NAME-YYYYmmdd-HHMMSS.json``, with a suffix if that file exists."""
+    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = DEFAULT_OUT_DIR / f"{stem}.json"
+    k = 1
+    while out.exists():
+        out = DEFAULT_OUT_DIR / f"{stem}-{k}.json"
+        k += 1
+    return out
