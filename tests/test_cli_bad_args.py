@@ -198,6 +198,27 @@ def test_bench_without_out_writes_a_new_file_never_over_the_committed_one(tmp_pa
     assert committed.read_text() == '{"written_by": "fake"}'
 
 
+def test_bench_finds_scripts_in_bench_dir_or_the_current_folder(tmp_path, monkeypatch, capsys):
+    """Installed without a checkout: --bench-dir names the folder; else ./bench is used."""
+    from headwise.app import bench_command
+
+    monkeypatch.setattr(bench_command, "BENCH_DIR", tmp_path / "no-checkout" / "bench")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "fake.py").write_text(FAKE_BENCH)
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--bench-dir", str(mine), "fake", "--out", str(tmp_path / "a.json")]) == 0
+    assert (tmp_path / "a.json").is_file()
+    assert main(["bench", "fake"]) == 2  # no ./bench here, no checkout: where it looked is named
+    err = capsys.readouterr().err
+    assert "no such benchmark" in err and "bench (missing)" in err and "no-checkout" in err
+    assert "--bench-dir" in err
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "fake.py").write_text(FAKE_BENCH)
+    assert main(["bench", "fake", "--out", str(tmp_path / "b.json")]) == 0
+    assert (tmp_path / "b.json").is_file()
+
+
 def _run(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     return subprocess.run([sys.executable, "-m", "headwise.cli", *argv], capture_output=True, text=True,
