@@ -4,14 +4,20 @@ import pytest
 import torch
 
 from headwise.inspect import (
+    RawTokenizerPieces,
     align_text,
     align_words,
+    as_tokenizer,
     batch_pooling,
+    induction_bos_id,
     is_punctuation,
+    pad_id,
     pooling_matrices,
+    token_strings,
     word_level,
     word_units,
 )
+from headwise.models.hf import HFTokenizer
 
 # [CLS] un ##aff [SEP]-style: word 0 has two pieces, word 1 one.
 WIDS = [None, 0, 0, 1, None]
@@ -156,3 +162,30 @@ def test_align_words_falls_back_to_word_by_word(wordpiece):
     assert align_words(words, _NoWordIds(wordpiece)) == align_words(words, wordpiece)
     ids, wids = align_words(words, _NoWordIds(wordpiece), add_special_tokens=False)
     assert None not in wids and wids[-1] == 2
+
+
+def test_every_accepted_tokenizer_goes_behind_the_protocol(wordpiece):
+    """A headwise Tokenizer passes as it is; a raw tokenizers.Tokenizer reads the same
+    pieces but has no special ids of its own (padding 0, no induction start token)."""
+    assert as_tokenizer(wordpiece) is wordpiece
+    raw = as_tokenizer(wordpiece.backend)
+    assert isinstance(raw, RawTokenizerPieces) and as_tokenizer(raw) is raw
+    words = ["Unaffable", "dogs", "."]
+    assert align_words(words, wordpiece.backend) == align_words(words, wordpiece)
+    assert align_text("Unaffable dogs.", wordpiece.backend) == align_text("Unaffable dogs.", wordpiece)
+    assert (pad_id(wordpiece.backend), induction_bos_id(wordpiece.backend)) == (0, None)
+    assert (pad_id(wordpiece), induction_bos_id(wordpiece)) == (wordpiece.pad_id, wordpiece.cls_id)
+    ids, _ = align_words(words, wordpiece)
+    assert token_strings(wordpiece.backend, ids) == token_strings(wordpiece, ids)
+    assert token_strings(wordpiece, ids)[0] == "[CLS]"
+    with pytest.raises(TypeError, match="tokenizer must be"):
+        as_tokenizer(object())
+
+
+def test_a_transformers_tokenizer_is_wrapped_as_hf_tokenizer(minilm_tokenizer):
+    wrapped = as_tokenizer(minilm_tokenizer.hf)
+    assert isinstance(wrapped, HFTokenizer) and as_tokenizer(minilm_tokenizer) is minilm_tokenizer
+    words = ["Unaffable", "dogs", "."]
+    assert align_words(words, minilm_tokenizer.hf) == align_words(words, minilm_tokenizer)
+    assert induction_bos_id(minilm_tokenizer.hf) == minilm_tokenizer.cls_id
+    assert pad_id(minilm_tokenizer.hf) == minilm_tokenizer.pad_id

@@ -57,7 +57,7 @@ from ..inspect import (
     scored_relations,
 )
 from ..inspect.corpus import AlignedSentence, PaddedBatch, align_sentences, length_batches, pad_batch, read_sentences
-from ..inspect.tokens import induction_bos_id, pad_id, token_strings
+from ..inspect.tokens import as_tokenizer, induction_bos_id, pad_id, token_strings
 
 __all__ = ["InspectOptions", "InspectResult", "inspect_model"]
 
@@ -356,14 +356,17 @@ def inspect_model(
             the syntax probe), raw sentences (``str``) or pre-split word lists. Sentences
             are tokenised with :func:`~headwise.inspect.align_words` (raw strings with
             :func:`~headwise.inspect.align_text`).
-        tokenizer: a ``headwise.data.Tokenizer``, ``tokenizers.Tokenizer`` or Hugging
-            Face fast tokenizer; its special tokens (``[CLS]``/``[SEP]``) are added.
+        tokenizer: anything :func:`~headwise.inspect.as_tokenizer` puts behind the
+            Tokenizer protocol (a ``headwise.data.Tokenizer``, an ``HFTokenizer`` or a
+            transformers tokenizer, a raw ``tokenizers.Tokenizer``); its special tokens
+            (``[CLS]``/``[SEP]``) are added.
         options: an :class:`InspectOptions` (default: every default).
         **overrides: fields of :class:`InspectOptions` as keywords
             (``inspect_model(m, data, tok, batch_size=8, induction=False)``); they
             replace those of ``options``.
     """
     opts = InspectOptions.merged(options, overrides)
+    tokenizer = as_tokenizer(tokenizer)
     timings: dict[str, float] = {}
     with _timed(timings, "tokenize"):
         n_layers, n_heads = n_layers_heads(model)

@@ -43,7 +43,7 @@ from .measures import (
 )
 from .roles import DEFAULT_THRESHOLDS, PRIORITY, ROLES, HeadRoles, RoleThresholds, assign_roles, role_counts
 from .syntax import DIRECTIONS, SyntaxAccumulator, SyntaxProbe, probe_syntax, scored_relations
-from .tokens import induction_bos_id, pad_id, token_strings, tokenizer_kind
+from .tokens import RawTokenizerPieces, as_tokenizer, induction_bos_id, pad_id, token_strings
 from .words import (
     AlignedText,
     align_text,
@@ -65,7 +65,8 @@ __all__ = [
     "is_causal",
     "weights_capable",
     # tokenizers
-    "tokenizer_kind",
+    "as_tokenizer",
+    "RawTokenizerPieces",
     "pad_id",
     "induction_bos_id",
     "token_strings",

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .tokens import tokenizer_kind
+from .tokens import as_tokenizer
 
 __all__ = [
     "AlignedText",
@@ -72,52 +72,17 @@ def align_words(
     ``None`` for a special token the tokenizer added (``add_special_tokens``: BERT's
     ``[CLS] ... [SEP]``; none for GPT-2-style tokenizers).
 
-    Accepted tokenizers: a :class:`headwise.data.Tokenizer` or raw
-    ``tokenizers.Tokenizer`` (``encode(words, is_pretokenized=True)``), or a Hugging
-    Face fast tokenizer (``tokenizer(words, is_split_into_words=True).word_ids()``).
+    Accepted tokenizers: anything :func:`~headwise.inspect.tokens.as_tokenizer` puts
+    behind the Tokenizer protocol (its ``encode_words``): a :class:`headwise.data.Tokenizer`,
+    a :class:`headwise.models.hf.HFTokenizer` or a transformers tokenizer
+    (``is_split_into_words``; word by word where that is refused), a raw
+    ``tokenizers.Tokenizer`` (``is_pretokenized``).
     A word that yields no piece (rare: characters the vocabulary drops) simply has
     none; every piece still maps to exactly one word.
     """
     words = _check_words(words)
-    kind = tokenizer_kind(tokenizer)
-    if kind in ("headwise", "tokenizers"):
-        raw = tokenizer.backend if kind == "headwise" else tokenizer
-        if kind == "headwise":
-            # corpus words must never turn into control tokens (see headwise.data)
-            tokenizer._set_special_parsing(False)
-        enc = raw.encode(words, is_pretokenized=True, add_special_tokens=add_special_tokens)
-        ids, wids = list(enc.ids), list(enc.word_ids)
-        special = getattr(enc, "special_tokens_mask", None) or [0] * len(ids)
-        return ids, [None if s else w for w, s in zip(wids, special, strict=True)]
-    try:
-        enc = tokenizer(words, is_split_into_words=True, add_special_tokens=add_special_tokens)
-        wids = enc.word_ids()
-    except (ValueError, TypeError, AttributeError):
-        # Slow tokenizers have no word_ids(); byte-level BPE refuses pre-split words
-        # without add_prefix_space. Encode word by word instead (a space before every
-        # word but the first, as the words would be written).
-        return _align_word_by_word(words, tokenizer, add_special_tokens)
-    return list(enc["input_ids"]), list(wids)
-
-
-def _align_word_by_word(
-    words: list[str], tokenizer: Any, add_special_tokens: bool
-) -> tuple[list[int], list[int | None]]:
-    ids: list[int] = []
-    wids: list[int | None] = []
-    for i, w in enumerate(words):
-        piece_ids = tokenizer.encode(w if i == 0 else " " + w, add_special_tokens=False)
-        ids.extend(piece_ids)
-        wids.extend([i] * len(piece_ids))
-    if add_special_tokens and hasattr(tokenizer, "build_inputs_with_special_tokens"):
-        full = tokenizer.build_inputs_with_special_tokens(ids)
-        # the specials wrap the sequence: find where ours sits inside
-        for start in range(len(full) - len(ids) + 1):
-            if full[start : start + len(ids)] == ids:
-                wids = [None] * start + wids + [None] * (len(full) - start - len(ids))
-                ids = full
-                break
-    return ids, wids
+    pieces = as_tokenizer(tokenizer).encode_words(words, add_special_tokens=add_special_tokens)
+    return list(pieces.ids), list(pieces.word_ids)
 
 
 def align_text(text: str, tokenizer: Any, *, add_special_tokens: bool = True) -> AlignedText:
@@ -126,17 +91,8 @@ def align_text(text: str, tokenizer: Any, *, add_special_tokens: bool = True) ->
     ``words[w]`` is the text span covered by the pieces with ``word_ids == w``."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
-    kind = tokenizer_kind(tokenizer)
-    if kind in ("headwise", "tokenizers"):
-        raw = tokenizer.backend if kind == "headwise" else tokenizer
-        if kind == "headwise":
-            tokenizer._set_special_parsing(False)
-        enc = raw.encode(text, add_special_tokens=add_special_tokens)
-        ids, offsets = list(enc.ids), list(enc.offsets)
-        wids = [None if s else w for w, s in zip(enc.word_ids, enc.special_tokens_mask, strict=True)]
-    else:
-        enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-        ids, offsets, wids = list(enc["input_ids"]), list(enc["offset_mapping"]), list(enc.word_ids())
+    pieces = as_tokenizer(tokenizer).encode_text(text, add_special_tokens=add_special_tokens)
+    ids, offsets, wids = list(pieces.ids), list(pieces.offsets), list(pieces.word_ids)
     spans: dict[int, list[int]] = {}
     for w, (a, b) in zip(wids, offsets, strict=True):
         if w is not None:
