@@ -5,12 +5,14 @@ sets ``func``; this file only lists them, parses and reports refusals."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
 
 from .app import bench_command, inspect_command, main_job, plan_command, train_command
 from .app.cli_types import HelpFormatter
+from .kernels import TiledOptions, set_tiled_options
 from .train.loop import NonFiniteError
 
 #: the command modules, each with register(subparsers), in the order they register
@@ -58,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse printed the usage and the reason
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:  # the kernels' HEADWISE_TILED_* variables: read here, once, for the whole command
+        set_tiled_options(TiledOptions.from_env(os.environ))
+    except ValueError as e:
+        print(f"headwise: error: {e}", file=sys.stderr)
+        return 2
     return run_parsed(args, f"headwise {args.command}")
 
 

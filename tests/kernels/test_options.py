@@ -86,3 +86,22 @@ def test_the_package_imports_without_triton():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
+
+def test_the_headwise_command_reads_the_variables_once(monkeypatch, capsys):
+    """``headwise`` (cli.main) sets the process default from HEADWISE_TILED_*; a bad
+    value is refused with the variable's name before any command runs."""
+    from headwise.cli import main
+
+    start = get_tiled_options()
+    try:
+        monkeypatch.setenv("HEADWISE_TILED_AUTOTUNE", "0")
+        monkeypatch.setenv("HEADWISE_TILED_BWD", "fused")
+        main(["plan"])  # refused by plan itself (no preset), after the options are set
+        assert get_tiled_options() == TiledOptions(autotune=False, bwd="fused")
+        capsys.readouterr()
+        monkeypatch.setenv("HEADWISE_TILED_BWD", "atomic")
+        assert main(["plan"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("headwise: error: HEADWISE_TILED_BWD must be 'fused' or 'split', got 'atomic'")
+    finally:
+        set_tiled_options(start)
