@@ -48,6 +48,7 @@ from ..inspect import (
     attention_layers,
     batch_pooling,
     capture,
+    context_length,
     head_importance,
     induction_scores,
     is_causal,
@@ -253,9 +254,7 @@ def _read_corpus(model: nn.Module, data: Any, tokenizer: Any, opts: InspectOptio
         items = items[: opts.max_sentences]
     conllu = all(isinstance(x, Sentence) for x in items)
     aligned = align_sentences(items, tokenizer, opts.bos_id)
-    max_len = opts.max_len
-    if max_len is None:
-        max_len = getattr(getattr(model, "cfg", None), "max_len", None)
+    max_len = context_length(model) if opts.max_len is None else opts.max_len
     kept = [s for s in aligned if max_len is None or len(s.input_ids) <= max_len]
     kept = [s for s in kept if any(w is not None for w in s.word_ids)]
     if not kept:

@@ -19,7 +19,16 @@ The pieces (each usable alone):
 
 from __future__ import annotations
 
-from .capture import CAPTURABLE, Capture, attention_layers, capture, is_causal, n_layers_heads, weights_capable
+from .capture import (
+    CAPTURABLE,
+    Capture,
+    attention_layers,
+    capture,
+    context_length,
+    is_causal,
+    n_layers_heads,
+    weights_capable,
+)
 from .conllu import Sentence, Token, base_relation, parse_conllu, read_conllu
 from .corpus import AlignedSentence, PaddedBatch, align_sentences, length_batches, pad_batch, read_sentences
 from .importance import (
@@ -63,6 +72,7 @@ __all__ = [
     "attention_layers",
     "n_layers_heads",
     "is_causal",
+    "context_length",
     "weights_capable",
     # tokenizers
     "as_tokenizer",

@@ -28,7 +28,10 @@ from ..attention import MultiHeadAttention
 from ..checks import is_int
 from ..models import Decoder
 
-__all__ = ["CAPTURABLE", "attention_layers", "n_layers_heads", "is_causal", "Capture", "capture", "weights_capable"]
+__all__ = [
+    "CAPTURABLE", "attention_layers", "n_layers_heads", "is_causal", "context_length", "Capture", "capture",
+    "weights_capable",
+]
 
 #: what :func:`capture` can record: ``"weights"`` (attention probabilities
 #: ``(B, H, Tq, Tk)``) and ``"z"`` (each head's output before W_O, ``(B, H, Tq, Dh)``).
@@ -63,6 +66,12 @@ def n_layers_heads(model: nn.Module) -> tuple[int, int]:
 def is_causal(model: nn.Module) -> bool:
     """Whether ``model`` attends causally: it is, or contains, a headwise ``Decoder``."""
     return any(isinstance(m, Decoder) for m in model.modules())
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The most positions ``model`` takes (``model.cfg.max_len`` of a headwise model;
+    None for a model without one)."""
+    return getattr(getattr(model, "cfg", None), "max_len", None)
 
 
 def weights_capable(layer: MultiHeadAttention) -> bool:

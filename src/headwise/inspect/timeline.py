@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..train.rundir import register_run_entry
-from .capture import capture, is_causal, n_layers_heads
+from .capture import capture, context_length, is_causal, n_layers_heads
 from .measures import MeasureAccumulator, induction_scores
 from .roles import DEFAULT_THRESHOLDS, RoleThresholds, assign_roles
 from .tokens import induction_bos_id
@@ -159,7 +159,7 @@ class HeadRecorder:
         self.special = torch.isin(self.probe, ids)
         self.causal = is_causal(model) if causal is None else causal
         self.induction = self.causal if induction is None else induction
-        max_len = getattr(getattr(model, "cfg", None), "max_len", None)
+        max_len = context_length(model)
         if max_len is not None:
             induction_len = min(induction_len, (max_len - (bos_id is not None)) // 2)
         if self.induction and induction_len < 2:
