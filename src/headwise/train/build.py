@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from ..data import BlockSampler, TokenBlocks, Tokenizer, build_blocks, load_corpus, load_or_train_tokenizer
-from ..models import CONFIG_NAME, ModelConfig, get_preset
+from ..models import CONFIG_NAME, Decoder, EncoderForMLM, ModelConfig, build_electra, get_preset
 from ..models.presets import PRESETS
+from ..objectives import CausalLM, MaskedLM, ReplacedTokenDetection
 from .config import TrainConfig
 
 __all__ = ["RunParts", "build_parts", "build_objective", "default_tokenizer_kind", "model_config_for"]
@@ -35,9 +36,6 @@ class RunParts:
 
 def build_objective(objective: str, model_cfg: ModelConfig, tok: Tokenizer, cfg: TrainConfig) -> nn.Module:
     """The objective module (it owns the model or models) for ``objective``."""
-    from ..models import Decoder, EncoderForMLM, build_electra
-    from ..objectives import CausalLM, MaskedLM, ReplacedTokenDetection
-
     if objective == "mlm":
         return MaskedLM.from_tokenizer(tok, EncoderForMLM(model_cfg), whole_word=cfg.whole_word_masking)
     if objective == "rtd":

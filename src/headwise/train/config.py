@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .recipes import RECIPES
+
 __all__ = ["TrainConfig", "DEFAULT_CORPUS"]
 
 OBJECTIVES = ("mlm", "rtd", "clm")
@@ -83,8 +85,6 @@ class TrainConfig:
         if isinstance(self.muon_lr, bool) or not isinstance(self.muon_lr, (int, float)) or self.muon_lr <= 0:
             raise ValueError(f"muon_lr must be positive, got {self.muon_lr!r}")
         if self.recipe is not None:
-            from .recipes import RECIPES
-
             if self.recipe not in RECIPES:
                 raise ValueError(f"recipe must be one of {sorted(RECIPES)} or None, got {self.recipe!r}")
         if self.max_time is not None and self.max_time <= 0:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..devices import resolve_device
 from ..hardware.precision import resolve_precision
@@ -36,6 +37,7 @@ from .evaluate import evaluate_blocks
 from .metrics import MetricsLog, plot_loss_curve
 from .optim import build_optimizer
 from .rundir import RunDir
+from .sanity import run_start_checks
 from .schedule import make_scheduler
 
 __all__ = ["Trainer", "NonFiniteError", "resumed_config", "RESUMABLE_CHANGES"]
@@ -290,8 +292,6 @@ class Trainer:
         if self._rundir is not None:
             self._rundir.hold()
         if self.step == 0 and cfg.sanity_checks and self.resumed_from is None:
-            from .sanity import run_start_checks
-
             for line in run_start_checks(self):
                 self._print(line)
         tokens_per_step = cfg.batch_size * cfg.block_len * cfg.accum
@@ -299,8 +299,6 @@ class Trainer:
         start_step = self.step
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=stop, initial=self.step, unit="step", dynamic_ncols=True)
         last_val: dict[str, float] = {}
         try:
@@ -346,6 +344,4 @@ class Trainer:
 
     def _print(self, line: str) -> None:
         if self.progress:
-            from tqdm.auto import tqdm
-
             tqdm.write(line)

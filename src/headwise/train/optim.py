@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.blocks import Block
+
 __all__ = ["OPTIMIZERS", "Muon", "MuonAdamW", "adamw_groups", "split_muon_params", "build_optimizer"]
 
 OPTIMIZERS = ("adamw", "muon")
@@ -42,8 +44,6 @@ def split_muon_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Par
 
     A parameter shared with something outside the blocks (none in headwise's models)
     goes with the rest."""
-    from ..models.blocks import Block
-
     prefixes = tuple(name + "." for name, m in model.named_modules() if isinstance(m, Block))
     inside: dict[int, bool] = {}  # id -> every occurrence of it is a block's matrix
     for name, p in model.named_parameters(remove_duplicate=False):
