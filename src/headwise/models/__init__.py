@@ -1,7 +1,7 @@
 """Models built from headwise attention: config, blocks, Encoder (BERT/ELECTRA-like),
 Decoder (GPT-like), heads, and named presets."""
 
-from .blocks import MLP, Block, Embeddings, RMSNorm, init_weights, norm_module
+from .blocks import MLP, Block, Embeddings, RMSNorm, count_parameters, init_weights, norm_module
 from .config import ACTIVATIONS, CONFIG_NAME, NORM_TYPES, NORMS, POSITIONS, ModelConfig
 from .decoder import Decoder
 from .encoder import (
@@ -43,8 +43,3 @@ __all__ = [
     "save_pretrained",
     "load_minilm",
 ]
-
-
-def count_parameters(module) -> int:
-    """Number of distinct parameters (a tied or shared weight counts once)."""
-    return sum(p.numel() for p in module.parameters())

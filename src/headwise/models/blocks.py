@@ -26,6 +26,7 @@ __all__ = [
     "activation_module",
     "init_weights",
     "check_input_ids",
+    "count_parameters",
 ]
 
 
@@ -258,3 +259,8 @@ def init_weights(module: nn.Module, cfg: ModelConfig) -> None:
         if isinstance(m, Block):
             nn.init.normal_(m.attn.out_proj.weight, 0.0, residual_std)
             nn.init.normal_(m.mlp.fc_out.weight, 0.0, residual_std)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of distinct parameters (a tied or shared weight counts once)."""
+    return sum(p.numel() for p in module.parameters())
