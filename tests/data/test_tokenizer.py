@@ -8,7 +8,7 @@ import torch
 from tokenizers import models
 
 from headwise.data import Corpus, Tokenizer, load_or_train_tokenizer, train_tokenizer
-from headwise.data import tokenizer as tokmod
+from headwise.data import tokenizer_training as tokmod
 
 _WORDS = (
     "the attention layer computes every head at once and returns the concatenated outputs "

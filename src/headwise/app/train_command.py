@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..data.tokenizer import KINDS as TOKENIZER_KINDS
-from ..data.tokenizer import min_vocab_size
+from ..data.tokenizer_training import min_vocab_size
 from ..devices import resolve_device
 from ..distributed.ddp import in_distributed_env
 from ..formats import FORMATS
