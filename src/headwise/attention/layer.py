@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..checks import check_int
 from .backends import AttentionCall, check_backend_name, get_backend
 from .functional import attend
 from .heads import HeadSequence, HeadView
+from .inputs import check_layer_input, layer_sizes
 from .kv_cache import KVCache
 from .masks import MaskSpec, normalize_mask
 from .projection import Projection, check_projection, module_device
@@ -103,30 +103,9 @@ class MultiHeadAttention(nn.Module):
         out_proj: Projection | None = None,
     ) -> None:
         super().__init__()
-        check_int("d_model", d_model)
-        check_int("n_heads", n_heads)
-        if head_dim is None:
-            if d_model % n_heads != 0:
-                raise ValueError(
-                    f"n_heads ({n_heads}) must divide d_model ({d_model}) when head_dim is "
-                    f"not given; pass head_dim explicitly to use heads of another width"
-                )
-            head_dim = d_model // n_heads
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        kdim = d_model if kdim is None else kdim
-        vdim = d_model if vdim is None else vdim
-        for name, value in (
-            ("head_dim", head_dim),
-            ("n_kv_heads", n_kv_heads),
-            ("kdim", kdim),
-            ("vdim", vdim),
-        ):
-            check_int(name, value)
-        if n_heads % n_kv_heads != 0:
-            raise ValueError(
-                f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads}) "
-                f"(grouped-query attention shares each K/V head among a whole group)"
-            )
+        d_model, n_heads, head_dim, n_kv_heads, kdim, vdim = layer_sizes(
+            d_model, n_heads, head_dim, n_kv_heads, kdim, vdim
+        )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         check_backend_name(backend)
@@ -497,33 +476,11 @@ class MultiHeadAttention(nn.Module):
         return (out, weights) if need_weights else out
 
     def _check_input(self, name: str, t: Tensor, width: int) -> None:
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 3:
-            raise ValueError(
-                f"{name} must be 3-D (batch, seq, {width}), got {t.dim()}-D with shape "
-                f"{tuple(t.shape)}"
-            )
-        if t.shape[-1] != width:
-            raise ValueError(
-                f"{name} must have last dimension {width}, got shape {tuple(t.shape)}"
-            )
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
         if self._own_qkv:
             w = self.out_proj.weight
-            if t.dtype != w.dtype and not _autocast_to(t):
-                raise TypeError(
-                    f"{name} has dtype {t.dtype} but the layer's weights are {w.dtype}; "
-                    f"convert one of them (e.g. layer.to({t.dtype}))"
-                )
-            device = w.device
+            check_layer_input(name, t, width, w.dtype, w.device)
         else:  # given projections take any floating-point input (Projection)
-            device = module_device(self.out_proj)
-        if device is not None and t.device != device:
-            raise ValueError(
-                f"{name} is on {t.device} but the layer's weights are on {device}"
-            )
+            check_layer_input(name, t, width, None, module_device(self.out_proj))
 
     def extra_repr(self) -> str:
         s = (
@@ -533,13 +490,6 @@ class MultiHeadAttention(nn.Module):
         if not self.fused:
             s += f", kdim={self.kdim}, vdim={self.vdim}"
         return s
-
-
-def _autocast_to(t: Tensor) -> bool:
-    """Whether ``t`` is in the dtype an active ``torch.autocast`` computes in: the
-    projections then cast the (fp32) weights themselves, so mixed dtypes are right."""
-    kind = t.device.type
-    return torch.is_autocast_enabled(kind) and t.dtype == torch.get_autocast_dtype(kind)
 
 
 def _xavier_(w: Tensor) -> None:
