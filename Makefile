@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml constraints/dev.txt
 RUN_DIR ?= runs/default
 CONLLU ?=
 run: $(STAMP)
-	$(VENV)/bin/headwise train --objective clm --preset tiny --model positions=rope --steps 300 \
-		--eval-every 60 --out $(RUN_DIR) \
+	$(VENV)/bin/headwise train --objective clm --preset tiny --model positions=rope --tokenizer-kind char \
+		--steps 600 --eval-every 100 --out $(RUN_DIR) \
 		$(if $(CONLLU),--conllu $(CONLLU)) $(if $(wildcard $(RUN_DIR)/run.json),--resume)
 
 test: $(STAMP)
