@@ -95,17 +95,17 @@ def make_batches(n: int, seq: int, seed: int) -> list[torch.Tensor]:
 def _encoder_flops_per_token(cfg: ModelConfig, seq: int, causal: bool) -> float:
     """Forward matmul FLOPs of one token through the blocks (and embed_proj)."""
     d, f = cfg.d_model, cfg.d_ff
-    qkv = (cfg.n_heads + 2 * cfg.kv_heads) * cfg.attn_head_dim
-    per_layer = 2 * d * qkv + 2 * cfg.n_heads * cfg.attn_head_dim * d + 2 * 2 * d * f
+    qkv = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+    per_layer = 2 * d * qkv + 2 * cfg.n_heads * cfg.head_dim * d + 2 * 2 * d * f
     # scores and weighted values: 2 * (T * Dh) each per head, half of it when causal
-    attn = 2 * 2 * seq * cfg.n_heads * cfg.attn_head_dim * (0.5 if causal else 1.0)
-    proj = 2 * cfg.embed_dim * d if cfg.embed_dim != d else 0
+    attn = 2 * 2 * seq * cfg.n_heads * cfg.head_dim * (0.5 if causal else 1.0)
+    proj = 2 * cfg.embedding_size * d if cfg.embedding_size != d else 0
     return cfg.n_layers * (per_layer + attn) + proj
 
 
 def step_flops(objective: str, cfg: ModelConfig, n_tokens: int, n_scored: float, seq: int) -> float:
     """Training matmul FLOPs (3x forward) of one step the objective needs."""
-    v, e, d = cfg.vocab_size, cfg.embed_dim, cfg.d_model
+    v, e, d = cfg.vocab_size, cfg.embedding_size, cfg.d_model
     if objective == "clm":
         fwd = n_tokens * (_encoder_flops_per_token(cfg, seq, True) + 2 * d * v)
     elif objective == "mlm":
@@ -196,10 +196,10 @@ def hf_impl(objective: str, cfg: ModelConfig) -> Impl:
 
     g = generator_config(cfg)
     disc = tf.ElectraForPreTraining(tf.ElectraConfig(
-        embedding_size=cfg.embed_dim, hidden_size=cfg.d_model, num_attention_heads=cfg.n_heads,
+        embedding_size=cfg.embedding_size, hidden_size=cfg.d_model, num_attention_heads=cfg.n_heads,
         intermediate_size=cfg.d_ff, **common)).train()
     gen_model = tf.ElectraForMaskedLM(tf.ElectraConfig(
-        embedding_size=g.embed_dim, hidden_size=g.d_model, num_attention_heads=g.n_heads,
+        embedding_size=g.embedding_size, hidden_size=g.d_model, num_attention_heads=g.n_heads,
         intermediate_size=g.d_ff, **common)).train()
     gen_model.electra.embeddings = disc.electra.embeddings  # shared, as ELECTRA does
     gen_model.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight

@@ -12,7 +12,7 @@ BASE = dict(vocab_size=100, d_model=32, n_layers=2, n_heads=4)
 
 def test_defaults_resolve():
     cfg = ModelConfig(**BASE)
-    assert cfg.d_ff == 128 and cfg.attn_head_dim == 8 and cfg.kv_heads == 4 and cfg.embed_dim == 32
+    assert cfg.d_ff == 128 and cfg.head_dim == 8 and cfg.n_kv_heads == 4 and cfg.embedding_size == 32
 
 
 @pytest.mark.parametrize(
@@ -89,8 +89,8 @@ def test_generator_config_is_a_quarter_wide_and_shares_embedding_width():
     disc = get_preset("electra-small")
     gen = generator_config(disc)
     assert (gen.d_model, gen.n_heads, gen.d_ff, gen.n_layers) == (64, 1, 256, 12)
-    assert gen.embed_dim == disc.embed_dim == 128
+    assert gen.embedding_size == disc.embedding_size == 128
     tiny = generator_config(get_preset("tiny"))
-    assert tiny.d_model == 32 and tiny.embed_dim == 128  # projects the shared 128-wide table
+    assert tiny.d_model == 32 and tiny.embedding_size == 128  # projects the shared 128-wide table
     with pytest.raises(ValueError, match="fraction"):
         generator_config(disc, 0.0)

@@ -141,7 +141,7 @@ def test_llama_logits_gqa_rope_rmsnorm_swiglu(hf_dir, name):
     cfg = ours.cfg
     assert (cfg.norm_type, cfg.activation, cfg.positions) == ("rmsnorm", "swiglu", "rope")
     assert cfg.bias == (name == "llama_bias")
-    assert cfg.rope_theta == 5e5 and cfg.kv_heads == (1 if name == "llama_tied" else 2)
+    assert cfg.rope_theta == 5e5 and cfg.n_kv_heads == (1 if name == "llama_tied" else 2)
     assert (ours.lm_head.weight is ours.embeddings.tok.weight) == (name == "llama_tied")
     ids, _, _ = batch()
     with torch.no_grad():

@@ -83,7 +83,7 @@ def communication_volume(model_cfg: ModelConfig, batch: int, seq: int, dp: int =
         nbytes = DTYPE_BYTES[dtype]
     else:
         raise ValueError(f"dtype must be one of {sorted(DTYPE_BYTES)} or a torch.dtype, got {dtype!r}")
-    check_head_parallel(model_cfg.n_heads, model_cfg.kv_heads, tp)
+    check_head_parallel(model_cfg.n_heads, model_cfg.n_kv_heads, tp)
     total, sharded = model_parameters(model_cfg, kind)
     per_rank = total - sharded + sharded // tp
     dp_buffer = per_rank * nbytes

@@ -92,7 +92,7 @@ def check_input_ids(input_ids: Tensor, name: str = "input_ids") -> None:
 
 class Embeddings(nn.Module):
     """Token (+ learned position) (+ token type) embeddings, summed, then optionally a
-    LayerNorm, then dropout. Output width is ``cfg.embed_dim``.
+    LayerNorm, then dropout. Output width is ``cfg.embedding_size``.
 
     This is the unit ELECTRA shares between its generator and discriminator.
 
@@ -104,12 +104,12 @@ class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig, *, layer_norm: bool) -> None:
         super().__init__()
         self.max_len = cfg.max_len
-        self.tok = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
-        self.pos = nn.Embedding(cfg.max_len, cfg.embed_dim) if cfg.positions == "learned" else None
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.embedding_size)
+        self.pos = nn.Embedding(cfg.max_len, cfg.embedding_size) if cfg.positions == "learned" else None
         self.tok_type = (
-            nn.Embedding(cfg.type_vocab_size, cfg.embed_dim) if cfg.type_vocab_size > 0 else None
+            nn.Embedding(cfg.type_vocab_size, cfg.embedding_size) if cfg.type_vocab_size > 0 else None
         )
-        self.ln = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps) if layer_norm else None
+        self.ln = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps) if layer_norm else None
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(

@@ -2,8 +2,17 @@
 
 One config describes both an :class:`~headwise.models.Encoder` (BERT, ELECTRA) and a
 :class:`~headwise.models.Decoder` (GPT-2); fields that only one of them uses say so.
-The config is frozen: derive variants with :func:`dataclasses.replace`, which runs the
-same validation again.
+The config is frozen: derive variants with :meth:`ModelConfig.replace` (or
+:func:`dataclasses.replace`), which runs the same validation again.
+
+``head_dim``, ``n_kv_heads`` and ``embedding_size`` may be given as None (the default:
+``d_model // n_heads``, ``n_heads``, ``d_model``); ``__post_init__`` resolves them, so
+the fields always hold the sizes the model uses. What was left to default is
+remembered: :meth:`ModelConfig.to_dict` writes it as None again (config.json is as it
+always was), :meth:`ModelConfig.is_default` tells, and :meth:`ModelConfig.replace`
+derives it afresh from the new sizes unless given. (:func:`dataclasses.replace` does
+the same, but cannot tell a value given equal to the old default from one carried
+over: it derives both again.)
 """
 
 from __future__ import annotations
@@ -11,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..checks import check_choice, check_int, check_real
 
-__all__ = ["ModelConfig", "ACTIVATIONS", "POSITIONS", "NORMS", "NORM_TYPES", "CONFIG_NAME"]
+__all__ = ["ModelConfig", "ACTIVATIONS", "POSITIONS", "NORMS", "NORM_TYPES", "CONFIG_NAME", "DERIVED"]
 
 #: ``gelu`` is the exact (erf) GELU of BERT/ELECTRA; ``gelu_tanh`` is GPT-2's tanh
 #: approximation (Hugging Face calls it ``gelu_new``); ``swiglu`` is Llama's gated MLP.
@@ -28,6 +37,9 @@ NORMS = ("pre", "post")
 NORM_TYPES = ("layernorm", "rmsnorm")
 #: file name used when ``to_json``/``from_json`` are given a directory.
 CONFIG_NAME = "config.json"
+#: the fields that None resolves from the others (``head_dim = d_model // n_heads``,
+#: ``n_kv_heads = n_heads``, ``embedding_size = d_model``).
+DERIVED = ("head_dim", "n_kv_heads", "embedding_size")
 
 
 @dataclass(frozen=True)
@@ -39,8 +51,9 @@ class ModelConfig:
         d_model: residual stream width.
         n_layers: number of blocks.
         n_heads: query heads per attention layer.
-        head_dim: per-head width (None = ``d_model // n_heads``).
-        n_kv_heads: key/value heads (None = ``n_heads``; fewer = grouped-query).
+        head_dim: per-head width (None = ``d_model // n_heads``, resolved: the field
+            holds the width used).
+        n_kv_heads: key/value heads (None = ``n_heads``, resolved; fewer = grouped-query).
         d_ff: hidden width of the MLP (for ``swiglu``, the width of each of its two
             input projections).
         max_len: longest sequence; a hard limit with learned positions, informational
@@ -59,7 +72,7 @@ class ModelConfig:
         type_vocab_size: number of BERT token types (segments); 0 for none. Encoder only.
         embedding_size: width of the embedding tables when it differs from
             ``d_model`` (ELECTRA/ALBERT): embeddings are projected to ``d_model``.
-            None = ``d_model``. Encoder only.
+            None = ``d_model`` (resolved). Encoder only.
         bias: biases in the attention and MLP projections.
         rope_theta: RoPE base (``positions="rope"`` only).
         norm_type: one of :data:`NORM_TYPES`: ``"layernorm"`` or ``"rmsnorm"`` (Llama).
@@ -92,24 +105,38 @@ class ModelConfig:
     init_std: float = 0.02
     attn_backend: str = "auto"
     norm_type: str = "layernorm"
+    # (name, value) of the DERIVED fields that were left to default, as resolved: set by
+    # __post_init__, carried by dataclasses.replace (a value still equal to it is derived
+    # again), never compared, shown or saved
+    _defaults: tuple[tuple[str, int], ...] = field(default=(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len"):
             check_int(name, getattr(self, name), minimum=1)
-        for name in ("head_dim", "n_kv_heads", "embedding_size"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), minimum=1)
+        carried = dict(self._defaults)
+        defaulted = []
+        for name in DERIVED:
+            value = getattr(self, name)
+            if value is not None:
+                check_int(name, value, minimum=1)
+            if value is None or carried.get(name, -1) == value:
+                defaulted.append(name)
         if self.d_ff is None:
             # 4x is the width BERT and GPT-2 use; stored resolved so config.json is explicit.
             object.__setattr__(self, "d_ff", 4 * self.d_model)
         check_int("d_ff", self.d_ff, minimum=1)
         check_int("type_vocab_size", self.type_vocab_size, minimum=0)
-        if self.head_dim is None and self.d_model % self.n_heads != 0:
+        if "head_dim" in defaulted and self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"n_heads={self.n_heads} must divide d_model={self.d_model} when head_dim is "
                 f"None; pass head_dim to use heads of another width"
             )
-        if self.n_heads % self.kv_heads != 0:
+        resolved = {"head_dim": self.d_model // self.n_heads, "n_kv_heads": self.n_heads,
+                    "embedding_size": self.d_model}
+        for name in defaulted:
+            object.__setattr__(self, name, resolved[name])
+        object.__setattr__(self, "_defaults", tuple((name, resolved[name]) for name in defaulted))
+        if self.n_heads % self.n_kv_heads != 0:
             raise ValueError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}"
             )
@@ -117,9 +144,9 @@ class ModelConfig:
         check_choice("norm", self.norm, NORMS)
         check_choice("norm_type", self.norm_type, NORM_TYPES)
         check_choice("activation", self.activation, ACTIVATIONS)
-        if self.positions == "rope" and self.attn_head_dim % 2 != 0:
+        if self.positions == "rope" and self.head_dim % 2 != 0:
             raise ValueError(
-                f"positions='rope' needs an even head_dim, got head_dim={self.attn_head_dim}"
+                f"positions='rope' needs an even head_dim, got head_dim={self.head_dim}"
             )
         for name in ("dropout", "attn_dropout"):
             check_real(name, getattr(self, name), minimum=0, maximum=1, max_open=True)
@@ -134,25 +161,35 @@ class ModelConfig:
             )
 
     # --------------------------------------------------------------- derived sizes
-    @property
-    def attn_head_dim(self) -> int:
-        """Per-head width actually used (``head_dim`` or ``d_model // n_heads``)."""
-        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+    def is_default(self, name: str) -> bool:
+        """Whether the derived field ``name`` (one of :data:`DERIVED`) was left to its
+        default (None) and resolved from the other sizes, rather than given."""
+        check_choice("name", name, DERIVED)
+        return any(n == name for n, _ in self._defaults)
 
-    @property
-    def kv_heads(self) -> int:
-        """Number of key/value heads actually used."""
-        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
-
-    @property
-    def embed_dim(self) -> int:
-        """Width of the embedding tables (``embedding_size`` or ``d_model``)."""
-        return self.embedding_size if self.embedding_size is not None else self.d_model
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with ``changes`` (validated as a new config): the derived fields given
+        in ``changes`` are taken as given, those left to default are derived again
+        from the new sizes (``replace(d_model=64)`` of a config with ``head_dim`` None
+        gets ``64 // n_heads``)."""
+        unknown = sorted(set(changes) - set(self.field_names()))
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; accepted: {sorted(self.field_names())}")
+        carried = tuple((name, value) for name, value in self._defaults if name not in changes)
+        return dataclasses.replace(self, _defaults=carried, **changes)
 
     # --------------------------------------------------------------- serialisation
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The fields a config is made of (what :meth:`to_dict` writes), in order."""
+        return [f.name for f in fields(cls) if not f.name.startswith("_")]
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (JSON-serialisable)."""
-        return dataclasses.asdict(self)
+        """Plain dict of every field (JSON-serialisable); a derived field left to
+        default is written as None, as it was given (so the saved form does not pin it)."""
+        d = {name: getattr(self, name) for name in self.field_names()}
+        d.update({name: None for name, _ in self._defaults})
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -160,7 +197,7 @@ class ModelConfig:
         so that a typo in a hand-edited config.json does not pass silently."""
         if not isinstance(d, dict):
             raise TypeError(f"config must be a dict, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
+        known = set(cls.field_names())
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {unknown}; accepted: {sorted(known)}")

@@ -31,7 +31,7 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.embed_dim != cfg.d_model:
+        if cfg.embedding_size != cfg.d_model:
             raise ValueError(
                 f"Decoder needs embedding_size None or equal to d_model={cfg.d_model}, "
                 f"got embedding_size={cfg.embedding_size}"

@@ -30,7 +30,7 @@ class Encoder(nn.Module):
         cfg: the model config.
         embeddings: an :class:`Embeddings` to use instead of building one; pass another
             encoder's ``embeddings`` to share them (ELECTRA's generator and
-            discriminator). Its width must be ``cfg.embed_dim``; it is not re-initialised.
+            discriminator). Its width must be ``cfg.embedding_size``; it is not re-initialised.
 
     With ``cfg.embedding_size`` set (and different from ``d_model``) the embeddings are
     ``embedding_size`` wide and ``embed_proj`` maps them to ``d_model``, as in ELECTRA.
@@ -48,7 +48,7 @@ class Encoder(nn.Module):
             _check_shareable(embeddings, cfg)
         self.embeddings = embeddings
         self.embed_proj = (
-            nn.Linear(cfg.embed_dim, cfg.d_model) if cfg.embed_dim != cfg.d_model else None
+            nn.Linear(cfg.embedding_size, cfg.d_model) if cfg.embedding_size != cfg.d_model else None
         )
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = norm_module(cfg) if cfg.norm == "pre" else None
@@ -129,10 +129,10 @@ class MLMHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig, word_embeddings: nn.Embedding) -> None:
         super().__init__()
-        self.dense = nn.Linear(cfg.d_model, cfg.embed_dim)
+        self.dense = nn.Linear(cfg.d_model, cfg.embedding_size)
         self.act = activation_module(_head_activation(cfg))
-        self.ln = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
-        self.decoder = nn.Linear(cfg.embed_dim, cfg.vocab_size)
+        self.ln = nn.LayerNorm(cfg.embedding_size, eps=cfg.layer_norm_eps)
+        self.decoder = nn.Linear(cfg.embedding_size, cfg.vocab_size)
         init_weights(self, cfg)
         if cfg.tied_embeddings:
             # Tie after init so initialising the head never re-draws the embeddings.
@@ -242,7 +242,7 @@ def _check_shareable(embeddings: Embeddings, cfg: ModelConfig) -> None:
     """Shared embeddings must have exactly the tables this config would build."""
     want = {
         "vocab_size": cfg.vocab_size,
-        "embed_dim": cfg.embed_dim,
+        "embed_dim": cfg.embedding_size,
         "learned positions": cfg.max_len if cfg.positions == "learned" else None,
         "type_vocab_size": cfg.type_vocab_size or None,
     }

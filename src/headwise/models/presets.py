@@ -19,8 +19,6 @@ part of headwise's Encoder: ``BertModel`` with its pooler has 768*768 + 768 more
 
 from __future__ import annotations
 
-import dataclasses
-
 from ..checks import check_real
 from .config import ModelConfig
 
@@ -118,11 +116,11 @@ def get_preset(name: str, **overrides) -> ModelConfig:
     ``overrides`` (validated), e.g. ``get_preset("tiny", vocab_size=tok.vocab_size)``."""
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-    known = sorted(f.name for f in dataclasses.fields(ModelConfig))
+    known = sorted(ModelConfig.field_names())
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise ValueError(f"unknown ModelConfig field(s) {unknown}; the fields are: {', '.join(known)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return PRESETS[name].replace(**overrides)
 
 
 def generator_config(cfg: ModelConfig, fraction: float = 0.25) -> ModelConfig:
@@ -140,14 +138,13 @@ def generator_config(cfg: ModelConfig, fraction: float = 0.25) -> ModelConfig:
     n_heads = max(1, round(cfg.n_heads * fraction))
     d_ff = round(cfg.d_ff * fraction)
     n_kv_heads = None
-    if cfg.n_kv_heads is not None:
+    if not cfg.is_default("n_kv_heads"):
         # Keep the grouping ratio; at least one K/V head.
         n_kv_heads = max(1, n_heads * cfg.n_kv_heads // cfg.n_heads)
-    return dataclasses.replace(
-        cfg,
+    return cfg.replace(
         d_model=d_model,
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         d_ff=d_ff,
-        embedding_size=cfg.embed_dim,
+        embedding_size=cfg.embedding_size,
     )

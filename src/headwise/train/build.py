@@ -54,7 +54,7 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     bad value, or a ``--block-len`` longer than the model's ``max_len``."""
     if cfg.preset not in PRESETS:
         raise ValueError(f"--preset {cfg.preset!r}: unknown preset; accepted: {', '.join(sorted(PRESETS))}")
-    known = sorted(set(ModelConfig.__dataclass_fields__) - {"vocab_size"})  # that one is the tokenizer's
+    known = sorted(set(ModelConfig.field_names()) - {"vocab_size"})  # that one is the tokenizer's
     unknown = sorted(set(cfg.model) - set(known) - {"vocab_size"})
     if unknown:
         raise ValueError(f"--model: unknown field(s) {', '.join(unknown)}; the fields are: {', '.join(known)}")

@@ -129,18 +129,18 @@ def _check_exportable(cfg: ModelConfig, family: str, model: nn.Module) -> None:
         if not ok:
             problems.append(what)
 
-    default_head = cfg.d_model % cfg.n_heads == 0 and cfg.attn_head_dim == cfg.d_model // cfg.n_heads
+    default_head = cfg.d_model % cfg.n_heads == 0 and cfg.head_dim == cfg.d_model // cfg.n_heads
     if family in ("bert", "gpt2"):
         need(isinstance(model, (Encoder, EncoderForMLM)) == (family == "bert"), f"model class {type(model).__name__}")
         need(cfg.positions == "learned", f"positions={cfg.positions!r} (needs 'learned')")
         need(cfg.norm_type == "layernorm", f"norm_type={cfg.norm_type!r} (needs 'layernorm')")
         need(cfg.bias, "bias=False (needs True)")
-        need(cfg.kv_heads == cfg.n_heads, f"n_kv_heads={cfg.n_kv_heads} (needs n_heads={cfg.n_heads})")
+        need(cfg.n_kv_heads == cfg.n_heads, f"n_kv_heads={cfg.n_kv_heads} (needs n_heads={cfg.n_heads})")
         need(default_head, f"head_dim={cfg.head_dim} (needs d_model // n_heads)")
         need(cfg.activation in ACT_HF, f"activation={cfg.activation!r} (needs one of {sorted(ACT_HF)})")
     if family == "bert":
         need(cfg.norm == "post", f"norm={cfg.norm!r} (needs 'post')")
-        need(cfg.embed_dim == cfg.d_model, f"embedding_size={cfg.embedding_size} (needs None or d_model)")
+        need(cfg.embedding_size == cfg.d_model, f"embedding_size={cfg.embedding_size} (needs None or d_model)")
     if family == "gpt2":
         need(cfg.norm == "pre", f"norm={cfg.norm!r} (needs 'pre')")
     if family == "llama":

@@ -75,8 +75,8 @@ def config_to_hf(cfg: ModelConfig, *, mlm: bool = False) -> dict[str, Any]:
         "intermediate_size": cfg.d_ff,
         "num_hidden_layers": cfg.n_layers,
         "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.kv_heads,
-        "head_dim": cfg.attn_head_dim,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": cfg.max_len,
         "rms_norm_eps": cfg.layer_norm_eps,
@@ -92,7 +92,7 @@ def config_to_hf(cfg: ModelConfig, *, mlm: bool = False) -> dict[str, Any]:
 
 
 def links(cfg: ModelConfig, prefix: str) -> list[Link]:
-    q_rows, kv_rows = cfg.n_heads * cfg.attn_head_dim, cfg.kv_heads * cfg.attn_head_dim
+    q_rows, kv_rows = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     qkv = (q_rows, kv_rows, kv_rows)
     out = [
         Link("embeddings.tok.weight", (prefix + "embed_tokens.weight",)),
