@@ -94,3 +94,21 @@ def test_generator_config_is_a_quarter_wide_and_shares_embedding_width():
     assert tiny.d_model == 32 and tiny.embedding_size == 128  # projects the shared 128-wide table
     with pytest.raises(ValueError, match="fraction"):
         generator_config(disc, 0.0)
+
+
+def test_derived_fields_resolve_once_and_save_as_given(tmp_path):
+    cfg = ModelConfig(**BASE, n_kv_heads=2)
+    assert (cfg.head_dim, cfg.n_kv_heads, cfg.embedding_size) == (8, 2, 32)
+    assert cfg.is_default("head_dim") and not cfg.is_default("n_kv_heads")
+    d = cfg.to_dict()
+    assert d["head_dim"] is None and d["embedding_size"] is None and d["n_kv_heads"] == 2
+    # files that lack the derived fields, or hold them resolved, load to the same config
+    old = {k: v for k, v in d.items() if k not in ("head_dim", "embedding_size")}
+    assert ModelConfig.from_dict(old) == cfg == ModelConfig(**BASE, n_kv_heads=2, head_dim=8, embedding_size=32)
+    # a variant derives what was left to default from its own sizes; given values stay
+    wide = dataclasses.replace(cfg, d_model=64)
+    assert (wide.head_dim, wide.embedding_size, wide.n_kv_heads) == (16, 64, 2)
+    pinned = cfg.replace(d_model=64, head_dim=8)
+    assert pinned.head_dim == 8 and not pinned.is_default("head_dim") and pinned.embedding_size == 64
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        cfg.replace(n_layer=3)
