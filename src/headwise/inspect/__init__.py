@@ -19,117 +19,27 @@ The pieces (each usable alone):
 
 from __future__ import annotations
 
-from .capture import (
-    CAPTURABLE,
-    Capture,
-    attention_layers,
-    capture,
-    context_length,
-    is_causal,
-    n_layers_heads,
-    weights_capable,
-)
-from .conllu import Sentence, Token, base_relation, parse_conllu, read_conllu
-from .corpus import AlignedSentence, PaddedBatch, align_sentences, length_batches, pad_batch, read_sentences
-from .importance import (
-    ABLATION_MODES,
-    ablate_heads,
-    head_importance,
-    head_mask,
-    head_means,
-    heads_to_mask,
-    pruning_curve,
-)
-from .measures import (
-    OFFSETS,
-    SINK_THRESHOLD,
-    HeadMeasures,
-    MeasureAccumulator,
-    head_measures,
-    induction_score_from_weights,
-    induction_scores,
-    repeated_random_tokens,
-)
-from .roles import DEFAULT_THRESHOLDS, PRIORITY, ROLES, HeadRoles, RoleThresholds, assign_roles, role_counts
-from .syntax import DIRECTIONS, SyntaxAccumulator, SyntaxProbe, probe_syntax, scored_relations
-from .tokens import RawTokenizerPieces, as_tokenizer, induction_bos_id, pad_id, token_strings
-from .words import (
-    AlignedText,
-    align_text,
-    align_words,
-    batch_pooling,
-    is_punctuation,
-    pooling_matrices,
-    word_level,
-    word_units,
-)
+# Each module's ``__all__`` is the one list of its public names; the package re-exports them all.
+from . import capture as _capture
+from . import conllu, corpus, importance, measures, roles, syntax, tokens, words
+from .capture import *  # noqa: F403
+from .conllu import *  # noqa: F403
+from .corpus import *  # noqa: F403
+from .importance import *  # noqa: F403
+from .measures import *  # noqa: F403
+from .roles import *  # noqa: F403
+from .syntax import *  # noqa: F403
+from .tokens import *  # noqa: F403
+from .words import *  # noqa: F403
 
 __all__ = [
-    # capture
-    "CAPTURABLE",
-    "Capture",
-    "capture",
-    "attention_layers",
-    "n_layers_heads",
-    "is_causal",
-    "context_length",
-    "weights_capable",
-    # tokenizers
-    "as_tokenizer",
-    "RawTokenizerPieces",
-    "pad_id",
-    "induction_bos_id",
-    "token_strings",
-    # words
-    "AlignedText",
-    "align_words",
-    "align_text",
-    "word_units",
-    "pooling_matrices",
-    "batch_pooling",
-    "word_level",
-    "is_punctuation",
-    # corpus
-    "AlignedSentence",
-    "PaddedBatch",
-    "read_sentences",
-    "align_sentences",
-    "length_batches",
-    "pad_batch",
-    # measures
-    "OFFSETS",
-    "SINK_THRESHOLD",
-    "HeadMeasures",
-    "MeasureAccumulator",
-    "head_measures",
-    "repeated_random_tokens",
-    "induction_score_from_weights",
-    "induction_scores",
-    # syntax
-    "Token",
-    "Sentence",
-    "parse_conllu",
-    "read_conllu",
-    "base_relation",
-    "DIRECTIONS",
-    "SyntaxProbe",
-    "SyntaxAccumulator",
-    "probe_syntax",
-    "scored_relations",
-    # roles
-    "RoleThresholds",
-    "DEFAULT_THRESHOLDS",
-    "ROLES",
-    "PRIORITY",
-    "HeadRoles",
-    "assign_roles",
-    "role_counts",
-    # importance
-    "ABLATION_MODES",
-    "head_mask",
-    "head_importance",
-    "head_means",
-    "heads_to_mask",
-    "ablate_heads",
-    "pruning_curve",
+    *_capture.__all__,
+    *tokens.__all__,
+    *words.__all__,
+    *corpus.__all__,
+    *measures.__all__,
+    *conllu.__all__,
+    *syntax.__all__,
+    *roles.__all__,
+    *importance.__all__,
 ]

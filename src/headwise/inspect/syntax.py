@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .conllu import Sentence
 
-__all__ = ["DIRECTIONS", "SyntaxProbe", "SyntaxAccumulator", "probe_syntax"]
+__all__ = ["DIRECTIONS", "SyntaxProbe", "SyntaxAccumulator", "probe_syntax", "scored_relations"]
 
 #: index 0 = the dependent attends to its head, 1 = the head attends to the dependent.
 DIRECTIONS: tuple[str, ...] = ("dep->head", "head->dep")
