@@ -7,6 +7,7 @@ runs an :class:`~headwise.models.EncoderForMLM` on it and scores the selected po
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -165,24 +166,13 @@ class MaskedLM(nn.Module):
 
     Args:
         model: the :class:`~headwise.models.EncoderForMLM` to train.
-        vocab_size, mask_id, pad_id, special_ids, is_continuation, mask_prob,
-        mask_token_prob, random_token_prob, whole_word: see :class:`TokenMasker`.
+        vocab_size: ``V``, checked against ``model.cfg.vocab_size``.
+        masking: ``mask_id``, ``pad_id``, ``special_ids``, ``is_continuation``,
+            ``mask_prob``, ``mask_token_prob``, ``random_token_prob``, ``whole_word``:
+            passed to :class:`TokenMasker` (its defaults, BERT's, apply).
     """
 
-    def __init__(
-        self,
-        model: EncoderForMLM,
-        *,
-        vocab_size: int,
-        mask_id: int,
-        pad_id: int,
-        special_ids: Sequence[int] = (),
-        is_continuation: Tensor | None = None,
-        mask_prob: float = 0.15,
-        mask_token_prob: float = 0.8,
-        random_token_prob: float = 0.1,
-        whole_word: bool = False,
-    ) -> None:
+    def __init__(self, model: EncoderForMLM, *, vocab_size: int, **masking: Any) -> None:
         super().__init__()
         if not isinstance(model, EncoderForMLM):
             raise TypeError(f"model must be an EncoderForMLM, got {type(model).__name__}")
@@ -192,17 +182,7 @@ class MaskedLM(nn.Module):
                 f"cfg.vocab_size={model.cfg.vocab_size}"
             )
         self.model = model
-        self.masker = TokenMasker(
-            vocab_size=vocab_size,
-            mask_id=mask_id,
-            pad_id=pad_id,
-            special_ids=special_ids,
-            is_continuation=is_continuation,
-            mask_prob=mask_prob,
-            mask_token_prob=mask_token_prob,
-            random_token_prob=random_token_prob,
-            whole_word=whole_word,
-        )
+        self.masker = TokenMasker(vocab_size=vocab_size, **masking)
 
     @classmethod
     def from_tokenizer(cls, tok, model: EncoderForMLM, **kwargs) -> MaskedLM:

@@ -11,7 +11,7 @@ through what they share (the embeddings, see :func:`~headwise.models.build_elect
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +45,13 @@ class ReplacedTokenDetection(nn.Module):
     Args:
         discriminator: an :class:`~headwise.models.EncoderForRTD`.
         generator: an :class:`~headwise.models.EncoderForMLM`, or ``"uniform"``.
-        vocab_size, mask_id, pad_id, special_ids, is_continuation, mask_prob,
-            whole_word: as for :class:`~headwise.objectives.TokenMasker`.
-        mask_token_prob, random_token_prob: the generator input's corruption split.
+        vocab_size: ``V``, checked against both models' ``cfg.vocab_size``.
+        mask_token_prob, random_token_prob: the generator input's corruption split
+            (ELECTRA's defaults, not BERT's).
         disc_weight: weight of the discriminator loss (ELECTRA: 50).
         sampling_temperature: temperature of the generator's softmax when sampling.
+        masking: ``mask_id``, ``pad_id``, ``special_ids``, ``is_continuation``,
+            ``mask_prob``, ``whole_word``: passed to :class:`~headwise.objectives.TokenMasker`.
     """
 
     def __init__(
@@ -58,16 +60,11 @@ class ReplacedTokenDetection(nn.Module):
         generator: EncoderForMLM | str,
         *,
         vocab_size: int,
-        mask_id: int,
-        pad_id: int,
-        special_ids: Sequence[int] = (),
-        is_continuation: Tensor | None = None,
-        mask_prob: float = 0.15,
         mask_token_prob: float = 0.85,
         random_token_prob: float = 0.0,
-        whole_word: bool = False,
         disc_weight: float = 50.0,
         sampling_temperature: float = 1.0,
+        **masking: Any,
     ) -> None:
         super().__init__()
         if not isinstance(discriminator, EncoderForRTD):
@@ -103,15 +100,8 @@ class ReplacedTokenDetection(nn.Module):
         self.disc_weight = float(disc_weight)
         self.sampling_temperature = float(sampling_temperature)
         self.masker = TokenMasker(
-            vocab_size=vocab_size,
-            mask_id=mask_id,
-            pad_id=pad_id,
-            special_ids=special_ids,
-            is_continuation=is_continuation,
-            mask_prob=mask_prob,
-            mask_token_prob=mask_token_prob,
-            random_token_prob=random_token_prob,
-            whole_word=whole_word,
+            vocab_size=vocab_size, mask_token_prob=mask_token_prob,
+            random_token_prob=random_token_prob, **masking,
         )
 
     @classmethod
