@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checks import check_int, check_real
 from .recipes import RECIPES
 
 __all__ = ["TrainConfig", "DEFAULT_CORPUS"]
@@ -70,20 +71,15 @@ class TrainConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         for name in ("steps", "batch_size", "block_len", "accum", "eval_every", "log_every",
                      "checkpoint_every", "eval_batches", "keep_checkpoints", "vocab_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_int(name, getattr(self, name))
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if isinstance(self.min_lr_ratio, bool) or not isinstance(self.min_lr_ratio, (int, float)) \
-                or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        check_real("min_lr_ratio", self.min_lr_ratio, minimum=0, maximum=1, what="in [0, 1]")
         if self.optimizer not in ("adamw", "muon"):
             raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
-        if isinstance(self.muon_lr, bool) or not isinstance(self.muon_lr, (int, float)) or self.muon_lr <= 0:
-            raise ValueError(f"muon_lr must be positive, got {self.muon_lr!r}")
+        check_real("muon_lr", self.muon_lr, minimum=0, min_open=True, what="positive")
         if self.recipe is not None:
             if self.recipe not in RECIPES:
                 raise ValueError(f"recipe must be one of {sorted(RECIPES)} or None, got {self.recipe!r}")
