@@ -19,6 +19,17 @@ __all__ = ["HFTokenizer", "TOKENIZER_FILES", "load_tokenizer"]
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model")
 
 
+def _hf_token_id(kind: str) -> property:
+    """A read-only property: the wrapped tokenizer's ``<kind>_token_id`` (None if it has
+    no such token)."""
+    attribute = f"{kind}_token_id"
+
+    def get(self: HFTokenizer) -> int | None:
+        return getattr(self.hf, attribute)
+
+    return property(get, doc=f"transformers' ``{attribute}``.")
+
+
 class HFTokenizer:
     """A ``transformers`` tokenizer (``AutoTokenizer.from_pretrained``) that satisfies
     :class:`headwise.protocols.Tokenizer`.
@@ -48,29 +59,12 @@ class HFTokenizer:
         """Number of ids, added tokens included (transformers' ``len(tok)``)."""
         return len(self.hf)
 
-    @property
-    def pad_id(self) -> int | None:
-        return self.hf.pad_token_id
-
-    @property
-    def cls_id(self) -> int | None:
-        return self.hf.cls_token_id
-
-    @property
-    def sep_id(self) -> int | None:
-        return self.hf.sep_token_id
-
-    @property
-    def mask_id(self) -> int | None:
-        return self.hf.mask_token_id
-
-    @property
-    def bos_id(self) -> int | None:
-        return self.hf.bos_token_id
-
-    @property
-    def eos_id(self) -> int | None:
-        return self.hf.eos_token_id
+    pad_id = _hf_token_id("pad")
+    cls_id = _hf_token_id("cls")
+    sep_id = _hf_token_id("sep")
+    mask_id = _hf_token_id("mask")
+    bos_id = _hf_token_id("bos")
+    eos_id = _hf_token_id("eos")
 
     @property
     def special_ids(self) -> list[int]:
