@@ -18,6 +18,7 @@ one shape are orthogonalised together in batched matmuls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -96,10 +97,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
             by_shape: dict[tuple[int, ...], list[tuple[nn.Parameter, torch.Tensor]]] = {}
@@ -173,10 +171,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _evaluate(closure)
         for opt in self._inner:
             opt.step()
         return loss
@@ -213,3 +208,12 @@ def build_optimizer(model: nn.Module, *, optimizer: str, lr: float, betas: tuple
         return MuonAdamW(matrices, rest, lr=lr, betas=betas, weight_decay=weight_decay, muon_lr=muon_lr,
                          muon_momentum=muon_momentum, fused=fused)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+
+
+def _evaluate(closure: Callable[[], Any] | None) -> Any:
+    """What ``step(closure)`` returns: ``closure()`` re-evaluated with gradients on (the
+    torch.optim convention), or None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
