@@ -37,12 +37,13 @@ The autograd pair (Megatron's ``f`` and ``g``):
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..attention import KVCache, MultiHeadAttention
+from ..attention import MultiHeadAttention
 from ..checks import check_int
 
 __all__ = [
@@ -198,24 +199,21 @@ class HeadParallelAttention(nn.Module):
         x: Tensor,
         context: Tensor | None = None,
         *,
-        causal: bool = False,
-        key_padding_mask: Tensor | None = None,
-        key_lengths: Tensor | None = None,
         attn_mask: Tensor | None = None,
-        kv_cache: KVCache | None = None,
         need_weights: bool = False,
+        **kwargs: Any,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """As :meth:`MultiHeadAttention.forward`; ``attn_mask`` with a head dimension of
-        size H is sliced to this rank's heads."""
+        """As :meth:`MultiHeadAttention.forward`, whose other keywords (``causal``,
+        ``key_padding_mask``, ``key_lengths``, ``kv_cache``) ``kwargs`` passes on to this
+        rank's layer; ``attn_mask`` with a head dimension of size H is sliced to this
+        rank's heads."""
         x = copy_to_group(x, self.group)
         if context is not None:
             context = copy_to_group(context, self.group)
         if attn_mask is not None and attn_mask.dim() == 4 and attn_mask.shape[1] == self.n_heads > 1:
             h = self.n_heads // self.degree
             attn_mask = attn_mask[:, self.rank * h : (self.rank + 1) * h]
-        out = self.local(x, context, causal=causal, key_padding_mask=key_padding_mask,
-                         key_lengths=key_lengths, attn_mask=attn_mask, kv_cache=kv_cache,
-                         need_weights=need_weights)
+        out = self.local(x, context, attn_mask=attn_mask, need_weights=need_weights, **kwargs)
         weights = None
         if need_weights:
             out, weights = out
