@@ -52,7 +52,8 @@ class AttentionCall:
 class Backend:
     """Base class. Subclasses set ``name`` and ``priority`` (higher = preferred by
     ``backend="auto"`` where it does not measure, and the order of its reasons) and
-    implement :meth:`unsupported` and :meth:`attend`. ``timed_by_auto = True`` makes
+    implement :meth:`attend`, and :meth:`unsupported` where they cannot serve every
+    call. ``timed_by_auto = True`` makes
     it a candidate that ``auto`` times against the others on CUDA
     (:mod:`.dispatch`); ``auto_devices`` (a tuple of device types), when set, limits
     the devices where ``auto`` considers it at all."""
@@ -63,8 +64,8 @@ class Backend:
 
     def unsupported(self, call: AttentionCall) -> str | None:
         """``None`` if this backend can serve ``call``, else a short reason naming
-        what it lacks (shown to the user)."""
-        raise NotImplementedError
+        what it lacks (shown to the user). By default every call is served."""
+        return None
 
     def attend(
         self,

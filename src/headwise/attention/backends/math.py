@@ -9,15 +9,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ..masks import MaskSpec
-from .base import AttentionCall, Backend, safe_softmax
+from .base import Backend, safe_softmax
 
 
 class MathBackend(Backend):
     name = "math"
     priority = 10
-
-    def unsupported(self, call: AttentionCall) -> str | None:
-        return None
 
     def attend(self, q, k, v, mask: MaskSpec, *, scale, dropout_p, need_weights):
         b, n_heads, tq, d = q.shape

@@ -11,15 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..masks import MaskSpec
-from .base import AttentionCall, Backend, safe_softmax
+from .base import Backend, safe_softmax
 
 
 class ReferenceBackend(Backend):
     name = "reference"
     priority = 0
-
-    def unsupported(self, call: AttentionCall) -> str | None:
-        return None
 
     def attend(self, q, k, v, mask: MaskSpec, *, scale, dropout_p, need_weights):
         n_heads, n_kv = q.shape[1], k.shape[1]
