@@ -49,6 +49,7 @@ from ..inspect import (
     batch_pooling,
     capture,
     context_length,
+    eval_mode,
     head_importance,
     induction_scores,
     is_causal,
@@ -222,17 +223,6 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - t0
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model.eval()`` for the block, then back to the mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _default_forward(model: nn.Module, input_ids: Tensor, key_padding_mask: Tensor | None) -> Any:
     return model(input_ids, key_padding_mask=key_padding_mask)
 
@@ -319,7 +309,7 @@ def _attention_stage(model: nn.Module, corpus: _Corpus, summary: _AttentionSumma
                      batch_size: int, fwd: Forward) -> None:
     """One forward per batch with every head's weights captured, fed to ``summary``."""
     device = next(model.parameters()).device
-    with _eval_mode(model), torch.no_grad(), capture(model, "weights") as cap:
+    with eval_mode(model), torch.no_grad(), capture(model, "weights") as cap:
         for sentences in length_batches(corpus.sentences, batch_size, budget=batch_size * _CELLS_PER_SENTENCE):
             batch = pad_batch(sentences, pad)
             kpm = batch.key_padding_mask()

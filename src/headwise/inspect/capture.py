@@ -30,7 +30,7 @@ from ..models import Decoder
 
 __all__ = [
     "CAPTURABLE", "attention_layers", "n_layers_heads", "is_causal", "context_length", "Capture", "capture",
-    "weights_capable",
+    "weights_capable", "eval_mode",
 ]
 
 #: what :func:`capture` can record: ``"weights"`` (attention probabilities
@@ -78,6 +78,18 @@ def weights_capable(layer: MultiHeadAttention) -> bool:
     """Whether ``layer``'s configured backend can return attention weights
     (:meth:`MultiHeadAttention.can_return_weights`)."""
     return layer.can_return_weights()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` for the block (dropout would make what is measured noisy), then
+    back to the mode the caller had it in, even on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class _LayerMap(Mapping):

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_real, is_int
-from .capture import attention_layers, capture, n_layers_heads
+from .capture import attention_layers, capture, eval_mode, n_layers_heads
 
 __all__ = [
     "ABLATION_MODES",
@@ -41,17 +41,6 @@ __all__ = [
 ]
 
 ABLATION_MODES = ("zero", "mean")
-
-
-@contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    # dropout would make importance and metrics noisy; restore the caller's mode after
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 def _check_lh(name: str, t: Any, shape: tuple[int, int]) -> Tensor:
@@ -100,7 +89,7 @@ def head_importance(
     m = torch.ones(shape, device=device, requires_grad=True)
     total = torch.zeros(shape, dtype=torch.float64)
     n = 0
-    with _eval(model), torch.enable_grad(), head_mask(model, m):
+    with eval_mode(model), torch.enable_grad(), head_mask(model, m):
         for batch in batches:
             loss = loss_fn(model, batch)
             if not isinstance(loss, Tensor) or loss.numel() != 1:
@@ -138,7 +127,7 @@ def head_means(
         raise ValueError(f"attention layers have different head_dim {sorted(dims)}")
     sums = torch.zeros(n_layers, n_heads, dims.pop(), dtype=torch.float64)
     count = 0.0
-    with _eval(model), torch.no_grad(), capture(model, "z") as cap:
+    with eval_mode(model), torch.no_grad(), capture(model, "z") as cap:
         for batch in batches:
             run(model, batch)
             z = cap.stack("z").double()  # (L, B, H, T, Dh)
@@ -250,7 +239,7 @@ def pruning_curve(
     n_steps = int(round(1 / step))
     fractions = [round(k * step, 10) for k in range(n_steps + 1) if k * step < 1 - 1e-9 or include_all]
     curve = []
-    with _eval(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for f in fractions:
             k = int(round(f * n_total))
             mask = torch.zeros(n_total, dtype=torch.bool)

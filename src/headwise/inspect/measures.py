@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_int, is_int
-from .capture import capture
+from .capture import capture, eval_mode
 
 __all__ = [
     "OFFSETS",
@@ -338,13 +338,8 @@ def induction_scores(
     g = torch.Generator().manual_seed(seed)
     ids = repeated_random_tokens(n, batch, low=low, high=high, bos_id=bos_id, generator=g).to(device)
     fwd = forward or _default_forward
-    was_training = model.training
-    model.eval()
-    try:
-        with capture(model, "weights") as cap:
-            fwd(model, ids)
-        stacked = cap.stack("weights")  # (L, B, H, T, T)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), capture(model, "weights") as cap:
+        fwd(model, ids)
+    stacked = cap.stack("weights")  # (L, B, H, T, T)
     return induction_score_from_weights(stacked.float(), n, bos=bos_id is not None).mean(1).double().cpu()
 

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..train.rundir import register_run_entry
-from .capture import capture, context_length, is_causal, n_layers_heads
+from .capture import capture, context_length, eval_mode, is_causal, n_layers_heads
 from .measures import MeasureAccumulator, induction_scores
 from .roles import DEFAULT_THRESHOLDS, RoleThresholds, assign_roles
 from .tokens import induction_bos_id
@@ -191,14 +191,9 @@ class HeadRecorder:
         """``{"heads": [...]}``: the measures and roles of the model as it is now."""
         model = self.model
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            with capture(model, "weights") as cap:
-                _eager_forward(model, self.probe.to(device))
-            w = cap.stack("weights").transpose(0, 1).float()  # (B, L, H, T, T)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), capture(model, "weights") as cap:
+            _eager_forward(model, self.probe.to(device))
+        w = cap.stack("weights").transpose(0, 1).float()  # (B, L, H, T, T)
         acc = MeasureAccumulator(causal=self.causal)
         acc.update(w, None, self.special.to(w.device), None)
         measures = acc.result()
