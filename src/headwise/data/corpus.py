@@ -138,18 +138,19 @@ class Corpus:
     @property
     def n_chars(self) -> int:
         """Total number of characters over all documents."""
-        if self._n_chars is None:
-            self._count()
-        assert self._n_chars is not None
-        return self._n_chars
+        return self._known("_n_chars")
 
     @property
     def n_documents(self) -> int:
         """Number of documents."""
-        if self._n_documents is None:
+        return self._known("_n_documents")
+
+    def _known(self, attribute: str) -> int:
+        """The count stored in ``attribute``, counted first (one pass over the documents)
+        if it was not given up front."""
+        if getattr(self, attribute) is None:
             self._count()
-        assert self._n_documents is not None
-        return self._n_documents
+        return getattr(self, attribute)
 
     def _count(self) -> None:
         chars = docs = 0
