@@ -159,7 +159,29 @@ class RTDHead(nn.Module):
         return self.out(self.act(self.dense(hidden))).squeeze(-1)
 
 
-class EncoderForMLM(nn.Module):
+class _EncoderWithHead(nn.Module):
+    """An :class:`Encoder` (``encoder``) and a head on its hidden states (``head``, from
+    the subclass's ``_make_head``): ``forward`` runs one after the other."""
+
+    def __init__(self, cfg: ModelConfig, embeddings: Embeddings | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, embeddings)
+        self.head = self._make_head(cfg)
+
+    def _make_head(self, cfg: ModelConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        key_padding_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        return self.head(self.encoder(input_ids, key_padding_mask, token_type_ids))
+
+
+class EncoderForMLM(_EncoderWithHead):
     """:class:`Encoder` + :class:`MLMHead` (BERT's ``BertForMaskedLM`` layout).
 
     ``forward(input_ids (B, T), key_padding_mask, token_type_ids) -> logits (B, T, V)``;
@@ -167,40 +189,18 @@ class EncoderForMLM(nn.Module):
     ``model.head(model.encoder(...)[selected])``.
     """
 
-    def __init__(self, cfg: ModelConfig, embeddings: Embeddings | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(cfg, embeddings)
-        self.head = MLMHead(cfg, self.encoder.embeddings.tok)
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        key_padding_mask: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
-        return self.head(self.encoder(input_ids, key_padding_mask, token_type_ids))
+    def _make_head(self, cfg: ModelConfig) -> nn.Module:
+        return MLMHead(cfg, self.encoder.embeddings.tok)
 
 
-class EncoderForRTD(nn.Module):
+class EncoderForRTD(_EncoderWithHead):
     """:class:`Encoder` + :class:`RTDHead` (ELECTRA's ``ElectraForPreTraining`` layout).
 
     ``forward(input_ids (B, T), key_padding_mask, token_type_ids) -> logits (B, T)``.
     """
 
-    def __init__(self, cfg: ModelConfig, embeddings: Embeddings | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = Encoder(cfg, embeddings)
-        self.head = RTDHead(cfg)
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        key_padding_mask: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
-    ) -> Tensor:
-        return self.head(self.encoder(input_ids, key_padding_mask, token_type_ids))
+    def _make_head(self, cfg: ModelConfig) -> nn.Module:
+        return RTDHead(cfg)
 
 
 def build_electra(
