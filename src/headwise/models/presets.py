@@ -24,74 +24,45 @@ from .config import ModelConfig
 
 __all__ = ["PRESETS", "get_preset", "generator_config"]
 
+#: what the CPU presets share: 128 wide, 4 layers of 4 heads, pre-norm, no dropout.
+_CPU = dict(
+    vocab_size=8192,
+    d_model=128,
+    n_layers=4,
+    n_heads=4,
+    d_ff=512,
+    norm="pre",
+    dropout=0.0,
+    attn_dropout=0.0,
+    activation="gelu",
+    layer_norm_eps=1e-5,
+)
+
+#: BERT's architecture, which ELECTRA keeps: its WordPiece vocabulary, 512 learned
+#: positions, two token types, post-norm, GELU, dropout 0.1.
+_BERT = dict(
+    vocab_size=30522,
+    max_len=512,
+    positions="learned",
+    norm="post",
+    dropout=0.1,
+    attn_dropout=0.1,
+    activation="gelu",
+    layer_norm_eps=1e-12,
+    type_vocab_size=2,
+)
+
 PRESETS: dict[str, ModelConfig] = {
     # Trains on 2 CPU cores in minutes; vocab_size is a placeholder to override with the
     # tokenizer's (get_preset("tiny", vocab_size=tok.vocab_size)).
-    "tiny": ModelConfig(
-        vocab_size=8192,
-        d_model=128,
-        n_layers=4,
-        n_heads=4,
-        d_ff=512,
-        max_len=128,
-        positions="learned",
-        norm="pre",
-        dropout=0.0,
-        attn_dropout=0.0,
-        activation="gelu",
-        layer_norm_eps=1e-5,
-    ),
+    "tiny": ModelConfig(**_CPU, max_len=128, positions="learned"),
     # A character-level GPT for the CPU: the recipe headwise.train.recipes["shakespeare-char"]
     # trains it (rotary positions, no biases, tied embeddings); vocab_size as for tiny.
-    "shakespeare-char": ModelConfig(
-        vocab_size=8192,
-        d_model=128,
-        n_layers=4,
-        n_heads=4,
-        d_ff=512,
-        max_len=256,
-        positions="rope",
-        norm="pre",
-        dropout=0.0,
-        attn_dropout=0.0,
-        activation="gelu",
-        layer_norm_eps=1e-5,
-        bias=False,
-        tied_embeddings=True,
-    ),
+    "shakespeare-char": ModelConfig(**_CPU, max_len=256, positions="rope", bias=False, tied_embeddings=True),
     # google/electra-small-discriminator: 256 wide, 128-wide shared embeddings.
-    "electra-small": ModelConfig(
-        vocab_size=30522,
-        d_model=256,
-        n_layers=12,
-        n_heads=4,
-        d_ff=1024,
-        max_len=512,
-        positions="learned",
-        norm="post",
-        dropout=0.1,
-        attn_dropout=0.1,
-        activation="gelu",
-        layer_norm_eps=1e-12,
-        type_vocab_size=2,
-        embedding_size=128,
-    ),
+    "electra-small": ModelConfig(**_BERT, d_model=256, n_layers=12, n_heads=4, d_ff=1024, embedding_size=128),
     # bert-base-uncased.
-    "bert-base": ModelConfig(
-        vocab_size=30522,
-        d_model=768,
-        n_layers=12,
-        n_heads=12,
-        d_ff=3072,
-        max_len=512,
-        positions="learned",
-        norm="post",
-        dropout=0.1,
-        attn_dropout=0.1,
-        activation="gelu",
-        layer_norm_eps=1e-12,
-        type_vocab_size=2,
-    ),
+    "bert-base": ModelConfig(**_BERT, d_model=768, n_layers=12, n_heads=12, d_ff=3072),
     # gpt2 (124M).
     "gpt2-small": ModelConfig(
         vocab_size=50257,
