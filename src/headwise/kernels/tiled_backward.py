@@ -18,7 +18,19 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiled_helpers import dot, dot_acc, load_rows, load_tile, query_tile_keys, store_tile
+from .tiled_helpers import (
+    dot,
+    dot_acc,
+    head_src,
+    key_end,
+    load_row_pair,
+    load_tile,
+    query_tile_keys,
+    query_tile_program,
+    store_tile,
+    tile_ptrs,
+    visible,
+)
 
 __all__ = ["bwd_delta", "attn_bwd_dkdv", "attn_bwd_dq"]
 
@@ -35,17 +47,26 @@ def bwd_delta(O, DO, DELTA,
     h = bh % H
     offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
-    o = load_tile(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om
-                  + offs_dv[None, :] * stride_od, offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
-    do = load_tile(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                   + offs_dv[None, :] * stride_dod, offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
+    o = load_tile(tile_ptrs(O, b, h, (stride_ob, stride_oh, stride_om, stride_od), offs_m, offs_dv),
+                  offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
+    do = load_tile(tile_ptrs(DO, b, h, (stride_dob, stride_doh, stride_dom, stride_dod), offs_m, offs_dv),
+                   offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh * Tq + offs_m, delta, mask=offs_m < Tq)
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32, h32,
-                stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd,
+def _row_stats(lse_base, delta_base, offs_m, Tq):
+    """The forward's log-sum-exp (in log2 units) and delta of query rows ``offs_m``.
+    Rows past Tq and rows that saw no key (lse = -inf) get lse = +inf, so p = 0."""
+    lse = tl.load(lse_base + offs_m, mask=offs_m < Tq, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
+    delta = tl.load(delta_base + offs_m, mask=offs_m < Tq, other=0.0)
+    return lse, delta
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32, h32, sq, sdo, sdq,
                 start_m, end_m, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
                 V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -54,85 +75,62 @@ def _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32,
     offs_d = tl.arange(0, BLOCK_D)
     for m0 in range(start_m, end_m, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        q = load_rows(q_src, b32, h32, m0, stride_qm, stride_qd, Tq, HEAD_DIM, BLOCK_M,
-                      BLOCK_D, True, True, USE_TMA)
-        do = load_rows(do_src, b32, h32, m0, stride_dom, stride_dod, Tq, V_DIM, BLOCK_M,
-                       BLOCK_DV, True, True, USE_TMA)
-        # rows past Tq and rows that saw no key (lse = -inf) must give p = 0
-        lse = tl.load(lse_base + offs_m, mask=offs_m < Tq, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-        delta = tl.load(delta_base + offs_m, mask=offs_m < Tq, other=0.0)
+        q, do = load_row_pair(q_src, do_src, b32, h32, m0, sq, sdo, Tq, HEAD_DIM, V_DIM, BLOCK_M,
+                              BLOCK_D, BLOCK_DV, True, True, USE_TMA)
+        lse, delta = _row_stats(lse_base, delta_base, offs_m, Tq)
         qk_t = dot(k, tl.trans(q), DOT_PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
         p_t = tl.exp2(qk_t - lse[None, :])
         if MASKED:
-            ok = offs_n[:, None] < kv_end
-            if CAUSAL:
-                ok = ok & (offs_n[:, None] <= offs_m[None, :] + causal_off)
-            p_t = tl.where(ok, p_t, 0.0)
+            p_t = tl.where(visible(offs_n[:, None], offs_m[None, :], kv_end, causal_off, CAUSAL), p_t, 0.0)
         dv = dot_acc(p_t.to(do.dtype), do, dv, DOT_PREC)
         dp_t = dot(v, tl.trans(do), DOT_PREC)
         ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
         dk = dot_acc(ds_t, q, dk, DOT_PREC)
         if FUSE_DQ:  # this key tile's share of dQ, summed over key tiles in float32
             dq = dot(tl.trans(ds_t), k, DOT_PREC) * sm_scale
-            tl.atomic_add(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd, dq,
+            tl.atomic_add(dq_base + offs_m[:, None] * sdq[2] + offs_d[None, :] * sdq[3], dq,
                           mask=(offs_m < Tq)[:, None] & (offs_d < HEAD_DIM)[None, :], sem="relaxed")
     return dk, dv
 
 
 @triton.jit
-def _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, h, H,
-               stride_qb, stride_qh, stride_qm, stride_qd,
-               stride_dob, stride_doh, stride_dom, stride_dod,
-               stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-               start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
-               CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr,
-               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
-               DOT_PREC: tl.constexpr, FUSE_DQ: tl.constexpr, USE_TMA: tl.constexpr):
+def _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, h, H, sq, sdo, sdq, start_m, mask_end,
+               full_from, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale, CAUSAL: tl.constexpr,
+               HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PREC: tl.constexpr,
+               FUSE_DQ: tl.constexpr, USE_TMA: tl.constexpr):
     """One query head's contribution to a key tile's dk, dv (and, FUSE_DQ, to dQ):
     the query tiles on a mask boundary, then those that see every key of the tile.
-    Q, DO: tensors, or (USE_TMA) their (B, H, T, D) tensor descriptors."""
-    if USE_TMA:
-        q_src = Q
-        do_src = DO
-    else:
-        q_src = Q + b * stride_qb + h * stride_qh
-        do_src = DO + b * stride_dob + h * stride_doh
+    Q, DO: tensors, or (USE_TMA) their (B, H, T, D) tensor descriptors; sq, sdo, sdq:
+    the strides of Q, dO and DQ."""
+    q_src = head_src(Q, b, h, sq, USE_TMA)
+    do_src = head_src(DO, b, h, sdo, USE_TMA)
     b32, h32 = b.to(tl.int32), h.to(tl.int32)
-    dq_base = DQ + b * stride_dqb + h * stride_dqh
+    dq_base = DQ + b * sdq[0] + h * sdq[1]
     lse_base = LSE + (b * H + h) * Tq
     delta_base = DELTA + (b * H + h) * Tq
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32, h32,
-                         stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd,
-                         start_m, mask_end, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32, h32, sq, sdo,
+                         sdq, start_m, mask_end, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
                          True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC,
                          FUSE_DQ, USE_TMA)
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32, h32,
-                         stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd,
-                         full_from, Tq, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_base, delta_base, dq_base, b32, h32, sq, sdo,
+                         sdq, full_from, Tq, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
                          False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC,
                          FUSE_DQ, USE_TMA)
     return dk, dv
 
 
 @triton.jit
-def _dkdv_tile(pid, Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
-               stride_qb, stride_qh, stride_qm, stride_qd,
-               stride_kb, stride_kh, stride_kn, stride_kd,
-               stride_vb, stride_vh, stride_vn, stride_vd,
-               stride_dob, stride_doh, stride_dom, stride_dod,
-               stride_dkb, stride_dkh, stride_dkn, stride_dkd,
-               stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-               stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-               H, HKV, GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET,
-               HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr,
-               DOT_PREC: tl.constexpr, GQA: tl.constexpr, FUSE_DQ: tl.constexpr,
-               USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dkdv_tile(pid, Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN, sq, sk, sv, sdo, sdk, sdv, sdq,
+               H, HKV, GROUP, Tq, Tk, qk_scale, sm_scale, HEAD_DIM: tl.constexpr,
+               V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_KLEN: tl.constexpr, DOT_PREC: tl.constexpr,
+               GQA: tl.constexpr, FUSE_DQ: tl.constexpr, USE_TMA: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dK, dV of key tile ``pid`` (in the flat (batch, kv head, key tile) order);
     with FUSE_DQ also its float32 share of dQ, added atomically into DQ (five tile
     products per step instead of the seven that a separate dQ pass needs, at the
-    price of a run-to-run varying summation order)."""
+    price of a run-to-run varying summation order). sq ... sdq: the strides of Q ... DQ."""
     num_n = tl.cdiv(Tk, BLOCK_N)
     bhkv = pid // num_n
     n0 = (pid % num_n) * BLOCK_N
@@ -142,14 +140,10 @@ def _dkdv_tile(pid, Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
 
-    kv_end = Tk
-    if HAS_KLEN:
-        kv_end = tl.minimum(tl.load(KLEN + b), Tk)
+    kv_end = key_end(KLEN, b, Tk, HAS_KLEN)
     causal_off = Tk - Tq
-    k = load_tile(K + b * stride_kb + hkv * stride_kh + offs_n[:, None] * stride_kn
-                  + offs_d[None, :] * stride_kd, offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, True)
-    v = load_tile(V + b * stride_vb + hkv * stride_vh + offs_n[:, None] * stride_vn
-                  + offs_dv[None, :] * stride_vd, offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, True)
+    k = load_tile(tile_ptrs(K, b, hkv, sk, offs_n, offs_d), offs_n, kv_end, offs_d, HEAD_DIM, BLOCK_D, True)
+    v = load_tile(tile_ptrs(V, b, hkv, sv, offs_n, offs_dv), offs_n, kv_end, offs_dv, V_DIM, BLOCK_DV, True)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
 
@@ -167,28 +161,20 @@ def _dkdv_tile(pid, Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
 
     if GQA:  # the whole group's gradients meet in dk, dv
         for g in range(0, GROUP):
-            dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, hkv * GROUP + g, H,
-                                stride_qb, stride_qh, stride_qm, stride_qd,
-                                stride_dob, stride_doh, stride_dom, stride_dod,
-                                stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-                                start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq,
-                                qk_scale, sm_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
-                                BLOCK_M, DOT_PREC, FUSE_DQ, USE_TMA)
+            dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, hkv * GROUP + g, H, sq, sdo, sdq,
+                                start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq, qk_scale,
+                                sm_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC,
+                                FUSE_DQ, USE_TMA)
     else:  # no loop around the pipelined loops: ptxas then keeps it all in registers
-        dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, hkv, H,
-                            stride_qb, stride_qh, stride_qm, stride_qd,
-                            stride_dob, stride_doh, stride_dom, stride_dod,
-                            stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-                            start_m, mask_end, full_from, offs_n, kv_end, causal_off, Tq,
-                            qk_scale, sm_scale, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
-                            BLOCK_M, DOT_PREC, FUSE_DQ, USE_TMA)
+        dk, dv = _dkdv_head(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, b, hkv, H, sq, sdo, sdq, start_m,
+                            mask_end, full_from, offs_n, kv_end, causal_off, Tq, qk_scale, sm_scale,
+                            CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_M, DOT_PREC, FUSE_DQ,
+                            USE_TMA)
 
     dk = dk * sm_scale
-    store_tile(DK + b * stride_dkb + hkv * stride_dkh + offs_n[:, None] * stride_dkn
-               + offs_d[None, :] * stride_dkd, dk.to(DK.dtype.element_ty), offs_n, Tk, offs_d,
+    store_tile(tile_ptrs(DK, b, hkv, sdk, offs_n, offs_d), dk.to(DK.dtype.element_ty), offs_n, Tk, offs_d,
                HEAD_DIM)
-    store_tile(DV + b * stride_dvb + hkv * stride_dvh + offs_n[:, None] * stride_dvn
-               + offs_dv[None, :] * stride_dvd, dv.to(DV.dtype.element_ty), offs_n, Tk, offs_dv,
+    store_tile(tile_ptrs(DV, b, hkv, sdv, offs_n, offs_dv), dv.to(DV.dtype.element_ty), offs_n, Tk, offs_dv,
                V_DIM)
 
 
@@ -211,47 +197,39 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN,
     per tile, or (PERSISTENT, TiledOptions(dkdv="persistent"): a candidate for the GPU
     to measure) a grid of about one program per SM, each taking every
     ``num_programs``-th of the BHKV * cdiv(Tk, BLOCK_N) tiles in turn."""
+    sq = (stride_qb, stride_qh, stride_qm, stride_qd)
+    sk = (stride_kb, stride_kh, stride_kn, stride_kd)
+    sv = (stride_vb, stride_vh, stride_vn, stride_vd)
+    sdo = (stride_dob, stride_doh, stride_dom, stride_dod)
+    sdk = (stride_dkb, stride_dkh, stride_dkn, stride_dkd)
+    sdv = (stride_dvb, stride_dvh, stride_dvn, stride_dvd)
+    sdq = (stride_dqb, stride_dqh, stride_dqm, stride_dqd)
     if PERSISTENT:
         n_tiles = BHKV * tl.cdiv(Tk, BLOCK_N)
         for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
-            _dkdv_tile(tile,
-                Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN, stride_qb, stride_qh, stride_qm,
-                stride_qd, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
-                stride_vn, stride_vd, stride_dob, stride_doh, stride_dom, stride_dod,
-                stride_dkb, stride_dkh, stride_dkn, stride_dkd, stride_dvb, stride_dvh,
-                stride_dvn, stride_dvd, stride_dqb, stride_dqh, stride_dqm, stride_dqd, H, HKV,
-                GROUP, Tq, Tk, qk_scale, sm_scale, SEQ_BUCKET, HEAD_DIM, V_DIM, BLOCK_D,
-                BLOCK_DV, CAUSAL, HAS_KLEN, DOT_PREC, GQA, FUSE_DQ, USE_TMA, BLOCK_M, BLOCK_N)
+            _dkdv_tile(tile, Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN, sq, sk, sv, sdo, sdk, sdv, sdq, H, HKV,
+                       GROUP, Tq, Tk, qk_scale, sm_scale, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, CAUSAL,
+                       HAS_KLEN, DOT_PREC, GQA, FUSE_DQ, USE_TMA, BLOCK_M, BLOCK_N)
     else:  # no loop around the tile: the default's code as it was
-        _dkdv_tile(tl.program_id(0),
-            Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN, stride_qb, stride_qh, stride_qm,
-            stride_qd, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
-            stride_vn, stride_vd, stride_dob, stride_doh, stride_dom, stride_dod, stride_dkb,
-            stride_dkh, stride_dkn, stride_dkd, stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-            stride_dqb, stride_dqh, stride_dqm, stride_dqd, H, HKV, GROUP, Tq, Tk, qk_scale,
-            sm_scale, SEQ_BUCKET, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, CAUSAL, HAS_KLEN,
-            DOT_PREC, GQA, FUSE_DQ, USE_TMA, BLOCK_M, BLOCK_N)
+        _dkdv_tile(tl.program_id(0), Q, K, V, DO, LSE, DELTA, DK, DV, DQ, KLEN, sq, sk, sv, sdo, sdk, sdv,
+                   sdq, H, HKV, GROUP, Tq, Tk, qk_scale, sm_scale, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV,
+                   CAUSAL, HAS_KLEN, DOT_PREC, GQA, FUSE_DQ, USE_TMA, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse, delta, k_src, v_src, b32, hkv32, stride_kn, stride_kd, stride_vn,
-              stride_vd, start_n, end_n, offs_m, kv_end, causal_off, qk_scale,
-              MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
-              V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-              BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr):
+def _dq_inner(dq, q, do, lse, delta, k_src, v_src, b32, hkv32, sk, sv, start_n, end_n, offs_m, kv_end,
+              causal_off, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+              HEAD_DIM: tl.constexpr, V_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+              USE_TMA: tl.constexpr):
     for n0 in range(start_n, end_n, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        k = load_rows(k_src, b32, hkv32, n0, stride_kn, stride_kd, kv_end, HEAD_DIM, BLOCK_N,
-                      BLOCK_D, MASKED, False, USE_TMA)
-        v = load_rows(v_src, b32, hkv32, n0, stride_vn, stride_vd, kv_end, V_DIM, BLOCK_N,
-                      BLOCK_DV, MASKED, False, USE_TMA)
+        k, v = load_row_pair(k_src, v_src, b32, hkv32, n0, sk, sv, kv_end, HEAD_DIM, V_DIM, BLOCK_N,
+                             BLOCK_D, BLOCK_DV, MASKED, False, USE_TMA)
         qk = dot(q, tl.trans(k), DOT_PREC) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:
-            ok = offs_n[None, :] < kv_end
-            if CAUSAL:
-                ok = ok & (offs_n[None, :] <= offs_m[:, None] + causal_off)
-            p = tl.where(ok, p, 0.0)
+            p = tl.where(visible(offs_n[None, :], offs_m[:, None], kv_end, causal_off, CAUSAL), p, 0.0)
         dp = dot(do, tl.trans(v), DOT_PREC)
         ds = p * (dp - delta[:, None])
         dq = dot_acc(ds.to(k.dtype), k, dq, DOT_PREC)
@@ -271,47 +249,34 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KLEN,
                 DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr):
     """dQ of one query tile; K, V: tensors, or (USE_TMA) their tensor descriptors."""
-    num_m = tl.cdiv(Tq, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    tile = pid % num_m
-    if CAUSAL:
-        tile = num_m - 1 - tile
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    hkv = h // GROUP
-    m0 = tile * BLOCK_M
+    sk = (stride_kb, stride_kh, stride_kn, stride_kd)
+    sv = (stride_vb, stride_vh, stride_vn, stride_vd)
+    b, h, hkv, m0 = query_tile_program(H, GROUP, Tq, CAUSAL, BLOCK_M)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
 
-    q = load_tile(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm
-                  + offs_d[None, :] * stride_qd, offs_m, Tq, offs_d, HEAD_DIM, BLOCK_D, True)
-    do = load_tile(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                   + offs_dv[None, :] * stride_dod, offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
-    lse = tl.load(LSE + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634
-    delta = tl.load(DELTA + (b * H + h) * Tq + offs_m, mask=offs_m < Tq, other=0.0)
-    if USE_TMA:
-        k_src = K
-        v_src = V
-    else:
-        k_src = K + b * stride_kb + hkv * stride_kh
-        v_src = V + b * stride_vb + hkv * stride_vh
+    q = load_tile(tile_ptrs(Q, b, h, (stride_qb, stride_qh, stride_qm, stride_qd), offs_m, offs_d),
+                  offs_m, Tq, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = load_tile(tile_ptrs(DO, b, h, (stride_dob, stride_doh, stride_dom, stride_dod), offs_m, offs_dv),
+                   offs_m, Tq, offs_dv, V_DIM, BLOCK_DV, True)
+    lse, delta = _row_stats(LSE + (b * H + h) * Tq, DELTA + (b * H + h) * Tq, offs_m, Tq)
+    k_src = head_src(K, b, hkv, sk, USE_TMA)
+    v_src = head_src(V, b, hkv, sv, USE_TMA)
     b32, hkv32 = b.to(tl.int32), hkv.to(tl.int32)
 
     kv_end, causal_off, full, hi = query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
                                                    BLOCK_M, BLOCK_N)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, b32, hkv32, stride_kn, stride_kd,
-                   stride_vn, stride_vd, 0, full, offs_m, kv_end, causal_off, qk_scale, False,
-                   CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
-    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, b32, hkv32, stride_kn, stride_kd,
-                   stride_vn, stride_vd, full, hi, offs_m, kv_end, causal_off, qk_scale, True,
-                   CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
+    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, b32, hkv32, sk, sv, 0, full, offs_m, kv_end,
+                   causal_off, qk_scale, False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N,
+                   DOT_PREC, USE_TMA)
+    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, b32, hkv32, sk, sv, full, hi, offs_m, kv_end,
+                   causal_off, qk_scale, True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D, BLOCK_DV, BLOCK_N,
+                   DOT_PREC, USE_TMA)
     dq = dq * sm_scale
-    store_tile(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm
-               + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), offs_m, Tq, offs_d,
+    sdq = (stride_dqb, stride_dqh, stride_dqm, stride_dqd)
+    store_tile(tile_ptrs(DQ, b, h, sdq, offs_m, offs_d), dq.to(DQ.dtype.element_ty), offs_m, Tq, offs_d,
                HEAD_DIM)
 

@@ -15,43 +15,76 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiled_helpers import dot, dot_acc, load_rows, query_tile_keys, store_tile
+from .tiled_helpers import (
+    dot,
+    dot_acc,
+    head_src,
+    load_row_pair,
+    load_rows,
+    query_tile_keys,
+    query_tile_program,
+    store_tile,
+    tile_ptrs,
+    visible,
+)
 
 __all__ = ["attn_fwd", "attn_fwd_desc"]
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd, stride_vn, stride_vd,
-               start_n, end_n, offs_m, kv_end, causal_off, qk_scale, b32, hkv32,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _softmax_start(BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """``(acc, l, m)`` before the first key tile. A finite start for the running max
+    keeps exp2(m_old - m_new) NaN-free in rows that have seen only masked keys so far."""
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _softmax_step(acc, l_i, m_i, qk, v, qk_scale, DOT_PREC: tl.constexpr):
+    """The online softmax over one key tile: ``qk`` its raw scores (``-inf`` where
+    masked), ``v`` its values. Scores in log2 units: exp(s * scale) == exp2(s * scale *
+    log2(e)). The launcher makes qk_scale > 0, so max(s) * qk_scale is the scaled row
+    max and s * qk_scale - m is one FMA per score (no separate scaling pass)."""
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(qk * qk_scale - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _softmax_finish(acc, l_i, m_i):
+    """``(out, lse)`` after the last key tile; lse in natural log. Rows that saw no key
+    get output 0 and lse -inf."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc * (1.0 / l_safe)[:, None]  # one division per row, not per element
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    return out, lse
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, sk, sv, start_n, end_n, offs_m, kv_end, causal_off,
+               qk_scale, b32, hkv32, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
                V_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr):
     """k_src, v_src: the (batch, kv head)'s base pointers, or (USE_TMA) the (B, Hkv,
-    Tk, D) tensor descriptors, whose loads zero-fill past Tk and past the head dim."""
+    Tk, D) tensor descriptors, whose loads zero-fill past Tk and past the head dim;
+    sk, sv: K's and V's strides."""
     for n0 in range(start_n, end_n, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         # padding keys (from kv_end) are zeroed: p = 0 there must not meet a NaN
-        k = load_rows(k_src, b32, hkv32, n0, stride_kn, stride_kd, kv_end, HEAD_DIM, BLOCK_N,
-                      BLOCK_D, MASKED, False, USE_TMA)
-        v = load_rows(v_src, b32, hkv32, n0, stride_vn, stride_vd, kv_end, V_DIM, BLOCK_N,
-                      BLOCK_DV, MASKED, False, USE_TMA)
-        # scores in log2 units: exp(s * scale) == exp2(s * scale * log2(e)). The
-        # launcher makes qk_scale > 0, so max(s) * qk_scale is the scaled row max
-        # and s * qk_scale - m is one FMA per score (no separate scaling pass).
+        k, v = load_row_pair(k_src, v_src, b32, hkv32, n0, sk, sv, kv_end, HEAD_DIM, V_DIM, BLOCK_N,
+                             BLOCK_D, BLOCK_DV, MASKED, False, USE_TMA)
         qk = dot(q, tl.trans(k), DOT_PREC)
         if MASKED:
-            ok = offs_n[None, :] < kv_end
-            if CAUSAL:
-                ok = ok & (offs_n[None, :] <= offs_m[:, None] + causal_off)
+            ok = visible(offs_n[None, :], offs_m[:, None], kv_end, causal_off, CAUSAL)
             qk = tl.where(ok, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk * qk_scale - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_PREC)
-        m_i = m_new
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, qk, v, qk_scale, DOT_PREC)
     return acc, l_i, m_i
-
 
 
 @triton.jit(do_not_specialize=["H", "GROUP", "Tq", "Tk", "SEQ_BUCKET"])
@@ -67,58 +100,35 @@ def attn_fwd(Q, K, V, O, LSE, KLEN,
              BLOCK_N: tl.constexpr):
     """Q, K, V, O: tensors, or (USE_TMA: Hopper's tensor memory accelerator) tensor
     descriptors of the (B, H, T, D) views with blocks (1, 1, BLOCK_M or BLOCK_N, BLOCK_D)."""
-    # one flat grid: consecutive programs are the query tiles of one head, so they
-    # share that head's K/V in L2; causal runs the heaviest (last) tiles first.
-    num_m = tl.cdiv(Tq, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    tile = pid % num_m
-    if CAUSAL:
-        tile = num_m - 1 - tile
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    hkv = h // GROUP
-    m0 = tile * BLOCK_M
+    sq = (stride_qb, stride_qh, stride_qm, stride_qd)
+    sk = (stride_kb, stride_kh, stride_kn, stride_kd)
+    sv = (stride_vb, stride_vh, stride_vn, stride_vd)
+    b, h, hkv, m0 = query_tile_program(H, GROUP, Tq, CAUSAL, BLOCK_M)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_dv = tl.arange(0, BLOCK_DV)
 
     b32, h32, hkv32 = b.to(tl.int32), h.to(tl.int32), hkv.to(tl.int32)
-    if USE_TMA:
-        q_src = Q
-        k_src = K
-        v_src = V
-    else:
-        q_src = Q + b * stride_qb + h * stride_qh
-        k_src = K + b * stride_kb + hkv * stride_kh
-        v_src = V + b * stride_vb + hkv * stride_vh
-    q = load_rows(q_src, b32, h32, m0, stride_qm, stride_qd, Tq, HEAD_DIM, BLOCK_M, BLOCK_D,
-                  True, True, USE_TMA)
+    q_src = head_src(Q, b, h, sq, USE_TMA)
+    k_src = head_src(K, b, hkv, sk, USE_TMA)
+    v_src = head_src(V, b, hkv, sv, USE_TMA)
+    q = load_rows(q_src, b32, h32, m0, sq, Tq, HEAD_DIM, BLOCK_M, BLOCK_D, True, True, USE_TMA)
 
     kv_end, causal_off, full, hi = query_tile_keys(KLEN, b, Tq, Tk, m0, CAUSAL, HAS_KLEN,
                                                    BLOCK_M, BLOCK_N)
 
-    # a finite start for the running max keeps exp2(m_old - m_new) NaN-free in
-    # rows that have seen only masked keys so far
-    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd,
-                               stride_vn, stride_vd, 0, full, offs_m, kv_end, causal_off,
-                               qk_scale, b32, hkv32, False, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D,
-                               BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kn, stride_kd,
-                               stride_vn, stride_vd, full, hi, offs_m, kv_end, causal_off,
-                               qk_scale, b32, hkv32, True, CAUSAL, HEAD_DIM, V_DIM, BLOCK_D,
-                               BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
-    empty = l_i == 0.0  # rows that saw no key: output 0, lse -inf
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc * (1.0 / l_safe)[:, None]  # one division per row, not per element
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    acc, l_i, m_i = _softmax_start(BLOCK_M, BLOCK_DV)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, sk, sv, 0, full, offs_m, kv_end,
+                               causal_off, qk_scale, b32, hkv32, False, CAUSAL, HEAD_DIM, V_DIM,
+                               BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, sk, sv, full, hi, offs_m, kv_end,
+                               causal_off, qk_scale, b32, hkv32, True, CAUSAL, HEAD_DIM, V_DIM,
+                               BLOCK_D, BLOCK_DV, BLOCK_N, DOT_PREC, USE_TMA)
+    out, lse = _softmax_finish(acc, l_i, m_i)
 
     if USE_TMA:  # the store clips rows past Tq and columns past the head dim
         O.store([b32, h32, m0, 0], out.to(q.dtype).reshape(1, 1, BLOCK_M, BLOCK_DV))
     else:
-        o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
+        o_ptrs = tile_ptrs(O, b, h, (stride_ob, stride_oh, stride_om, stride_od), offs_m, offs_dv)
         store_tile(o_ptrs, out.to(O.dtype.element_ty), offs_m, Tq, offs_dv, V_DIM)
     tl.store(LSE + (b * H + h) * Tq + offs_m, lse, mask=offs_m < Tq)
 
@@ -143,12 +153,7 @@ def _fwd_desc_inner(acc, l_i, m_i, q, k_desc, v_desc, start_n, end_n, offs_m, kv
             key_ok = (n0 + tl.arange(0, BLOCK_N)) < kv_end
             qk = tl.where(key_ok[None, :], qk, float("-inf"))
             v = tl.where(key_ok[:, None], v, 0.0)
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk * qk_scale - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_PREC)
-        m_i = m_new
+        acc, l_i, m_i = _softmax_step(acc, l_i, m_i, qk, v, qk_scale, DOT_PREC)
     return acc, l_i, m_i
 
 
@@ -165,13 +170,7 @@ def attn_fwd_desc(Q, K, V, O, LSE, KLEN,
                   BLOCK_N: tl.constexpr):
     """The non-causal forward (CAUSAL is False; it is a parameter for the autotuner's
     key) with device-side descriptors; the head dim must be contiguous."""
-    num_m = tl.cdiv(Tq, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    m0 = (pid % num_m) * BLOCK_M
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    hkv = h // GROUP
+    b, h, hkv, m0 = query_tile_program(H, GROUP, Tq, False, BLOCK_M)
     q_desc = tl.make_tensor_descriptor(Q + b * stride_qb + h * stride_qh, shape=[Tq, HEAD_DIM],
                                        strides=[stride_qm, 1], block_shape=[BLOCK_M, BLOCK_D])
     k_desc = tl.make_tensor_descriptor(K + b * stride_kb + hkv * stride_kh, shape=[Tk, HEAD_DIM],
@@ -184,17 +183,12 @@ def attn_fwd_desc(Q, K, V, O, LSE, KLEN,
     offs_m = m0 + tl.arange(0, BLOCK_M)
     kv_end, causal_off, full, hi = query_tile_keys(KLEN, b, Tq, Tk, m0, False, HAS_KLEN,
                                                    BLOCK_M, BLOCK_N)
-    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - 1.0e30
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    acc, l_i, m_i = _softmax_start(BLOCK_M, BLOCK_DV)
     acc, l_i, m_i = _fwd_desc_inner(acc, l_i, m_i, q, k_desc, v_desc, 0, full, offs_m, kv_end,
                                     qk_scale, False, BLOCK_N, DOT_PREC, WS)
     acc, l_i, m_i = _fwd_desc_inner(acc, l_i, m_i, q, k_desc, v_desc, full, hi, offs_m, kv_end,
                                     qk_scale, True, BLOCK_N, DOT_PREC, False)
-    empty = l_i == 0.0  # rows that saw no key: output 0, lse -inf
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc * (1.0 / l_safe)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    out, lse = _softmax_finish(acc, l_i, m_i)
     o_desc.store([m0, 0], out.to(q.dtype))  # clips rows past Tq, columns past the head dim
     tl.store(LSE + (b * H + h) * Tq + offs_m, lse, mask=offs_m < Tq)
 
