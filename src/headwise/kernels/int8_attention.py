@@ -35,7 +35,7 @@ from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
 from .inputs import MAX_HEAD_DIM, check_int8_inputs
-from .tiled_helpers import INTERPRET, LOG2E, query_tile_keys
+from .tiled_helpers import INTERPRET, LOG2E, query_tile_keys, visible
 
 __all__ = ["int8_attention", "INTERPRET", "MAX_HEAD_DIM"]
 
@@ -104,9 +104,7 @@ def _int8_inner(acc, l_i, m_i, q, q_scale, kq_base, ks_base, v_base, stride_vn, 
         # int8 x int8 -> int32 on the tensor cores; one dequantisation per tile pair
         qk = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32) * (q_scale * k_scale)
         if MASKED:
-            ok = offs_n[None, :] < kv_end
-            if CAUSAL:
-                ok = ok & (offs_n[None, :] <= offs_m[:, None] + causal_off)
+            ok = visible(offs_n[None, :], offs_m[:, None], kv_end, causal_off, CAUSAL)
             qk = tl.where(ok, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -211,16 +209,8 @@ def _run(q, k, v, key_lengths, causal, scale, smooth_k, cfg) -> Tensor:
 
 
 @torch.no_grad()
-def int8_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    causal: bool = False,
-    key_lengths: Tensor | None = None,
-    scale: float | None = None,
-    smooth_k: bool = True,
-) -> Tensor:
+def int8_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_lengths: Tensor | None = None,
+                   scale: float | None = None, smooth_k: bool = True) -> Tensor:
     """softmax(q k^T * scale + mask) v with int8 ``q k^T`` (see the module docstring).
 
     Args:
