@@ -209,8 +209,16 @@ def _run(q, k, v, key_lengths, causal, scale, smooth_k, cfg) -> Tensor:
 
 
 @torch.no_grad()
-def int8_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_lengths: Tensor | None = None,
-                   scale: float | None = None, smooth_k: bool = True) -> Tensor:
+def int8_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    key_lengths: Tensor | None = None,
+    scale: float | None = None,
+    smooth_k: bool = True,
+) -> Tensor:
     """softmax(q k^T * scale + mask) v with int8 ``q k^T`` (see the module docstring).
 
     Args:

@@ -75,8 +75,16 @@ def tiled_attention_lse(
                                                   *options.op_args())
 
 
-def tiled_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_lengths: Tensor | None = None,
-                    scale: float | None = None, options: TiledOptions | None = None) -> Tensor:
+def tiled_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    key_lengths: Tensor | None = None,
+    scale: float | None = None,
+    options: TiledOptions | None = None,
+) -> Tensor:
     """softmax(q k^T * scale + mask) v for every head at once with the tiled Triton
     kernels; returns ``out (B, H, Tq, Dv)``. Arguments as in
     :func:`tiled_attention_lse`."""
