@@ -85,9 +85,9 @@ def check_choice(name: str, value: Any, accepted: Iterable[Any]) -> Any:
 
 
 def check_key_lengths(key_lengths: Any, batch: int, k_len: int, device: torch.device,
-                      *, other: str = "the inputs are", values: bool = True) -> Tensor:
-    """A ``(batch,)`` integer tensor of valid key counts in ``[0, k_len]`` on ``device``,
-    returned as int64; ``TypeError``/``ValueError`` naming what is wrong otherwise.
+                      *, other: str = "the inputs are", values: bool = True) -> None:
+    """Check that ``key_lengths`` is a ``(batch,)`` integer tensor of valid key counts in
+    ``[0, k_len]`` on ``device``; ``TypeError``/``ValueError`` naming what is wrong otherwise.
     ``other`` names what ``device`` belongs to in the message ("q is"). Reads the values (one host
     sync) to check the range, unless ``values`` is False (the kernels clamp them to ``[0, k_len]``,
     and a check under ``torch.compile`` must not read a tensor's data)."""
@@ -110,4 +110,3 @@ def check_key_lengths(key_lengths: Any, batch: int, k_len: int, device: torch.de
             raise ValueError(
                 f"key_lengths must lie in [0, {k_len}] (the key length), got values in [{lo}, {hi}]"
             )
-    return key_lengths.to(torch.long)

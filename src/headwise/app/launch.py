@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from ..checks import check_int
 from ..distributed.ddp import DistEnv, free_port
 from ..distributed.trainer import DistributedTrainer
+from ..kernels import get_tiled_options, set_tiled_options
 from ..train.config import TrainConfig
 
 __all__ = ["launch", "run_distributed"]
@@ -46,6 +47,8 @@ def _worker(local_rank: int, nproc: int, port: int, cfg: TrainConfig, flags: dic
     threads = flags.pop("threads", None)
     if threads:
         torch.set_num_threads(threads)
+    # a spawned process starts fresh: it takes the parent's kernel options (cli.main set them)
+    set_tiled_options(flags.pop("tiled_options"))
     run_distributed(cfg, **flags)
 
 
@@ -65,7 +68,7 @@ def launch(cfg: TrainConfig, nproc: int, *, resume: bool = False, overwrite: boo
     # N processes on this machine's cores: split the cores rather than oversubscribe them
     threads = max(1, (os.cpu_count() or 1) // nproc)
     flags = {"resume": resume, "overwrite": overwrite, "progress": progress, "tp": tp, "threads": threads,
-             "changes": changes}
+             "changes": changes, "tiled_options": get_tiled_options()}
     try:
         mp.spawn(_worker, args=(nproc, free_port(), cfg, flags), nprocs=nproc, join=True)
     except mp.ProcessException as e:

@@ -168,10 +168,6 @@ def inspect_run(objective: Any, tokenizer: Any, kind: str, val_blocks: Any, *,
 
 
 # ---------------------------------------------------------------------- the story
-def _attach_recorder(trainer: Any) -> bool:
-    return attach_head_recorder(trainer) is not None
-
-
 def _keep_check_lines(trainer: Any) -> list[str]:
     """A list that will hold the sanity checks' result lines (``[ok] ...``) the trainer
     prints before its first step (they are also printed as before)."""
@@ -216,7 +212,7 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
             out(summary_path.read_text().rstrip("\n"))
             return 0
     if report:
-        _attach_recorder(trainer)
+        attach_head_recorder(trainer)
     checks = _keep_check_lines(trainer)
     start = trainer.step
     t0 = time.perf_counter()

@@ -476,8 +476,8 @@ class MultiHeadAttention(nn.Module):
         return (out, weights) if need_weights else out
 
     def _check_input(self, name: str, t: Tensor, width: int) -> None:
-        if self._own_qkv:
-            w = self.out_proj.weight
+        if self._own_qkv:  # own Q/K/V weight, not out_proj's: a given one may build .weight (int8)
+            w = self.qkv_weight if self.fused else self.q_weight
             check_layer_input(name, t, width, w.dtype, w.device)
         else:  # given projections take any floating-point input (Projection)
             check_layer_input(name, t, width, None, module_device(self.out_proj))

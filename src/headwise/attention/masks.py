@@ -146,7 +146,8 @@ def normalize_mask(
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     lengths = None
     if key_lengths is not None:
-        lengths = check_key_lengths(key_lengths, batch, k_len, device)
+        check_key_lengths(key_lengths, batch, k_len, device)
+        lengths = key_lengths.to(torch.long)
 
     bias = None
     if key_padding_mask is not None:

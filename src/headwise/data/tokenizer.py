@@ -43,7 +43,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 from ..checks import check_choice
 from ..protocols import WordPieces
 
-__all__ = ["Tokenizer", "TokenizerKind", "KINDS", "TOKENIZER_FILE"]
+__all__ = ["Tokenizer", "TokenizerKind", "KINDS", "TOKENIZER_FILE", "word_ids"]
 
 TokenizerKind = Literal["wordpiece", "bpe", "char"]
 KINDS: tuple[str, ...] = ("wordpiece", "bpe", "char")
@@ -215,14 +215,14 @@ class Tokenizer:
         ``[CLS]``/``[SEP]``); special-token strings among the words stay plain text."""
         self._set_special_parsing(False)
         enc = self._tok.encode(list(words), is_pretokenized=True, add_special_tokens=add_special_tokens)
-        return WordPieces(list(enc.ids), _word_ids(enc))
+        return WordPieces(list(enc.ids), word_ids(enc))
 
     def encode_text(self, text: str, *, add_special_tokens: bool = True) -> WordPieces:
         """Pieces of raw ``text`` with their character offsets; ``word_ids`` number the
         pre-tokenizer's words (BERT splits off punctuation, byte-level BPE at spaces)."""
         self._set_special_parsing(False)
         enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
-        return WordPieces(list(enc.ids), _word_ids(enc), [tuple(o) for o in enc.offsets])
+        return WordPieces(list(enc.ids), word_ids(enc), [tuple(o) for o in enc.offsets])
 
     def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` (a list, numpy array or 1-D tensor of token ids)."""
@@ -307,7 +307,7 @@ class Tokenizer:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
 
 
-def _word_ids(enc: Encoding) -> list[int | None]:
+def word_ids(enc: Encoding) -> list[int | None]:
     """Each piece's word index, ``None`` for a special token the post-processor added."""
     special = enc.special_tokens_mask or [0] * len(enc.ids)
     return [None if s else w for w, s in zip(enc.word_ids, special, strict=True)]

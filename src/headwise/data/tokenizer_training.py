@@ -16,7 +16,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 from ..checks import check_choice, check_int
 from .cache import default_cache_dir
 from .corpus import Corpus
-from .tokenizer import SPECIALS, CLS, KINDS, SEP, TOKENIZER_FILE, UNK, Tokenizer
+from .tokenizer import CLS, KINDS, SEP, SPECIALS, TOKENIZER_FILE, UNK, Tokenizer
 
 __all__ = ["train_tokenizer", "load_or_train_tokenizer", "min_vocab_size"]
 

@@ -16,19 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tokenizers import Encoding
 from tokenizers import Tokenizer as RawTokenizer
 
 from ..data import Tokenizer as HeadwiseTokenizer
+from ..data.tokenizer import word_ids
 from ..models.hf import HFTokenizer
 from ..protocols import Tokenizer, WordPieces
 
 __all__ = ["RawTokenizerPieces", "as_tokenizer", "pad_id", "induction_bos_id", "token_strings"]
-
-
-def _word_ids(enc: Encoding) -> list[int | None]:
-    special = enc.special_tokens_mask or [0] * len(enc.ids)
-    return [None if s else w for w, s in zip(enc.word_ids, special, strict=True)]
 
 
 class RawTokenizerPieces:
@@ -48,11 +43,11 @@ class RawTokenizerPieces:
 
     def encode_words(self, words: Sequence[str], *, add_special_tokens: bool = True) -> WordPieces:
         enc = self.raw.encode(list(words), is_pretokenized=True, add_special_tokens=add_special_tokens)
-        return WordPieces(list(enc.ids), _word_ids(enc))
+        return WordPieces(list(enc.ids), word_ids(enc))
 
     def encode_text(self, text: str, *, add_special_tokens: bool = True) -> WordPieces:
         enc = self.raw.encode(text, add_special_tokens=add_special_tokens)
-        return WordPieces(list(enc.ids), _word_ids(enc), [tuple(o) for o in enc.offsets])
+        return WordPieces(list(enc.ids), word_ids(enc), [tuple(o) for o in enc.offsets])
 
 
 def as_tokenizer(tokenizer: Any) -> Tokenizer | RawTokenizerPieces:

@@ -10,6 +10,8 @@ of its forward. Importing this module imports Triton (through the launchers).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -21,12 +23,18 @@ __all__: list[str] = []
 _D = TiledOptions()
 
 
+@functools.lru_cache(maxsize=64)
+def _options(*args: object) -> TiledOptions:
+    """The options an op was called with (validated once per distinct set, not per call)."""
+    return TiledOptions(*args)
+
+
 @torch.library.custom_op("headwise::tiled_attention_fwd", mutates_args=())
 def _tiled_attention_fwd(q: Tensor, k: Tensor, v: Tensor, key_lengths: Tensor | None,
                          causal: bool, scale: float, autotune: bool = _D.autotune,
                          bwd: str = _D.bwd, tma: bool | None = _D.tma, fwd: str = _D.fwd,
                          dkdv: str = _D.dkdv) -> tuple[Tensor, Tensor]:
-    options = TiledOptions(autotune, bwd, tma, fwd, dkdv)
+    options = _options(autotune, bwd, tma, fwd, dkdv)
     return forward(q, k, v, key_lengths, causal, scale, options)
 
 
@@ -44,7 +52,7 @@ def _tiled_attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Ten
                          causal: bool, scale: float, autotune: bool = _D.autotune,
                          bwd: str = _D.bwd, tma: bool | None = _D.tma, fwd: str = _D.fwd,
                          dkdv: str = _D.dkdv) -> tuple[Tensor, Tensor, Tensor]:
-    options = TiledOptions(autotune, bwd, tma, fwd, dkdv)
+    options = _options(autotune, bwd, tma, fwd, dkdv)
     return backward(dout, q, k, v, out, lse, dlse, key_lengths, causal, scale, options)
 
 
@@ -62,7 +70,7 @@ def _setup_context(ctx, inputs, output) -> None:
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, key_lengths)
     ctx.causal, ctx.scale, ctx.n_inputs = causal, scale, len(inputs)
-    ctx.options = TiledOptions(*options).op_args()  # unpassed trailing ones: the defaults
+    ctx.options = _options(*options).op_args()  # unpassed trailing ones: the defaults
 
 
 def _backward_rule(ctx, dout, dlse):

@@ -97,7 +97,7 @@ class Embeddings(nn.Module):
     This is the unit ELECTRA shares between its generator and discriminator.
 
     Args:
-        cfg: the model config (``positions``, ``type_vocab_size``, ``embed_dim``...).
+        cfg: the model config (``positions``, ``type_vocab_size``, ``embedding_size``...).
         layer_norm: apply a LayerNorm to the sum (BERT/ELECTRA do; GPT-2 does not).
     """
 
@@ -115,7 +115,7 @@ class Embeddings(nn.Module):
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, offset: int = 0
     ) -> Tensor:
-        """``input_ids (B, T)`` -> ``(B, T, embed_dim)``; tokens sit at positions
+        """``input_ids (B, T)`` -> ``(B, T, embedding_size)``; tokens sit at positions
         ``offset .. offset + T - 1`` (``offset`` > 0 when decoding with a KV cache)."""
         t = input_ids.shape[1]
         x = self.tok(input_ids)

@@ -209,7 +209,7 @@ def build_electra(
     """ELECTRA's pair: ``(generator, discriminator)`` sharing one :class:`Embeddings`
     (token, position and type tables and their LayerNorm, as ELECTRA shares its
     ``embeddings`` scope). The generator is ``generator_config(cfg, generator_fraction)``
-    and projects the shared ``embed_dim``-wide embeddings to its own width."""
+    and projects the shared ``embedding_size``-wide embeddings to its own width."""
     discriminator = EncoderForRTD(cfg)
     generator = EncoderForMLM(
         generator_config(cfg, generator_fraction), discriminator.encoder.embeddings
@@ -242,13 +242,13 @@ def _check_shareable(embeddings: Embeddings, cfg: ModelConfig) -> None:
     """Shared embeddings must have exactly the tables this config would build."""
     want = {
         "vocab_size": cfg.vocab_size,
-        "embed_dim": cfg.embedding_size,
+        "embedding_size": cfg.embedding_size,
         "learned positions": cfg.max_len if cfg.positions == "learned" else None,
         "type_vocab_size": cfg.type_vocab_size or None,
     }
     have = {
         "vocab_size": embeddings.tok.num_embeddings,
-        "embed_dim": embeddings.tok.embedding_dim,
+        "embedding_size": embeddings.tok.embedding_dim,
         "learned positions": None if embeddings.pos is None else embeddings.pos.num_embeddings,
         "type_vocab_size": None if embeddings.tok_type is None else embeddings.tok_type.num_embeddings,
     }

@@ -191,8 +191,6 @@ def _from_hf_state(
 
 # HF tensors that are not weights (old checkpoints saved some buffers) or that duplicate
 # a tied weight: dropped on import.
-# HF tensors that are not weights (old checkpoints saved some buffers) or that duplicate
-# a tied weight: dropped on import.
 def _ignorable(name: str) -> bool:
     return (
         name.endswith(("position_ids", ".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq"))
