@@ -110,5 +110,5 @@ def test_derived_fields_resolve_once_and_save_as_given(tmp_path):
     assert (wide.head_dim, wide.embedding_size, wide.n_kv_heads) == (16, 64, 2)
     pinned = cfg.replace(d_model=64, head_dim=8)
     assert pinned.head_dim == 8 and not pinned.is_default("head_dim") and pinned.embedding_size == 64
-    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+    with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\)"):
         cfg.replace(n_layer=3)

@@ -162,6 +162,24 @@ def test_resume_keeps_the_saved_target_unless_steps_or_time_is_given(corpus, tmp
     assert json.loads((run / "run.json").read_text())["steps"] == 8
 
 
+def test_resume_target_is_checked_against_the_checkpoint_it_resumes_from(corpus, tmp_path, capsys):
+    """A broken newest checkpoint is skipped, so the step reached is the intact one's."""
+    from headwise.cli import main
+
+    run = tmp_path / "run"
+    assert _cli(corpus, run, "--steps", "4") == 0
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--steps", "8"]) == 0
+    with open(run / "checkpoints" / "step-00000008" / "trainer.pt", "ab") as f:
+        f.write(b"damage")
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--steps", "6"]) == 0
+    # --quiet hides the progress lines, not the warning
+    assert "warning: checkpoint step-00000008 is broken" in capsys.readouterr().err
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 6 and 8 not in steps  # trained on from step 4, the log trimmed to it
+    assert json.loads((run / "run.json").read_text())["steps"] == 6
+
+
 @pytest.mark.parametrize("flag,value,saved", [
     ("--objective", "clm", "'mlm'"),
     ("--model", "n_layers=3", "n_layers"),

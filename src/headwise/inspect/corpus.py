@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .conllu import Sentence, read_conllu
+from .tokens import as_tokenizer
 from .words import align_text, align_words, is_punctuation
 
 __all__ = ["AlignedSentence", "PaddedBatch", "read_sentences", "align_sentences", "length_batches", "pad_batch"]
@@ -92,6 +93,7 @@ def _align_one(i: int, x: Any, tokenizer: Any) -> AlignedSentence:
 def align_sentences(items: Sequence[Any], tokenizer: Any, bos_id: int | None = None) -> list[AlignedSentence]:
     """Each item (a :class:`Sentence`, a raw ``str`` or a word list) as pieces with the
     tokenizer's special tokens; ``bos_id`` is prepended to every sentence when given."""
+    tokenizer = as_tokenizer(tokenizer)  # wrapped once, not once per sentence
     out = []
     for i, x in enumerate(items):
         s = _align_one(i, x, tokenizer)

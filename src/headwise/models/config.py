@@ -172,9 +172,10 @@ class ModelConfig:
         in ``changes`` are taken as given, those left to default are derived again
         from the new sizes (``replace(d_model=64)`` of a config with ``head_dim`` None
         gets ``64 // n_heads``)."""
-        unknown = sorted(set(changes) - set(self.field_names()))
+        known = self.field_names()
+        unknown = sorted(set(changes) - set(known))
         if unknown:
-            raise ValueError(f"unknown ModelConfig fields {unknown}; accepted: {sorted(self.field_names())}")
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; the fields are: {', '.join(known)}")
         carried = tuple((name, value) for name, value in self._defaults if name not in changes)
         return dataclasses.replace(self, _defaults=carried, **changes)
 

@@ -34,8 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "newest_intact", "verify_checkpoint",
-           "checkpoint_report", "CheckpointError", "DiskFullError", "rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "newest_intact", "checkpoint_step",
+           "verify_checkpoint", "checkpoint_report", "CheckpointError", "DiskFullError", "rng_state", "set_rng_state"]
 
 MANIFEST = "manifest.json"
 FILES = ("model.safetensors", "trainer.pt")
@@ -187,10 +187,9 @@ def newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
-def newest_step(run_dir: Path) -> int:
-    """The step of the newest checkpoint folder of ``run_dir`` (0 if none), unverified."""
-    dirs = _step_dirs(Path(run_dir) / "checkpoints")
-    return int(dirs[0].name.split("-")[1]) if dirs else 0
+def checkpoint_step(path: Path | None) -> int:
+    """The step a checkpoint folder (``step-N``) holds; 0 for None (no checkpoint)."""
+    return int(Path(path).name.split("-")[1]) if path is not None else 0
 
 
 def checkpoint_report(run_dir: Path) -> list[tuple[str, str | None]]:

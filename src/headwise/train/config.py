@@ -8,14 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..checks import check_int, check_real
+from ..checks import check_choice, check_int, check_real
+from ..hardware.precision import PRECISIONS
+from .optim import OPTIMIZERS
 from .recipes import RECIPES
+from .schedule import DECAYS
 
 __all__ = ["TrainConfig", "DEFAULT_CORPUS"]
 
 OBJECTIVES = ("mlm", "rtd", "clm")
-#: the learning-rate decays after warm-up (headwise.train.schedule)
-DECAYS = ("cosine", "linear", "constant")
 #: what replaces RTD's selected tokens: the generator model, or uniformly random tokens
 RTD_GENERATORS = ("model", "uniform")
 # the built-in corpora, present on every machine (the running Python's standard library)
@@ -67,8 +68,7 @@ class TrainConfig:
     recipe: str | None = None  # the --recipe that set these (headwise.train.recipes), for the record
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        check_choice("objective", self.objective, OBJECTIVES)
         for name in ("steps", "batch_size", "block_len", "accum", "eval_every", "log_every",
                      "checkpoint_every", "eval_batches", "keep_checkpoints", "vocab_size"):
             check_int(name, getattr(self, name))
@@ -77,20 +77,14 @@ class TrainConfig:
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         check_real("min_lr_ratio", self.min_lr_ratio, minimum=0, maximum=1, what="in [0, 1]")
-        if self.optimizer not in ("adamw", "muon"):
-            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_real("muon_lr", self.muon_lr, minimum=0, min_open=True, what="positive")
-        if self.recipe is not None:
-            if self.recipe not in RECIPES:
-                raise ValueError(f"recipe must be one of {sorted(RECIPES)} or None, got {self.recipe!r}")
+        check_choice("recipe", self.recipe, [*sorted(RECIPES), None])
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be positive minutes, got {self.max_time}")
-        if self.decay not in DECAYS:
-            raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {self.decay!r}")
-        if self.rtd_generator not in RTD_GENERATORS:
-            raise ValueError(f"rtd_generator must be 'model' or 'uniform', got {self.rtd_generator!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        check_choice("decay", self.decay, DECAYS)
+        check_choice("rtd_generator", self.rtd_generator, RTD_GENERATORS)
+        check_choice("precision", self.precision, PRECISIONS)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         self.betas = tuple(self.betas)  # JSON gives a list

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +26,9 @@ from ..hardware.precision import resolve_precision
 from .build import RunParts, build_parts
 from .checkpoint import (
     CheckpointError,
+    checkpoint_step,
     load_checkpoint,
     newest_intact,
-    newest_step,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -103,6 +104,8 @@ class Trainer:
                  device: torch.device | None = None) -> None:
         self._rundir: RunDir | None = None
         self._resume_changes = changes
+        #: (newest intact checkpoint, lines for broken newer ones), found once per resume
+        self._resume_point: tuple[Path | None, list[str]] | None = None
         self.run_dir, cfg = self._open_run_dir(cfg, resume=resume, overwrite=overwrite)
         try:
             self._setup(cfg, resume=resume, progress=progress, device=device)
@@ -142,7 +145,8 @@ class Trainer:
         #: lines about the resume (which checkpoint, which broken ones were skipped)
         self.resume_notes: list[str] = []
         if resume:
-            ckpt, skipped = newest_intact(self.run_dir)
+            # other ranks of a distributed run did not open the run directory themselves
+            ckpt, skipped = self._resume_point or newest_intact(self.run_dir)
             if ckpt is None and skipped:
                 raise CheckpointError(
                     f"--resume refused: {self.run_dir} has checkpoints but none is intact ("
@@ -154,6 +158,10 @@ class Trainer:
                 self.resume_notes = ["no checkpoint was written yet: starting again from step 0"]
             for line in self.resume_notes:
                 self._print(line)
+            if skipped and not self.progress and self.is_main:
+                # a skipped checkpoint is said even without a progress display
+                for line in skipped:
+                    print(f"warning: {line}; it was skipped", file=sys.stderr)
         # only the writing process may trim the log of a resumed run
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
                                   resume_step=(self.step if resume else -1) if self.is_main else None)
@@ -187,7 +195,9 @@ class Trainer:
                 if changes is None:
                     changes = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
                 new = resumed_config(saved, changes)
-                reached = newest_step(run_dir)
+                # the step resume starts from: that of the newest intact checkpoint
+                self._resume_point = newest_intact(run_dir)
+                reached = checkpoint_step(self._resume_point[0])
                 if new.steps < reached:
                     raise ValueError(f"--steps {new.steps} is below the step the run has reached ({reached}); "
                                      f"give --steps {reached} or more to train further")

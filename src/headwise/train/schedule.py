@@ -6,7 +6,12 @@ import math
 
 import torch
 
-__all__ = ["lr_lambda", "make_scheduler"]
+from ..checks import check_choice
+
+__all__ = ["DECAYS", "lr_lambda", "make_scheduler"]
+
+#: the learning-rate decays after warm-up
+DECAYS = ("cosine", "linear", "constant")
 
 
 def lr_lambda(step: int, *, warmup: int, total: int, decay: str = "cosine", min_ratio: float = 0.1) -> float:
@@ -15,8 +20,7 @@ def lr_lambda(step: int, *, warmup: int, total: int, decay: str = "cosine", min_
     Rises linearly over ``warmup`` steps, then falls to ``min_ratio`` at ``total``
     along a half cosine (``decay="cosine"``), a line (``"linear"``) or stays flat
     (``"constant"``)."""
-    if decay not in ("cosine", "linear", "constant"):
-        raise ValueError(f"decay must be 'cosine', 'linear' or 'constant', got {decay!r}")
+    check_choice("decay", decay, DECAYS)
     if step < warmup:
         return (step + 1) / warmup
     if decay == "constant" or total <= warmup:

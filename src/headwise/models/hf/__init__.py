@@ -46,8 +46,7 @@ transposed. Llama's SwiGLU ``gate_proj``/``up_proj`` become the MLP's fused ``fc
 uses, so no permutation is needed.
 """
 
-from .common import SUPPORTED_MODEL_TYPES
-from .configs import config_from_hf, config_to_hf
+from .configs import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf
 from .export import save_pretrained
 from .files import PACKAGED_MODELS, packaged_model_path, read_hf_weights, resolve_model_folder
 from .load import Pretrained, from_pretrained

@@ -7,10 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "HF_ACT", "ACT_HF", "Link", "read_act", "refuse"]
-
-#: HF ``model_type`` values :func:`from_pretrained` reads (and ``family`` values for export).
-SUPPORTED_MODEL_TYPES = ("bert", "gpt2", "llama")
+__all__ = ["HF_ACT", "ACT_HF", "Link", "read_act", "refuse"]
 
 # HF activation names -> headwise ``activation``.
 HF_ACT = {

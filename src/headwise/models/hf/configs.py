@@ -8,12 +8,13 @@ from typing import Any
 
 from ..config import ModelConfig
 from . import bert, gpt2, llama
-from .common import SUPPORTED_MODEL_TYPES
 
-__all__ = ["FAMILIES", "config_from_hf", "config_to_hf"]
+__all__ = ["FAMILIES", "SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf"]
 
 #: ``model_type`` -> the module holding its config translation and weight map.
 FAMILIES: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}
+#: HF ``model_type`` values :func:`from_pretrained` reads (and ``family`` values for export)
+SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
 
 
 def config_from_hf(hf: dict[str, Any]) -> tuple[str, ModelConfig]:

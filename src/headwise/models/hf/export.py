@@ -18,8 +18,8 @@ from ..config import ModelConfig
 from ..decoder import Decoder
 from ..encoder import Encoder, EncoderForMLM
 from . import bert
-from .common import ACT_HF, SUPPORTED_MODEL_TYPES
-from .configs import FAMILIES, config_to_hf
+from .common import ACT_HF
+from .configs import FAMILIES, SUPPORTED_MODEL_TYPES, config_to_hf
 from .files import SAFETENSORS, WEIGHT_FILES
 from .load import Pretrained
 
