@@ -192,13 +192,16 @@ def test_role_changes_and_summary():
                row(300, ["previous-token", "broad", "induction", "other"]),
                row(400, ["previous-token", "broad", "induction", "other"])]
     ch = {(c["layer"], c["head"]): c for c in role_changes(records)}
-    assert ch[(0, 0)] == {"layer": 0, "head": 0, "role": "previous-token", "since": 200, "first": 100, "changes": 1}
-    assert ch[(1, 1)]["role"] == "other" and ch[(1, 1)]["since"] == 300
-    text = timeline_summary(records)
-    assert "L0 H0 became previous-token at step 200" in text
-    assert "L1 H0 became induction at step 300" in text
-    assert "L1 H1 became other at step 300" in text
-    assert "unchanged from the first evaluation: broad L0 H1" in text
+    assert ch[(0, 0)] == {"layer": 0, "head": 0, "role": "previous-token", "since": 200, "before": "other",
+                          "first": 100, "changes": 1}
+    assert ch[(1, 1)]["role"] == "other" and ch[(1, 1)]["since"] == 300 and ch[(1, 1)]["before"] == "special"
+    assert ch[(0, 1)]["before"] is None
+    lines = timeline_summary(records).splitlines()
+    # what formed comes first, in the order it formed; then what was lost
+    assert lines[1:4] == ["  L0 H0 became previous-token at step 200 (was other)",
+                          "  L1 H0 became induction at step 300 (was other)",
+                          "  stopped being special at step 300: L1 H1"]
+    assert lines[4] == "  unchanged from the first evaluation: broad L0 H1"
     assert "no head record" in timeline_summary([])
 
 

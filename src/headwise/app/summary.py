@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..inspect import PRIORITY
+from ..inspect import OTHER, PRIORITY
 from .baseline_scores import Baselines
 
 __all__ = ["role_leaders", "summary_text", "probe_line"]
@@ -62,7 +62,7 @@ def role_leaders(result: Any) -> list[dict[str, Any]]:
     for r in d["roles"]:
         groups.setdefault(r["primary"].split(":", 1)[0], []).append(r)
     out = []
-    for role in [*PRIORITY, "other"]:
+    for role in [*PRIORITY, OTHER]:
         heads = groups.get(role)
         if not heads:
             continue
@@ -84,7 +84,7 @@ def role_leaders(result: Any) -> list[dict[str, Any]]:
             if cands:
                 v, h = max(cands, key=lambda c: c[0])
                 best = (h, v, fmt.format(v))
-        elif role == "other":
+        elif role == OTHER:
             best = _nearest_role(heads, d.get("thresholds") or {})
         out.append({
             "role": role, "count": len(heads),
@@ -141,7 +141,7 @@ def summary_text(*, run_dir: str | Path, cfg: Any, step: int, val: dict[str, flo
         lines.append(f"what the {total} heads became ({shape}; layers and heads 0-based), by primary role:")
         width = max(len(x["role"]) for x in leaders)
         for x in leaders:
-            word = "nearest" if x["role"] == "other" else "strongest"
+            word = "nearest" if x["role"] == OTHER else "strongest"
             tail = f"   {word} {x['head']}: {x['says']}" if x["head"] else ""
             lines.append(f"  {x['role'].ljust(width)}  {x['count']:>3}{tail}")
         if probe:

@@ -37,7 +37,8 @@ from torch import Tensor
 from .measures import HeadMeasures
 from .syntax import SyntaxProbe
 
-__all__ = ["RoleThresholds", "DEFAULT_THRESHOLDS", "ROLES", "PRIORITY", "HeadRoles", "assign_roles", "role_counts"]
+__all__ = ["RoleThresholds", "DEFAULT_THRESHOLDS", "ROLES", "PRIORITY", "OTHER", "HeadRoles", "assign_roles",
+           "role_counts"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ DEFAULT_THRESHOLDS = RoleThresholds()
 ROLES: tuple[str, ...] = ("induction", "syntactic", "previous-token", "next-token", "self", "special", "broad")
 #: order in which the primary role is chosen.
 PRIORITY: tuple[str, ...] = ROLES
+#: the primary role of a head that has none of :data:`ROLES`
+OTHER = "other"
 
 
 @dataclass
@@ -171,7 +174,7 @@ def assign_roles(
                     found["syntactic"] = [f"syntactic:{rel}" for _, rel, _ in syn]
                     evidence["syntactic"] = {rel: {"accuracy": a, "margin": m} for m, rel, a in syn}
             roles = [r for p in PRIORITY for r in found.get(p, [])]
-            out.append(HeadRoles(layer, head, roles, roles[0] if roles else "other", evidence))
+            out.append(HeadRoles(layer, head, roles, roles[0] if roles else OTHER, evidence))
     return out
 
 

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from ..train.rundir import register_run_entry
 from .capture import capture, context_length, eval_mode, is_causal, n_layers_heads
 from .measures import MeasureAccumulator, induction_scores
-from .roles import DEFAULT_THRESHOLDS, RoleThresholds, assign_roles
+from .roles import DEFAULT_THRESHOLDS, OTHER, RoleThresholds, assign_roles
 from .tokens import induction_bos_id
 
 __all__ = [
@@ -262,9 +262,10 @@ def attach_head_recorder(trainer: Any, *, n_blocks: int = 8, **kw: Any) -> HeadR
 
 # ---------------------------------------------------------------------- reading
 def role_changes(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per head (layer-major): ``{"layer", "head", "role", "since", "first",
+    """Per head (layer-major): ``{"layer", "head", "role", "since", "before", "first",
     "changes"}``: its last primary role, the step from which it has held it
-    without a break, the first recorded step, and how many times its role changed."""
+    without a break, the role it held just before that (None when it never had
+    another), the first recorded step, and how many times its role changed."""
     by: dict[tuple[int, int], list[tuple[int, str]]] = {}
     for row in sorted(records, key=lambda r: r["step"]):
         for h in row["heads"]:
@@ -272,28 +273,38 @@ def role_changes(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (layer, head), seq in sorted(by.items()):
         role = seq[-1][1]
-        since = seq[-1][0]
+        since, before = seq[-1][0], None
         for step, r in reversed(seq):
             if r != role:
+                before = r
                 break
             since = step
         changes = sum(1 for a, b in zip(seq, seq[1:], strict=False) if a[1] != b[1])
-        out.append({"layer": layer, "head": head, "role": role, "since": since, "first": seq[0][0],
-                    "changes": changes})
+        out.append({"layer": layer, "head": head, "role": role, "since": since, "before": before,
+                    "first": seq[0][0], "changes": changes})
     return out
 
 
 def timeline_summary(records: Sequence[dict[str, Any]]) -> str:
-    """Plain text: when each head took the role it ended with (``L1 H2 became
-    previous-token at step 400``), heads whose role never changed in one line."""
+    """Plain text: when each head took the named role it ended with (``L1 H2 became
+    previous-token at step 400 (was other)``), then the heads that lost one and ended as
+    ``other`` (``stopped being broad at step 300: L0 H1, L2 H3``), and the heads whose
+    role never changed in one line."""
     if not records:
         return "no head record (heads.jsonl) in this run"
     steps = sorted(r["step"] for r in records)
     lines = [f"heads over training: {len(steps)} evaluations, steps {steps[0]}..{steps[-1]}"]
     changes = role_changes(records)
-    formed = sorted((c for c in changes if c["since"] > c["first"]), key=lambda c: (c["since"], c["layer"], c["head"]))
-    for c in formed:
-        lines.append(f"  L{c['layer']} H{c['head']} became {c['role']} at step {c['since']}")
+    moved = sorted((c for c in changes if c["since"] > c["first"]), key=lambda c: (c["since"], c["layer"], c["head"]))
+    for c in moved:  # the heads that ended with a named role first: what formed
+        if c["role"] != OTHER:
+            lines.append(f"  L{c['layer']} H{c['head']} became {c['role']} at step {c['since']} (was {c['before']})")
+    lost: dict[tuple[int, str], list[str]] = {}  # (step, role left) -> heads, in step order
+    for c in moved:
+        if c["role"] == OTHER:
+            lost.setdefault((c["since"], c["before"]), []).append(f"L{c['layer']} H{c['head']}")
+    for (step, before), names in lost.items():
+        lines.append(f"  stopped being {before} at step {step}: {', '.join(names)}")
     same: dict[str, list[str]] = {}
     for c in changes:
         if c["since"] == c["first"]:
