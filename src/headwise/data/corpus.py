@@ -52,6 +52,8 @@ __all__ = [
     "STDLIB_CODE",
     "SUPPORTED_EXTENSIONS",
     "stdlib_root",
+    "DatasetsMissingError",
+    "DatasetLoadError",
 ]
 
 STDLIB_DOCS = "stdlib-docs"
@@ -65,6 +67,16 @@ _EXTRACTION_VERSION = 1
 _STDLIB_SKIP_DIRS = frozenset(
     {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
 )
+
+
+class DatasetsMissingError(ImportError, ValueError):
+    """An ``hf:`` corpus without the ``datasets`` library. A ``ValueError`` too: the
+    command refuses it as unusable input (exit status 2), not as a bug."""
+
+
+class DatasetLoadError(RuntimeError, ValueError):
+    """An ``hf:`` corpus whose dataset could not be loaded (offline, no such dataset or
+    config). A ``ValueError`` too: the command refuses it (exit status 2)."""
 
 
 class Corpus:
@@ -422,7 +434,7 @@ def _hf_corpus(spec: str) -> Corpus:
     try:
         import datasets  # optional dependency, imported only when asked for
     except ImportError as err:
-        raise ImportError(
+        raise DatasetsMissingError(
             f"corpus {spec!r}: cannot load {what}: the `datasets` library is not "
             f"installed ({err}); install it with `pip install datasets`, or use a "
             f"local file/folder, {STDLIB_DOCS!r} or {STDLIB_CODE!r}"
@@ -430,7 +442,7 @@ def _hf_corpus(spec: str) -> Corpus:
     try:
         ds = datasets.load_dataset(name, config, split="train")
     except Exception as err:  # network, missing dataset, bad config: all user-facing
-        raise RuntimeError(
+        raise DatasetLoadError(
             f"corpus {spec!r}: could not load the 'train' split of {what}: "
             f"{type(err).__name__}: {err} (offline? set HF_DATASETS_OFFLINE=1 only when "
             "the dataset is already in the local Hugging Face cache)"

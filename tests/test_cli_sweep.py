@@ -1,0 +1,58 @@
+"""Bad input found by a sweep of the ``headwise`` command line: each case is refused
+with exit status 2 and one line naming what was wrong (never a traceback), no setting
+is ignored silently, and no file headwise did not write is changed."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+from tiny_runs import write_corpus
+
+from headwise.cli import main
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return write_corpus(tmp_path / "corpus.txt", docs=60)
+
+
+def _train(corpus, out, *extra: str) -> list[str]:
+    """A clm run of two steps that takes about a second."""
+    return ["train", "--objective", "clm", "--corpus", str(corpus), "--out", str(out), "--steps", "2",
+            "--batch-size", "2", "--block-len", "17", "--model", "n_layers=1,d_model=32,n_heads=2,d_ff=64,max_len=16",
+            "--no-sanity-checks", "--no-report", "--quiet", "--device", "cpu", *extra]
+
+
+def _refused(argv, capsys) -> str:
+    """The one error line of a refused command (status 2, no traceback)."""
+    status = main(argv)
+    out, err = capsys.readouterr()
+    assert status == 2, (status, out, err)
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ hf: corpora
+def test_hf_corpus_without_datasets_is_refused_not_a_traceback(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
+    line = _refused(_train("hf:wikitext", tmp_path / "run"), capsys)
+    assert "'hf:wikitext'" in line and "datasets" in line and "pip install datasets" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_hf_corpus_that_cannot_be_loaded_is_refused_not_a_traceback(corpus, tmp_path, monkeypatch, capsys):
+    def load_dataset(name, config, split):
+        raise ConnectionError("Couldn't reach the Hub")
+
+    mod = types.ModuleType("datasets")
+    mod.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", mod)
+    line = _refused(_train("hf:nosuch", tmp_path / "run"), capsys)
+    assert "'hf:nosuch'" in line and "reach the Hub" in line
+    assert not (tmp_path / "run").exists()
