@@ -56,3 +56,21 @@ def test_hf_corpus_that_cannot_be_loaded_is_refused_not_a_traceback(corpus, tmp_
     line = _refused(_train("hf:nosuch", tmp_path / "run"), capsys)
     assert "'hf:nosuch'" in line and "reach the Hub" in line
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ generate
+@pytest.fixture
+def clm_run(corpus, tmp_path):
+    run = tmp_path / "clm"
+    assert main(_train(corpus, run)) == 0
+    return run
+
+
+def test_generate_with_a_tiny_temperature_samples_the_most_likely_tokens(clm_run, capsys):
+    capsys.readouterr()
+    assert main(["generate", str(clm_run), "--max-new-tokens", "5", "--temperature", "0", "--device", "cpu"]) == 0
+    greedy = capsys.readouterr().out
+    # logits / 1e-300 overflowed to inf, and softmax gave nan: a RuntimeError from torch.multinomial
+    assert main(["generate", str(clm_run), "--max-new-tokens", "5", "--temperature", "1e-300",
+                 "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == greedy

@@ -175,7 +175,10 @@ def _sample(
     """One token id per row of ``logits (B, V)`` -> ``(B,)``."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # in float64 (which holds any temperature the CLI accepts), shifted to a maximum of 0 first:
+    # a tiny temperature gives -inf for all but the best tokens, never inf - inf = nan
+    logits = logits.double()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
