@@ -74,3 +74,12 @@ def test_generate_with_a_tiny_temperature_samples_the_most_likely_tokens(clm_run
     assert main(["generate", str(clm_run), "--max-new-tokens", "5", "--temperature", "1e-300",
                  "--device", "cpu"]) == 0
     assert capsys.readouterr().out == greedy
+
+
+# ------------------------------------------------------------------ seeds
+@pytest.mark.parametrize("command", [["train"], ["generate", "{run}"]])
+def test_a_seed_too_large_for_torch_is_refused_naming_the_flag(command, tmp_path, capsys):
+    (tmp_path / "run.json").write_text("{}")
+    argv = [a.format(run=tmp_path) for a in command] + ["--seed", str(2**64)]
+    line = _refused(argv, capsys)  # was: "Overflow when unpacking long long", from torch
+    assert "--seed" in line and str(2**64) in line and "<= 9223372036854775807" in line

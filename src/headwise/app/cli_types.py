@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
-    "positive_int", "nonneg_int", "positive_float", "nonneg_float", "int_at_least", "float_in",
+    "positive_int", "nonneg_int", "seed_int", "positive_float", "nonneg_float", "int_at_least", "float_in",
     "run_directory", "HelpFormatter",
 ]
 
@@ -38,13 +38,13 @@ def _float(text: str, accepted: str) -> float:
     return value
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``low``."""
-    accepted = f"an integer >= {low}"
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (and <= ``high`` when given)."""
+    accepted = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
 
     def parse(text: str) -> int:
         value = _int(text, accepted)
-        if value < low:
+        if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {accepted}, got {text!r}")
         return value
 
@@ -56,6 +56,9 @@ positive_int = int_at_least(1)
 positive_int.__name__ = "positive int"
 nonneg_int = int_at_least(0)
 nonneg_int.__name__ = "non-negative int"
+#: a random seed: torch's generators take at most 2**64 - 1, and a run seeds one with seed + 1
+seed_int = int_at_least(0, 2**63 - 1)
+seed_int.__name__ = "seed"
 
 
 def float_in(low: float | None = None, high: float | None = None, *, low_open: bool = False,

@@ -30,7 +30,7 @@ from ..train.optim import OPTIMIZERS
 from ..train.reader import evaluate_run, load_run
 from ..train.recipes import RECIPES, apply_recipe
 from ..train.sanity import run_checks
-from .cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int, run_directory
+from .cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int, run_directory, seed_int
 from .format_eval import evaluate_run_format
 from .launch import launch, run_distributed
 
@@ -48,7 +48,7 @@ _NUMBERS = (
     ("eval-batches", positive_int, "validation batches per evaluation"),
     ("log-every", positive_int, "log training metrics every N steps"),
     ("checkpoint-every", positive_int, "write a checkpoint every N steps"),
-    ("seed", nonneg_int, "random seed (data order, initialisation, masking)"),
+    ("seed", seed_int, "random seed (data order, initialisation, masking)"),
     ("vocab-size", positive_int, "vocabulary size of a trained tokenizer, specials included (not with --tokenizer)"),
     ("dropout", float_in(0.0, 1.0, high_open=True), "dropout, replacing the preset's"),
 )
@@ -127,7 +127,7 @@ def register(sub) -> None:
     gen.add_argument("--max-new-tokens", type=nonneg_int, default=100, help="tokens to add")
     gen.add_argument("--temperature", type=nonneg_float, default=0.8, help="softmax temperature; 0 is greedy")
     gen.add_argument("--top-k", type=positive_int, default=50, help="sample among the K most likely tokens")
-    gen.add_argument("--seed", type=nonneg_int, default=0, help="random seed of the sampling")
+    gen.add_argument("--seed", type=seed_int, default=0, help="random seed of the sampling")
     _device_flag(gen)
     gen.set_defaults(func=run_generate)
 
