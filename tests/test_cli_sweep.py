@@ -83,3 +83,21 @@ def test_a_seed_too_large_for_torch_is_refused_naming_the_flag(command, tmp_path
     argv = [a.format(run=tmp_path) for a in command] + ["--seed", str(2**64)]
     line = _refused(argv, capsys)  # was: "Overflow when unpacking long long", from torch
     assert "--seed" in line and str(2**64) in line and "<= 9223372036854775807" in line
+
+
+# ------------------------------------------------------------------ settings that would be ignored
+@pytest.mark.parametrize("extra,needles", [
+    (["--muon-lr", "0.1"], ["--muon-lr 0.1", "--optimizer adamw", "--optimizer muon"]),
+    (["--whole-word-masking"], ["--whole-word-masking", "--objective clm"]),
+    (["--rtd-generator", "uniform"], ["--rtd-generator uniform", "--objective clm", "--objective rtd"]),
+    (["--model", "d_model=32,n_heads=2,d_model=64"], ["--model", "'d_model' twice"]),
+])
+def test_a_setting_the_run_would_ignore_is_refused(corpus, tmp_path, capsys, extra, needles):
+    line = _refused(_train(corpus, tmp_path / "run", *extra), capsys)
+    for needle in needles:
+        assert needle in line, (needle, line)
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_the_run_uses_are_accepted(corpus, tmp_path):
+    assert main(_train(corpus, tmp_path / "muon", "--optimizer", "muon", "--muon-lr", "0.01")) == 0

@@ -149,6 +149,8 @@ def _overrides(text: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise argparse.ArgumentTypeError(f"--model expects KEY=VALUE pairs, got {item!r}")
+        if key.strip() in out:
+            raise argparse.ArgumentTypeError(f"--model sets {key.strip()!r} twice, in {text!r}; give each key once")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -245,11 +247,28 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
                 f"{min_vocab_size(kind)} (its special tokens + " + ("the 256 bytes" if kind == "bpe" else "1 character")
                 + ("; a wordpiece tokenizer needs every character of its corpus" if kind == "wordpiece" else "")
                 + ")")
+    if not resume:  # (a resume compares what is given with the saved run instead)
+        _refuse_ignored_settings(cfg, given)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run")
     if not resume:  # a resume builds the saved model
         model_config_for(cfg, cfg.vocab_size)  # the tokenizer's size is not known yet: any valid one
+
+
+def _refuse_ignored_settings(cfg: TrainConfig, given: dict) -> None:
+    """Refuse a setting given explicitly that the run would not use."""
+    unused = (
+        ("--muon-lr", "muon_lr", cfg.optimizer != "muon", f"--optimizer {cfg.optimizer}", "--optimizer muon"),
+        ("--whole-word-masking", "whole_word_masking", cfg.objective == "clm", "--objective clm",
+         "--objective mlm or rtd"),
+        ("--rtd-generator", "rtd_generator", cfg.objective != "rtd", f"--objective {cfg.objective}",
+         "--objective rtd"),
+    )
+    for flag, field, ignored, why, needs in unused:
+        if field in given and ignored:
+            shown = flag if isinstance(given[field], bool) else f"{flag} {given[field]}"
+            raise ValueError(f"{shown} has no effect with {why} (only with {needs}); drop it")
 
 
 def _device_flag(parser: argparse.ArgumentParser) -> None:
