@@ -101,3 +101,26 @@ def test_a_setting_the_run_would_ignore_is_refused(corpus, tmp_path, capsys, ext
 
 def test_settings_the_run_uses_are_accepted(corpus, tmp_path):
     assert main(_train(corpus, tmp_path / "muon", "--optimizer", "muon", "--muon-lr", "0.01")) == 0
+
+
+# ------------------------------------------------------------------ files headwise did not write
+@pytest.mark.parametrize("others", [[], ["notes.txt"]])
+def test_a_lock_file_headwise_did_not_write_is_left_alone(corpus, tmp_path, capsys, others):
+    """The run's lock is .lock; a user's own .lock was truncated (and the folder used)."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".lock").write_text("my own notes\n")
+    for name in others:
+        (mine / name).write_text("keep")
+    for extra in ([], ["--overwrite"]):
+        line = _refused(_train(corpus, mine, *extra), capsys)
+        assert str(mine) in line and ".lock" in line and "did not write" in line
+    assert (mine / ".lock").read_text() == "my own notes\n"
+    assert sorted(p.name for p in mine.iterdir()) == sorted([".lock", *others])
+
+
+def test_a_lock_left_by_a_killed_start_does_not_block_the_folder(corpus, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("pid 999999\n")  # killed between taking the lock and the manifest
+    assert main(_train(corpus, out)) == 0

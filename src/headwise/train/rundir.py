@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -87,6 +88,9 @@ class RunDir:
         if out.exists() and not out.is_dir():
             raise RunDirError(f"--out {out} is an existing file, not a folder; choose another --out")
         rd = cls(out)
+        if rd._foreign_lock():
+            raise RunDirError(f"{out} holds a {LOCK} file that headwise did not write; it is left as it is: "
+                              f"choose another --out")
         if resume:
             if not (out / "run.json").is_file():
                 raise FileNotFoundError(f"--resume: {out} holds no headwise run (no run.json)")
@@ -111,6 +115,17 @@ class RunDir:
             rd.abort()
             raise
         return rd
+
+    def _foreign_lock(self) -> bool:
+        """Whether the folder holds a ``.lock`` that is not headwise's: ours are in a
+        folder with a manifest, or hold ``pid N`` (a start killed before the manifest)."""
+        path = self.path / LOCK
+        if not path.exists() or self._manifest() is not None:
+            return False
+        try:
+            return re.fullmatch(r"pid \d+\n?", path.read_text(errors="replace")) is None
+        except OSError:
+            return True
 
     def _entries(self) -> list[str]:
         """What the folder holds, less this process's lock."""
