@@ -124,3 +124,20 @@ def test_a_lock_left_by_a_killed_start_does_not_block_the_folder(corpus, tmp_pat
     out.mkdir()
     (out / ".lock").write_text("pid 999999\n")  # killed between taking the lock and the manifest
     assert main(_train(corpus, out)) == 0
+
+
+# ------------------------------------------------------------------ empty paths
+def test_an_empty_corpus_or_out_is_refused_not_taken_as_the_working_folder(corpus, tmp_path, capsys, clm_run,
+                                                                           monkeypatch):
+    """Path('') is '.': --corpus '' trained on every text file under the working folder."""
+    line = _refused(_train("", tmp_path / "run"), capsys)
+    assert "corpus spec ''" in line and "is empty" in line
+    assert not (tmp_path / "run").exists()
+    line = _refused(["eval", str(clm_run), "--corpus", "", "--device", "cpu"], capsys)
+    assert "corpus spec ''" in line and "is empty" in line
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)  # --out '' would have made the working folder the run directory
+    line = _refused(_train(corpus, ""), capsys)
+    assert "--out ''" in line and "is empty" in line
+    assert not any(empty.iterdir())

@@ -249,6 +249,8 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
                 + ")")
     if not resume:  # (a resume compares what is given with the saved run instead)
         _refuse_ignored_settings(cfg, given)
+    if not str(cfg.out).strip():  # Path("") is the working folder
+        raise ValueError("--out '' is empty; give a folder for the run")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run")

@@ -189,6 +189,9 @@ def load_corpus(spec: str | os.PathLike[str] | Corpus) -> Corpus:
             f"corpus spec must be a str, a path or a Corpus, got {type(spec).__name__}"
         )
     text = os.fspath(spec)
+    if not text.strip():  # Path("") is the working folder: never read it by accident
+        raise ValueError(f"corpus spec {text!r} is empty; expected a text file, a folder, "
+                         f"{STDLIB_DOCS!r}, {STDLIB_CODE!r} or 'hf:NAME[:CONFIG]'")
     if text == STDLIB_DOCS:
         return _stdlib_docs_corpus()
     if text == STDLIB_CODE:
