@@ -4,6 +4,7 @@ is ignored silently, and no file headwise did not write is changed."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -141,3 +142,28 @@ def test_an_empty_corpus_or_out_is_refused_not_taken_as_the_working_folder(corpu
     line = _refused(_train(corpus, ""), capsys)
     assert "--out ''" in line and "is empty" in line
     assert not any(empty.iterdir())
+
+
+# ------------------------------------------------------------------ damaged run directories
+@pytest.mark.parametrize("name,content,needles", [
+    ("run.json", "", ["run.json is damaged", "Expecting value"]),
+    ("run.json", "{not json", ["run.json is damaged"]),
+    ("run.json", b"\xff\xfe\x00garbage", ["run.json is damaged", "utf-8"]),
+    ("run.json", "[1, 2]", ["run.json is damaged", "JSON object", "list"]),
+    ("run.json", {"betas": 5}, ["run.json", "not iterable"]),
+    ("run.json", {"steps": "ten"}, ["run.json", "steps must be a positive int"]),
+    ("config.json", "{", ["config.json is damaged"]),
+    ("config.json", "[]", ["config.json is damaged", "dict"]),
+])
+def test_a_damaged_settings_file_is_named_in_the_message(clm_run, capsys, name, content, needles):
+    path = clm_run / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, dict):  # one setting changed
+        path.write_text(json.dumps({**json.loads(path.read_text()), **content}))
+    else:
+        path.write_text(content)
+    for command in (["eval", str(clm_run)], ["generate", str(clm_run), "--max-new-tokens", "2"]):
+        line = _refused([*command, "--device", "cpu"], capsys)
+        for needle in needles:
+            assert needle in line, (needle, line)

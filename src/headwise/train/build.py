@@ -114,7 +114,10 @@ def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume
         )
     config_path = run_dir / CONFIG_NAME
     if resume and config_path.is_file():
-        model_cfg = ModelConfig.from_json(config_path)
+        try:
+            model_cfg = ModelConfig.from_json(config_path)
+        except (TypeError, ValueError) as e:  # not JSON, not a dict, an unknown or bad field
+            raise ValueError(f"{config_path} is damaged: {e}") from None
     else:
         model_cfg = model_config_for(cfg, tok.vocab_size)
         model_cfg.to_json(config_path)

@@ -96,9 +96,18 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: Path) -> TrainConfig:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError as e:  # not UTF-8, not JSON
+            raise ValueError(f"{path} is damaged: not the JSON headwise train writes ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is damaged: expected a JSON object of training settings, "
+                             f"got a JSON {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{path}: unknown training settings {sorted(unknown)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:  # a setting of the wrong type or out of range
+            raise ValueError(f"{path}: {e}") from None
