@@ -167,3 +167,15 @@ def test_a_damaged_settings_file_is_named_in_the_message(clm_run, capsys, name, 
         line = _refused([*command, "--device", "cpu"], capsys)
         for needle in needles:
             assert needle in line, (needle, line)
+
+
+# ------------------------------------------------------------------ inspect's inputs
+@pytest.mark.parametrize("flag,needle", [("--text", "--text '{f}' is not UTF-8"),
+                                         ("--conllu", "CoNLL-U file '{f}' is not UTF-8")])
+def test_inspect_names_an_input_file_that_is_not_text(clm_run, tmp_path, capsys, flag, needle):
+    f = tmp_path / "binary.txt"
+    f.write_bytes(b"\x99\xff\x00binary")
+    line = _refused(["inspect", str(clm_run), flag, str(f), "--out", str(tmp_path / "o"), "--device", "cpu"],
+                    capsys)  # was: "'utf-8' codec can't decode byte 0x99 in position 0", naming no file
+    assert needle.format(f=f) in line
+    assert not (tmp_path / "o").exists()

@@ -139,7 +139,11 @@ def read_text(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--text {str(path)!r}: no such file")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--text {str(path)!r} is not UTF-8 text ({e})") from None
+    lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         raise ValueError(f"--text {str(path)!r} has no non-empty line (expected one sentence per line)")

@@ -147,5 +147,9 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CoNLL-U file {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
-        sentences = parse_conllu(f.read(), source=path)
+        try:
+            text = f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"CoNLL-U file {path!r} is not UTF-8 text ({e})") from None
+    sentences = parse_conllu(text, source=path)
     return sentences if limit is None else sentences[:limit]
