@@ -88,6 +88,29 @@ def peak_memory_mb(impl: str, seq: int, causal: bool) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def physical_memory_bytes() -> int | None:
+    """The machine's physical memory (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(seqs: list[int], parser: argparse.ArgumentParser) -> None:
+    """Refuse a ``--seq`` whose score matrices cannot fit: the reference backend and
+    torch's module hold about four ``(batch, heads, T, T)`` fp32 tensors at once (the
+    scores, their softmax and both gradients)."""
+    memory = physical_memory_bytes()
+    if memory is None:
+        return
+    for seq in seqs:
+        need = 4 * BATCH * HEADS * seq * seq * 4
+        if need > memory:
+            parser.error(f"argument --seq: T={seq} needs about {need / 2**30:,.0f} GiB for the "
+                         f"{BATCH} x {HEADS} x T x T score matrices, more than this machine's "
+                         f"{memory / 2**30:.0f} GiB")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--seq", type=positive_int, nargs="+", default=[128, 512, 2048],
@@ -97,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=RESULTS / "attention_cpu.json",
                    help="JSON results file (headwise bench attention: a new file under runs/bench/)")
     args = p.parse_args(argv)
+    check_fits(args.seq, p)
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     print(f"# forward+backward self-attention, d_model {D_MODEL}, {HEADS} heads, batch {BATCH}, "

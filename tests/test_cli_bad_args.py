@@ -87,6 +87,7 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["bench", "attention", "--seq", "-4"], ["--seq", "'-4'", "integer >= 1"]),
     (["bench", "attention", "--seq", "128", "0"], ["--seq", "'0'", "integer >= 1"]),
     (["bench", "attention", "--repeats", "0"], ["--repeats", "'0'", "integer >= 1"]),
+    (["bench", "attention", "--seq", "99999999999"], ["--seq", "T=99999999999", "GiB", "more than this machine's"]),
     # ---------------------------------------------------------------- plan
     *[(["plan", "--preset", "tiny", flag, "0"], [flag, "'0'", "integer >= 1"]) for flag in (
         "--d-model", "--n-heads", "--head-dim", "--n-kv-heads", "--layers", "--batch", "--seq")],
