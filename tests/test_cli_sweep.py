@@ -152,6 +152,7 @@ def test_an_empty_corpus_or_out_is_refused_not_taken_as_the_working_folder(corpu
     ("run.json", "[1, 2]", ["run.json is damaged", "JSON object", "list"]),
     ("run.json", {"betas": 5}, ["run.json", "not iterable"]),
     ("run.json", {"steps": "ten"}, ["run.json", "steps must be a positive int"]),
+    ("run.json", {"model": "abc"}, ["run.json", "model must be a dict of ModelConfig field overrides"]),
     ("config.json", "{", ["config.json is damaged"]),
     ("config.json", "[]", ["config.json is damaged", "dict"]),
 ])

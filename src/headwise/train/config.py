@@ -87,6 +87,8 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not isinstance(self.model, dict) or not all(isinstance(k, str) for k in self.model):
+            raise ValueError(f"model must be a dict of ModelConfig field overrides, got {self.model!r}")
         self.betas = tuple(self.betas)  # JSON gives a list
         if self.corpus is None:
             self.corpus = DEFAULT_CORPUS[self.objective]
