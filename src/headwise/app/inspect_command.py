@@ -44,6 +44,7 @@ from ..models.hf import from_pretrained, load_minilm
 from ..objectives import CausalLM, MaskedLM
 from ..protocols import Tokenizer
 from ..train.reader import load_run
+from ..train.rundir import MANIFEST, claim_entries, owned_entries, unclaim_entries
 from .cli_types import nonneg_int, positive_int
 from .inspection import inspect_model
 
@@ -196,16 +197,56 @@ def _objective_fns(loaded: LoadedModel) -> tuple[Any, Any]:
     return loss_fn, metric_fn
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder without ``--overwrite``;
+    with it, one holding a report file headwise did not write (see :func:`_report_files_to_replace`)."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace "
                                   "the report in it")
-        for name in REPORT_FILES:  # only our own files: a stale pruning.png must not survive
-            if (out / name).is_file():
-                (out / name).unlink()
+        _report_files_to_replace(out)
+
+
+def _report_files_to_replace(out: Path) -> list[str]:
+    """The report files in ``out`` that headwise wrote (listed in the folder's manifest,
+    :data:`headwise.train.rundir.MANIFEST`, as ``headwise train`` and ``headwise inspect``
+    keep it), which the new report replaces. Any other file of a report's name (or one
+    that is a link or a folder) is not headwise's: refused, and left as it is."""
+    if not out.is_dir():
+        return []
+    owned = owned_entries(out)
+    manifest = out / MANIFEST
+    if owned is None and (manifest.exists() or manifest.is_symlink()):
+        raise FileExistsError(f"--overwrite refused: {manifest} is not a headwise manifest (damaged, or written by "
+                              "something else); it is left as it is: choose another --out")
+    replace = []
+    for name in REPORT_FILES:
+        path = out / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if owned is None or name not in owned or path.is_symlink() or not path.is_file():
+            why = (f"the folder has no {MANIFEST} listing what headwise wrote" if owned is None else
+                   f"not listed in {MANIFEST}" if name not in owned else "not a plain file")
+            raise FileExistsError(f"--overwrite refused: {path} was not written by headwise ({why}); it is left "
+                                  "as it is: move it away or choose another --out")
+        replace.append(name)
+    return replace
+
+
+def _write_owned_report(result: Any, out: Path, **kw: Any) -> dict[str, Path]:
+    """:func:`write_report` into ``out``, replacing only headwise's own report files and
+    recording what it wrote in the folder's manifest (a later ``--overwrite`` may replace them)."""
+    out.mkdir(parents=True, exist_ok=True)
+    stale = _report_files_to_replace(out)  # again: the folder may have changed while we inspected
+    claim_entries(out, REPORT_FILES)  # before writing, so a killed write leaves only claimed files
+    try:
+        for name in stale:  # a stale pruning.png must not survive
+            (out / name).unlink(missing_ok=True)
+        return write_report(result, out, **kw)
+    finally:  # a name whose file is gone is headwise's no more
+        unclaim_entries(out, [n for n in REPORT_FILES if not (out / n).exists()])
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -241,7 +282,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         source = args.text
     if args.max_sentences is not None:
         data = data[: args.max_sentences]
-    _prepare_out(out, args.overwrite)
+    _check_out(out, args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -270,8 +311,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     result.timings["load_model"] = load_s
     t0 = time.perf_counter()
     command = _command_line(args)
-    written = write_report(result, out, title=f"headwise inspect: {loaded.description}", command=command,
-                           pruning_metric=loaded.metric if args.importance else None, timeline=timeline)
+    written = _write_owned_report(result, out, title=f"headwise inspect: {loaded.description}", command=command,
+                                  pruning_metric=loaded.metric if args.importance else None, timeline=timeline)
     report_s = time.perf_counter() - t0
     print(summary_table(result))
     if timeline:
@@ -311,5 +352,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward (default 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--overwrite", action="store_true", help="replace the report files in a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the report files an earlier headwise inspect or train wrote in a non-empty --out "
+                        "(a file of the same name headwise did not write is refused)")
     p.set_defaults(func=run_inspect)

@@ -10,6 +10,9 @@
 * One writer at a time: an exclusive ``flock`` on ``.lock``, which the kernel drops
   when its process dies, so a lock left by a killed run is never mistaken for a live
   one.
+* Other writers into a folder (``headwise inspect --out``, which may be a run
+  directory) record what they write with :func:`claim_entries` and check
+  :func:`owned_entries` before replacing a file.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["RunDir", "RunDirError", "RunLockedError", "MANIFEST", "RUN_ENTRIES", "register_run_entry"]
+__all__ = ["RunDir", "RunDirError", "RunLockedError", "MANIFEST", "RUN_ENTRIES", "register_run_entry",
+           "owned_entries", "claim_entries", "unclaim_entries"]
 
 MANIFEST = ".headwise-run.json"
 LOCK = ".lock"
@@ -47,6 +52,51 @@ def register_run_entry(name: str) -> None:
     """Declare that runs write the top-level entry ``name`` (so ``--overwrite`` may remove it)."""
     if name not in RUN_ENTRIES:
         RUN_ENTRIES.append(name)
+
+
+def owned_entries(folder: str | os.PathLike) -> set[str] | None:
+    """The entries the manifest of ``folder`` lists as headwise's, or None when it has no
+    readable manifest (then nothing in it is headwise's). For other writers than runs,
+    e.g. ``headwise inspect --out``, which may also write into a run directory."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        return None
+    return set(entries)
+
+
+def _rewrite_claims(folder: Path, add: set[str], drop: set[str]) -> None:
+    path = folder / MANIFEST
+    owned = owned_entries(folder)
+    if owned is None and (path.exists() or path.is_symlink()):
+        raise RunDirError(f"{path} is not a headwise manifest (damaged, or written by something else); "
+                          f"it is left as it is: choose another --out")
+    data: dict = {"written_by": "headwise", "entries": []}
+    if owned is not None:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    entries = ((owned or set()) | add | {MANIFEST}) - (drop - {MANIFEST, LOCK})
+    data["entries"] = sorted(entries)
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def claim_entries(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Add ``names`` to the manifest of the existing folder ``folder`` (creating one, and
+    keeping what it lists): headwise is about to write them, so a later ``--overwrite``
+    may replace them. Raises RunDirError if ``folder`` holds a manifest headwise cannot read."""
+    _rewrite_claims(Path(folder), set(names), set())
+
+
+def unclaim_entries(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Remove ``names`` from the manifest of ``folder`` (for entries headwise removed and
+    did not write again: a file of that name put there later is not headwise's)."""
+    names = set(names)
+    if names and owned_entries(folder) is not None:
+        _rewrite_claims(Path(folder), set(), names)
 
 
 def _protected(path: Path) -> str | None:
