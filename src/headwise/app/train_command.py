@@ -20,9 +20,9 @@ from ..data.tokenizer_training import min_vocab_size
 from ..devices import resolve_device
 from ..distributed.ddp import in_distributed_env
 from ..formats import FORMATS
-from ..hardware.precision import PRECISIONS
+from ..hardware.precision import PRECISIONS, resolve_precision
 from ..models import PRESETS
-from ..train.build import default_tokenizer_kind, model_config_for
+from ..train.build import check_attention_backend, default_tokenizer_kind, model_config_for
 from ..train.checkpoint import checkpoint_report
 from ..train.config import DECAYS, OBJECTIVES, RTD_GENERATORS, TrainConfig
 from ..train.loop import Trainer
@@ -223,9 +223,9 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
     """Refuse settings that would fail only after the run directory is written: the
     device, an --out that is a file, the tokenizer's settings (--vocab-size too small, or given
     with --tokenizer: ``given`` holds the settings given explicitly), the model fields (--model,
-    --dropout, --block-len).
+    --dropout, --block-len) and whether the attention backend can train it on the device.
     Raises ValueError or FileExistsError naming the flag."""
-    resolve_device(cfg.device, what="--device")
+    device = resolve_device(cfg.device, what="--device")
     given = given or {}
     builtin = cfg.corpus in ("stdlib-docs", "stdlib-code") or str(cfg.corpus).startswith("hf:")
     if not resume and not builtin and not Path(cfg.corpus).exists():
@@ -254,8 +254,9 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run")
-    if not resume:  # a resume builds the saved model
-        model_config_for(cfg, cfg.vocab_size)  # the tokenizer's size is not known yet: any valid one
+    if not resume:  # a resume builds the saved model (and checks its backend then)
+        model_cfg = model_config_for(cfg, cfg.vocab_size)  # the tokenizer's size is not known yet: any valid one
+        check_attention_backend(cfg, model_cfg, device, resolve_precision(cfg.precision, device))
 
 
 def _refuse_ignored_settings(cfg: TrainConfig, given: dict) -> None:

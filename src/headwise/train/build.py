@@ -9,13 +9,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..attention.backends import (
+    AttentionCall,
+    available_backends,
+    backend_refusal,
+    backends_serving,
+    check_backend_name,
+)
+from ..attention.masks import MaskSpec
 from ..data import BlockSampler, TokenBlocks, Tokenizer, build_blocks, load_corpus, load_or_train_tokenizer
+from ..hardware.precision import Precision
 from ..models import CONFIG_NAME, Decoder, EncoderForMLM, ModelConfig, build_electra, get_preset
 from ..models.presets import PRESETS
 from ..objectives import CausalLM, MaskedLM, ReplacedTokenDetection
 from .config import TrainConfig
 
-__all__ = ["RunParts", "build_parts", "build_objective", "default_tokenizer_kind", "model_config_for"]
+__all__ = ["RunParts", "build_parts", "build_objective", "default_tokenizer_kind", "model_config_for",
+           "attention_calls", "check_attention_backend"]
 
 TOKENIZER_KIND = {"mlm": "wordpiece", "rtd": "wordpiece", "clm": "bpe"}
 
@@ -83,8 +93,53 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     return model_cfg
 
 
-def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool) -> RunParts:
-    """Build (or, on resume, reload) tokenizer, data, model config and objective."""
+def attention_calls(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device,
+                    precision: Precision) -> list[AttentionCall]:
+    """The kinds of attention call a run of ``model_cfg`` makes on ``device``: a training
+    forward (gradients, the attention dropout, in the autocast dtype) and an evaluation
+    one (no gradients, no dropout). Decoders are causal; blocks are never padded, so
+    there is no other mask."""
+    t = cfg.block_len - 1 if cfg.objective == "clm" else cfg.block_len
+    mask = MaskSpec(batch=cfg.batch_size, q_len=t, k_len=t, causal=cfg.objective == "clm")
+    shape = dict(dtype=precision.autocast_dtype or torch.float32, device=torch.device(device),
+                 head_dim=model_cfg.head_dim, value_dim=model_cfg.head_dim, n_heads=model_cfg.n_heads,
+                 n_kv_heads=model_cfg.n_kv_heads, mask=mask, need_weights=False)
+    return [AttentionCall(**shape, dropout_p=model_cfg.attn_dropout, requires_grad=True),
+            AttentionCall(**shape, dropout_p=0.0, requires_grad=False)]
+
+
+def check_attention_backend(cfg: TrainConfig, model_cfg: ModelConfig, device: torch.device,
+                            precision: Precision, *, saved: bool = False) -> None:
+    """Refuse an attention backend (``attn_backend``) that is unknown or cannot serve
+    the run's calls (:func:`attention_calls`) on ``device``: one without a backward, one
+    that needs a GPU or Triton, a dtype or head size it lacks... Raises ValueError naming
+    where the setting comes from (``--model``, the preset, or the run's config.json when
+    ``saved``), why it cannot serve, and the backends that can."""
+    name = model_cfg.attn_backend
+    if saved:
+        where = f"the run's attn_backend {name!r} (its {CONFIG_NAME})"
+    elif "attn_backend" in cfg.model:
+        where = f"--model attn_backend={name}"
+    else:
+        where = f"the attn_backend {name!r} of preset {cfg.preset!r}"
+    try:
+        check_backend_name(name)
+    except ValueError:
+        raise ValueError(f"{where}: no such attention backend; accepted: "
+                         + ", ".join(["auto", *available_backends()])) from None
+    calls = attention_calls(cfg, model_cfg, device, precision)
+    reason = backend_refusal(name, calls)
+    if reason is not None:
+        dtype = str(calls[0].dtype).removeprefix("torch.")
+        raise ValueError(f"{where} cannot train this model on {calls[0].device} ({dtype}): {reason}; "
+                         f"backends that can: {', '.join(['auto', *backends_serving(calls)])}")
+
+
+def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool,
+                precision: Precision | None = None) -> RunParts:
+    """Build (or, on resume, reload) tokenizer, data, model config and objective. With
+    ``precision`` (a training run), the model's attention backend is checked first
+    (:func:`check_attention_backend`)."""
     run_dir = Path(run_dir)
     corpus = load_corpus(cfg.corpus)
     tok_path = run_dir / "tokenizer.json"
@@ -118,8 +173,12 @@ def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume
             model_cfg = ModelConfig.from_json(config_path)
         except (TypeError, ValueError) as e:  # not JSON, not a dict, an unknown or bad field
             raise ValueError(f"{config_path} is damaged: {e}") from None
+        saved = True
     else:
-        model_cfg = model_config_for(cfg, tok.vocab_size)
+        model_cfg, saved = model_config_for(cfg, tok.vocab_size), False
+    if precision is not None:  # a training run: before the model is built
+        check_attention_backend(cfg, model_cfg, device, precision, saved=saved)
+    if not saved:
         model_cfg.to_json(config_path)
     objective = build_objective(cfg.objective, model_cfg, tok, cfg).to(device)
     sampler = train.sampler(cfg.batch_size, seed=cfg.seed)

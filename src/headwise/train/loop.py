@@ -212,7 +212,7 @@ class Trainer:
         return run_dir, cfg
 
     def _build_parts(self, cfg: TrainConfig, *, resume: bool) -> RunParts:
-        return build_parts(cfg, self.run_dir, self.device, resume=resume)
+        return build_parts(cfg, self.run_dir, self.device, resume=resume, precision=self.precision)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
@@ -301,17 +301,17 @@ class Trainer:
             return self.last_validation()
         if self._rundir is not None:
             self._rundir.hold()
-        if self.step == 0 and cfg.sanity_checks and self.resumed_from is None:
-            for line in run_start_checks(self):
-                self._print(line)
-        tokens_per_step = cfg.batch_size * cfg.block_len * cfg.accum
-        t0 = time.perf_counter()
-        start_step = self.step
         bar = None
-        if self.progress:
-            bar = tqdm(total=stop, initial=self.step, unit="step", dynamic_ncols=True)
         last_val: dict[str, float] = {}
         try:
+            if self.step == 0 and cfg.sanity_checks and self.resumed_from is None:
+                for line in run_start_checks(self):
+                    self._print(line)
+            tokens_per_step = cfg.batch_size * cfg.block_len * cfg.accum
+            t0 = time.perf_counter()
+            start_step = self.step
+            if self.progress:
+                bar = tqdm(total=stop, initial=self.step, unit="step", dynamic_ncols=True)
             while self.step < stop:
                 m = self.train_step()
                 elapsed = time.perf_counter() - t0
@@ -338,6 +338,13 @@ class Trainer:
                     self._print(f"--max-time {cfg.max_time} min reached at step {self.step}")
                     self.save()
                     break
+        except ValueError:
+            # a setting the run cannot use, found before its first checkpoint: a new run
+            # folder then holds nothing to resume from, and is removed so that it does
+            # not block the corrected command (RunDir.discard keeps any run with a checkpoint)
+            if self._rundir is not None:
+                self._rundir.discard()
+            raise
         finally:
             if bar is not None:
                 bar.close()

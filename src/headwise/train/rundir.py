@@ -128,6 +128,7 @@ class RunDir:
         self._preexisting: set[str] = set()  # entries there before this start (abort leaves them)
         self._aside: Path | None = None
         self._moved: list[str] = []
+        self._new = False  # this process started a new run here (discard may remove it)
 
     # ---------------------------------------------------------------- opening
     @classmethod
@@ -159,6 +160,7 @@ class RunDir:
                     )
                 rd._move_old_run_aside(rd._foreign_entries())
             rd._fresh = True
+            rd._new = True
             rd._preexisting = set(rd._entries())
             rd._write_manifest()
         except BaseException:
@@ -281,6 +283,22 @@ class RunDir:
             self._aside = None
             self._moved = []
         self._fresh = False
+
+    def discard(self) -> None:
+        """A new run failed before its first checkpoint (a setting it cannot use): remove
+        what it wrote, as :meth:`abort` does for a failed start, so the corrected command
+        is not refused. A resumed run, or one whose ``checkpoints`` folder holds anything,
+        is left as it is (it is what ``--resume`` continues from)."""
+        ckpts = self.path / "checkpoints"
+        if not self._new or (ckpts.is_dir() and any(ckpts.iterdir())):
+            return
+        # entries of the user's that --overwrite kept: a manifest stays too, so that
+        # --overwrite still works there (without them the folder is left empty)
+        keep_manifest = any(not e.startswith(_ASIDE) for e in self._preexisting)
+        self._new, self._fresh = False, True
+        self.abort()
+        if keep_manifest:
+            self._write_manifest()  # afresh: no longer naming the replaced run's folder
 
     def abort(self) -> None:
         """Setting up failed: remove what this start wrote and put back a replaced run.

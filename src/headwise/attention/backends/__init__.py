@@ -8,7 +8,15 @@ registry that names them (:mod:`.registry`) and what ``backend="auto"`` picks
 from __future__ import annotations
 
 from .base import AttentionCall, Backend
-from .registry import DISPATCHER, available_backends, check_backend_name, get_backend, register_backend
+from .registry import (
+    DISPATCHER,
+    available_backends,
+    backend_refusal,
+    backends_serving,
+    check_backend_name,
+    get_backend,
+    register_backend,
+)
 
 __all__ = ["AttentionCall", "Backend", "register_backend", "get_backend", "available_backends",
-           "check_backend_name", "DISPATCHER"]
+           "check_backend_name", "backend_refusal", "backends_serving", "DISPATCHER"]

@@ -10,6 +10,8 @@ imported; others add themselves with :func:`register_backend`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .base import AttentionCall, Backend
 from .dispatch import Dispatcher
 from .int8 import Int8Backend
@@ -19,7 +21,7 @@ from .sdpa import SdpaBackend
 from .tiled import TiledBackend
 
 __all__ = ["register_backend", "get_backend", "available_backends", "check_backend_name",
-           "DISPATCHER"]
+           "backend_refusal", "backends_serving", "DISPATCHER"]
 
 _REGISTRY: dict[str, Backend] = {}
 _ORDERED: list[Backend] = []  # the registry, highest priority first
@@ -68,6 +70,29 @@ def get_backend(name: str, call: AttentionCall) -> Backend:
     if reason is not None:
         raise ValueError(f"backend {name!r} cannot serve this call: {reason}")
     return backend
+
+
+def backend_refusal(name: str, calls: Iterable[AttentionCall]) -> str | None:
+    """Why the backend ``name`` cannot serve one of ``calls`` (the reason for the first
+    it refuses, as :func:`get_backend` would give it), or None when it serves them all.
+    ``"auto"`` serves every call that some registered backend serves. Raises
+    ``ValueError`` for an unknown name (:func:`check_backend_name`)."""
+    check_backend_name(name)
+    for call in calls:
+        if name == "auto":
+            if not any(b.unsupported(call) is None for b in _ORDERED):
+                return "no registered backend can serve this call"
+            continue
+        reason = _REGISTRY[name].unsupported(call)
+        if reason is not None:
+            return reason
+    return None
+
+
+def backends_serving(calls: Iterable[AttentionCall]) -> list[str]:
+    """The registered backends that can serve every one of ``calls``, most preferred first."""
+    calls = list(calls)
+    return [b.name for b in _ORDERED if all(b.unsupported(c) is None for c in calls)]
 
 
 # tiled.py and int8.py import no Triton until their first call, so a missing Triton
