@@ -99,6 +99,18 @@ def test_a_setting_failing_at_the_first_step_leaves_no_folder(corpus, tmp_path):
     assert (out / "checkpoints").is_dir()
 
 
+def test_a_failure_after_training_steps_keeps_the_folder_and_its_metrics(corpus, tmp_path):
+    """No checkpoint yet, but steps were trained: what they logged stays for the user to read."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(corpus, out, steps=4, checkpoint_every=100, log_every=1, device="cpu", precision="fp32")
+    t = Trainer(cfg, progress=False)
+    _failing_step(t, 2)
+    with pytest.raises(ValueError):
+        t.run()
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+    assert (out / "run.json").is_file() and (out / "metrics.jsonl").read_text().strip()
+
+
 def test_a_failure_after_a_checkpoint_keeps_the_run_resumable(corpus, tmp_path):
     out = tmp_path / "run"
     cfg = tiny_cfg(corpus, out, steps=4, checkpoint_every=1, eval_every=2, device="cpu", precision="fp32")

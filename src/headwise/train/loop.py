@@ -339,10 +339,12 @@ class Trainer:
                     self.save()
                     break
         except ValueError:
-            # a setting the run cannot use, found before its first checkpoint: a new run
-            # folder then holds nothing to resume from, and is removed so that it does
-            # not block the corrected command (RunDir.discard keeps any run with a checkpoint)
-            if self._rundir is not None:
+            # a setting the run cannot use, found before its first optimizer step (in the
+            # sanity checks or the first step): a new run folder then holds nothing to
+            # resume from, and is removed so that it does not block the corrected command
+            # (RunDir.discard keeps any resumed run, and any with a checkpoint). A later
+            # failure keeps the folder: its metrics say what happened up to there.
+            if self._rundir is not None and self.step == 0:
                 self._rundir.discard()
             raise
         finally:
