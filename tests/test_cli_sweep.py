@@ -180,3 +180,20 @@ def test_inspect_names_an_input_file_that_is_not_text(clm_run, tmp_path, capsys,
                     capsys)  # was: "'utf-8' codec can't decode byte 0x99 in position 0", naming no file
     assert needle.format(f=f) in line
     assert not (tmp_path / "o").exists()
+
+
+def test_generate_past_the_learned_positions_names_both_flags_and_what_fits(clm_run, capsys):
+    # was: "prompt length 1 + max_new_tokens 100 = 101 exceeds max_len=16", naming no flag
+    line = _refused(["generate", str(clm_run), "--device", "cpu"], capsys)  # the default --max-new-tokens 100
+    assert "--max-new-tokens 100" in line and "max_len=16" in line and "give --max-new-tokens 15 or less" in line
+    assert main(["generate", str(clm_run), "--max-new-tokens", "15", "--device", "cpu"]) == 0
+
+
+def test_inspect_threads_beyond_the_cpu_count_is_refused(clm_run, tmp_path, capsys):
+    import os
+
+    # was: a segmentation fault in the BLAS library (exit 139) for --threads 99999
+    line = _refused(["inspect", str(clm_run), "--text", str(clm_run / "run.json"), "--out", str(tmp_path / "o"),
+                     "--threads", "99999"], capsys)
+    assert "--threads" in line and f"<= {os.cpu_count()}" in line
+    assert not (tmp_path / "o").exists()

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
-    "positive_int", "nonneg_int", "seed_int", "positive_float", "nonneg_float", "int_at_least", "float_in",
+    "positive_int", "nonneg_int", "seed_int", "thread_count", "positive_float", "nonneg_float", "int_at_least",
+    "float_in",
     "run_directory", "HelpFormatter",
 ]
 
@@ -59,6 +61,10 @@ nonneg_int.__name__ = "non-negative int"
 #: a random seed: torch's generators take at most 2**64 - 1, and a run seeds one with seed + 1
 seed_int = int_at_least(0, 2**63 - 1)
 seed_int.__name__ = "seed"
+#: torch CPU threads: 0 (torch's choice) up to the CPUs this machine has (far more made
+#: the BLAS library crash, and more threads than CPUs never help)
+thread_count = int_at_least(0, os.cpu_count() or 1)
+thread_count.__name__ = "thread count"
 
 
 def float_in(low: float | None = None, high: float | None = None, *, low_open: bool = False,

@@ -45,7 +45,7 @@ from ..objectives import CausalLM, MaskedLM
 from ..protocols import Tokenizer
 from ..train.reader import load_run
 from ..train.rundir import MANIFEST, claim_entries, owned_entries, unclaim_entries
-from .cli_types import nonneg_int, positive_int
+from .cli_types import nonneg_int, positive_int, thread_count
 from .inspection import inspect_model
 
 __all__ = ["LoadedModel", "load_model", "read_text", "run_inspect", "register"]
@@ -351,7 +351,8 @@ def register(sub: Any) -> None:
                    help="sentences whose attention maps the report shows (default 8)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward (default 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=thread_count, default=0,
+                   help="torch CPU threads, at most this machine's CPU count (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the report files an earlier headwise inspect or train wrote in a non-empty --out "
                         "(a file of the same name headwise did not write is refused)")
