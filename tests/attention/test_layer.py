@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from reference_math import allowed_matrix
+from torch import nn
 
 from headwise.attention import KVCache, MultiHeadAttention, attend, normalize_mask
 
