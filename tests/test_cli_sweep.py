@@ -197,3 +197,12 @@ def test_inspect_threads_beyond_the_cpu_count_is_refused(clm_run, tmp_path, caps
                      "--threads", "99999"], capsys)
     assert "--threads" in line and f"<= {os.cpu_count()}" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_vocabulary_smaller_than_vocab_size_is_said(corpus, tmp_path, capsys):
+    # --vocab-size is the most a tokenizer may have; a small corpus gives fewer, and the run says so
+    argv = [a for a in _train(corpus, tmp_path / "run", "--vocab-size", "99999999") if a != "--quiet"]
+    assert main(argv) == 0
+    vocab = json.loads((tmp_path / "run" / "config.json").read_text())["vocab_size"]
+    assert vocab < 99999999
+    assert f"vocabulary: {vocab:,} tokens" in capsys.readouterr().out
