@@ -144,3 +144,24 @@ def test_overwrite_with_entries_of_the_user_keeps_the_manifest(corpus, tmp_path)
     assert "run.json" in json.loads((out / MANIFEST).read_text())["entries"]
     Trainer(cfg, overwrite=True, progress=False).run()
     assert (out / "notes.md").read_text() == "mine"
+
+
+def test_a_refused_resume_leaves_run_json_as_it_was(corpus, tmp_path, monkeypatch):
+    """A resume with a new target rewrites run.json; if its start then fails, the old one is back."""
+    import dataclasses
+
+    import headwise.train.loop as loop
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(corpus, out, steps=2, device="cpu", precision="fp32")
+    Trainer(cfg, progress=False).run()
+    before = (out / "run.json").read_bytes()
+
+    def failing_build(*args, **kwargs):
+        raise ValueError("a setting this run cannot use")
+
+    monkeypatch.setattr(loop, "build_parts", failing_build)
+    with pytest.raises(ValueError, match="cannot use"):
+        Trainer(dataclasses.replace(cfg, steps=4), resume=True, progress=False)
+    assert (out / "run.json").read_bytes() == before
+    assert any((out / "checkpoints").iterdir())  # and the run is still there to resume

@@ -106,10 +106,14 @@ class Trainer:
         self._resume_changes = changes
         #: (newest intact checkpoint, lines for broken newer ones), found once per resume
         self._resume_point: tuple[Path | None, list[str]] | None = None
+        #: run.json as it was before a resume with changed settings rewrote it
+        self._saved_run_json: bytes | None = None
         self.run_dir, cfg = self._open_run_dir(cfg, resume=resume, overwrite=overwrite)
         try:
             self._setup(cfg, resume=resume, progress=progress, device=device)
         except BaseException:
+            if self._saved_run_json is not None:  # a refused resume changes nothing
+                (self.run_dir / "run.json").write_bytes(self._saved_run_json)
             if self._rundir is not None:
                 self._rundir.abort()  # leave nothing that would block the corrected command
             raise
@@ -207,6 +211,7 @@ class Trainer:
                     raise ValueError(f"--steps {new.steps} is below the step the run has reached ({reached}); "
                                      f"give --steps {reached} or more to train further")
                 if new != saved:
+                    self._saved_run_json = (run_dir / "run.json").read_bytes()
                     new.to_json(run_dir / "run.json")
                 cfg = new
             else:
