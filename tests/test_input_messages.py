@@ -63,7 +63,8 @@ def test_generate_warns_about_prompt_characters_outside_the_vocabulary(tmp_path,
     tok = train_tokenizer(["hello world"] * 3, "char", 100)
 
     class Model:
-        cfg = SimpleNamespace(positions="rope", max_len=128)
+        def positions_left(self, prompt_len):
+            return None  # rotary: no bound
 
         def generate(self, x, n, **kw):
             return x

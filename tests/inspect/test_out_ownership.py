@@ -4,34 +4,26 @@ directory); a file of a report's name that headwise did not write is refused, na
 it, and left as it is. On a tiny randomly initialised run and three lines of text."""
 
 import json
-import random
 
 import pytest
+from tiny_runs import tiny_cfg, write_corpus
 
 from headwise.cli import main
 from headwise.inspect.report import REPORT_FILES
 from headwise.train.rundir import MANIFEST
 
-WORDS = "the a cat dog sat ran on under mat tree quickly slowly big small red green".split()
-
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A headwise MLM run directory after 2 steps."""
-    from headwise.train import TrainConfig, Trainer
+    from headwise.train import Trainer
 
     root = tmp_path_factory.mktemp("own_run")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HEADWISE_CACHE", str(root / "cache"))
-        rng = random.Random(0)
-        docs = [" ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) + "." for _ in range(5))
-                for _ in range(120)]
-        corpus = root / "corpus.txt"
-        corpus.write_text("\n".join(docs))
-        cfg = TrainConfig(objective="mlm", corpus=str(corpus), out=str(root / "run"), steps=2, batch_size=8,
-                          block_len=32, vocab_size=200, warmup=1, eval_every=2, eval_batches=1, log_every=1,
-                          checkpoint_every=2, dropout=0.0, sanity_checks=False,
-                          model={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64}, device="cpu")
+        corpus = write_corpus(root / "corpus.txt", docs=120)
+        cfg = tiny_cfg(corpus, root / "run", steps=2, vocab_size=200, warmup=1, eval_every=2, eval_batches=1,
+                       log_every=1, checkpoint_every=2, dropout=0.0, device="cpu")
         Trainer(cfg, progress=False).run()
         yield root / "run"
 

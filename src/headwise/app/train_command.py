@@ -318,14 +318,14 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"headwise generate: warning: --prompt has {len(unknown)} character(s) outside the run's "
               f"vocabulary, encoded as [UNK]: {' '.join(repr(c) for c in unknown)}", file=sys.stderr)
     ids = tok.encode(args.prompt) if args.prompt else [tok.eos_id]
-    model_cfg = run.objective.model.cfg
-    if model_cfg.positions == "learned" and len(ids) + args.max_new_tokens > model_cfg.max_len:
-        room = model_cfg.max_len - len(ids)
+    room = run.objective.model.positions_left(len(ids))
+    if room is not None and args.max_new_tokens > room:
+        max_len = len(ids) + room
         fix = (f"give --max-new-tokens {room} or less" if room > 0 else
-               f"shorten --prompt to fewer than {model_cfg.max_len} tokens")
+               f"shorten --prompt to fewer than {max_len} tokens")
         raise ValueError(f"--prompt is {len(ids)} tokens and --max-new-tokens {args.max_new_tokens}: "
                          f"{len(ids) + args.max_new_tokens} positions, more than the model's learned "
-                         f"positions (max_len={model_cfg.max_len}); {fix}")
+                         f"positions (max_len={max_len}); {fix}")
     x = torch.tensor([ids], dtype=torch.long)
     g = torch.Generator().manual_seed(args.seed)
     out = run.objective.model.generate(x, args.max_new_tokens, temperature=args.temperature,

@@ -105,6 +105,12 @@ class Decoder(nn.Module):
         return [KVCache() for _ in self.blocks]
 
     @torch.no_grad()
+    def positions_left(self, prompt_len: int) -> int | None:
+        """How many tokens :meth:`generate` may add to a prompt of ``prompt_len`` tokens:
+        what the learned positions leave (may be <= 0), or None when positions do not
+        bound the length (rotary)."""
+        return self.cfg.max_len - prompt_len if self.cfg.positions == "learned" else None
+
     def generate(
         self,
         input_ids: Tensor,
@@ -139,11 +145,11 @@ class Decoder(nn.Module):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
         check_int("top_k", top_k, none_ok=True)
-        total = input_ids.shape[1] + max_new_tokens
-        if self.cfg.positions == "learned" and total > self.cfg.max_len:
+        left = self.positions_left(input_ids.shape[1])
+        if left is not None and max_new_tokens > left:
             raise ValueError(
                 f"prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} = "
-                f"{total} exceeds max_len={self.cfg.max_len} of the learned positions"
+                f"{input_ids.shape[1] + max_new_tokens} exceeds max_len={self.cfg.max_len} of the learned positions"
             )
         if max_new_tokens == 0:
             return input_ids

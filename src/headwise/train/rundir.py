@@ -54,34 +54,44 @@ def register_run_entry(name: str) -> None:
         RUN_ENTRIES.append(name)
 
 
-def owned_entries(folder: str | os.PathLike) -> set[str] | None:
-    """The entries the manifest of ``folder`` lists as headwise's, or None when it has no
-    readable manifest (then nothing in it is headwise's). For other writers than runs,
-    e.g. ``headwise inspect --out``, which may also write into a run directory."""
+def _read_manifest(folder: Path) -> dict | None:
+    """The manifest of ``folder`` as written (a dict whose ``entries`` is a list of
+    names), or None when there is none or it is not one headwise wrote."""
     try:
-        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     entries = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         return None
-    return set(entries)
+    return data
+
+
+def _write_manifest_file(folder: Path, data: dict) -> None:
+    """Replace the manifest of ``folder`` with ``data`` atomically (a temporary file, then a rename)."""
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+
+
+def owned_entries(folder: str | os.PathLike) -> set[str] | None:
+    """The entries the manifest of ``folder`` lists as headwise's, or None when it has no
+    readable manifest (then nothing in it is headwise's). For other writers than runs,
+    e.g. ``headwise inspect --out``, which may also write into a run directory."""
+    data = _read_manifest(Path(folder))
+    return None if data is None else set(data["entries"])
 
 
 def _rewrite_claims(folder: Path, add: set[str], drop: set[str]) -> None:
     path = folder / MANIFEST
-    owned = owned_entries(folder)
-    if owned is None and (path.exists() or path.is_symlink()):
+    data = _read_manifest(folder)
+    if data is None and (path.exists() or path.is_symlink()):
         raise RunDirError(f"{path} is not a headwise manifest (damaged, or written by something else); "
                           f"it is left as it is: choose another --out")
-    data: dict = {"written_by": "headwise", "entries": []}
-    if owned is not None:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    entries = ((owned or set()) | add | {MANIFEST}) - (drop - {MANIFEST, LOCK})
-    data["entries"] = sorted(entries)
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    if data is None:
+        data = {"written_by": "headwise", "entries": []}
+    entries = (set(data["entries"]) | add | {MANIFEST}) - (drop - {MANIFEST, LOCK})
+    _write_manifest_file(folder, {**data, "entries": sorted(entries)})
 
 
 def claim_entries(folder: str | os.PathLike, names: Iterable[str]) -> None:
@@ -184,11 +194,7 @@ class RunDir:
         return sorted(p.name for p in self.path.iterdir() if p.name != LOCK)
 
     def _manifest(self) -> dict | None:
-        try:
-            data = json.loads((self.path / MANIFEST).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return data if isinstance(data, dict) and isinstance(data.get("entries"), list) else None
+        return _read_manifest(self.path)
 
     def _foreign_entries(self) -> list[str]:
         manifest = self._manifest()
@@ -226,9 +232,7 @@ class RunDir:
         entries = sorted({*RUN_ENTRIES, LOCK, MANIFEST})
         if self._aside is not None:
             entries.append(self._aside.name)  # claimed, so a killed overwrite is cleaned up later
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps({"written_by": "headwise", "entries": entries}, indent=1) + "\n")
-        os.replace(tmp, self.path / MANIFEST)
+        _write_manifest_file(self.path, {"written_by": "headwise", "entries": entries})
 
     # ---------------------------------------------------------------- locking
     def _lock(self) -> None:
