@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..devices import resolve_device
 from ..hardware.precision import resolve_precision
-from .build import RunParts, build_parts, default_tokenizer_kind
+from .build import RunParts, build_parts
 from .checkpoint import (
     CheckpointError,
     checkpoint_step,
@@ -172,10 +172,9 @@ class Trainer:
         if self.is_main:  # what runs, beside run.json's request
             (self.run_dir / "precision.json").write_text(json.dumps(self.precision.to_dict(), indent=2) + "\n")
         self._print(self.precision.note)
-        vocab = self.parts.tokenizer.vocab_size
-        if vocab < cfg.vocab_size:  # --vocab-size is a cap: a small corpus gives fewer tokens
-            kind = cfg.tokenizer_kind or default_tokenizer_kind(cfg.objective)
-            self._print(f"vocabulary: {vocab:,} tokens, all that {cfg.corpus} gives a {kind} tokenizer "
+        tok = self.parts.tokenizer
+        if tok.vocab_size < cfg.vocab_size:  # --vocab-size is a cap: a small corpus gives fewer tokens
+            self._print(f"vocabulary: {tok.vocab_size:,} tokens, all that {cfg.corpus} gives a {tok.kind} tokenizer "
                         f"(--vocab-size {cfg.vocab_size:,} is the most it may have)")
         if cfg.compile:
             # compile the models, not the objective: its metrics call .item(), which
