@@ -1,7 +1,8 @@
 """Self-attention forward+backward: headwise vs torch.nn.MultiheadAttention.
 
 d_model 512, 8 heads, batch 8, T in {128, 512, 2048}, causal and not, fp32 on the
-CPU. Rows: headwise MultiHeadAttention (backend auto), headwise.nn.MultiheadAttention
+CPU (``--precision bf16``: every implementation under the same bf16
+``torch.autocast``). Rows: headwise MultiHeadAttention (backend auto), headwise.nn.MultiheadAttention
 (the drop-in), torch.nn.MultiheadAttention, and headwise's reference backend (the
 textbook loop over heads). All share the same weights and inputs; outputs are
 checked to agree before anything is timed.
@@ -15,6 +16,7 @@ subprocess. Run: ``headwise bench attention`` or ``python bench/attention.py``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -69,7 +71,7 @@ def build(impl: str, seq: int, causal: bool, seed: int = 0):
     return step
 
 
-def peak_memory_mb(impl: str, seq: int, causal: bool) -> float:
+def peak_memory_mb(impl: str, seq: int, causal: bool, precision: str = "fp32") -> float:
     """Peak memory (MB) above the resident set before one forward+backward, in a fresh
     process. Large blocks are mmapped (MALLOC_MMAP_THRESHOLD_) so freed memory leaves
     the resident set, and the kernel's peak (VmHWM) is reset just before the step."""
@@ -81,7 +83,11 @@ def peak_memory_mb(impl: str, seq: int, causal: bool) -> float:
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith(key): return int(line.split()[1])\n"
         "open('/proc/self/clear_refs', 'w').write('5')\n"
-        "r0 = kb('VmRSS:'); s(); print((kb('VmHWM:') - r0) / 1024)"
+        "import torch, contextlib\n"
+        f"ctx = torch.autocast('cpu', dtype=torch.bfloat16) if {precision!r} == 'bf16' else contextlib.nullcontext()\n"
+        "r0 = kb('VmRSS:')\n"
+        "with ctx: s()\n"
+        "print((kb('VmHWM:') - r0) / 1024)"
     )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
@@ -117,32 +123,39 @@ def main(argv: list[str] | None = None) -> dict:
                    help="sequence lengths T to time")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per implementation (median)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32, or bf16: all implementations under the same CPU autocast")
     p.add_argument("--out", type=Path, default=RESULTS / "attention_cpu.json",
                    help="JSON results file (headwise bench attention: a new file under runs/bench/)")
     args = p.parse_args(argv)
     check_fits(args.seq, p)
     torch.set_num_threads(torch.get_num_threads())
     rows = []
+    bf16 = args.precision == "bf16"
+    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    tol = dict(atol=5e-2, rtol=5e-2) if bf16 else dict(atol=1e-4, rtol=1e-4)
     print(f"# forward+backward self-attention, d_model {D_MODEL}, {HEADS} heads, batch {BATCH}, "
-          f"fp32, CPU ({torch.get_num_threads()} threads), torch {torch.__version__}")
+          f"{args.precision}, CPU ({torch.get_num_threads()} threads), torch {torch.__version__}")
     header = (f"{'T':>5} {'causal':>6} | " + " | ".join(f"{i:>11}" for i in IMPLS)
               + " | torch/headwise | torch/nn | peak MB: headwise, torch, reference")
     print(header)
     for seq in args.seq:
         for causal in (False, True):
             steps = {i: build(i, seq, causal) for i in IMPLS}
-            outs = {i: steps[i]().detach() for i in IMPLS}  # also the warm-up
+            with precision():
+                outs = {i: steps[i]().detach().float() for i in IMPLS}  # also the warm-up
             for i in IMPLS:
-                torch.testing.assert_close(outs[i], outs["torch"], atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(outs[i], outs["torch"], **tol)
             times = {i: [] for i in IMPLS}
             for _ in range(args.repeats):
                 for i in IMPLS:
-                    t0 = time.perf_counter()
-                    steps[i]()
-                    times[i].append(time.perf_counter() - t0)
+                    with precision():
+                        t0 = time.perf_counter()
+                        steps[i]()
+                        times[i].append(time.perf_counter() - t0)
             med = {i: statistics.median(times[i]) for i in IMPLS}
             mem = {} if args.no_memory else {
-                i: peak_memory_mb(i, seq, causal) for i in ("headwise", "torch", "reference")
+                i: peak_memory_mb(i, seq, causal, args.precision) for i in ("headwise", "torch", "reference")
             }
             row = {
                 "seq": seq,
@@ -161,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "attention_cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "precision": args.precision,
         "machine": platform.machine(),
         "processor": platform.processor(),
         "repeats": args.repeats,

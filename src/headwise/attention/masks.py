@@ -20,7 +20,7 @@ output of exactly zero in every backend (and zero attention weights), never NaN.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -45,6 +45,16 @@ class MaskSpec:
     def is_empty(self) -> bool:
         """True when nothing is masked: every query sees every key."""
         return not self.causal and self.key_lengths is None and self.bias is None
+
+    def rows(self, start: int, stop: int) -> MaskSpec:
+        """The mask of the call's batch rows ``[start, stop)`` (a bias whose batch
+        dimension is 1 is shared, as it broadcasts)."""
+        stop = min(stop, self.batch)
+        lengths = None if self.key_lengths is None else self.key_lengths[start:stop]
+        bias = self.bias
+        if bias is not None and bias.shape[0] != 1:
+            bias = bias[start:stop]
+        return replace(self, batch=stop - start, key_lengths=lengths, bias=bias)
 
     @property
     def causal_offset(self) -> int:

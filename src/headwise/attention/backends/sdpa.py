@@ -3,7 +3,8 @@
 
 Causal self-attention on the CPU at lengths where torch's kernel would compute the
 masked half too goes through :mod:`.cpu_causal`, which calls the same kernel on the
-visible blocks only. It never materialises the weights, so it cannot return them.
+visible blocks only; short bfloat16 calls on the CPU, where that kernel is slow, go
+through :mod:`.cpu_short`. It never returns the weights.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from ..masks import MaskSpec
 from .base import AttentionCall, Backend, zero_masked_rows
 from .cpu_causal import blocked_causal_applies, blocked_causal_attention
+from .cpu_short import short_bf16_applies, short_bf16_attention
 
 
 class SdpaBackend(Backend):
@@ -26,6 +28,8 @@ class SdpaBackend(Backend):
         return None
 
     def attend(self, q, k, v, mask: MaskSpec, *, scale, dropout_p, need_weights):
+        if short_bf16_applies(q, k):
+            return short_bf16_attention(q, k, v, mask, scale=scale, dropout_p=dropout_p), None
         n_heads, n_kv = q.shape[1], k.shape[1]
         if n_kv != n_heads:
             # enable_gqa is not served by every fused kernel; repeating is what the
