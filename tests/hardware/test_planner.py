@@ -223,6 +223,25 @@ def test_cli_prints_table(capsys):
         assert word in out
 
 
+@pytest.mark.parametrize("seq", ["2048", "99999999999"])
+def test_cli_table_columns_stay_apart_for_any_size(capsys, seq):
+    # the columns were fixed widths: at --seq 99999999999 the count ran into M ("199999999999")
+    assert main(["plan", "--preset", "tiny", "--seq", seq]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("GEMM"))
+    header = lines[head]
+    rows = [line for line in lines[head + 2:head + 6]] + [
+        line for line in lines if line.startswith("per_head")]
+    assert [r.split()[0] for r in rows] == ["qkv", "qk", "pv", "out", "per_head"]
+    for row in rows:
+        cells = row.split()
+        assert cells[2] == seq  # M, its own cell
+        assert len(row) == len(header)  # the right-aligned last column ends with its header
+    rec_head = next(i for i, line in enumerate(lines) if line.strip().startswith("n_heads"))
+    given = lines[rec_head + 1]
+    assert given.split()[:4] == ["4", "32", "4", "128"] and given.endswith("(given)")
+
+
 def test_cli_json_parses(capsys):
     rc = main(["plan", "--d-model", "768", "--n-heads", "12", "--layers", "12", "--gpu", "a100",
                "--batch", "2", "--seq", "256", "--json"])

@@ -157,20 +157,31 @@ def _align_note(g: GemmPlan) -> str:
     return "ok" if not bad else " ".join(bad)
 
 
-def _gemm_rows(gemms: list[GemmPlan]) -> list[str]:
-    head = (
-        f"{'GEMM':<9}{'count':>10}{'M':>8}{'N':>8}{'K':>8}  {'alignment':<22}{'tile':<12}"
-        f"{'tile_eff':>9}{'wave_eff':>9}{'AI F/B':>9}{'ridge':>7}  {'bound':<8}{'time us':>10}"
-    )
-    rows = [head, "-" * len(head)]
-    for g in gemms:
-        count = f"{g.launches}x" if g.launches > 1 else (f"b{g.batch}" if g.batch > 1 else "1")
-        rows.append(
-            f"{g.name:<9}{count:>10}{g.m:>8}{g.n:>8}{g.k:>8}  {_align_note(g):<22}"
-            f"{str(g.tile):<12}{g.tile_eff:>9.1%}{g.wave_eff:>9.1%}{g.intensity:>9.1f}"
-            f"{g.ridge:>7.0f}  {g.bound:<8}{_us(g.time_s):>10}"
-        )
-    return rows
+def _columns(rows: list[list[str]], right: str, gap: str = " ") -> list[str]:
+    """``rows`` of cells (the first the header) as aligned lines, each column as wide as
+    its widest cell; ``right[i]`` is ``">"`` to right-align column ``i``, else ``"<"``."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [gap.join(f"{c:{a}{w}}" for c, a, w in zip(r, right, widths, strict=True)).rstrip()
+            for r in rows]
+
+
+GEMM_HEAD = ["GEMM", "count", "M", "N", "K", "alignment", "tile", "tile_eff", "wave_eff",
+             "AI F/B", "ridge", "bound", "time us"]
+GEMM_ALIGN = "<>>>><<>>>><>"
+
+
+def _gemm_cells(g: GemmPlan) -> list[str]:
+    count = f"{g.launches}x" if g.launches > 1 else (f"b{g.batch}" if g.batch > 1 else "1")
+    return [g.name, count, str(g.m), str(g.n), str(g.k), _align_note(g), str(g.tile),
+            f"{g.tile_eff:.1%}", f"{g.wave_eff:.1%}", f"{g.intensity:.1f}", f"{g.ridge:.0f}",
+            g.bound, _us(g.time_s)]
+
+
+def _gemm_rows(gemms: list[GemmPlan], per_head: GemmPlan) -> tuple[list[str], str]:
+    """The GEMM table (header, rule, a row per GEMM) and the per-head row, which is
+    printed further down in the same columns."""
+    lines = _columns([GEMM_HEAD, *map(_gemm_cells, gemms), _gemm_cells(per_head)], GEMM_ALIGN)
+    return [lines[0], "-" * max(map(len, lines)), *lines[1:-1]], lines[-1]
 
 
 def _render(
@@ -181,6 +192,7 @@ def _render(
     explain: bool,
 ) -> str:
     c, d = plan.config, plan.dtype
+    gemm_table, per_head_row = _gemm_rows(plan.gemms, plan.per_head)
     lines = [
         f"{name}: d_model={c.d_model} n_heads={c.n_heads} head_dim={c.head_dim} "
         f"n_kv_heads={c.n_kv_heads} layers={c.n_layers} | batch={plan.batch} seq={plan.seq} "
@@ -194,13 +206,13 @@ def _render(
         "time = launches * (max(FLOPs/(peak*tile_eff*wave_eff), bytes/bandwidth) "
         f"+ {prof.launch_overhead_s * 1e6:.1f} us launch)",
         "",
-        *_gemm_rows(plan.gemms),
+        *gemm_table,
         "",
         f"fused layer: {_us(plan.layer_time_s)} us; x {c.n_layers} layers = "
         f"{plan.model_time_s * 1e3:,.3f} ms; padding waste {plan.waste:.1%}",
         f"naive layer (per-head projections instead of one qkv GEMM): "
         f"{_us(plan.naive_time_s)} us, {plan.naive_time_s / plan.layer_time_s:.2f}x the fused",
-        *_gemm_rows([plan.per_head])[2:],
+        per_head_row,
         "",
     ]
     assert c.head_dim is not None
@@ -228,18 +240,11 @@ def _render(
     if not recs:
         lines.append("  none: no nearby layout is predicted faster or less wasteful")
     else:
-        lines.append(
-            f"  {'n_heads':>7}{'head_dim':>9}{'n_kv':>6}{'H*Dh':>7}{'time us':>10}"
-            f"{'speedup':>9}{'waste':>8}"
-        )
-        lines.append(
-            f"  {c.n_heads:>7}{c.head_dim:>9}{c.n_kv_heads:>6}{c.n_heads * c.head_dim:>7}"
-            f"{_us(plan.layer_time_s):>10}{1.0:>8.2f}x{plan.waste:>8.1%}  (given)"
-        )
-        for r in recs:
-            lines.append(
-                f"  {r.n_heads:>7}{r.head_dim:>9}{r.n_kv_heads:>6}{r.width:>7}"
-                f"{_us(r.layer_time_s):>10}{r.speedup:>8.2f}x{r.waste:>8.1%}"
-            )
+        table = [["n_heads", "head_dim", "n_kv", "H*Dh", "time us", "speedup", "waste", ""],
+                 [str(c.n_heads), str(c.head_dim), str(c.n_kv_heads), str(c.n_heads * c.head_dim),
+                  _us(plan.layer_time_s), "1.00x", f"{plan.waste:.1%}", "(given)"]]
+        table += [[str(r.n_heads), str(r.head_dim), str(r.n_kv_heads), str(r.width),
+                   _us(r.layer_time_s), f"{r.speedup:.2f}x", f"{r.waste:.1%}", ""] for r in recs]
+        lines += ["  " + line for line in _columns(table, ">>>>>>><", gap="  ")]
     return "\n".join(lines)
 
