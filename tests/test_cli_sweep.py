@@ -206,3 +206,30 @@ def test_a_vocabulary_smaller_than_vocab_size_is_said(corpus, tmp_path, capsys):
     vocab = json.loads((tmp_path / "run" / "config.json").read_text())["vocab_size"]
     assert vocab < 99999999
     assert f"vocabulary: {vocab:,} tokens" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("folder_named, other, needle", [
+    ("run.json", None, "its run.json is not a file"),
+    ("config.json", None, "its config.json is not a file"),
+    ("run.json", ("config.json", "{}"), "its run.json is not a file"),
+])
+def test_inspect_of_a_folder_whose_settings_file_is_a_folder_names_it(tmp_path, capsys, folder_named,
+                                                                      other, needle):
+    model = tmp_path / "model"
+    (model / folder_named).mkdir(parents=True)
+    if other is not None:  # the config.json beside it is not read instead
+        (model / other[0]).write_text(other[1])
+    text = tmp_path / "t.txt"
+    text.write_text("a few words\n")
+    line = _refused(["inspect", str(model), "--text", str(text), "--out", str(tmp_path / "o")], capsys)
+    assert needle in line and "model_type" not in line
+
+
+def test_a_config_json_without_model_type_says_so(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    text = tmp_path / "t.txt"
+    text.write_text("a few words\n")
+    line = _refused(["inspect", str(model), "--text", str(text), "--out", str(tmp_path / "o")], capsys)
+    assert "config.json has no model_type" in line and "None" not in line

@@ -112,6 +112,9 @@ def load_model(spec: str, device: str = "auto") -> LoadedModel:
         raise FileNotFoundError(f"MODEL {spec!r}: no such file or folder; MODEL must be {accepted}")
     if not path.is_dir():
         raise ValueError(f"MODEL {spec!r} is a file; MODEL must be {accepted}")
+    for name in ("run.json", "config.json"):
+        if (path / name).exists() and not (path / name).is_file():
+            raise ValueError(f"MODEL {spec!r}: its {name} is not a file; MODEL must be {accepted}")
     if (path / "run.json").is_file():
         run = load_run(path, device=str(dev))
         obj = run.objective

@@ -25,6 +25,8 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[str, ModelConfig]:
     than importing a model that would silently compute something else.
     """
     model_type = hf.get("model_type")
+    if model_type is None:
+        raise ValueError(f"config.json has no model_type; supported: {list(SUPPORTED_MODEL_TYPES)}")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"model_type={model_type!r} in config.json is not supported; supported: "
