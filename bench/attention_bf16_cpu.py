@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from headwise.attention.backends.cpu_causal import blocked_causal_applies
 from headwise.attention.backends.cpu_short import short_bf16_applies
 from headwise.attention.backends.sdpa import SdpaBackend
 from headwise.attention.masks import MaskSpec
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> dict:
                     fn()
                     times[name].append(time.perf_counter() - t0)
             med = {n: statistics.median(x) for n, x in times.items()}
-            path = "cpu_short" if short_bf16_applies(q, k) else "torch kernel"
+            path = ("cpu_short" if short_bf16_applies(q, k) else
+                    "cpu_causal blocks" if causal and blocked_causal_applies(q, k, v, 0.0) else
+                    "torch kernel")
             row = {"batch": b, "heads": h, "seq": t, "causal": causal, "median_s": med,
                    "all_s": times, "ratio": med["torch"] / med["headwise"], "path": path}
             rows.append(row)

@@ -140,6 +140,7 @@ def _call(t=500, tk=None, hkv=2, device="cpu", dtype=torch.float32, strided=Fals
         ({}, 0.1, "dropout"),
         (dict(device="meta"), 0.0, "not the CPU"),
         (dict(dtype=torch.int32), 0.0, "not a float dtype"),
+        (dict(dtype=torch.bfloat16), 0.0, "16 bits: slower than torch's kernel"),
         (dict(strided=True), 0.0, "a strided head dim"),
     ],
 )

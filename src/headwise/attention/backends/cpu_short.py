@@ -9,17 +9,17 @@ the score matrix stays in cache. Forward + backward, 64-wide heads, on a 2-core
 AVX512-BF16 EPYC (``python bench/attention_bf16_cpu.py``, medians of 9 alternating
 rounds; full / causal):
 
-    =========  ===========  ===========
-    B, H, T    here         torch's kernel
-    =========  ===========  ===========
-    64, 4, 64  15 / 19 ms   36 / 37 ms
-    32, 4, 128 25 / 28 ms   42 / 43 ms
-    8, 8, 128  7.5 / 7.8    21 / 22 ms
-    16, 4, 256 33 / 48 ms   41 / 45 ms
-    8, 8, 256  41 / 45 ms   44 / 45 ms
-    =========  ===========  ===========
+    ==========  ===========  ==============
+    B, H, T     here         torch's kernel
+    ==========  ===========  ==============
+    64, 4, 64   14 / 13 ms   29 / 27 ms
+    32, 4, 128  19 / 22 ms   39 / 38 ms
+    8, 8, 128   6.1 / 6.7    17 / 18 ms
+    ==========  ===========  ==============
 
-At T=256 it is a tie, so this path serves bf16 calls with at most :data:`MAX_LEN`
+(bench/results/attention_bf16_cpu.json). At T=256 it was a tie (an earlier run of the
+script with the bound at 256: 33 / 48 ms vs 41 / 45 ms at B=16, H=4, and 41 / 45 vs
+44 / 45 at B=8, H=8), so this path serves bf16 calls with at most :data:`MAX_LEN`
 keys, the batch cut into pieces of at most :data:`CHUNK_SCORES` scores, and at most
 :data:`MAX_SCORES` scores in all (it keeps them for the backward, in float32 and
 bf16); everything else stays with torch's kernel. The scores leave the bf16 GEMM
