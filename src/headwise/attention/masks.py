@@ -87,16 +87,21 @@ class MaskSpec:
             out = bias if out is None else out + bias
         return out
 
-    def fully_masked_rows(self, device: torch.device) -> Tensor | None:
-        """Boolean tensor broadcastable to ``(B, H, Tq, 1)``: True for query rows that
-        can see no key. ``None`` when no row can be fully masked."""
-        can_empty = (
+    @property
+    def may_empty_rows(self) -> bool:
+        """Whether some query row may see no key (from the mask's kind alone; False
+        means :meth:`fully_masked_rows` is None without building anything)."""
+        return (
             (self.causal and self.q_len > self.k_len)
             or self.key_lengths is not None
             or self.bias is not None
             or self.k_len == 0
         )
-        if not can_empty:
+
+    def fully_masked_rows(self, device: torch.device) -> Tensor | None:
+        """Boolean tensor broadcastable to ``(B, H, Tq, 1)``: True for query rows that
+        can see no key. ``None`` when no row can be fully masked."""
+        if not self.may_empty_rows:
             return None
         allowed = self.allowed(device)
         if self.bias is not None:

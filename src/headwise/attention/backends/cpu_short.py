@@ -64,8 +64,8 @@ def short_bf16_applies(q: Tensor, k: Tensor) -> bool:
 def short_bf16_attention(q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, *, scale: float,
                          dropout_p: float) -> Tensor:
     """``softmax(q k^T * scale + mask) v`` for ``q (B, H, Tq, D)``, ``k (B, Hkv, Tk,
-    D)``, ``v (B, Hkv, Tk, Dv)``: matmuls in bf16, scores and softmax in float32, query
-    rows that see no key all zeros. Returns ``(B, H, Tq, Dv)`` in bf16."""
+    D)``, ``v (B, Hkv, Tk, Dv)``: matmuls in bf16, the scale, mask and softmax in float32,
+    query rows that see no key all zeros. Returns ``(B, H, Tq, Dv)`` in bf16."""
     b, n_heads, tq, _ = q.shape
     per_row = n_heads * tq * k.shape[2]
     step = max(1, CHUNK_SCORES // per_row)
@@ -87,7 +87,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: MaskSpec, scale: float,
     additive = mask.additive(torch.float32, q.device)
     if additive is not None:
         scores.add_(additive)
-    if mask.fully_masked_rows(q.device) is None:
+    if not mask.may_empty_rows:
         p = torch.softmax(scores, dim=-1)
     else:  # a row with no key must come out zero, not NaN (nor NaN gradients)
         p = safe_softmax(scores, dim=-1)
