@@ -98,3 +98,4 @@ def test_cli_flag_and_auto_record(tmp_path, monkeypatch, capsys):
     record = json.loads((t.run_dir / "precision.json").read_text())
     assert record["requested"] == "auto"
     assert record["used"] == ("bf16" if native_bf16("cpu")[0] else "fp32")
+    assert isinstance(record["cpu_linear"]["onednn"], bool)  # whose float32 GEMMs ran

@@ -26,10 +26,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ..kernels.cpu_linear import linear, run_linear
 from .backends import AttentionCall, check_backend_name, get_backend
 from .functional import attend
 from .heads import HeadSequence, HeadView
@@ -348,19 +348,19 @@ class MultiHeadAttention(nn.Module):
         if not self._own_qkv:
             q, k, v = self._project_given(x, context)
         elif context is None and self.fused:
-            qkv = F.linear(x, self.qkv_weight, self.qkv_bias)
+            qkv = linear(x, self.qkv_weight, self.qkv_bias)
             q, k, v = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
         else:
             wq, wk, wv = self.projection_weights()
             bq, bk, bv = self.projection_biases()
             src = x if context is None else context
-            q = F.linear(x, wq, bq)
+            q = linear(x, wq, bq)
             if self.fused:  # cross-attention with a same-width context: one GEMM for K and V
                 kv_w = self.qkv_weight[h * d :]
                 kv_b = None if self.qkv_bias is None else self.qkv_bias[h * d :]
-                k, v = F.linear(src, kv_w, kv_b).split([hkv * d, hkv * d], dim=-1)
+                k, v = linear(src, kv_w, kv_b).split([hkv * d, hkv * d], dim=-1)
             else:
-                k, v = F.linear(src, wk, bk), F.linear(src, wv, bv)
+                k, v = linear(src, wk, bk), linear(src, wv, bv)
         s = k.shape[1]
         q = q.view(b, t, h, d).transpose(1, 2)
         k = k.view(b, s, hkv, d).transpose(1, 2)
@@ -472,7 +472,7 @@ class MultiHeadAttention(nn.Module):
                         f"got {tuple(replaced.shape)}"
                     )
                 out = replaced
-        out = self.out_proj(out.transpose(1, 2).reshape(b, tq, self.n_heads * self.head_dim))
+        out = run_linear(self.out_proj, out.transpose(1, 2).reshape(b, tq, self.n_heads * self.head_dim))
         return (out, weights) if need_weights else out
 
     def _check_input(self, name: str, t: Tensor, width: int) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import KVCache, MultiHeadAttention
+from ..kernels.cpu_linear import run_linear
 from .config import ModelConfig
 
 __all__ = [
@@ -161,13 +162,13 @@ class MLP(nn.Module):
         self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.fc_in(x)
+        h = run_linear(self.fc_in, x)
         if self.gated:
             a, b = h.chunk(2, dim=-1)
             h = self.act(a) * b
         else:
             h = self.act(h)
-        return self.fc_out(h)
+        return run_linear(self.fc_out, h)
 
 
 class Block(nn.Module):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
+from ..kernels.cpu_linear import run_linear
 from .blocks import Block, Embeddings, activation_module, check_input_ids, init_weights, norm_module
 from .config import ModelConfig
 from .presets import generator_config
@@ -83,7 +84,7 @@ class Encoder(nn.Module):
         check_input_ids(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
         if self.embed_proj is not None:
-            x = self.embed_proj(x)
+            x = run_linear(self.embed_proj, x)
         narrow = rows is not None and self._can_narrow_last_block()
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -139,7 +140,7 @@ class MLMHead(nn.Module):
             self.decoder.weight = word_embeddings.weight
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.decoder(self.ln(self.act(self.dense(hidden))))
+        return run_linear(self.decoder, self.ln(self.act(run_linear(self.dense, hidden))))
 
 
 class RTDHead(nn.Module):
@@ -156,7 +157,7 @@ class RTDHead(nn.Module):
         init_weights(self, cfg)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.out(self.act(self.dense(hidden))).squeeze(-1)
+        return run_linear(self.out, self.act(run_linear(self.dense, hidden))).squeeze(-1)
 
 
 class _EncoderWithHead(nn.Module):

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from ..kernels.cpu_linear import mm_nt, uses_onednn
+
 __all__ = ["linear_cross_entropy", "fusable", "DEFAULT_CHUNK_ELEMS"]
 
 #: logits per chunk (rows x V): 2^22 fp32 = 16 MiB (512 rows of an 8192-token vocabulary),
@@ -60,13 +62,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=acc, device=hidden.device)
         hits = torch.zeros((), dtype=torch.long, device=hidden.device)
         grad_h = torch.empty_like(hidden) if grad_h_wanted else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if grad_w_wanted else None
         grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if grad_b_wanted else None
+        # Chunk-sized buffers serve every chunk (the logits, the log-probabilities that
+        # become the gradient): a fresh 16 MiB tensor per chunk can cost the first touch
+        # of each of its pages, as the allocator hands large blocks back to the OS.
+        rows_max, v = min(chunk_rows, n), weight.shape[0]
+        # float32 on a CPU where oneDNN's GEMMs beat torch's (kernels/cpu_linear.py)
+        dnn = compute_dtype == torch.float32 and h.device.type == "cpu" and uses_onednn()
+        z_buf = None if dnn else hidden.new_empty((rows_max, v), dtype=compute_dtype)
+        p_buf = hidden.new_empty((rows_max, v), dtype=acc)  # log-probabilities, then gradient
+        # under autocast the logits leave the GEMM in bf16 and are scored in float32
+        zacc_buf = None if compute_dtype == acc else hidden.new_empty((rows_max, v), dtype=acc)
+        # oneDNN accumulates W's gradient transposed: its (D, V) output reads g as a view
+        grad_wt = torch.zeros(weight.shape[::-1], dtype=acc) if dnn and grad_w_wanted else None
+        grad_w = (torch.zeros(weight.shape, dtype=acc, device=weight.device)
+                  if grad_w_wanted and not dnn else None)
         for rows in _row_chunks(n, chunk_rows):
             hc = h[rows]
-            z = hc @ w.t()
-            if z.dtype != acc:
-                z = z.to(acc)
+            r = hc.shape[0]
+            z = mm_nt(hc, w) if dnn else torch.mm(hc, w.t(), out=z_buf[:r])
+            if zacc_buf is not None:
+                z = zacc_buf[:r].copy_(z)
             if b is not None:
                 z += b
             tgt = targets[rows]
@@ -75,8 +91,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             validf = valid.to(acc)
             if want_hits:
                 hits += ((z.argmax(dim=1) == tgt) & valid).sum()
-            # one fused pass: z becomes log-probabilities
-            z = torch.log_softmax(z, dim=1)
+            # one fused pass: logits -> log-probabilities
+            z = torch._log_softmax(z, 1, False, out=p_buf[:r])
             loss -= (z.gather(1, safe).squeeze(1) * validf).sum()
             if not any_grad:
                 continue
@@ -87,16 +103,26 @@ class _LinearCrossEntropy(torch.autograd.Function):
             z.scatter_add_(1, safe, -validf.unsqueeze(1))
             if grad_b_wanted:
                 grad_b += validf @ z
-            g = z if z.dtype == compute_dtype else z.to(compute_dtype)
+            g = z if z.dtype == compute_dtype else z_buf[:r].copy_(z)
             if grad_h_wanted:
-                gh = g @ w
-                grad_h[rows] = gh.mul_(validf.to(gh.dtype).unsqueeze(1))
+                gh = grad_h[rows]
+                if dnn:
+                    gh.copy_(mm_nt(g, w.t()))
+                elif gh.dtype == g.dtype:
+                    torch.mm(g, w, out=gh)
+                else:
+                    gh.copy_(g @ w)
+                gh.mul_(validf.to(gh.dtype).unsqueeze(1))
             if grad_w_wanted:
                 hv = hc * validf.to(hc.dtype).unsqueeze(1)
-                if compute_dtype == acc:
+                if dnn:
+                    grad_wt += mm_nt(hv.t(), g.t())
+                elif compute_dtype == acc:
                     grad_w.addmm_(g.t(), hv)
                 else:
                     grad_w += (g.t() @ hv).to(acc)
+        if grad_wt is not None:
+            grad_w = grad_wt.t().contiguous()
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(hits)

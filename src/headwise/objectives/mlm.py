@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_int
+from ..kernels.cpu_linear import run_linear
 from ..models import EncoderForMLM
 from ..models.encoder import MLMHead
 from .base import ObjectiveOutput, check_batch, check_token_id, padding_mask
@@ -223,7 +224,7 @@ def mlm_head_loss(
     if isinstance(head, MLMHead) and type(head.decoder) is nn.Linear and fusable(
         head, head.dense, head.ln, head.decoder
     ):
-        z = head.ln(head.act(head.dense(rows)))
+        z = head.ln(head.act(run_linear(head.dense, rows)))
         dec = head.decoder
         loss_sum, hits = linear_cross_entropy(z, dec.weight, dec.bias, targets,
                                               return_hits=want_hits)

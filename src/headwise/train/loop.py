@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..devices import resolve_device
 from ..hardware.precision import resolve_precision
+from ..kernels.cpu_linear import cpu_linear_choice
 from .build import RunParts, build_parts
 from .checkpoint import (
     CheckpointError,
@@ -170,7 +171,10 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
                                   resume_step=(self.step if resume else -1) if self.is_main else None)
         if self.is_main:  # what runs, beside run.json's request
-            (self.run_dir / "precision.json").write_text(json.dumps(self.precision.to_dict(), indent=2) + "\n")
+            ran = self.precision.to_dict()
+            if self.device.type == "cpu":  # whose GEMMs the float32 linears run on
+                ran["cpu_linear"] = cpu_linear_choice()
+            (self.run_dir / "precision.json").write_text(json.dumps(ran, indent=2) + "\n")
         self._print(self.precision.note)
         tok = self.parts.tokenizer
         if tok.vocab_size < cfg.vocab_size:  # --vocab-size is a cap: a small corpus gives fewer tokens

@@ -1,0 +1,208 @@
+"""float32 ``F.linear`` on the CPU through oneDNN, forward and backward, where that is faster.
+
+torch sends a float32 CPU matmul to MKL's sgemm. On AMD CPUs MKL runs its AVX2 code,
+even where the cores execute 512-bit FMAs at full width: on a 2-core Zen 5 EPYC
+(``lscpu`` family 26) the model's GEMMs ran at about 190 GFLOP/s in MKL against
+430 GFLOP/s in oneDNN (the library torch ships for its bf16 matmuls), whose AVX-512 code
+is chosen by instruction set, not by vendor; one core's 512-bit FMA peak there is
+240 GFLOP/s (``bench/fma_peak.c`` built with 512-bit vectors). The results are plain
+float32 GEMMs with float32 accumulation, as MKL's are (``tests/kernels/test_cpu_linear.py``
+holds both to float64 math).
+
+:func:`linear` is ``F.linear`` with that choice made: float32 CPU tensors outside
+autocast go through ``torch.ops.mkldnn._linear_pointwise`` (forward, ``dX = dY W`` and
+``dW = dY^T X``), everything else through ``F.linear``. Which one float32 gets is the
+process's :func:`cpu_linear_choice`: ``auto`` (the default) times both once, on the
+first call, on a 4096 x 256 x 1024 GEMM, and takes oneDNN only when it is at least
+:data:`MIN_GAIN` times faster (on the CPUs measured it is 2.2x or about 1.0x, far from
+the line, so the choice does not flip between runs); ``onednn`` and ``torch`` force it,
+from :func:`set_cpu_linear` or the ``HEADWISE_CPU_LINEAR`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "linear",
+    "run_linear",
+    "mm_nt",
+    "uses_onednn",
+    "onednn_available",
+    "set_cpu_linear",
+    "cpu_linear_choice",
+    "CHOICES",
+    "MIN_GAIN",
+    "ENV",
+]
+
+CHOICES = ("auto", "onednn", "torch")
+ENV = "HEADWISE_CPU_LINEAR"
+MIN_GAIN = 1.25
+"""How much faster oneDNN must be in the ``auto`` probe to be used."""
+
+_setting: str | None = None  # None: read ENV on first use
+_decided: bool | None = None  # the probe's (or the setting's) answer
+_why = ""  # why, in words
+
+
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN's linear op on the CPU."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def set_cpu_linear(choice: str) -> None:
+    """Set how float32 CPU linears run in this process: ``auto`` (measure once),
+    ``onednn`` or ``torch`` (MKL through ``F.linear``). Raises ValueError for any other
+    value, and for ``onednn`` where this torch has no oneDNN."""
+    global _setting, _decided
+    _setting, _decided = _check_choice(choice, "set_cpu_linear"), None
+
+
+def cpu_linear_choice() -> dict:
+    """What float32 CPU linears use: ``{"setting": ..., "onednn": bool, "why": ...}``
+    (runs the ``auto`` probe if it has not run yet)."""
+    onednn = uses_onednn()
+    return {"setting": _current_setting(), "onednn": onednn, "why": _why}
+
+
+def _check_choice(choice: str, where: str) -> str:
+    if choice not in CHOICES:
+        raise ValueError(f"{where}: the CPU linear must be one of {', '.join(CHOICES)}; got {choice!r}")
+    if choice == "onednn" and not onednn_available():
+        raise ValueError(f"{where}: onednn was asked for, but this torch has no oneDNN linear "
+                         f"(torch.backends.mkldnn.is_available() is False)")
+    return choice
+
+
+def _current_setting() -> str:
+    global _setting
+    if _setting is None:
+        _setting = _check_choice(os.environ.get(ENV, "auto"), ENV)
+    return _setting
+
+
+def uses_onednn() -> bool:
+    """Whether float32 CPU linears go through oneDNN in this process."""
+    global _decided, _why
+    if _decided is None:
+        setting = _current_setting()
+        if setting == "torch":
+            _decided, _why = False, "asked for torch"
+        elif setting == "onednn":
+            _decided, _why = True, "asked for onednn"
+        elif not onednn_available():
+            _decided, _why = False, "this torch has no oneDNN linear"
+        else:
+            gain = _probe_gain()
+            _decided = gain >= MIN_GAIN
+            _why = f"oneDNN {gain:.2f}x torch's matmul on a 4096x256x1024 GEMM (needs {MIN_GAIN}x)"
+    return _decided
+
+
+def _probe_gain(m: int = 4096, k: int = 256, n: int = 1024, reps: int = 5) -> float:
+    """torch's time over oneDNN's for one ``(m, k) x (k, n)`` float32 GEMM (medians)."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    with torch.no_grad():
+        fns = (lambda: F.linear(x, w), lambda: _fwd(x, w, None))
+        times: list[list[float]] = [[], []]
+        for f in fns:
+            f()
+        for _ in range(reps):
+            for i, f in enumerate(fns):
+                t0 = time.perf_counter()
+                f()
+                times[i].append(time.perf_counter() - t0)
+    return statistics.median(times[0]) / statistics.median(times[1])
+
+
+def _fwd(x2: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [], "")
+
+
+def _applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and x.dim() >= 2
+        and x.numel() > 0
+        and weight.dim() == 2
+        and not torch.is_autocast_enabled("cpu")
+        and uses_onednn()
+    )
+
+
+class _OneDnnLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x2 = x.reshape(-1, x.shape[-1])
+        y = _fwd(x2, weight, bias)
+        ctx.save_for_backward(x2, weight)
+        ctx.has_bias = bias is not None
+        ctx.x_shape = x.shape
+        return y.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x2, weight = ctx.saved_tensors
+        n, k = weight.shape
+        dy = grad_out.reshape(-1, n)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            # dX = dY W: W^T as the op's (out, in) weight, copied (small) for speed
+            gx = _fwd(dy, weight.t().contiguous(), None).view(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            # dW = dY^T X. The op takes its input contiguous, so the narrower of the two
+            # activations is the one transposed (copied); the other is read as a view.
+            if k <= n:
+                gw = _fwd(x2.t(), dy.t(), None).t().contiguous()  # (X^T dY)^T
+            else:
+                gw = _fwd(dy.t(), x2.t(), None)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = dy.sum(0)
+        return gx, gw, gb
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, through oneDNN for float32 CPU tensors outside
+    autocast when :func:`uses_onednn` (its gradients too; no double backward there)."""
+    if _applies(x, weight, bias):
+        return _OneDnnLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def _hooked(module: nn.Module) -> bool:
+    own = (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+           or module._backward_pre_hooks)
+    glob = (getattr(nn.modules.module, "_global_forward_hooks", None)
+            or getattr(nn.modules.module, "_global_forward_pre_hooks", None)
+            or getattr(nn.modules.module, "_global_backward_hooks", None)
+            or getattr(nn.modules.module, "_global_backward_pre_hooks", None))
+    return bool(own or glob)
+
+
+def run_linear(module: nn.Module, x: Tensor) -> Tensor:
+    """``module(x)``, except that a plain ``nn.Linear`` with no hooks (its own or global)
+    is applied as :func:`linear` of its weight and bias. A subclass or a replacement (an
+    int8 or bf16 layer of ``headwise.formats``) and a hooked module are called as they are."""
+    if type(module) is nn.Linear and not _hooked(module):
+        return linear(x, module.weight, module.bias)
+    return module(x)
+
+
+def mm_nt(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b.T`` for 2-D ``a (M, K)`` and ``b (N, K)``, outside autograd, through
+    oneDNN where :func:`linear` would use it (``b`` may be a transposed view)."""
+    if _applies(a, b, None):
+        return _fwd(a, b, None)
+    return a @ b.t()
