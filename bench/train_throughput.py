@@ -351,7 +351,9 @@ def _commit() -> str:
         root = Path(__file__).resolve().parent.parent
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "src", "bench"], cwd=root,
+        # results written by earlier runs do not change the code
+        dirty = subprocess.run(["git", "status", "--porcelain", "src", "bench",
+                                ":(exclude)bench/results"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

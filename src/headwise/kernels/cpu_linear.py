@@ -32,7 +32,12 @@ from torch import Tensor, nn
 __all__ = [
     "linear",
     "run_linear",
+    "hooked",
     "mm_nt",
+    "dense",
+    "grad_input",
+    "grad_weight",
+    "onednn_applies",
     "uses_onednn",
     "onednn_available",
     "set_cpu_linear",
@@ -141,6 +146,31 @@ def _applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     )
 
 
+def dense(x2: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Tensor:
+    """``x2 (M, K) @ weight (N, K)^T + bias``, in oneDNN or torch (no autograd)."""
+    if onednn:
+        return _fwd(x2, weight, bias)
+    return F.linear(x2, weight, bias)
+
+
+def grad_input(dy: Tensor, weight: Tensor, onednn: bool) -> Tensor:
+    """``dX = dY W`` of a linear, ``dy (M, N)``, ``weight (N, K)``."""
+    if onednn:  # W^T as the op's (out, in) weight, copied (it is small) for speed
+        return _fwd(dy, weight.t().contiguous(), None)
+    return dy @ weight
+
+
+def grad_weight(dy: Tensor, x2: Tensor, onednn: bool) -> Tensor:
+    """``dW = dY^T X`` of a linear, ``dy (M, N)``, ``x2 (M, K)``: ``(N, K)``."""
+    if not onednn:
+        return dy.t() @ x2
+    # the op takes its input contiguous, so the narrower of the two activations is the
+    # one transposed (copied); the other is read as a view
+    if x2.shape[1] <= dy.shape[1]:
+        return _fwd(x2.t(), dy.t(), None).t().contiguous()  # (X^T dY)^T
+    return _fwd(dy.t(), x2.t(), None)
+
+
 class _OneDnnLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -155,22 +185,20 @@ class _OneDnnLinear(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x2, weight = ctx.saved_tensors
-        n, k = weight.shape
-        dy = grad_out.reshape(-1, n)
+        dy = grad_out.reshape(-1, weight.shape[0])
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            # dX = dY W: W^T as the op's (out, in) weight, copied (small) for speed
-            gx = _fwd(dy, weight.t().contiguous(), None).view(ctx.x_shape)
+            gx = grad_input(dy, weight, True).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            # dW = dY^T X. The op takes its input contiguous, so the narrower of the two
-            # activations is the one transposed (copied); the other is read as a view.
-            if k <= n:
-                gw = _fwd(x2.t(), dy.t(), None).t().contiguous()  # (X^T dY)^T
-            else:
-                gw = _fwd(dy.t(), x2.t(), None)
+            gw = grad_weight(dy, x2, True)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = dy.sum(0)
         return gx, gw, gb
+
+
+def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether :func:`linear` runs ``x``, ``weight``, ``bias`` in oneDNN."""
+    return _applies(x, weight, bias)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -181,7 +209,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
-def _hooked(module: nn.Module) -> bool:
+def hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or global ones)."""
     own = (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
            or module._backward_pre_hooks)
     glob = (getattr(nn.modules.module, "_global_forward_hooks", None)
@@ -195,7 +224,7 @@ def run_linear(module: nn.Module, x: Tensor) -> Tensor:
     """``module(x)``, except that a plain ``nn.Linear`` with no hooks (its own or global)
     is applied as :func:`linear` of its weight and bias. A subclass or a replacement (an
     int8 or bf16 layer of ``headwise.formats``) and a hooked module are called as they are."""
-    if type(module) is nn.Linear and not _hooked(module):
+    if type(module) is nn.Linear and not hooked(module):
         return linear(x, module.weight, module.bias)
     return module(x)
 

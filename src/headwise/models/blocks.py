@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import KVCache, MultiHeadAttention
-from ..kernels.cpu_linear import run_linear
+from ..kernels.cpu_linear import hooked, run_linear
+from ..kernels.mlp import mlp
 from .config import ModelConfig
 
 __all__ = [
@@ -162,6 +163,10 @@ class MLP(nn.Module):
         self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        act = None if self.gated else self._plain_activation()
+        if act is not None:  # the activation is recomputed in the backward (kernels/mlp.py)
+            return mlp(x, self.fc_in.weight, self.fc_in.bias, self.fc_out.weight,
+                       self.fc_out.bias, act)
         h = run_linear(self.fc_in, x)
         if self.gated:
             a, b = h.chunk(2, dim=-1)
@@ -169,6 +174,16 @@ class MLP(nn.Module):
         else:
             h = self.act(h)
         return run_linear(self.fc_out, h)
+
+    def _plain_activation(self) -> str | None:
+        """The name of ``act`` in :data:`headwise.kernels.mlp.ACTIVATIONS` when the three
+        modules are plain and unhooked (else None: they are called one by one)."""
+        mods = (self.fc_in, self.act, self.fc_out)
+        if any(hooked(m) for m in mods) or any(type(m) is not nn.Linear for m in mods[::2]):
+            return None
+        if type(self.act) is nn.GELU:
+            return "gelu_tanh" if self.act.approximate == "tanh" else "gelu"
+        return "relu" if type(self.act) is nn.ReLU else None
 
 
 class Block(nn.Module):
