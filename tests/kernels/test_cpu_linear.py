@@ -195,3 +195,24 @@ def test_fused_loss_through_onednn_matches_float64(bias):
     assert _rel(w.grad, wd.grad) < 1e-5
     if bias:
         assert _rel(b.grad, bd.grad) < 1e-5
+
+
+@pytest.mark.parametrize("broken", ["raises", "wrong"])
+def test_auto_refuses_a_broken_onednn(monkeypatch, broken):
+    """A oneDNN op that fails or computes something else is never used, and says why."""
+    if not onednn_available():
+        pytest.skip("this torch has no oneDNN linear")
+
+    def fake(x2, weight, bias):
+        if broken == "raises":
+            raise RuntimeError("could not create a primitive")
+        return torch.zeros(x2.shape[0], weight.shape[0])
+
+    monkeypatch.setattr(cpu_linear, "_fwd", fake)
+    monkeypatch.setattr(cpu_linear, "_probe_gain", lambda: 10.0)
+    set_cpu_linear("auto")
+    assert not uses_onednn()
+    why = cpu_linear_choice()["why"]
+    assert ("could not create a primitive" in why) if broken == "raises" else ("differed" in why)
+    x, w, b, _ = _inputs((4,), 6, 3)
+    torch.testing.assert_close(linear(x, w, b), F.linear(x, w, b))
