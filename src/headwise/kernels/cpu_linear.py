@@ -14,8 +14,10 @@ autocast go through ``torch.ops.mkldnn._linear_pointwise`` (forward, ``dX = dY W
 ``dW = dY^T X``), everything else through ``F.linear``. Which one float32 gets is the
 process's :func:`cpu_linear_choice`: ``auto`` (the default) times both once, on the
 first call, on a 4096 x 256 x 1024 GEMM, and takes oneDNN only when it is at least
-:data:`MIN_GAIN` times faster and a small product agrees with float64 math (on the CPUs measured it is 2.2x or about 1.0x, far from
-the line, so the choice does not flip between runs); ``onednn`` and ``torch`` force it,
+:data:`MIN_GAIN` times faster and a small product agrees with float64 math (on the
+Zen 5 EPYC measured it came out at 2.25-2.38x, far from the line, so the choice did not
+flip between runs; where the two libraries are close to the line it could, and a forced
+choice keeps runs alike); ``onednn`` and ``torch`` force it,
 from :func:`set_cpu_linear` or the ``HEADWISE_CPU_LINEAR`` environment variable.
 """
 
