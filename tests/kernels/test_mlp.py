@@ -154,3 +154,20 @@ def test_autocast_is_the_plain_composition():
         got = mlp(*tensors, "gelu")
         want = F.linear(F.gelu(F.linear(tensors[0], tensors[1], tensors[2])), tensors[3], tensors[4])
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+def test_compiled_block_mlp_matches_eager():
+    """Under torch.compile the MLP and its linears are the plain ops (traced, not timed)."""
+    torch.manual_seed(0)
+    m = MLP(_cfg("gelu_tanh"))
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    want = m(x)
+    want.sum().backward()
+    grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    compiled = torch.compile(m, backend="eager")
+    got = compiled(x)
+    got.sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for g, p in zip(grads, m.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-5)

@@ -165,6 +165,8 @@ def _applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
         and x.numel() > 0
         and weight.dim() == 2
         and not torch.is_autocast_enabled("cpu")
+        # traced code gets F.linear, which inductor lowers itself (and nothing is timed there)
+        and not torch.compiler.is_compiling()
         and uses_onednn()
     )
 

@@ -15,8 +15,8 @@ batches).
 
 The GEMMs go where :func:`headwise.kernels.cpu_linear.linear` sends them (oneDNN for
 float32 on CPUs where it is faster). :func:`mlp` applies to CPU tensors outside autocast
-with one of the activations in :data:`ACTIVATIONS`; everything else is the plain
-composition. The gradients are those of the plain composition
+with one of the activations in :data:`ACTIVATIONS`, outside ``torch.compile`` tracing;
+everything else is the plain composition. The gradients are those of the plain composition
 (``tests/kernels/test_mlp.py`` holds both to float64 math).
 """
 
@@ -85,6 +85,6 @@ def mlp(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
     fwd, _ = ACTIVATIONS[act]
     same = all(t is None or t.dtype == x.dtype for t in (w1, b1, w2, b2))
     if (x.device.type != "cpu" or not x.is_floating_point() or not same or x.numel() == 0
-            or torch.is_autocast_enabled("cpu")):
+            or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
         return F.linear(fwd(F.linear(x, w1, b1)), w2, b2)
     return _RecomputedMLP.apply(x, w1, b1, w2, b2, act, onednn_applies(x, w1, b1))
