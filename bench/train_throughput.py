@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from headwise.kernels.cpu_linear import cpu_linear_choice, set_cpu_linear
+from headwise.kernels.cpu_linear import cpu_linear_choice, dense, onednn_available, set_cpu_linear
 from headwise.models import Decoder, EncoderForMLM, ModelConfig, build_electra
 from headwise.objectives import IGNORE_INDEX, CausalLM, MaskedLM, ReplacedTokenDetection
 from headwise.objectives.mlm import TokenMasker
@@ -130,12 +130,9 @@ def gemm_rate(n: int = 2048, reps: int = 5, library: str = "torch") -> float:
     ``torch.matmul`` (MKL on x86) or ``onednn``'s linear, the one headwise's
     kernels/cpu_linear.py takes where it is faster."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    if library == "onednn":
-        def run():
-            return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
-    else:
-        def run():
-            return torch.matmul(a, b)
+    def run():
+        return dense(a, b, None, True) if library == "onednn" else torch.matmul(a, b)
+
     run()
     times = []
     for _ in range(reps):
@@ -147,8 +144,6 @@ def gemm_rate(n: int = 2048, reps: int = 5, library: str = "torch") -> float:
 
 def gemm_libraries() -> list[str]:
     """The fp32 GEMM libraries this torch has: torch's matmul, and oneDNN where built in."""
-    from headwise.kernels.cpu_linear import onednn_available
-
     return ["torch", "onednn"] if onednn_available() else ["torch"]
 
 

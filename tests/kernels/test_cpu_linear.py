@@ -11,8 +11,8 @@ from torch import nn
 from headwise.kernels import cpu_linear
 from headwise.kernels.cpu_linear import (
     cpu_linear_choice,
+    dense,
     linear,
-    mm_nt,
     onednn_available,
     run_linear,
     set_cpu_linear,
@@ -92,13 +92,13 @@ def test_onednn_linear_only_the_gradients_asked_for():
 
 
 @needs_onednn
-def test_mm_nt_matches_matmul_for_views():
+def test_dense_matches_matmul_for_views():
     set_cpu_linear("onednn")
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(40, 24, generator=g), torch.randn(24, 56, generator=g)
     ref = a.double() @ b.double()
-    assert _rel(mm_nt(a, b.t()), ref) < 1e-5  # b.t() is a transposed view
-    assert _rel(mm_nt(a, b.t().contiguous()), ref) < 1e-5
+    assert _rel(dense(a, b.t(), None, True), ref) < 1e-5  # b.t() is a transposed view
+    assert _rel(dense(a, b.t().contiguous(), None, True), ref) < 1e-5
 
 
 @pytest.mark.parametrize("setting", ["onednn", "torch"])

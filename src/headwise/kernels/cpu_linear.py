@@ -35,7 +35,6 @@ __all__ = [
     "linear",
     "run_linear",
     "hooked",
-    "mm_nt",
     "dense",
     "grad_input",
     "grad_weight",
@@ -155,7 +154,8 @@ def _fwd(x2: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [], "")
 
 
-def _applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether :func:`linear` runs ``x``, ``weight``, ``bias`` in oneDNN."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -172,7 +172,8 @@ def _applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
 
 
 def dense(x2: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Tensor:
-    """``x2 (M, K) @ weight (N, K)^T + bias``, in oneDNN or torch (no autograd)."""
+    """``x2 (M, K) @ weight (N, K)^T + bias``, in oneDNN or torch (no autograd; ``weight``
+    may be a transposed view)."""
     if onednn:
         return _fwd(x2, weight, bias)
     return F.linear(x2, weight, bias)
@@ -221,15 +222,10 @@ class _OneDnnLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
-def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether :func:`linear` runs ``x``, ``weight``, ``bias`` in oneDNN."""
-    return _applies(x, weight, bias)
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``, through oneDNN for float32 CPU tensors outside
     autocast when :func:`uses_onednn` (its gradients too; no double backward there)."""
-    if _applies(x, weight, bias):
+    if onednn_applies(x, weight, bias):
         return _OneDnnLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -253,10 +249,3 @@ def run_linear(module: nn.Module, x: Tensor) -> Tensor:
         return linear(x, module.weight, module.bias)
     return module(x)
 
-
-def mm_nt(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b.T`` for 2-D ``a (M, K)`` and ``b (N, K)``, outside autograd, through
-    oneDNN where :func:`linear` would use it (``b`` may be a transposed view)."""
-    if _applies(a, b, None):
-        return _fwd(a, b, None)
-    return a @ b.t()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from ..kernels.cpu_linear import mm_nt, uses_onednn
+from ..kernels.cpu_linear import dense, uses_onednn
 
 __all__ = ["linear_cross_entropy", "fusable", "DEFAULT_CHUNK_ELEMS"]
 
@@ -68,7 +68,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # of each of its pages, as the allocator hands large blocks back to the OS.
         rows_max, v = min(chunk_rows, n), weight.shape[0]
         # float32 on a CPU where oneDNN's GEMMs beat torch's (kernels/cpu_linear.py)
-        dnn = compute_dtype == torch.float32 and h.device.type == "cpu" and uses_onednn()
+        dnn = (compute_dtype == torch.float32 and h.device.type == "cpu"
+               and not torch.compiler.is_compiling() and uses_onednn())
         z_buf = None if dnn else hidden.new_empty((rows_max, v), dtype=compute_dtype)
         p_buf = hidden.new_empty((rows_max, v), dtype=acc)  # log-probabilities, then gradient
         # under autocast the logits leave the GEMM in bf16 and are scored in float32
@@ -80,7 +81,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for rows in _row_chunks(n, chunk_rows):
             hc = h[rows]
             r = hc.shape[0]
-            z = mm_nt(hc, w) if dnn else torch.mm(hc, w.t(), out=z_buf[:r])
+            z = dense(hc, w, None, True) if dnn else torch.mm(hc, w.t(), out=z_buf[:r])
             if zacc_buf is not None:
                 z = zacc_buf[:r].copy_(z)
             if b is not None:
@@ -107,7 +108,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_h_wanted:
                 gh = grad_h[rows]
                 if dnn:
-                    gh.copy_(mm_nt(g, w.t()))
+                    gh.copy_(dense(g, w.t(), None, True))
                 elif gh.dtype == g.dtype:
                     torch.mm(g, w, out=gh)
                 else:
@@ -116,7 +117,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_w_wanted:
                 hv = hc * validf.to(hc.dtype).unsqueeze(1)
                 if dnn:
-                    grad_wt += mm_nt(hv.t(), g.t())
+                    grad_wt += dense(hv.t(), g.t(), None, True)
                 elif compute_dtype == acc:
                     grad_w.addmm_(g.t(), hv)
                 else:
