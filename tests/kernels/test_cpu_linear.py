@@ -154,6 +154,27 @@ def test_auto_takes_onednn_only_past_the_gain(monkeypatch):
         assert f"{gain:.2f}x" in cpu_linear_choice()["why"]
 
 
+def test_probe_times_a_training_steps_gemms_in_both_libraries(monkeypatch):
+    """The auto probe times what training asks of a linear (forward, dX, dW) at every
+    probe shape, through both libraries, and answers torch's time over oneDNN's."""
+    calls = []
+    for name in ("dense", "grad_input", "grad_weight"):
+        real = getattr(cpu_linear, name)
+
+        def spy(*args, _name=name, _real=real):
+            calls.append((_name, args[-1], tuple(args[0].shape)))
+            return _real(*args[:-1], False)  # torch's path: the probe's timing is not under test
+
+        monkeypatch.setattr(cpu_linear, name, spy)
+    gain = cpu_linear._probe_gain(reps=1)
+    assert gain > 0
+    for m, k, n in cpu_linear.PROBE_SHAPES:
+        for onednn in (False, True):
+            assert ("dense", onednn, (m, k)) in calls
+            assert ("grad_input", onednn, (m, n)) in calls
+            assert ("grad_weight", onednn, (m, n)) in calls
+
+
 def test_run_linear_calls_hooked_and_replaced_modules():
     set_cpu_linear("onednn" if onednn_available() else "torch")
     lin = nn.Linear(6, 3)
