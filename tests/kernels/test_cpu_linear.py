@@ -147,7 +147,7 @@ def test_onednn_refused_where_missing(monkeypatch):
 def test_auto_takes_onednn_only_past_the_gain(monkeypatch):
     if not onednn_available():
         pytest.skip("this torch has no oneDNN linear")
-    for gain, want in ((cpu_linear.MIN_GAIN * 1.01, True), (1.0, False)):
+    for gain, want in ((cpu_linear.MIN_GAIN * 1.01, True), (cpu_linear.MIN_GAIN, False), (0.9, False)):
         monkeypatch.setattr(cpu_linear, "_probe_gain", lambda gain=gain: gain)
         set_cpu_linear("auto")
         assert uses_onednn() is want
