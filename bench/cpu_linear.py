@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-import train_throughput as tt  # this directory's script: the models, batches and step
 
+import train_throughput as tt  # this directory's script: the models, batches and step
 from headwise.kernels import cpu_linear
 from headwise.kernels.cpu_linear import dense, grad_input, grad_weight, set_cpu_linear
 
@@ -44,8 +44,9 @@ def gemm_rates(reps: int) -> list[dict]:
         g = torch.Generator().manual_seed(0)
         x, w, dy = (torch.randn(m, k, generator=g), torch.randn(n, k, generator=g),
                     torch.randn(m, n, generator=g))
-        calls = {"forward": lambda d: dense(x, w, None, d), "dX": lambda d: grad_input(dy, w, d),
-                 "dW": lambda d: grad_weight(dy, x, d)}
+        calls = {"forward": lambda d, x=x, w=w: dense(x, w, None, d),
+                 "dX": lambda d, dy=dy, w=w: grad_input(dy, w, d),
+                 "dW": lambda d, dy=dy, x=x: grad_weight(dy, x, d)}
         flops = 2.0 * m * k * n
         for form in FORMS:
             fn = calls[form]

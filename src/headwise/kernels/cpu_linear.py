@@ -18,13 +18,14 @@ at :data:`PROBE_SHAPES`, and takes oneDNN when it is faster there (:data:`MIN_GA
 and a small product agrees with float64 math; ``onednn`` and ``torch``
 force it, from :func:`set_cpu_linear` or the ``HEADWISE_CPU_LINEAR`` environment variable.
 
-On a 2-core Zen 4 EPYC (``lscpu`` family 25 model 17) the two libraries are closer: the
-probe measured 1.04-1.27x in five processes, and a whole fp32 training step at
-``electra-small`` widths ran 1.14x (MLM), 1.08x (RTD) and 1.07x (CLM) faster through
-oneDNN (medians of 6 alternating pairs of steps in one process). An earlier probe, one
-forward GEMM against a 1.25x line, kept torch there in two of three processes. Where the
-two are close the choice can differ between runs (by a few percent of speed and float32
-rounding); a forced choice keeps runs alike, and the run directory records what ran.
+On a 2-core Zen 4 EPYC (``lscpu`` family 25 model 17) the two libraries are closer
+(``python bench/cpu_linear.py``): the probe read 1.14-1.21x, oneDNN's forward ran
+1.27-1.56x MKL's on the electra-small step's GEMMs, its ``dW`` 0.82-1.02x, and a whole
+fp32 training step at those widths ran 1.18x (MLM), 1.08x (RTD) and 1.22x (CLM) faster
+through oneDNN. An earlier probe, one forward GEMM against a 1.25x line, kept torch there
+in two processes of three. Where the two are close the choice can differ between runs
+(by a few percent of speed and float32 rounding); a forced choice keeps runs alike, and
+the run directory records what ran.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ CHOICES = ("auto", "onednn", "torch")
 ENV = "HEADWISE_CPU_LINEAR"
 MIN_GAIN = 1.0
 """oneDNN is used where the ``auto`` probe finds it more than this much faster: the faster library
-wins. (At 1.05 a Zen 4 EPYC, where the probe reads 1.04-1.27x and a whole training step
-runs 1.07-1.14x faster through oneDNN, still kept torch in one process of six.)"""
+wins. (At 1.05 the probe kept torch on the Zen 4 EPYC once, reading 1.04x, in the run of
+bench/results/train_throughput_zen4.json.)"""
 
 _setting: str | None = None  # None: read ENV on first use
 _decided: bool | None = None  # the probe's (or the setting's) answer
