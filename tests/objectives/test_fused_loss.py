@@ -125,3 +125,30 @@ def test_objectives_match_their_unfused_losses(kit, tok):
     torch.testing.assert_close(out.loss, F.cross_entropy(logits, batch[selected]))
     assert out.metrics["accuracy"] == pytest.approx(
         (logits.argmax(-1) == batch[selected]).double().mean().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_target_whose_probability_underflows_keeps_its_exact_loss(dtype):
+    """On the CPU the loss comes from the targets' softmax probabilities; a target so
+    improbable that its probability underflows to 0 (logit 200 below the row's best in
+    float32, 1000 in float64) still scores ``logsumexp - z_t``, not inf, with the
+    unfused gradients."""
+    gap = 200.0 if dtype == torch.float32 else 1000.0
+    g = torch.Generator().manual_seed(3)
+    h = torch.zeros(6, 2, dtype=dtype)
+    h[:, 0] = 1.0
+    h[:, 1] = torch.randn(6, generator=g, dtype=dtype)
+    w = torch.zeros(5, 2, dtype=dtype)
+    w[:, 1] = torch.randn(5, generator=g, dtype=dtype)
+    w[0, 0] = gap  # class 0 leads every row by about `gap`
+    h.requires_grad_()
+    w.requires_grad_()
+    t = torch.tensor([1, 0, 2, 4, -100, 3])  # rows 0, 2, 3, 5: probability exp(-gap)
+    assert F.softmax(F.linear(h, w), 1).detach()[0, 1] == 0  # it does underflow
+    got, _ = linear_cross_entropy(h, w, None, t, chunk_rows=4)
+    want = reference(h, w, None, t)
+    assert torch.isfinite(got) and got.item() > 3 * gap
+    tol = dict(rtol=1e-6, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(got, want, **tol)
+    for a, e in zip(grads(got, (h, w)), grads(want, (h, w)), strict=True):
+        torch.testing.assert_close(a, e, **tol)
