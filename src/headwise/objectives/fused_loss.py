@@ -17,9 +17,9 @@ On the CPU, when a gradient is wanted, a chunk's logits go through one fused sof
 probability; a target whose probability underflowed is scored from the logits
 instead. One V-wide pass fewer per chunk: a tiny-preset CLM step on a 2-core Zen 4
 EPYC went from 0.560 to 0.517 s in fp32 and from 0.329 to 0.314 s in bf16 (medians of
-10 alternating pairs of steps in one process with bench/train_throughput.py's batches, by a timing script not kept); at
-electra-small widths, where the vocabulary projection is a smaller share, the two were
-within the noise.
+10 alternating pairs of steps in one process with bench/train_throughput.py's batches,
+by a timing script not kept); at electra-small widths, where the vocabulary projection
+is a smaller share, the two were within the noise.
 """
 
 from __future__ import annotations
