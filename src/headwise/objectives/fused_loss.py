@@ -97,7 +97,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dnn = (compute_dtype == torch.float32 and on_cpu
                and not torch.compiler.is_compiling() and uses_onednn())
         z_buf = None if dnn else hidden.new_empty((rows_max, v), dtype=compute_dtype)
-        p_buf = hidden.new_empty((rows_max, v), dtype=acc)  # log-probabilities, then gradient
+        p_buf = hidden.new_empty((rows_max, v), dtype=acc)  # log-probabilities or softmax, then gradient
         # under autocast the logits leave the GEMM in bf16 and are scored in float32
         zacc_buf = None if compute_dtype == acc else hidden.new_empty((rows_max, v), dtype=acc)
         # oneDNN accumulates W's gradient transposed: its (D, V) output reads g as a view
