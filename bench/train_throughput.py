@@ -30,6 +30,9 @@ linears use where it is faster (kernels/cpu_linear.py; on AMD CPUs MKL runs AVX2
 Each rate is the median of a measurement at the start and one in every round, as the
 machine may be shared; the MFU against ``torch.matmul`` alone is reported too.
 ``--cpu-linear torch`` runs headwise's linears on torch's matmul, as transformers' are.
+``--malloc keep`` keeps freed memory in the process (both sides), as headwise's trainer
+does (hardware/memory.py); by default glibc's malloc is left as it is. The JSON has the
+median minor page faults per step of each side.
 
 Run: ``python bench/train_throughput.py`` (JSON to ``bench/results/``); short:
 ``--rounds 2 --steps 1 --sizes tiny --objectives clm``.
@@ -42,6 +45,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,6 +56,7 @@ from pathlib import Path
 
 import torch
 
+from headwise.hardware import memory
 from headwise.kernels.cpu_linear import cpu_linear_choice, dense, onednn_available, set_cpu_linear
 from headwise.models import Decoder, EncoderForMLM, ModelConfig, build_electra
 from headwise.objectives import IGNORE_INDEX, CausalLM, MaskedLM, ReplacedTokenDetection
@@ -279,15 +284,17 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
     gens = [torch.Generator().manual_seed(2) for _ in impls]
     first = [fn(batches[-1], g) for fn, g in zip(step_fns, gens, strict=True)]  # warm-up
     times: dict[str, list[float]] = {i.name: [] for i in impls}
+    faults: dict[str, list[float]] = {i.name: [] for i in impls}  # minor page faults per step
     rates = []
     for r in range(rounds):
         rates.append(best_gemm_rate(reps=3))  # the machine is shared: its rate now, each round
         order = range(len(impls)) if r % 2 == 0 else reversed(range(len(impls)))
         for k in order:
-            t0 = time.perf_counter()
+            f0, t0 = _minor_faults(), time.perf_counter()
             for b in batches[:steps]:
                 step_fns[k](b, gens[k])
             times[impls[k].name].append((time.perf_counter() - t0) / steps)
+            faults[impls[k].name].append((_minor_faults() - f0) / steps)
     # expected scored rows: every maskable token is selected with p = 0.15
     maskable = BATCH * (SEQ - 2)
     n_tokens = BATCH * SEQ
@@ -299,6 +306,7 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
         "objective": objective, "size": size, "precision": precision,
         "first_loss": dict(zip(times, first, strict=True)),
         "median_step_s": med, "all_step_s": times,
+        "median_page_faults_per_step": {k: statistics.median(v) for k, v in faults.items()},
         "tokens_per_s": {k: n_tokens / v for k, v in med.items()},
         "ratio": med["transformers"] / med["headwise"],
         "model_flops_per_step": flops,
@@ -328,6 +336,10 @@ def profile_pair(objective: str, size: str, precision: str, rows: int = 15) -> N
             took = time.perf_counter() - t0
         print(f"== {impl.name}: {size} {objective} {precision}, one step {took:.2f} s")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _lscpu_model() -> str:
@@ -374,8 +386,17 @@ def main(argv: list[str] | None = None) -> dict:
                         "default), onednn, or torch's matmul as transformers uses")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's, one per core)")
+    p.add_argument("--malloc", choices=["default", "keep"], default="default",
+                   help="glibc's malloc for the whole process, both sides: as it is (default), "
+                        "or keeping freed memory as headwise's trainer does (hardware/memory.py)")
     p.add_argument("--out", type=Path, default=RESULTS / "train_throughput_cpu.json")
     args = p.parse_args(argv)
+    malloc = {"setting": "default", "applied": False, "why": "glibc's malloc as it is"}
+    if args.malloc == "keep":
+        os.environ[memory.ENV] = "keep"
+        malloc = memory.keep_freed_memory()
+        if not malloc["applied"]:
+            p.error(f"--malloc keep could not be applied: {malloc['why']}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -403,6 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# fp32 GEMM rate (2048^3): {libs} GFLOP/s; native bf16: {native} ({why})")
     print(f"# headwise's fp32 CPU linears: {'oneDNN' if linear_choice['onednn'] else 'torch'} "
           f"({linear_choice['why']}); MFU is against the faster library's rate")
+    print(f"# malloc, both sides: {malloc['why']}")
     print(f"{'size':>13} {'obj':>4} {'prec':>5} | {'headwise tok/s':>14} | {'transformers':>12} | "
           f"{'ratio':>6} | MFU headwise / transformers")
     rows = []
@@ -416,6 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": platform.machine(),
         "gemm_flops_fp32": peak["best"], "gemm_flops_fp32_by_library": peak,
         "headwise_cpu_linear": linear_choice,
+        "malloc": malloc,
         "native_bf16": native, "native_bf16_why": why,
         "batch": BATCH, "seq": SEQ, "vocab": VOCAB,
         "rounds": args.rounds, "steps": args.steps, "adamw": args.adamw,

@@ -99,3 +99,4 @@ def test_cli_flag_and_auto_record(tmp_path, monkeypatch, capsys):
     assert record["requested"] == "auto"
     assert record["used"] == ("bf16" if native_bf16("cpu")[0] else "fp32")
     assert isinstance(record["cpu_linear"]["onednn"], bool)  # whose float32 GEMMs ran
+    assert isinstance(record["malloc"]["applied"], bool)  # whether freed memory is kept

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..devices import resolve_device
+from ..hardware.memory import keep_freed_memory
 from ..hardware.precision import resolve_precision
 from ..kernels.cpu_linear import cpu_linear_choice
 from .build import RunParts, build_parts
@@ -129,6 +130,9 @@ class Trainer:
             # Adam's second moments of tiny gradients reach subnormal floats, which x86
             # handles ~100x slower; flushing them to zero costs nothing in accuracy here.
             torch.set_flush_denormal(True)
+        # freed activations stay in the process rather than being faulted in afresh at
+        # every step (hardware/memory.py; HEADWISE_MALLOC=default leaves malloc alone)
+        self.malloc = keep_freed_memory() if self.device.type == "cpu" else None
         # bf16 autocast around the forwards (fp32 master weights and optimizer state)
         self.precision = resolve_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
@@ -174,6 +178,7 @@ class Trainer:
             ran = self.precision.to_dict()
             if self.device.type == "cpu":  # whose GEMMs the float32 linears run on
                 ran["cpu_linear"] = cpu_linear_choice()
+                ran["malloc"] = self.malloc
             (self.run_dir / "precision.json").write_text(json.dumps(ran, indent=2) + "\n")
         self._print(self.precision.note)
         tok = self.parts.tokenizer
