@@ -2,13 +2,14 @@
 slab of rows at a time.
 
 ``0.5 x (1 + tanh(u)) = x sigmoid(2u)`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``, so the
-tanh GELU needs no ``tanh``. torch's vectorised ``tanh`` is slow on some CPUs: on a 2-core
-Zen 5 EPYC (``lscpu`` family 26) ``torch.tanh`` of 4M floats took 4.8 ms against 0.5 ms
-for ``torch.sigmoid``, and ``F.gelu(approximate="tanh")`` 3.6 ms. Written as a few
-elementwise ops on slabs of :data:`SLAB` elements (they stay in the core's L2 cache), the
-forward took 1.4 ms there, and the gradient together with the recomputed activation
-(what :mod:`headwise.kernels.mlp`'s backward needs) 3.9 ms instead of 5.6 ms. A whole
-electra-small CLM training step ran 3-4% faster (``bench/gelu.py``).
+tanh GELU needs no ``tanh``, whose vectorised form in torch is slow on some CPUs, while
+``sigmoid`` is fast. Written as a few elementwise ops on slabs of :data:`SLAB` elements
+(they stay in the core's L2 cache), on a 2-core Zen 5 EPYC (``lscpu`` family 26) at one
+electra-small MLP's shape (4096 x 1024 floats): the forward took 1.90 ms against 2.80 ms
+for ``F.gelu(approximate="tanh")``, and the gradient together with the recomputed
+activation (what :mod:`headwise.kernels.mlp`'s backward needs) 4.69 ms against 5.74 ms
+for torch's two ops; a whole fp32 electra-small CLM training step ran 1.05x faster
+(``python bench/gelu.py --pairs 8``, bench/results/gelu_zen5.json).
 
 The gradient, ``s + s (1 - s) x 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)`` with
 ``s = sigmoid(2u)``, is multiplied out in that order, so that where ``s`` saturates the
