@@ -20,10 +20,7 @@ how far its reading moves between calls.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -50,15 +47,7 @@ def gemm_rates(reps: int) -> list[dict]:
         flops = 2.0 * m * k * n
         for form in FORMS:
             fn = calls[form]
-            for d in (False, True, False, True):  # warm both
-                fn(d)
-            got = {"torch": [], "onednn": []}
-            for r in range(reps):
-                for d in ((False, True) if r % 2 == 0 else (True, False)):
-                    t0 = time.perf_counter()
-                    fn(d)
-                    got["onednn" if d else "torch"].append(time.perf_counter() - t0)
-            med = {lib: statistics.median(v) for lib, v in got.items()}
+            med = tt.alternate({"torch": lambda fn=fn: fn(False), "onednn": lambda fn=fn: fn(True)}, reps)
             rows.append({"shape": [m, k, n], "form": form,
                          "gflops": {lib: flops / t / 1e9 for lib, t in med.items()},
                          "onednn_over_torch": med["torch"] / med["onednn"]})
@@ -66,21 +55,10 @@ def gemm_rates(reps: int) -> list[dict]:
 
 
 def step_times(objective: str, pairs: int) -> dict:
-    cfg = tt.headwise_config(objective, "electra-small")
-    seq = tt.SEQ + 1 if objective == "clm" else tt.SEQ
-    torch.manual_seed(0)
-    step = tt.make_step(tt.headwise_impl(objective, cfg), "fp32", "fused")
-    batches = tt.make_batches(2, seq, seed=1)
-    gen = torch.Generator().manual_seed(2)
-    got = {"onednn": [], "torch": []}
-    for r in range(pairs):
-        for lib in (("onednn", "torch") if r % 2 == 0 else ("torch", "onednn")):
-            set_cpu_linear(lib)
-            step(batches[0], gen)  # one step to settle after the switch
-            t0 = time.perf_counter()
-            for b in batches:
-                step(b, gen)
-            got[lib].append((time.perf_counter() - t0) / len(batches))
+    step, batches, gen = tt.headwise_step(objective)
+    got = tt.alternate_steps(step, batches, gen,
+                             {lib: lambda lib=lib: set_cpu_linear(lib) for lib in ("onednn", "torch")},
+                             pairs)
     med = {lib: statistics.median(v) for lib, v in got.items()}
     return {"objective": objective, "median_step_s": med, "all_step_s": got,
             "onednn_over_torch": med["torch"] / med["onednn"]}
@@ -99,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("this torch has no oneDNN linear (torch.backends.mkldnn.is_available() is False)")
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the trainer does
-    cpu = tt._lscpu_model()
+    cpu = tt.lscpu_model()
     print(f"# {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     probes = [cpu_linear._probe_gain() for _ in range(args.probes)]
     print("auto probe, oneDNN over torch: " + ", ".join(f"{g:.2f}x" for g in probes))
@@ -116,14 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
         med = row["median_step_s"]
         print(f"electra-small {objective} fp32 step: oneDNN {med['onednn']:.3f} s, torch "
               f"{med['torch']:.3f} s: {row['onednn_over_torch']:.2f}x", flush=True)
-    result = {"benchmark": "cpu_linear", "cpu": cpu, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "commit": tt._commit(),
-              "command": "python bench/cpu_linear.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "probe_gains": probes, "gemms": rates, "steps": steps}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
-    return result
+    return tt.write_result({"benchmark": "cpu_linear", "cpu": cpu, "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "probe_gains": probes,
+                            "gemms": rates, "steps": steps}, args.out, "cpu_linear.py", argv)
 
 
 if __name__ == "__main__":

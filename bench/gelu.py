@@ -22,10 +22,7 @@ It prints the medians and the ratios and writes JSON to ``bench/results/``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -44,20 +41,6 @@ TORCH_GELU_TANH = mlp.Activation(
 """torch's ops in the MLP's place (what headwise ran before kernels/gelu.py)."""
 
 
-def _alternate(fns: dict, reps: int) -> dict[str, float]:
-    """Median seconds of each callable, called in alternating order after a warm-up."""
-    names = list(fns)
-    for name in names * 2:
-        fns[name]()
-    got = {name: [] for name in names}
-    for r in range(reps):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            fns[name]()
-            got[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) for name, v in got.items()}
-
-
 def op_times(reps: int, rows: int = 4096, cols: int = 1024) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     h, dy = torch.randn(rows, cols, generator=g) * 2, torch.randn(rows, cols, generator=g)
@@ -66,29 +49,19 @@ def op_times(reps: int, rows: int = 4096, cols: int = 1024) -> list[dict]:
             ("forward", lambda: gelu_tanh(h), lambda: TORCH_GELU_TANH.forward(h)),
             ("activation + gradient", lambda: gelu_tanh_and_grad(dy, h),
              lambda: TORCH_GELU_TANH.both(dy, h))):
-        med = _alternate({"headwise": mine, "torch": theirs}, reps)
+        med = tt.alternate({"headwise": mine, "torch": theirs}, reps)
         out.append({"form": form, "shape": [rows, cols], "median_s": med,
                     "torch_over_headwise": med["torch"] / med["headwise"]})
     return out
 
 
 def step_times(pairs: int) -> dict:
-    cfg = tt.headwise_config("clm", "electra-small")
-    torch.manual_seed(0)
-    step = tt.make_step(tt.headwise_impl("clm", cfg), "fp32", "fused")
-    batches = tt.make_batches(2, tt.SEQ + 1, seed=1)
-    gen = torch.Generator().manual_seed(2)
+    step, batches, gen = tt.headwise_step("clm")
     shipped = mlp.ACTIVATIONS["gelu_tanh"]
-    got = {"headwise": [], "torch": []}
+    sides = {name: lambda act=act: mlp.ACTIVATIONS.update(gelu_tanh=act)
+             for name, act in (("headwise", shipped), ("torch", TORCH_GELU_TANH))}
     try:
-        for r in range(pairs):
-            for side in (("headwise", "torch") if r % 2 == 0 else ("torch", "headwise")):
-                mlp.ACTIVATIONS["gelu_tanh"] = shipped if side == "headwise" else TORCH_GELU_TANH
-                step(batches[0], gen)  # one step to settle after the switch
-                t0 = time.perf_counter()
-                for b in batches:
-                    step(b, gen)
-                got[side].append((time.perf_counter() - t0) / len(batches))
+        got = tt.alternate_steps(step, batches, gen, sides, pairs)
     finally:
         mlp.ACTIVATIONS["gelu_tanh"] = shipped
     med = {side: statistics.median(v) for side, v in got.items()}
@@ -106,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the trainer does
     malloc = memory.keep_freed_memory()  # and this
-    cpu = tt._lscpu_model()
+    cpu = tt.lscpu_model()
     print(f"# {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}; malloc: {malloc['why']}")
     ops = op_times(args.reps)
     for row in ops:
@@ -117,14 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     med = step["median_step_s"]
     print(f"electra-small clm fp32 step: headwise's GELU {med['headwise']:.3f} s, torch's "
           f"{med['torch']:.3f} s: {step['torch_over_headwise']:.3f}x", flush=True)
-    result = {"benchmark": "gelu", "cpu": cpu, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "commit": tt._commit(),
-              "command": "python bench/gelu.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "malloc": malloc, "ops": ops, "step": step}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
-    return result
+    return tt.write_result({"benchmark": "gelu", "cpu": cpu, "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "malloc": malloc, "ops": ops,
+                            "step": step}, args.out, "gelu.py", argv)
 
 
 if __name__ == "__main__":

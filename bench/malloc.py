@@ -36,21 +36,15 @@ def child(objective: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # as the trainer does
     said = memory.keep_freed_memory()
-    cfg = tt.headwise_config(objective, "electra-small")
-    seq = tt.SEQ + 1 if objective == "clm" else tt.SEQ
-    torch.manual_seed(0)
-    batches = tt.make_batches(2, seq, seed=1)
-    step = tt.make_step(tt.headwise_impl(objective, cfg), "fp32", "fused")
-    gen = torch.Generator().manual_seed(2)
+    step, batches, gen = tt.headwise_step(objective)
     for b in batches:
         step(b, gen)
     times, faults = [], []
     for i in range(steps):
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        t0 = time.perf_counter()
+        f0, t0 = tt.minor_faults(), time.perf_counter()
         step(batches[i % 2], gen)
         times.append(time.perf_counter() - t0)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+        faults.append(tt.minor_faults() - f0)
     return {"malloc": said, "step_s": times, "page_faults": faults,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -67,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.threads)))
         return {}
-    cpu = tt._lscpu_model()
+    cpu = tt.lscpu_model()
     print(f"# {cpu}, {args.threads} threads, torch {torch.__version__}, electra-small fp32 steps")
     base = {k: v for k, v in os.environ.items() if k not in (memory.ENV, *memory.GLIBC_VARIABLES)}
     rows = []
@@ -88,14 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"electra-small {objective} fp32 step: kept {med['keep']:.3f} s ({flt['keep']:,.0f} "
               f"faults), glibc's default {med['default']:.3f} s ({flt['default']:,.0f} faults): "
               f"{row['default_over_keep']:.3f}x", flush=True)
-    result = {"benchmark": "malloc", "cpu": cpu, "torch": torch.__version__,
-              "threads": args.threads, "commit": tt._commit(),
-              "command": "python bench/malloc.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
-    return result
+    return tt.write_result({"benchmark": "malloc", "cpu": cpu, "torch": torch.__version__,
+                            "threads": args.threads, "rows": rows}, args.out, "malloc.py", argv)
 
 
 if __name__ == "__main__":

@@ -290,11 +290,11 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
         rates.append(best_gemm_rate(reps=3))  # the machine is shared: its rate now, each round
         order = range(len(impls)) if r % 2 == 0 else reversed(range(len(impls)))
         for k in order:
-            f0, t0 = _minor_faults(), time.perf_counter()
+            f0, t0 = minor_faults(), time.perf_counter()
             for b in batches[:steps]:
                 step_fns[k](b, gens[k])
             times[impls[k].name].append((time.perf_counter() - t0) / steps)
-            faults[impls[k].name].append((_minor_faults() - f0) / steps)
+            faults[impls[k].name].append((minor_faults() - f0) / steps)
     # expected scored rows: every maskable token is selected with p = 0.15
     maskable = BATCH * (SEQ - 2)
     n_tokens = BATCH * SEQ
@@ -338,11 +338,11 @@ def profile_pair(objective: str, size: str, precision: str, rows: int = 15) -> N
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def _minor_faults() -> int:
+def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _lscpu_model() -> str:
+def lscpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
@@ -353,7 +353,7 @@ def _lscpu_model() -> str:
     return platform.processor()
 
 
-def _commit() -> str:
+def commit_id() -> str:
     try:
         root = Path(__file__).resolve().parent.parent
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -365,6 +365,63 @@ def _commit() -> str:
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+# What this directory's A/B scripts (cpu_linear.py, gelu.py, malloc.py) share with this one.
+
+def headwise_step(objective: str, size: str = "electra-small", n_batches: int = 2
+                  ) -> tuple[Callable[[torch.Tensor, torch.Generator], float], list[torch.Tensor],
+                             torch.Generator]:
+    """headwise's fp32 training step for ``objective`` at ``size`` (fused AdamW), this
+    script's batches for it and the generator its masking draws from."""
+    cfg = headwise_config(objective, size)
+    seq = SEQ + 1 if objective == "clm" else SEQ
+    torch.manual_seed(0)
+    step = make_step(headwise_impl(objective, cfg), "fp32", "fused")
+    return step, make_batches(n_batches, seq, seed=1), torch.Generator().manual_seed(2)
+
+
+def alternate(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median seconds of each callable, called in alternating order after two warm-up
+    calls each."""
+    names = list(calls)
+    for name in names * 2:
+        calls[name]()
+    got: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            calls[name]()
+            got[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in got.items()}
+
+
+def alternate_steps(step: Callable[[torch.Tensor, torch.Generator], float],
+                    batches: list[torch.Tensor], gen: torch.Generator,
+                    sides: dict[str, Callable[[], None]], pairs: int) -> dict[str, list[float]]:
+    """Seconds per training step of each side, ``pairs`` times in alternating order: a
+    side's callable switches to it, one untimed step settles, then ``batches`` are timed."""
+    names = list(sides)
+    got: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(pairs):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            sides[name]()
+            step(batches[0], gen)  # one step to settle after the switch
+            t0 = time.perf_counter()
+            for b in batches:
+                step(b, gen)
+            got[name].append((time.perf_counter() - t0) / len(batches))
+    return got
+
+
+def write_result(result: dict, out: Path, script: str, argv: list[str] | None) -> dict:
+    """Add the commit and the command line to ``result`` and write it to ``out`` as JSON."""
+    result["commit"] = commit_id()
+    result["command"] = f"python bench/{script} " + " ".join(sys.argv[1:] if argv is None else argv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -400,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    commit = _commit()  # the code the run imported
+    commit = commit_id()  # the code the run imported
     torch.set_flush_denormal(True)  # as headwise's trainer does, for both sides
     import transformers
 
@@ -416,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_cpu_linear(args.cpu_linear)
     linear_choice = cpu_linear_choice()
     peak = best_gemm_rate()
-    cpu = _lscpu_model()
+    cpu = lscpu_model()
     print(f"# training step, batch {BATCH} x {SEQ}, AdamW, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, transformers {transformers.__version__}, {cpu}")
     native, why = native_bf16("cpu")
