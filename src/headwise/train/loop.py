@@ -25,6 +25,7 @@ from ..devices import resolve_device
 from ..hardware.memory import keep_freed_memory
 from ..hardware.precision import resolve_precision
 from ..kernels.cpu_linear import cpu_linear_choice
+from ..kernels.gelu import cpu_gelu_choice
 from .build import RunParts, build_parts
 from .checkpoint import (
     CheckpointError,
@@ -178,6 +179,7 @@ class Trainer:
             ran = self.precision.to_dict()
             if self.device.type == "cpu":  # whose GEMMs the float32 linears run on
                 ran["cpu_linear"] = cpu_linear_choice()
+                ran["cpu_gelu"] = cpu_gelu_choice()
                 ran["malloc"] = self.malloc
             (self.run_dir / "precision.json").write_text(json.dumps(ran, indent=2) + "\n")
         self._print(self.precision.note)
