@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["is_int", "is_real", "check_int", "check_real", "check_choice", "check_key_lengths"]
+__all__ = ["is_int", "is_real", "check_int", "check_real", "check_choice", "check_setting",
+           "check_key_lengths"]
 
 
 def is_int(value: Any) -> bool:
@@ -81,6 +82,15 @@ def check_choice(name: str, value: Any, accepted: Iterable[Any]) -> Any:
     accepted = list(accepted)
     if value not in accepted:
         raise ValueError(f"{name} must be one of {accepted}, got {value!r}")
+    return value
+
+
+def check_setting(where: str, what: str, value: str, choices: Iterable[str]) -> str:
+    """``value`` if it is one of a process setting's ``choices``; else ``ValueError``
+    saying where it came from (a setter's name, an environment variable) and listing them."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{where}: the {what} must be one of {', '.join(choices)}; got {value!r}")
     return value
 
 

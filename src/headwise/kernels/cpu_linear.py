@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_setting
+
 __all__ = [
     "linear",
     "run_linear",
@@ -89,8 +91,7 @@ def cpu_linear_choice() -> dict:
 
 
 def _check_choice(choice: str, where: str) -> str:
-    if choice not in CHOICES:
-        raise ValueError(f"{where}: the CPU linear must be one of {', '.join(CHOICES)}; got {choice!r}")
+    check_setting(where, "CPU linear", choice, CHOICES)
     if choice == "onednn" and not onednn_available():
         raise ValueError(f"{where}: onednn was asked for, but this torch has no oneDNN linear "
                          f"(torch.backends.mkldnn.is_available() is False)")

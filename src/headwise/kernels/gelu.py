@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_setting
+
 __all__ = ["gelu_tanh", "gelu_tanh_and_grad", "SLAB", "MIN_COMPILED", "CHOICES", "ENV",
            "set_cpu_gelu", "cpu_gelu_choice"]
 
@@ -58,7 +60,7 @@ electra-small MLP's batch of 32 x 128 has 4M, the tests' models far fewer)."""
 
 _setting: str | None = None  # None: read ENV on first use
 _failed = ""  # why compiling failed ('' while it has not)
-_kernels: dict[str, object] = {}
+_kernels: dict[str, object] = {}  # name -> the compiled kernel of _FUSED[name]
 
 
 def set_cpu_gelu(choice: str) -> None:
@@ -66,7 +68,7 @@ def set_cpu_gelu(choice: str) -> None:
     ``compiled`` or ``eager`` (see the module's notes). Raises ValueError for any other
     value."""
     global _setting
-    _setting = _check_choice(choice, "set_cpu_gelu")
+    _setting = check_setting("set_cpu_gelu", "CPU GELU", choice, CHOICES)
 
 
 def cpu_gelu_choice() -> dict:
@@ -75,31 +77,32 @@ def cpu_gelu_choice() -> dict:
     return {"setting": _current_setting(), "min_compiled": MIN_COMPILED, "failed": _failed}
 
 
-def _check_choice(choice: str, where: str) -> str:
-    if choice not in CHOICES:
-        raise ValueError(f"{where}: the CPU GELU must be one of {', '.join(CHOICES)}; got {choice!r}")
-    return choice
-
-
 def _current_setting() -> str:
     global _setting
     if _setting is None:
-        _setting = _check_choice(os.environ.get(ENV, "auto"), ENV)
+        _setting = check_setting(ENV, "CPU GELU", os.environ.get(ENV, "auto"), CHOICES)
     return _setting
 
 
+def _fused_sigmoid_2u(h: Tensor) -> Tensor:
+    return torch.sigmoid(h * (2 * _C + (2 * _C * _K) * h * h))
+
+
 def _fused_forward(h: Tensor) -> Tensor:
-    return h * torch.sigmoid(h * (2 * _C + (2 * _C * _K) * h * h))
+    return h * _fused_sigmoid_2u(h)
 
 
 def _fused_both(g: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    s = torch.sigmoid(h * (2 * _C + (2 * _C * _K) * h * h))
+    s = _fused_sigmoid_2u(h)
     w = (1.0 - s) * s * h  # zero where s saturates, before the cubic factor below
     return h * s, g * (w * (2 * _C + (6 * _C * _K) * h * h) + s)
 
 
+_FUSED = {"forward": _fused_forward, "both": _fused_both}  # what _compiled compiles, by name
+
+
 def _compiled(name: str, *args: Tensor):
-    """The compiled kernel ``name`` on ``args`` flattened, or None where this process
+    """The compiled kernel of ``_FUSED[name]`` on ``args`` flattened, or None where this process
     does not compile the GELU for them (or compiling failed under ``auto``)."""
     global _failed
     x = args[-1]
@@ -110,8 +113,7 @@ def _compiled(name: str, *args: Tensor):
         return None
     fn = _kernels.get(name)
     if fn is None:
-        fn = _kernels[name] = torch.compile(_fused_forward if name == "forward" else _fused_both,
-                                            dynamic=True, fullgraph=True)
+        fn = _kernels[name] = torch.compile(_FUSED[name], dynamic=True, fullgraph=True)
     try:
         return fn(*(a.reshape(-1) for a in args))
     except Exception as e:  # noqa: BLE001 - Inductor's failures have no common base

@@ -177,7 +177,7 @@ class Trainer:
                                   resume_step=(self.step if resume else -1) if self.is_main else None)
         if self.is_main:  # what runs, beside run.json's request
             ran = self.precision.to_dict()
-            if self.device.type == "cpu":  # whose GEMMs the float32 linears run on
+            if self.device.type == "cpu":  # the float32 linears' GEMMs, the GELU, malloc
                 ran["cpu_linear"] = cpu_linear_choice()
                 ran["cpu_gelu"] = cpu_gelu_choice()
                 ran["malloc"] = self.malloc
