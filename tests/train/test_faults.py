@@ -202,6 +202,26 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one(world, capsys,
     _assert_same_as_reference(world, run)
 
 
+@pytest.mark.parametrize("manifest", [
+    '{"step": 8, "files": []}',  # files not an object
+    '{"step": 8, "files": {"model.safetensors": 5, "trainer.pt": 6}}',  # entries not {bytes, sha256}
+    '{"step": 8, "files": {"model.safetensors": {"bytes": "1", "sha256": "x"}, "trainer.pt": {}}}',
+    '{"step": 8, "files": {}}',  # lists no file
+    b"\xff\xfe not utf-8",
+])
+def test_a_manifest_of_the_wrong_shape_is_a_broken_checkpoint_not_a_traceback(world, capsys, manifest):
+    """check reports it as [FAIL] (status 1), eval falls back to the intact checkpoint."""
+    run = _damaged_copy(world, f"manifest-{abs(hash(manifest))}")
+    path = run / "checkpoints" / f"step-{STEPS:08d}" / "manifest.json"
+    path.write_bytes(manifest if isinstance(manifest, bytes) else manifest.encode())
+    assert main(["check", str(run)]) == 1
+    out, err = capsys.readouterr()
+    assert f"[FAIL] checkpoint step-{STEPS:08d}: manifest.json is" in out and "Traceback" not in err
+    assert "[ok] checkpoint step-00000004" in out
+    assert main(["eval", str(run), "--batches", "1"]) == 0
+    assert "using step-00000004" in capsys.readouterr().err
+
+
 def test_every_checkpoint_broken_refuses_to_resume_and_changes_nothing(world, capsys):
     run = _damaged_copy(world, "all-broken")
     for ck in (run / "checkpoints").glob("step-*"):

@@ -161,8 +161,10 @@ def verify_checkpoint(path: Path) -> str | None:
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):  # not JSON, not UTF-8, not an object with "files"
         return f"{MANIFEST} is unreadable"
+    if not _manifest_files_ok(files):
+        return f"{MANIFEST} is damaged: it does not give the size and hash of each checkpoint file"
     problems = []
     for fname, want in files.items():
         f = path / fname
@@ -173,6 +175,15 @@ def verify_checkpoint(path: Path) -> str | None:
         elif _sha256(f) != want["sha256"]:
             problems.append(f"{fname} does not match the hash recorded when it was written")
     return "; ".join(problems) or None
+
+
+def _manifest_files_ok(files: Any) -> bool:
+    """Whether a manifest's ``files`` is what :func:`save_checkpoint` writes: each of
+    :data:`FILES` mapped to ``{"bytes": int, "sha256": str}``."""
+    if not isinstance(files, dict) or not set(FILES) <= set(files):
+        return False
+    return all(isinstance(want, dict) and type(want.get("bytes")) is int and isinstance(want.get("sha256"), str)
+               for want in files.values())
 
 
 def newest_intact(run_dir: Path) -> tuple[Path | None, list[str]]:
