@@ -222,6 +222,23 @@ def test_a_manifest_of_the_wrong_shape_is_a_broken_checkpoint_not_a_traceback(wo
     assert "using step-00000004" in capsys.readouterr().err
 
 
+def test_a_folder_not_named_step_n_is_no_checkpoint(world, capsys):
+    """checkpoints/step-old (a copy someone kept): resume used to stop with "invalid literal
+    for int() with base 10: 'old'"; now it is not read, and retention leaves it."""
+    run = _damaged_copy(world, "foreign-step-folder")
+    shutil.copytree(run / "checkpoints" / f"step-{STEPS:08d}", run / "checkpoints" / "step-old")
+    _truncate(run / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors")  # resume from step 4
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0, capsys.readouterr().err
+    assert (run / "checkpoints" / "step-old" / "model.safetensors").is_file()
+    assert [name for name, _ in checkpoint_report(run)] == [f"step-{STEPS:08d}", "step-00000004"]
+
+
+def test_checkpoints_are_ordered_by_step_not_by_name(tmp_path):
+    for name in ("step-99999999", "step-100000000", "step-00000004"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    assert [name for name, _ in checkpoint_report(tmp_path)] == ["step-100000000", "step-99999999", "step-00000004"]
+
+
 def test_every_checkpoint_broken_refuses_to_resume_and_changes_nothing(world, capsys):
     run = _damaged_copy(world, "all-broken")
     for ck in (run / "checkpoints").glob("step-*"):

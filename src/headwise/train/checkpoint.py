@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -91,11 +92,13 @@ def _sha256(path: Path) -> str:
 
 
 def _step_dirs(root: Path) -> list[Path]:
-    """The checkpoint folders under ``root``, newest first (temporary ones excluded)."""
+    """The checkpoint folders (``step-N``) under ``root``, newest first. Temporary ones
+    and any other folder (``step-old``, a copy) are not checkpoints: never read, never
+    removed by retention."""
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")),
-                  key=lambda p: p.name, reverse=True)
+    return sorted((p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d+", p.name)),
+                  key=checkpoint_step, reverse=True)
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: dict[str, Any], keep: int = 2) -> Path:
