@@ -40,6 +40,10 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["train", "--dropout", "-0.1"], ["--dropout", "'-0.1'", ">= 0 and < 1"]),
     (["train", "--max-time", "0"], ["--max-time", "'0'", "> 0"]),
     (["train", "--steps", "5", "--max-time", "1"], ["--max-time", "not allowed with", "--steps"]),
+    (["train", "--max-time", "1", "--decay", "cosine"], ["--decay cosine", "--max-time without --steps", "--steps"]),
+    (["train", "--max-time", "1", "--min-lr-ratio", "0.5"],
+     ["--min-lr-ratio 0.5", "--max-time without --steps", "drop it"]),
+    (["train", "--decay", "constant", "--min-lr-ratio", "0.5"], ["--min-lr-ratio 0.5", "--decay constant", "drop it"]),
     (["train", "--vocab-size", "1"], ["--vocab-size 1", "wordpiece", "at least 6"]),
     (["train", "--objective", "clm", "--vocab-size", "100"], ["--vocab-size 100", "bpe", "at least 258"]),
     # ---------------------------------------------------------------- train: choices, names, paths

@@ -188,6 +188,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
         fields = apply_recipe(args.recipe, fields, given)
     fields.setdefault("out", f"runs/{fields['objective']}-{fields['preset']}")
     if args.max_time is not None and args.steps is None and not args.resume:
+        if given.get("decay", "constant") != "constant":
+            raise ValueError(f"--decay {given['decay']} has no effect with --max-time without --steps (the "
+                             "schedule cannot know its length, so the learning rate stays flat after warm-up); "
+                             "give --steps too, or drop --decay")
         fields["steps"] = 10**9
         # with only a time budget the schedule cannot know its length: keep the lr flat
         fields["decay"] = "constant"
@@ -268,6 +272,14 @@ def _refuse_ignored_settings(cfg: TrainConfig, given: dict) -> None:
         ("--rtd-generator", "rtd_generator", cfg.objective != "rtd", f"--objective {cfg.objective}",
          "--objective rtd"),
     )
+    if "min_lr_ratio" in given and cfg.decay == "constant":  # the learning rate never decays
+        if "decay" in given:
+            why = "--decay constant (only with --decay cosine or linear)"
+        elif cfg.max_time is not None:
+            why = "--max-time without --steps: the learning rate stays flat after warm-up (a decay needs --steps)"
+        else:
+            why = f"--recipe {cfg.recipe}'s decay constant (only with --decay cosine or linear)"
+        raise ValueError(f"--min-lr-ratio {given['min_lr_ratio']} has no effect with {why}; drop it")
     for flag, field, ignored, why, needs in unused:
         if field in given and ignored:
             shown = flag if isinstance(given[field], bool) else f"{flag} {given[field]}"
