@@ -69,6 +69,7 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["train", "--block-len", "1000"], ["--block-len 1000", "preset 'tiny'", "--block-len <= 128"]),
     (["train", "--dropout", "0.1", "--model", "dropout=0.2"], ["--dropout 0.1", "--model dropout=0.2"]),
     (["train", "--conllu", "{missing}"], ["--conllu '{missing}'", "no such file"]),
+    (["train", "--no-report", "--conllu", "{file}"], ["--conllu '{file}'", "no effect with --no-report"]),
     # ---------------------------------------------------------------- check, generate, eval
     *[([cmd, "{missing}"], ["RUN", "'{missing}'", "no such folder", "run.json"])
       for cmd in ("check", "generate", "eval")],

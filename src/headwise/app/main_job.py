@@ -281,6 +281,9 @@ def run_train_command(args: argparse.Namespace) -> int:
     (one rank of many) only training happens."""
     report = not getattr(args, "no_report", False)
     conllu = getattr(args, "conllu", None)
+    if conllu is not None and not report:
+        raise ValueError(f"--conllu {conllu!r} has no effect with --no-report (the syntax probe is part of the "
+                         "report); drop one of them")
     if conllu is not None and not Path(conllu).is_file():
         raise FileNotFoundError(f"--conllu {conllu!r}: no such file")
     if in_distributed_env():
