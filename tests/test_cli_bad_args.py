@@ -115,6 +115,8 @@ CASES: list[tuple[list[str], list[str]]] = [
           ("--max-sentences", "0", "integer >= 1"), ("--importance-sentences", "0", "integer >= 1"),
           ("--examples", "-1", "integer >= 0"), ("--batch-size", "0", "integer >= 1"),
           ("--threads", "-2", "integer >= 0"))],
+    (["inspect", "minilm", "--text", "{file}", "--out", "{dir}/o", "--importance-sentences", "5"],
+     ["--importance-sentences 5", "no effect without --importance"]),
     (["inspect", "minilm", "--text", "{file}", "--out", "{dir}/o", "--device", "banana"],
      ["--device 'banana'", "unknown device type", "accepted: auto, cpu"]),
     (["inspect", "minilm", "--text", "{file}", "--out", "{dir}/o", "--device", BAD_CUDA],

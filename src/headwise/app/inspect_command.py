@@ -51,6 +51,8 @@ from .inspection import inspect_model
 __all__ = ["LoadedModel", "load_model", "read_text", "run_inspect", "register"]
 
 PACKAGED = ("minilm",)
+#: --importance-sentences when not given
+IMPORTANCE_SENTENCES = 64
 
 
 @dataclass
@@ -270,6 +272,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     """The ``headwise inspect`` command (see the module docstring)."""
     out = Path(args.out)
     resolve_device(args.device, what="--device")  # refuse a bad --device before reading or writing anything
+    if args.importance_sentences is not None and not args.importance:
+        raise ValueError(f"--importance-sentences {args.importance_sentences} has no effect without --importance; "
+                         "add --importance or drop it")
+    if args.importance_sentences is None:
+        args.importance_sentences = IMPORTANCE_SENTENCES
     if args.max_sentences is not None:
         check_int("--max-sentences", args.max_sentences)
     check_int("--examples", args.examples, minimum=0)
@@ -348,8 +355,8 @@ def register(sub: Any) -> None:
                    help="use the first N sentences (default: all)")
     p.add_argument("--importance", action="store_true",
                    help="also head importance (Michel et al. 2019) and a pruning curve, with the model's own loss")
-    p.add_argument("--importance-sentences", type=positive_int, default=64, metavar="N",
-                   help="sentences for importance and pruning (default 64)")
+    p.add_argument("--importance-sentences", type=positive_int, default=None, metavar="N",
+                   help=f"sentences for importance and pruning, with --importance (default {IMPORTANCE_SENTENCES})")
     p.add_argument("--examples", type=nonneg_int, default=8, metavar="N",
                    help="sentences whose attention maps the report shows (default 8)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="sentences per forward (default 32)")
