@@ -11,8 +11,7 @@ holds both to float64 math).
 
 :func:`linear` is ``F.linear`` with that choice made: float32 CPU tensors outside
 autocast go through ``torch.ops.mkldnn._linear_pointwise`` (forward, ``dX = dY W`` and
-``dW = dY^T X``) or torch's own matmuls, with the bias gradient as a GEMV
-(:func:`grad_bias`) in both; everything else goes through ``F.linear``. Which one float32 gets is the
+``dW = dY^T X``), everything else through ``F.linear``. Which one float32 gets is the
 process's :func:`cpu_linear_choice`: ``auto`` (the default) times both once, on the
 first call, on the three GEMMs a training step asks of a linear (forward, ``dX``, ``dW``)
 at :data:`PROBE_SHAPES`, and takes oneDNN when it is faster there (:data:`MIN_GAIN`)
@@ -48,7 +47,6 @@ __all__ = [
     "dense",
     "grad_input",
     "grad_weight",
-    "grad_bias",
     "onednn_applies",
     "uses_onednn",
     "onednn_available",
@@ -180,8 +178,8 @@ def _fwd(x2: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [], "")
 
 
-def _cpu_float32(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Float32 CPU tensors outside autocast and tracing, the case :func:`linear` takes over."""
+def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether :func:`linear` runs ``x``, ``weight``, ``bias`` in oneDNN."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -193,12 +191,8 @@ def _cpu_float32(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
         and not torch.is_autocast_enabled("cpu")
         # traced code gets F.linear, which inductor lowers itself (and nothing is timed there)
         and not torch.compiler.is_compiling()
+        and uses_onednn()
     )
-
-
-def onednn_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
-    """Whether :func:`linear` runs ``x``, ``weight``, ``bias`` in oneDNN."""
-    return _cpu_float32(x, weight, bias) and uses_onednn()
 
 
 def dense(x2: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Tensor:
@@ -227,24 +221,14 @@ def grad_weight(dy: Tensor, x2: Tensor, onednn: bool) -> Tensor:
     return _fwd(dy.t(), x2.t(), None)
 
 
-def grad_bias(dy: Tensor) -> Tensor:
-    """``db``, the sum of ``dy (M, N)``'s rows: ``(N,)``. For float32 and float64 it is a
-    GEMV, ``ones(1, M) @ dy``, which reads ``dy`` in its row-major order at memory speed,
-    where ``dy.sum(0)`` ran at half that: on the 2-core Intel Xeon (AMX), caches cold,
-    4096 x 1024 floats took 1.08 ms against 2.15 ms, 4096 x 768 0.91 against 1.51 ms.
-    Other dtypes get ``dy.sum(0)``."""
-    if dy.dtype not in (torch.float32, torch.float64) or dy.dim() != 2:
-        return dy.sum(0)
-    return (dy.new_ones(1, dy.shape[0]) @ dy).view(dy.shape[1])
-
-
-class _CpuLinear(torch.autograd.Function):
+class _OneDnnLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, onednn):
+    def forward(ctx, x, weight, bias):
         x2 = x.reshape(-1, x.shape[-1])
-        y = dense(x2, weight, bias, onednn)
+        y = _fwd(x2, weight, bias)
         ctx.save_for_backward(x2, weight)
-        ctx.has_bias, ctx.onednn, ctx.x_shape = bias is not None, onednn, x.shape
+        ctx.has_bias = bias is not None
+        ctx.x_shape = x.shape
         return y.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -254,22 +238,19 @@ class _CpuLinear(torch.autograd.Function):
         dy = grad_out.reshape(-1, weight.shape[0])
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = grad_input(dy, weight, ctx.onednn).view(ctx.x_shape)
+            gx = grad_input(dy, weight, True).view(ctx.x_shape)
         if ctx.needs_input_grad[1]:
-            gw = grad_weight(dy, x2, ctx.onednn)
+            gw = grad_weight(dy, x2, True)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = grad_bias(dy)
-        return gx, gw, gb, None
+            gb = dy.sum(0)
+        return gx, gw, gb
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``; for float32 CPU tensors outside autocast, with its
-    own backward (no double backward there): its GEMMs through oneDNN when
-    :func:`uses_onednn`, and the bias gradient by :func:`grad_bias`."""
-    if _cpu_float32(x, weight, bias):
-        onednn = uses_onednn()
-        if onednn or bias is not None:
-            return _CpuLinear.apply(x, weight, bias, onednn)
+    """``F.linear(x, weight, bias)``, through oneDNN for float32 CPU tensors outside
+    autocast when :func:`uses_onednn` (its gradients too; no double backward there)."""
+    if onednn_applies(x, weight, bias):
+        return _OneDnnLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
