@@ -79,6 +79,11 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["generate", "{run}", "--temperature", "-0.5"], ["--temperature", "'-0.5'", ">= 0"]),
     (["generate", "{run}", "--top-k", "0"], ["--top-k", "'0'", "integer >= 1"]),
     (["generate", "{run}", "--seed", "x"], ["--seed", "'x'", "integer >= 0"]),
+    (["generate", "{run}", "--temperature", "0", "--top-k", "5"], ["--top-k has no effect", "--temperature 0"]),
+    (["generate", "{run}", "--temperature", "0", "--seed", "3"], ["--seed has no effect", "--temperature 0"]),
+    (["generate", "{run}", "--temperature", "0", "--top-k", "5", "--seed", "3"],
+     ["--top-k and --seed have no effect"]),
+    (["generate", "{run}", "--prompt", "ab\udcffc"], ["--prompt is not UTF-8 text", "byte 0xff at character 2"]),
     (["eval", "{run}", "--batches", "0"], ["--batches", "'0'", "integer >= 1"]),
     *[([cmd, "{run}", "--device", "banana"], ["--device 'banana'", "unknown device type", "accepted: auto, cpu"])
       for cmd in ("check", "generate", "eval")],

@@ -126,8 +126,10 @@ def register(sub) -> None:
     gen.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
     gen.add_argument("--max-new-tokens", type=nonneg_int, default=100, help="tokens to add")
     gen.add_argument("--temperature", type=nonneg_float, default=0.8, help="softmax temperature; 0 is greedy")
-    gen.add_argument("--top-k", type=positive_int, default=50, help="sample among the K most likely tokens")
-    gen.add_argument("--seed", type=seed_int, default=0, help="random seed of the sampling")
+    gen.add_argument("--top-k", type=positive_int, default=None,
+                     help=f"sample among the K most likely tokens (default {TOP_K}; not with --temperature 0)")
+    gen.add_argument("--seed", type=seed_int, default=None,
+                     help="random seed of the sampling (default 0; not with --temperature 0)")
     _device_flag(gen)
     gen.set_defaults(func=run_generate)
 
@@ -320,7 +322,25 @@ def run_check(args: argparse.Namespace) -> int:
     return 0 if intact and all(r.passed for r in results) else 1
 
 
+TOP_K = 50
+"""``headwise generate``'s ``--top-k`` when none is given."""
+
+
 def run_generate(args: argparse.Namespace) -> int:
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # a byte the shell's locale could not decode
+        c = ord(e.object[e.start])
+        what = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"{chr(c)!r}"
+        raise ValueError(f"--prompt is not UTF-8 text ({what} at character {e.start})") from None
+    if args.temperature == 0:
+        given = [flag for flag, v in (("--top-k", args.top_k), ("--seed", args.seed)) if v is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} ha{'ve' if len(given) > 1 else 's'} no effect with "
+                             f"--temperature 0, which always takes the most likely token; drop "
+                             f"{'them' if len(given) > 1 else 'it'} or give a temperature above 0")
+    top_k = TOP_K if args.top_k is None else args.top_k
+    seed = 0 if args.seed is None else args.seed
     run = load_run(args.run, device=_run_device(args))
     if run.cfg.objective != "clm":
         raise ValueError(f"generate needs a decoder (a clm run); {args.run} is a {run.cfg.objective} run")
@@ -339,9 +359,9 @@ def run_generate(args: argparse.Namespace) -> int:
                          f"{len(ids) + args.max_new_tokens} positions, more than the model's learned "
                          f"positions (max_len={max_len}); {fix}")
     x = torch.tensor([ids], dtype=torch.long)
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(seed)
     out = run.objective.model.generate(x, args.max_new_tokens, temperature=args.temperature,
-                                       top_k=args.top_k, generator=g)
+                                       top_k=top_k, generator=g)
     print(tok.decode(out[0].tolist()))
     return 0
 
