@@ -233,3 +233,12 @@ def test_a_config_json_without_model_type_says_so(tmp_path, capsys):
     text.write_text("a few words\n")
     line = _refused(["inspect", str(model), "--text", str(text), "--out", str(tmp_path / "o")], capsys)
     assert "config.json has no model_type" in line and "None" not in line
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json"])
+@pytest.mark.parametrize("command", ["eval", "check", "generate"])
+def test_a_run_missing_its_tokenizer_or_config_is_refused_not_rebuilt(clm_run, capsys, name, command):
+    (clm_run / name).unlink()
+    line = _refused([command, str(clm_run), "--device", "cpu"], capsys)
+    assert f"{clm_run / name} is missing" in line and "restore it" in line
+    assert not (clm_run / name).exists()  # a read-only command writes nothing back
