@@ -242,3 +242,13 @@ def test_a_run_missing_its_tokenizer_or_config_is_refused_not_rebuilt(clm_run, c
     line = _refused([command, str(clm_run), "--device", "cpu"], capsys)
     assert f"{clm_run / name} is missing" in line and "restore it" in line
     assert not (clm_run / name).exists()  # a read-only command writes nothing back
+
+
+def test_a_config_whose_vocabulary_is_not_the_tokenizers_names_both_files(clm_run, capsys):
+    path = clm_run / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["vocab_size"] += 1
+    path.write_text(json.dumps(cfg))
+    line = _refused(["eval", str(clm_run), "--device", "cpu"], capsys)
+    assert str(path) in line and str(clm_run / "tokenizer.json") in line
+    assert f"vocab_size={cfg['vocab_size']}" in line

@@ -173,6 +173,10 @@ def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume
             model_cfg = ModelConfig.from_json(config_path)
         except (TypeError, ValueError) as e:  # not JSON, not a dict, an unknown or bad field
             raise ValueError(f"{config_path} is damaged: {e}") from None
+        if model_cfg.vocab_size != tok.vocab_size:
+            raise ValueError(f"{config_path} has vocab_size={model_cfg.vocab_size} but the run's "
+                             f"tokenizer ({tok_path}) has {tok.vocab_size} tokens; the two files "
+                             f"do not belong to one run")
         saved = True
     else:
         model_cfg, saved = model_config_for(cfg, tok.vocab_size), False
