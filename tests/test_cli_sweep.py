@@ -252,3 +252,22 @@ def test_a_config_whose_vocabulary_is_not_the_tokenizers_names_both_files(clm_ru
     line = _refused(["eval", str(clm_run), "--device", "cpu"], capsys)
     assert str(path) in line and str(clm_run / "tokenizer.json") in line
     assert f"vocab_size={cfg['vocab_size']}" in line
+
+
+def test_weights_of_another_model_are_refused_in_one_short_line(clm_run, corpus, tmp_path, capsys):
+    from headwise.train.checkpoint import load_checkpoint
+    from headwise.train.reader import load_run
+
+    other = tmp_path / "wider"
+    argv = _train(corpus, other)
+    argv[argv.index("--model") + 1] = "n_layers=3,d_model=32,n_heads=2,d_ff=64,max_len=16"
+    assert main(argv) == 0
+    ckpt = next((other / "checkpoints").glob("step-*"))
+    run = load_run(clm_run, device="cpu")
+    with pytest.raises(ValueError, match="does not fit this model") as err:
+        load_checkpoint(ckpt, run.objective, verify=False)
+    msg = str(err.value)
+    extra = len(load_run(other, device="cpu").objective.state_dict()) - len(run.objective.state_dict())
+    # layers 1 and 2 are the extra ones: counted, and the first three named
+    assert f"missing none; unexpected {extra} tensors (model.blocks.1." in msg and ", ...)" in msg
+    assert len(msg) < 400, msg

@@ -239,7 +239,15 @@ def load_checkpoint(path: Path, model: nn.Module, map_location: str | torch.devi
     except Exception as e:  # SafetensorError for a damaged file
         raise CheckpointError(f"cannot read {path / 'model.safetensors'}: {e}") from e
     if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not fit this model: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
-        )
+        raise ValueError(f"checkpoint {path} does not fit this model: missing {_some(missing)}; "
+                         f"unexpected {_some(unexpected)}")
     return state
+
+
+def _some(names, shown: int = 3) -> str:
+    """``n tensors (a, b, c, ...)``: how many names, and the first few, sorted."""
+    names = sorted(names)
+    if not names:
+        return "none"
+    head = ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+    return f"{len(names)} tensor{'s' if len(names) != 1 else ''} ({head})"
