@@ -267,21 +267,22 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
 
 def _refuse_ignored_settings(cfg: TrainConfig, given: dict) -> None:
     """Refuse a setting given explicitly that the run would not use."""
+    # why a constant decay (where --min-lr-ratio does nothing) is the run's, and what decays
+    if "decay" in given:
+        flat, decays = "--decay constant", "--decay cosine or linear"
+    elif cfg.max_time is not None:
+        flat = "--max-time without --steps: the learning rate stays flat after warm-up"
+        decays = "--steps and --decay cosine or linear"
+    else:
+        flat, decays = f"--recipe {cfg.recipe}'s decay constant", "--decay cosine or linear"
     unused = (
         ("--muon-lr", "muon_lr", cfg.optimizer != "muon", f"--optimizer {cfg.optimizer}", "--optimizer muon"),
         ("--whole-word-masking", "whole_word_masking", cfg.objective == "clm", "--objective clm",
          "--objective mlm or rtd"),
         ("--rtd-generator", "rtd_generator", cfg.objective != "rtd", f"--objective {cfg.objective}",
          "--objective rtd"),
+        ("--min-lr-ratio", "min_lr_ratio", cfg.decay == "constant", flat, decays),
     )
-    if "min_lr_ratio" in given and cfg.decay == "constant":  # the learning rate never decays
-        if "decay" in given:
-            why = "--decay constant (only with --decay cosine or linear)"
-        elif cfg.max_time is not None:
-            why = "--max-time without --steps: the learning rate stays flat after warm-up (a decay needs --steps)"
-        else:
-            why = f"--recipe {cfg.recipe}'s decay constant (only with --decay cosine or linear)"
-        raise ValueError(f"--min-lr-ratio {given['min_lr_ratio']} has no effect with {why}; drop it")
     for flag, field, ignored, why, needs in unused:
         if field in given and ignored:
             shown = flag if isinstance(given[field], bool) else f"{flag} {given[field]}"
