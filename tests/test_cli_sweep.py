@@ -271,3 +271,17 @@ def test_weights_of_another_model_are_refused_in_one_short_line(clm_run, corpus,
     # layers 1 and 2 are the extra ones: counted, and the first three named
     assert f"missing none; unexpected {extra} tensors (model.blocks.1." in msg and ", ...)" in msg
     assert len(msg) < 400, msg
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "config.json"])
+def test_resuming_a_run_missing_its_tokenizer_or_config_is_refused_not_rebuilt(clm_run, capsys, name):
+    """--resume rebuilt the missing file from the corpus and trained the checkpoint's
+    weights on with it; now it refuses, as eval/check/generate do, and writes nothing."""
+    (clm_run / name).unlink()
+    before = sorted(p.relative_to(clm_run) for p in clm_run.rglob("*"))
+    run_json = (clm_run / "run.json").read_bytes()
+    line = _refused(["train", "--out", str(clm_run), "--resume", "--steps", "8", "--quiet", "--no-report"],
+                    capsys)
+    assert f"{clm_run / name} is missing" in line and "restore it" in line
+    assert sorted(p.relative_to(clm_run) for p in clm_run.rglob("*")) == before
+    assert (clm_run / "run.json").read_bytes() == run_json

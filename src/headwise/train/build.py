@@ -24,8 +24,8 @@ from ..models.presets import PRESETS
 from ..objectives import CausalLM, MaskedLM, ReplacedTokenDetection
 from .config import TrainConfig
 
-__all__ = ["RunParts", "build_parts", "build_objective", "default_tokenizer_kind", "model_config_for",
-           "attention_calls", "check_attention_backend"]
+__all__ = ["RunParts", "build_parts", "require_recorded_files", "build_objective", "default_tokenizer_kind",
+           "model_config_for", "attention_calls", "check_attention_backend"]
 
 TOKENIZER_KIND = {"mlm": "wordpiece", "rtd": "wordpiece", "clm": "bpe"}
 
@@ -133,6 +133,17 @@ def check_attention_backend(cfg: TrainConfig, model_cfg: ModelConfig, device: to
         dtype = str(calls[0].dtype).removeprefix("torch.")
         raise ValueError(f"{where} cannot train this model on {calls[0].device} ({dtype}): {reason}; "
                          f"backends that can: {', '.join(['auto', *backends_serving(calls)])}")
+
+
+def require_recorded_files(run_dir: Path) -> None:
+    """Refuse a trained run that lacks ``tokenizer.json`` or ``config.json``. Training wrote
+    both before its first checkpoint; rebuilt from the corpus now, they could number the
+    tokens or shape the model otherwise than the weights were trained with."""
+    for name in ("tokenizer.json", CONFIG_NAME):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} is missing: it records what the run was "
+                                    f"trained with, and one rebuilt from the corpus now might not "
+                                    f"match; restore it from a copy of the run")
 
 
 def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool,

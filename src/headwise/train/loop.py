@@ -26,7 +26,7 @@ from ..hardware.memory import keep_freed_memory
 from ..hardware.precision import resolve_precision
 from ..kernels.cpu_linear import cpu_linear_choice
 from ..kernels.gelu import cpu_gelu_choice
-from .build import RunParts, build_parts
+from .build import RunParts, build_parts, require_recorded_files
 from .checkpoint import (
     CheckpointError,
     checkpoint_step,
@@ -216,6 +216,8 @@ class Trainer:
                 new = resumed_config(saved, changes)
                 # the step resume starts from: that of the newest intact checkpoint
                 self._resume_point = newest_intact(run_dir)
+                if self._resume_point[0] is not None:  # weights trained with the run's own files
+                    require_recorded_files(run_dir)
                 reached = checkpoint_step(self._resume_point[0])
                 if new.steps < reached:
                     raise ValueError(f"--steps {new.steps} is below the step the run has reached ({reached}); "

@@ -10,8 +10,7 @@ import torch
 
 from ..data import TokenBlocks, build_blocks, load_corpus
 from ..devices import resolve_device
-from ..models import CONFIG_NAME
-from .build import RunParts, build_parts
+from .build import RunParts, build_parts, require_recorded_files
 from .checkpoint import CheckpointError, load_checkpoint, newest_intact
 from .config import TrainConfig
 from .evaluate import evaluate_blocks
@@ -50,13 +49,7 @@ def load_run(run_dir: Path, *, fresh_weights: bool = False, device: str = "auto"
     if not (run_dir / "run.json").is_file():
         raise FileNotFoundError(f"{run_dir} is not a headwise run directory (no run.json)")
     cfg = TrainConfig.from_json(run_dir / "run.json")
-    for name in ("tokenizer.json", CONFIG_NAME):
-        # training wrote both before its first checkpoint; rebuilt now from the corpus, they
-        # could number tokens or shape the model otherwise than the weights were trained with
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name} is missing: it records what the run was "
-                                    f"trained with, and one rebuilt from the corpus now might not "
-                                    f"match; restore it from a copy of the run")
+    require_recorded_files(run_dir)
     dev = resolve_device(device if device != "auto" else cfg.device)
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, run_dir, dev, resume=True)
