@@ -152,3 +152,31 @@ def test_a_target_whose_probability_underflows_keeps_its_exact_loss(dtype):
     torch.testing.assert_close(got, want, **tol)
     for a, e in zip(grads(got, (h, w)), grads(want, (h, w)), strict=True):
         torch.testing.assert_close(a, e, **tol)
+
+
+@pytest.mark.parametrize("kind", ["backward", "global forward"])
+def test_a_hooked_head_is_called_not_bypassed(kit, tok, kind):
+    """The fused path reads the head's weights without calling it; a backward hook on
+    the head, or a global module hook (torch.nn.modules.module.register_module_*), was
+    then silently never run. Such a head takes the unfused path, with the same loss."""
+    from headwise.models import Decoder
+    from headwise.objectives import CausalLM
+
+    torch.manual_seed(0)
+    clm = CausalLM.from_tokenizer(tok, Decoder(kit.tiny_config())).double()
+    batch = kit.make_batch(2, 12)
+    want = clm(batch, metrics=False).loss
+    calls = []
+    head = clm.model.lm_head
+    if kind == "backward":
+        handle = head.register_full_backward_hook(lambda m, gi, go: calls.append(m))
+    else:
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: calls.append(m) if m is head else None)
+    try:
+        got = clm(batch, metrics=False).loss
+        got.backward()
+    finally:
+        handle.remove()
+    assert calls and calls[0] is head
+    torch.testing.assert_close(got, want)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..checks import check_int
 
-__all__ = ["ObjectiveOutput", "check_batch", "padding_mask"]
+__all__ = ["ObjectiveOutput", "check_batch", "padding_mask", "loss_precision"]
 
 
 @dataclass
@@ -56,3 +56,9 @@ def padding_mask(batch: Tensor, pad_id: int | None) -> Tensor | None:
 
 def check_token_id(name: str, value, vocab_size: int) -> None:
     check_int(name, value, minimum=0, maximum=vocab_size - 1, what=f"a token id in [0, {vocab_size})")
+
+
+def loss_precision(x: Tensor) -> Tensor:
+    """``x`` in the dtype a loss is computed in: float32 for bf16/fp16 logits (autocast),
+    the logits' own dtype when that is wider (a float64 model keeps float64 losses)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import Decoder
-from .base import ObjectiveOutput, check_batch, check_token_id
+from .base import ObjectiveOutput, check_batch, check_token_id, loss_precision
 from .fused_loss import fusable, linear_cross_entropy
 from .mlm import IGNORE_INDEX
 
@@ -81,7 +81,7 @@ class CausalLM(nn.Module):
             )
         else:  # a quantized or hooked head (headwise.formats): project, then score
             logits = head(hidden)
-            loss_sum = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX,
+            loss_sum = F.cross_entropy(loss_precision(logits), targets, ignore_index=IGNORE_INDEX,
                                        reduction="sum")
             hits = ((logits.argmax(dim=-1) == targets).sum() if metrics else None)
         # no scored target: a zero still connected to the graph (backward() works)

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_hooks
 
 from ..kernels.cpu_linear import dense, uses_onednn
 
@@ -39,12 +40,22 @@ __all__ = ["linear_cross_entropy", "fusable", "DEFAULT_CHUNK_ELEMS"]
 DEFAULT_CHUNK_ELEMS = 1 << 22
 
 
+def _hooked(m: nn.Module) -> bool:
+    """Whether calling ``m`` would run a hook: its own forward, forward-pre or backward
+    hooks, or torch's global module hooks (``nn.modules.module.register_module_*``)."""
+    own = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
+    glob = (module_hooks._global_forward_hooks, module_hooks._global_forward_pre_hooks,
+            module_hooks._global_backward_hooks, module_hooks._global_backward_pre_hooks)
+    return any(own) or any(glob)
+
+
 def fusable(*modules: nn.Module) -> bool:
     """Whether ``modules`` can be bypassed for their weights: each a plain float module
-    of its own class (a quantized replacement is another class) with no forward hooks
-    (``headwise.formats``' bf16 casts and inspection hooks must still run)."""
+    of its own class (a quantized replacement is another class) that no hook watches
+    (``headwise.formats``' bf16 casts, inspection hooks and a user's forward or backward
+    hooks must still run)."""
     for m in modules:
-        if m._forward_hooks or m._forward_pre_hooks:
+        if _hooked(m):
             return False
         w = getattr(m, "weight", None)
         if w is not None and not w.is_floating_point():

@@ -17,7 +17,7 @@ from ..checks import check_int
 from ..kernels.cpu_linear import run_linear
 from ..models import EncoderForMLM
 from ..models.encoder import MLMHead
-from .base import ObjectiveOutput, check_batch, check_token_id, padding_mask
+from .base import ObjectiveOutput, check_batch, check_token_id, loss_precision, padding_mask
 from .fused_loss import fusable, linear_cross_entropy
 
 __all__ = ["TokenMasker", "MaskedLM", "IGNORE_INDEX"]
@@ -230,7 +230,7 @@ def mlm_head_loss(
                                               return_hits=want_hits)
         return loss_sum / n, hits
     logits = head(rows)
-    loss = F.cross_entropy(logits.float(), targets)
+    loss = F.cross_entropy(loss_precision(logits), targets)
     hits = (logits.argmax(dim=-1) == targets).sum() if want_hits else None
     return loss, hits
 
@@ -244,7 +244,7 @@ def mlm_loss_and_accuracy(
     accuracy 0."""
     if targets.numel() == 0:
         return anchor.sum() * 0.0, 0.0
-    loss = F.cross_entropy(logits.float(), targets)
+    loss = F.cross_entropy(loss_precision(logits), targets)
     accuracy = (logits.argmax(dim=-1) == targets).float().mean().item()
     return loss, accuracy
 

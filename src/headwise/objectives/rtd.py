@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import EncoderForMLM, EncoderForRTD
-from .base import ObjectiveOutput, check_batch, padding_mask
+from .base import ObjectiveOutput, check_batch, loss_precision, padding_mask
 from .mlm import TokenMasker, _tokenizer_facts
 
 __all__ = ["ReplacedTokenDetection"]
@@ -138,7 +138,7 @@ class ReplacedTokenDetection(nn.Module):
         targets = batch[selected].long()
         logits = self.generator.head(hidden)  # (N, V): sampled from below
         if len(targets):
-            gen_loss = F.cross_entropy(logits.float(), targets)
+            gen_loss = F.cross_entropy(loss_precision(logits), targets)
         else:
             gen_loss = hidden.sum() * 0.0
         gen_accuracy = None
@@ -166,15 +166,12 @@ class ReplacedTokenDetection(nn.Module):
         )
         disc_logits = self.discriminator(corrupted, pad)  # (B, T)
         replaced = corrupted != batch
-        if pad is None:
-            real = None
-            disc_loss = F.binary_cross_entropy_with_logits(disc_logits.float(), replaced.float())
-        else:
-            real = ~pad
+        real = None if pad is None else ~pad
+        if real is not None:
             replaced &= real
-            disc_loss = F.binary_cross_entropy_with_logits(
-                disc_logits[real].float(), replaced[real].float()
-            )
+        z, y = (disc_logits, replaced) if real is None else (disc_logits[real], replaced[real])
+        z = loss_precision(z)
+        disc_loss = F.binary_cross_entropy_with_logits(z, y.to(z.dtype))
         loss = gen_loss + self.disc_weight * disc_loss
         losses = {"gen": gen_loss, "disc": disc_loss}
         if not metrics:
