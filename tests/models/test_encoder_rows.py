@@ -65,3 +65,26 @@ def test_a_head_hook_sees_every_position():
     handle.remove()
     assert seen == [(4, 3, 17, 8)]
     torch.testing.assert_close(out, enc(ids, pad)[rows])
+
+
+@pytest.mark.parametrize("kind", ["backward", "global forward"])
+def test_a_backward_or_global_hook_sees_every_position(kind):
+    """Forward hooks on the last block kept it whole; a backward hook there, or a global
+    module hook, saw only the selected rows' tensors. Now they keep it whole too."""
+    torch.manual_seed(0)
+    enc = Encoder(config()).double()
+    ids, rows, pad = data()
+    rows[3, 5:] = False  # no sequence has every position selected
+    mlp = enc.blocks[-1].mlp
+    seen = []
+    if kind == "backward":
+        handle = mlp.register_full_backward_hook(lambda m, gi, go: seen.append(go[0].shape))
+    else:
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: seen.append(o.shape) if m is mlp else None)
+    try:
+        out = enc(ids, pad, rows=rows)
+        out.sum().backward()
+    finally:
+        handle.remove()
+    assert seen == [(4, 17, 24)]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
-from ..kernels.cpu_linear import run_linear
+from ..kernels.cpu_linear import hooked, run_linear
 from .blocks import Block, Embeddings, activation_module, check_input_ids, init_weights, norm_module
 from .config import ModelConfig
 from .presets import generator_config
@@ -113,7 +113,7 @@ class Encoder(nn.Module):
         if any(type(m) is not nn.Linear for m in (last.mlp.fc_in, last.mlp.fc_out)):
             return False
         mods = [*last.modules()] + ([self.ln_f] if self.ln_f is not None else [])
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in mods)
+        return not any(hooked(m) for m in mods)
 
 
 class MLMHead(nn.Module):

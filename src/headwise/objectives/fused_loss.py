@@ -28,9 +28,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules import module as module_hooks
 
-from ..kernels.cpu_linear import dense, uses_onednn
+from ..kernels.cpu_linear import dense, hooked, uses_onednn
 
 __all__ = ["linear_cross_entropy", "fusable", "DEFAULT_CHUNK_ELEMS"]
 
@@ -40,22 +39,13 @@ __all__ = ["linear_cross_entropy", "fusable", "DEFAULT_CHUNK_ELEMS"]
 DEFAULT_CHUNK_ELEMS = 1 << 22
 
 
-def _hooked(m: nn.Module) -> bool:
-    """Whether calling ``m`` would run a hook: its own forward, forward-pre or backward
-    hooks, or torch's global module hooks (``nn.modules.module.register_module_*``)."""
-    own = (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
-    glob = (module_hooks._global_forward_hooks, module_hooks._global_forward_pre_hooks,
-            module_hooks._global_backward_hooks, module_hooks._global_backward_pre_hooks)
-    return any(own) or any(glob)
-
-
 def fusable(*modules: nn.Module) -> bool:
     """Whether ``modules`` can be bypassed for their weights: each a plain float module
     of its own class (a quantized replacement is another class) that no hook watches
     (``headwise.formats``' bf16 casts, inspection hooks and a user's forward or backward
     hooks must still run)."""
     for m in modules:
-        if _hooked(m):
+        if hooked(m):
             return False
         w = getattr(m, "weight", None)
         if w is not None and not w.is_floating_point():
