@@ -5,7 +5,8 @@ a message that names the flag, the value and what is accepted::
 
     headwise train: error: argument --steps: must be an integer >= 1, got '0'
 
-Also the help formatter every command uses: it shows each flag's default.
+Also the help formatter every command uses (it shows each flag's default), and
+:func:`refuse_unused`, the one refusal of a setting given where it would do nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 __all__ = [
     "positive_int", "nonneg_int", "seed_int", "thread_count", "positive_float", "nonneg_float", "int_at_least",
     "float_in",
-    "run_directory", "HelpFormatter",
+    "run_directory", "HelpFormatter", "refuse_unused",
 ]
 
 
@@ -127,3 +128,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None:
             return text + " (default: none)"
         return text + " (default: %(default)s)"
+
+
+def refuse_unused(settings: dict[str, object], context: str, remedy: str = "drop {it}") -> None:
+    """Raise ValueError when a setting in ``settings`` (flag -> value; None or False: not
+    given) was given although ``context`` makes it do nothing. The message names each
+    given flag with its value (a switch by its flag alone), then ``context``, then
+    ``remedy``, whose ``{it}`` becomes "it" or "them"::
+
+        --top-k 5 and --seed 3 have no effect with --temperature 0; drop them
+    """
+    given = [flag if value is True else f"{flag} {value}" for flag, value in settings.items()
+             if value is not None and value is not False]
+    if given:
+        many = len(given) > 1
+        raise ValueError(f"{' and '.join(given)} {'have' if many else 'has'} no effect {context}; "
+                         + remedy.format(it="them" if many else "it"))

@@ -45,7 +45,7 @@ from ..objectives import CausalLM, MaskedLM
 from ..protocols import Tokenizer
 from ..train.reader import load_run
 from ..train.rundir import MANIFEST, claim_entries, owned_entries, unclaim_entries
-from .cli_types import nonneg_int, positive_int, thread_count
+from .cli_types import nonneg_int, positive_int, refuse_unused, thread_count
 from .inspection import inspect_model
 
 __all__ = ["LoadedModel", "load_model", "read_text", "run_inspect", "register"]
@@ -272,9 +272,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     """The ``headwise inspect`` command (see the module docstring)."""
     out = Path(args.out)
     resolve_device(args.device, what="--device")  # refuse a bad --device before reading or writing anything
-    if args.importance_sentences is not None and not args.importance:
-        raise ValueError(f"--importance-sentences {args.importance_sentences} has no effect without --importance; "
-                         "add --importance or drop it")
+    if not args.importance:
+        refuse_unused({"--importance-sentences": args.importance_sentences}, "without --importance",
+                      "add --importance or drop {it}")
     if args.importance_sentences is None:
         args.importance_sentences = IMPORTANCE_SENTENCES
     if args.max_sentences is not None:

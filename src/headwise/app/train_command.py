@@ -30,7 +30,16 @@ from ..train.optim import OPTIMIZERS
 from ..train.reader import evaluate_run, load_run
 from ..train.recipes import RECIPES, apply_recipe
 from ..train.sanity import run_checks
-from .cli_types import float_in, nonneg_float, nonneg_int, positive_float, positive_int, run_directory, seed_int
+from .cli_types import (
+    float_in,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    refuse_unused,
+    run_directory,
+    seed_int,
+)
 from .format_eval import evaluate_run_format
 from .launch import launch, run_distributed
 
@@ -190,10 +199,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
         fields = apply_recipe(args.recipe, fields, given)
     fields.setdefault("out", f"runs/{fields['objective']}-{fields['preset']}")
     if args.max_time is not None and args.steps is None and not args.resume:
-        if given.get("decay", "constant") != "constant":
-            raise ValueError(f"--decay {given['decay']} has no effect with --max-time without --steps (the "
-                             "schedule cannot know its length, so the learning rate stays flat after warm-up); "
-                             "give --steps too, or drop --decay")
+        refuse_unused({"--decay": given.get("decay") if given.get("decay") != "constant" else None},
+                      "with --max-time without --steps (the schedule cannot know its length, so the "
+                      "learning rate stays flat after warm-up)", "give --steps too, or drop --decay")
         fields["steps"] = 10**9
         # with only a time budget the schedule cannot know its length: keep the lr flat
         fields["decay"] = "constant"
@@ -238,10 +246,9 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
         raise FileNotFoundError(f"--corpus {cfg.corpus!r}: no such file or folder; accepted: a file or folder "
                                 "(.txt .md .jsonl), stdlib-docs, stdlib-code or hf:NAME[:CONFIG]")
     if cfg.tokenizer is not None and not resume:
-        for flag, field in (("--vocab-size", "vocab_size"), ("--tokenizer-kind", "tokenizer_kind")):
-            if field in given:
-                raise ValueError(f"{flag} {given[field]} has no effect with --tokenizer {cfg.tokenizer!r} "
-                                 f"(the tokenizer file decides it); drop one of them")
+        refuse_unused({"--vocab-size": given.get("vocab_size"), "--tokenizer-kind": given.get("tokenizer_kind")},
+                      f"with --tokenizer {cfg.tokenizer!r} (the tokenizer file decides)",
+                      "drop {it} or --tokenizer")
         if not Path(cfg.tokenizer).is_file():
             raise FileNotFoundError(f"--tokenizer {cfg.tokenizer!r}: no such file; give a tokenizer.json "
                                     "(e.g. one from another run directory)")
@@ -284,9 +291,8 @@ def _refuse_ignored_settings(cfg: TrainConfig, given: dict) -> None:
         ("--min-lr-ratio", "min_lr_ratio", cfg.decay == "constant", flat, decays),
     )
     for flag, field, ignored, why, needs in unused:
-        if field in given and ignored:
-            shown = flag if isinstance(given[field], bool) else f"{flag} {given[field]}"
-            raise ValueError(f"{shown} has no effect with {why} (only with {needs}); drop it")
+        if ignored:
+            refuse_unused({flag: given.get(field)}, f"with {why} (only with {needs})")
 
 
 def _device_flag(parser: argparse.ArgumentParser) -> None:
@@ -335,11 +341,9 @@ def run_generate(args: argparse.Namespace) -> int:
         what = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"{chr(c)!r}"
         raise ValueError(f"--prompt is not UTF-8 text ({what} at character {e.start})") from None
     if args.temperature == 0:
-        given = [flag for flag, v in (("--top-k", args.top_k), ("--seed", args.seed)) if v is not None]
-        if given:
-            raise ValueError(f"{' and '.join(given)} ha{'ve' if len(given) > 1 else 's'} no effect with "
-                             f"--temperature 0, which always takes the most likely token; drop "
-                             f"{'them' if len(given) > 1 else 'it'} or give a temperature above 0")
+        refuse_unused({"--top-k": args.top_k, "--seed": args.seed},
+                      "with --temperature 0, which always takes the most likely token",
+                      "drop {it} or give a temperature above 0")
     top_k = TOP_K if args.top_k is None else args.top_k
     seed = 0 if args.seed is None else args.seed
     run = load_run(args.run, device=_run_device(args))
