@@ -12,6 +12,7 @@ from ..checks import check_choice, check_int, check_real
 from ..hardware.precision import PRECISIONS
 from .optim import OPTIMIZERS
 from .recipes import RECIPES
+from .rundir import replace_file
 from .schedule import DECAYS
 
 __all__ = ["TrainConfig", "DEFAULT_CORPUS"]
@@ -94,7 +95,9 @@ class TrainConfig:
             self.corpus = DEFAULT_CORPUS[self.objective]
 
     def to_json(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        """Write the settings to ``path`` (atomically: a resume that rewrites run.json and
+        is killed meanwhile leaves the old one whole)."""
+        replace_file(path, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: Path) -> TrainConfig:

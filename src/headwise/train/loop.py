@@ -40,7 +40,7 @@ from .config import TrainConfig
 from .evaluate import evaluate_blocks
 from .metrics import MetricsLog, plot_loss_curve
 from .optim import build_optimizer
-from .rundir import RunDir
+from .rundir import RunDir, replace_file
 from .sanity import run_start_checks
 from .schedule import make_scheduler
 
@@ -116,7 +116,7 @@ class Trainer:
             self._setup(cfg, resume=resume, progress=progress, device=device)
         except BaseException:
             if self._saved_run_json is not None:  # a refused resume changes nothing
-                (self.run_dir / "run.json").write_bytes(self._saved_run_json)
+                replace_file(self.run_dir / "run.json", self._saved_run_json)
             if self._rundir is not None:
                 self._rundir.abort()  # leave nothing that would block the corrected command
             raise

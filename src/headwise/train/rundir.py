@@ -25,14 +25,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["RunDir", "RunDirError", "RunLockedError", "MANIFEST", "RUN_ENTRIES", "register_run_entry",
-           "owned_entries", "claim_entries", "unclaim_entries"]
+           "owned_entries", "claim_entries", "unclaim_entries", "replace_file"]
 
 MANIFEST = ".headwise-run.json"
 LOCK = ".lock"
 _ASIDE = ".headwise-replaced"
 # every top-level entry a run of headwise writes (other layers add theirs with register_run_entry)
-RUN_ENTRIES = ["run.json", "config.json", "tokenizer.json", "metrics.jsonl", "metrics.tmp", "loss.png",
-               "precision.json", "checkpoints"]
+RUN_ENTRIES = ["run.json", "run.json.tmp", "config.json", "tokenizer.json", "metrics.jsonl", "metrics.tmp",
+               "loss.png", "precision.json", "checkpoints"]
 
 try:  # POSIX; elsewhere the lock is advisory only through the pid it records
     import fcntl
@@ -67,11 +67,22 @@ def _read_manifest(folder: Path) -> dict | None:
     return data
 
 
+def replace_file(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` atomically: into ``<name>.tmp`` beside it, flushed to
+    disk, then renamed over it. A process killed meanwhile (or a power loss) leaves the
+    old file whole, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _write_manifest_file(folder: Path, data: dict) -> None:
-    """Replace the manifest of ``folder`` with ``data`` atomically (a temporary file, then a rename)."""
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, folder / MANIFEST)
+    """Replace the manifest of ``folder`` with ``data`` atomically."""
+    replace_file(folder / MANIFEST, json.dumps(data, indent=1) + "\n")
 
 
 def owned_entries(folder: str | os.PathLike) -> set[str] | None:
