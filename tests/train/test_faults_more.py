@@ -1,4 +1,5 @@
-"""More faults a careful user meets: a run killed while a resume rewrites run.json.
+"""More faults a careful user meets: a run killed while a resume rewrites run.json, a
+torn last line in metrics.jsonl (a kill or a full disk while it was being appended).
 After each the run still resumes, and ends where an uninterrupted run ends."""
 
 import json
@@ -17,6 +18,7 @@ from tiny_runs import tiny_cfg, write_corpus
 
 from headwise.cli import main
 from headwise.train import Trainer
+from headwise.train.metrics import MetricsLog
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,26 @@ def test_a_kill_while_a_resume_rewrites_run_json_leaves_the_run_resumable(world,
     assert main(["train", "--out", str(twin), "--resume", "--steps", "12", "--quiet", "--no-report"]) == 0
     a, b = _weights(run, 12), _weights(twin, 12)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_torn_last_metrics_line_does_not_block_the_resume(world, capsys):
+    """A run killed (or out of disk) while appending to metrics.jsonl left half a line;
+    ``--resume`` then stopped with "Unterminated string starting at: line 1 column 22".
+    Now the torn line is dropped and the run resumes, its log the uninterrupted one's."""
+    run = _copy(world, "torn-metrics")
+    shutil.rmtree(run / "checkpoints" / "step-00000008")  # killed in step 9's log write...
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "split": "tr')  # ...after the checkpoint of step 8: say at step 4
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0, capsys.readouterr().err
+    assert _rows(run) == _rows(world["ref"])
+    a, b = _weights(run, 8), _weights(world["ref"], 8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_damaged_metrics_line_elsewhere_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2}\nnot json\n{"step": 4}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl is damaged: line 2 is not a JSON record"):
+        MetricsLog(path).read()
+    path.write_text('{"step": 2}\n{"step": 4, "lo')
+    assert MetricsLog(path).read() == [{"step": 2}]

@@ -27,9 +27,27 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
+        """The records. A torn last line (a run killed, or a disk that filled up, while
+        it was being written: no newline after it) is not one and is skipped; any other
+        line that is not a JSON object is refused, naming the file and the line."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        text = self.path.read_text(encoding="utf-8", errors="replace")
+        lines = text.splitlines()
+        records = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            elif not (n == len(lines) and not text.endswith("\n")):
+                raise ValueError(f"{self.path} is damaged: line {n} is not a JSON record; "
+                                 "fix or delete that line")
+        return records
 
 
 def plot_loss_curve(records: list[dict[str, Any]], out: Path, title: str = "") -> Path:
