@@ -25,10 +25,11 @@ from torch import Tensor, nn
 
 from .attention.backends import check_backend_name
 from .attention.functional import attend
+from .attention.inputs import is_autocast_input
 from .attention.masks import normalize_mask
 from .checks import check_int
 
-__all__ = ["MultiheadAttention", "ShapeError", "ShapeRuntimeError"]
+__all__ = ["MultiheadAttention", "ShapeError", "ShapeRuntimeError", "DtypeError", "DtypeRuntimeError"]
 
 
 class ShapeError(ValueError, AssertionError):
@@ -42,6 +43,18 @@ class ShapeRuntimeError(ValueError, RuntimeError):
     """An input of the wrong shape (or a missing mask), where torch raises a
     RuntimeError; caught by ``except ValueError`` and ``except RuntimeError``, with
     torch's sentence in the message."""
+
+
+class DtypeError(TypeError, AssertionError):
+    """A mask of a dtype torch refuses with an AssertionError (neither bool nor
+    floating point); caught by ``except TypeError`` and ``except AssertionError``, with
+    torch's sentence in the message."""
+
+
+class DtypeRuntimeError(TypeError, RuntimeError):
+    """An input whose dtype does not match the module's weights (or a float mask whose
+    dtype does not match the query's), where torch raises a RuntimeError; caught by
+    ``except TypeError`` and ``except RuntimeError``, with torch's sentence in the message."""
 
 
 def _both(ours: str, theirs: str) -> str:
@@ -158,6 +171,8 @@ class MultiheadAttention(nn.Module):
         for name, t in (("query", query), ("key", key), ("value", value)):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        for name, t in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            _check_mask_type(name, t)
         batched = query.dim() == 3
         self._check_ranks(query, key, value, key_padding_mask, attn_mask)
         if is_causal and attn_mask is None:
@@ -190,10 +205,15 @@ class MultiheadAttention(nn.Module):
                 f"key's sequence and batch dims {key.shape[:2]} do not match value's {value.shape[:2]}",
             ))
         if key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
-            raise ShapeRuntimeError(
-                f"key and value must have last dimensions kdim={self.kdim} and "
-                f"vdim={self.vdim}, got {key.shape[-1]} and {value.shape[-1]}"
-            )
+            ours = (f"key and value must have last dimensions kdim={self.kdim} and "
+                    f"vdim={self.vdim}, got {key.shape[-1]} and {value.shape[-1]}")
+            if self._qkv_same_embed_dim:  # torch: the packed projection's matmul fails
+                raise ShapeRuntimeError(ours)
+            # torch asserts the separate projections' shapes, key's first
+            name, t, w = (("key", key, self.k_proj_weight) if key.shape[-1] != self.kdim
+                          else ("value", value, self.v_proj_weight))
+            raise ShapeError(_both(ours, f"expecting {name} weights shape of {(self.embed_dim, t.shape[-1])}, "
+                                         f"but got {w.shape}"))
         if key.shape[1] != bsz:
             raise ShapeRuntimeError(
                 f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the batch size of "
@@ -201,8 +221,12 @@ class MultiheadAttention(nn.Module):
             )
         w = self.out_proj.weight
         for name, t in (("query", query), ("key", key), ("value", value)):
-            if t.dtype != w.dtype:
-                raise TypeError(f"{name} has dtype {t.dtype} but the module's weights are {w.dtype}")
+            if t.dtype != w.dtype and not is_autocast_input(t):  # autocast casts the weights itself
+                raise DtypeRuntimeError(_both(
+                    f"{name} has dtype {t.dtype} but the module's weights are {w.dtype}",
+                    f"mat1 and mat2 must have the same dtype, but got {_dtype_name(t.dtype)} and "
+                    f"{_dtype_name(w.dtype)}",
+                ))
             if t.device != w.device:
                 raise ValueError(f"{name} is on {t.device} but the module's weights are on {w.device}")
 
@@ -226,8 +250,19 @@ class MultiheadAttention(nn.Module):
         # replaces attn_mask unless a key padding mask or the weights are involved
         causal = (is_causal and key_padding_mask is None and not need_weights
                   and self.bias_k is None and not self.add_zero_attn)
+        if not torch.is_autocast_enabled(query.device.type):  # (autocast decides the dtypes itself)
+            for name, m in (("attn_mask", None if causal else attn_mask), ("key_padding_mask", key_padding_mask)):
+                if m is not None and m.is_floating_point() and m.dtype != query.dtype:
+                    raise DtypeRuntimeError(
+                        f"{name} has dtype {m.dtype} but query has {query.dtype}: a float mask must have the "
+                        f"query's dtype (or give a bool mask) [torch: Expected attn_mask dtype to be bool or "
+                        f"float or to match query dtype]")
         if causal:
-            attn_mask = None
+            # torch's hint means sdpa's is_causal: the top-left triangle, which for L != S
+            # is not headwise's bottom-right causal flag, so that case gets it as a mask
+            attn_mask = None if tgt_len == src_len else torch.ones(
+                tgt_len, src_len, dtype=torch.bool, device=query.device).triu(1)[None, None]
+            causal = tgt_len == src_len
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(1, bsz, -1)])
             v = torch.cat([v, self.bias_v.expand(1, bsz, -1)])
@@ -345,6 +380,28 @@ class MultiheadAttention(nn.Module):
                         f"{tuple(attn_mask.shape)}",
                         f"Expected `attn_mask` shape to be {want} but got {attn_mask.shape}",
                     ))
+
+
+def _check_mask_type(name: str, mask: object) -> None:
+    """``mask`` is None or a bool or floating-point tensor, as torch's ``_canonical_mask``
+    requires (TypeError for a non-tensor, :class:`DtypeError` for another dtype)."""
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be None or a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise DtypeError(_both(
+            f"{name} must be a bool tensor (True = masked out) or a floating additive tensor, got dtype "
+            f"{mask.dtype}",
+            f"only bool and floating types of {name} are supported",
+        ))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """torch's C++ name of ``dtype`` as its matmul errors write it (``Float``, ``Double``, ...)."""
+    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+            torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+            torch.uint8: "Byte", torch.bool: "Bool"}.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def _check_key_padding_mask(key_padding_mask: Tensor, bsz: int, src_len: int) -> None:

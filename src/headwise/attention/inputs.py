@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..checks import check_int
 
-__all__ = ["layer_sizes", "check_layer_input"]
+__all__ = ["layer_sizes", "check_layer_input", "is_autocast_input"]
 
 
 def layer_sizes(d_model: int, n_heads: int, head_dim: int | None, n_kv_heads: int | None,
@@ -56,7 +56,7 @@ def check_layer_input(name: str, t: object, width: int, dtype: torch.dtype | Non
         )
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if dtype is not None and t.dtype != dtype and not _autocast_to(t):
+    if dtype is not None and t.dtype != dtype and not is_autocast_input(t):
         raise TypeError(
             f"{name} has dtype {t.dtype} but the layer's weights are {dtype}; "
             f"convert one of them (e.g. layer.to({t.dtype}))"
@@ -67,7 +67,7 @@ def check_layer_input(name: str, t: object, width: int, dtype: torch.dtype | Non
         )
 
 
-def _autocast_to(t: Tensor) -> bool:
+def is_autocast_input(t: Tensor) -> bool:
     """Whether ``t`` is in the dtype an active ``torch.autocast`` computes in: the
     projections then cast the (fp32) weights themselves, so mixed dtypes are right."""
     kind = t.device.type
