@@ -23,6 +23,7 @@ and is refused.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import time
 from dataclasses import dataclass
@@ -202,9 +203,16 @@ def _objective_fns(loaded: LoadedModel) -> tuple[Any, Any]:
     return loss_fn, metric_fn
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an ``--out`` that is a file, or a non-empty folder without ``--overwrite``;
-    with it, one holding a report file headwise did not write (see :func:`_report_files_to_replace`)."""
+def _check_out(text: str, overwrite: bool) -> Path:
+    """``--out`` as a Path; refuses one that is empty (``Path('')`` is the working folder),
+    a file, a link to nothing, or a non-empty folder without ``--overwrite``; with it, one
+    holding a report file headwise did not write (see :func:`_report_files_to_replace`)."""
+    if not text.strip():
+        raise ValueError(f"--out {text!r} is empty; give a folder for the report")
+    out = Path(text)
+    if out.is_symlink() and not out.exists():
+        raise FileExistsError(f"--out {text!r} is a link to {os.readlink(out)!r}, which does not exist; "
+                              "give a folder")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -212,6 +220,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
             raise FileExistsError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace "
                                   "the report in it")
         _report_files_to_replace(out)
+    return out
 
 
 def _report_files_to_replace(out: Path) -> list[str]:
@@ -270,7 +279,6 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run_inspect(args: argparse.Namespace) -> int:
     """The ``headwise inspect`` command (see the module docstring)."""
-    out = Path(args.out)
     resolve_device(args.device, what="--device")  # refuse a bad --device before reading or writing anything
     if not args.importance:
         refuse_unused({"--importance-sentences": args.importance_sentences}, "without --importance",
@@ -292,7 +300,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         source = args.text
     if args.max_sentences is not None:
         data = data[: args.max_sentences]
-    _check_out(out, args.overwrite)
+    out = _check_out(args.out, args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
 

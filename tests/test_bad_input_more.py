@@ -1,0 +1,76 @@
+"""Bad input outside training, found by a second sweep: each case is refused with exit
+status 2 and one line naming what was wrong (or, from the API, the exception type torch
+or Python would raise, naming the argument), and nothing headwise did not write is
+touched."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from tiny_runs import write_corpus
+
+from headwise.cli import main
+
+
+@pytest.fixture(scope="module")
+def clm_run(tmp_path_factory):
+    """A clm run of two steps (about a second)."""
+    root = tmp_path_factory.mktemp("bad_input_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADWISE_CACHE", str(root / "cache"))
+        corpus = write_corpus(root / "corpus.txt", docs=60)
+        run = root / "clm"
+        assert main(["train", "--objective", "clm", "--corpus", str(corpus), "--out", str(run), "--steps", "2",
+                     "--batch-size", "2", "--block-len", "17", "--model",
+                     "n_layers=1,d_model=32,n_heads=2,d_ff=64,max_len=16", "--no-sanity-checks", "--no-report",
+                     "--quiet", "--device", "cpu"]) == 0
+        yield run
+
+
+@pytest.fixture
+def text(tmp_path):
+    path = tmp_path / "s.txt"
+    path.write_text("the cat sat on the mat.\na dog ran under the tree.\n")
+    return path
+
+
+def _refused(argv, capsys) -> str:
+    """The one error line of a refused command (status 2, no traceback)."""
+    status = main(argv)
+    out, err = capsys.readouterr()
+    assert status == 2, (status, out, err)
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ inspect --out
+@pytest.mark.parametrize("out", ["", "  "])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_inspect_out_empty_is_refused_not_taken_as_the_working_folder(clm_run, text, tmp_path, monkeypatch,
+                                                                      capsys, out, overwrite):
+    """Path('') is '.': `inspect --out ''` wrote report.html, figures and a manifest
+    into the working folder (train refuses --out '' already)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "mine.txt").write_text("the user's")
+    monkeypatch.chdir(cwd)
+    line = _refused(["inspect", str(clm_run), "--text", str(text), "--out", out, "--device", "cpu",
+                     *(["--overwrite"] if overwrite else [])], capsys)
+    assert f"--out {out!r} is empty" in line
+    assert sorted(p.name for p in cwd.iterdir()) == ["mine.txt"]
+
+
+def test_inspect_out_that_is_a_dangling_link_is_refused_before_inspecting(clm_run, text, tmp_path, capsys,
+                                                                         monkeypatch):
+    """was: the whole inspection ran, then mkdir failed with '/…/out: File exists'."""
+    import headwise.app.inspect_command as ic
+
+    link = tmp_path / "out"
+    os.symlink(tmp_path / "gone", link)
+    monkeypatch.setattr(ic, "load_model", lambda *a, **k: pytest.fail("loaded the model before refusing --out"))
+    line = _refused(["inspect", str(clm_run), "--text", str(text), "--out", str(link), "--device", "cpu"], capsys)
+    assert f"--out {str(link)!r} is a link to" in line and "which does not exist" in line
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
