@@ -73,16 +73,24 @@ class TrainConfig:
         for name in ("steps", "batch_size", "block_len", "accum", "eval_every", "log_every",
                      "checkpoint_every", "eval_batches", "keep_checkpoints", "vocab_size"):
             check_int(name, getattr(self, name))
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        check_int("warmup", self.warmup, minimum=0)
+        # check_real refuses NaN and inf too (NaN passes a plain `<= 0`); a grad_clip <= 0
+        # would zero or flip every gradient (clip_grad_norm_ scales by it), never train
+        for name in ("lr", "grad_clip", "rtd_disc_weight"):
+            check_real(name, getattr(self, name), minimum=0, min_open=True, what="a finite float > 0")
+        check_real("weight_decay", self.weight_decay, minimum=0, what="a finite float >= 0")
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2):
+            raise ValueError(f"betas must be two floats in [0, 1), got {self.betas!r}")
+        for b in self.betas:
+            check_real("betas", b, minimum=0, maximum=1, max_open=True, what="two floats in [0, 1)")
+        if self.dropout is not None:
+            check_real("dropout", self.dropout, minimum=0, maximum=1, max_open=True, what="None or in [0, 1)")
         check_real("min_lr_ratio", self.min_lr_ratio, minimum=0, maximum=1, what="in [0, 1]")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_real("muon_lr", self.muon_lr, minimum=0, min_open=True, what="positive")
         check_choice("recipe", self.recipe, [*sorted(RECIPES), None])
-        if self.max_time is not None and self.max_time <= 0:
-            raise ValueError(f"max_time must be positive minutes, got {self.max_time}")
+        if self.max_time is not None:
+            check_real("max_time", self.max_time, minimum=0, min_open=True, what="None or minutes > 0")
         check_choice("decay", self.decay, DECAYS)
         check_choice("rtd_generator", self.rtd_generator, RTD_GENERATORS)
         check_choice("precision", self.precision, PRECISIONS)
