@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
@@ -59,7 +60,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention: str | None = None,
              kernel: str = "auto", calibration: Iterable[Any] | None = None,
              calibration_forward: Callable[[nn.Module, Any], Any] | None = None,
-             smooth_alpha: float = 0.75) -> nn.Module:
+             smooth_alpha: float | None = None) -> nn.Module:
     """Return ``model`` in number ``format``: ``"fp32"`` (unchanged), ``"bf16"`` or ``"int8"``.
 
     * ``"bf16"``: weights and activations in bfloat16; the model (and its ``encoder``,
@@ -94,22 +95,30 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
         calibration_forward: ``f(model, batch)`` to run a calibration batch; default
             ``model(batch)``.
         smooth_alpha: SmoothQuant's migration strength in [0, 1] (0: none; 1: all of
-            the activations' range moves into the weights).
+            the activations' range moves into the weights); with ``calibration`` only
+            (default :data:`SMOOTH_ALPHA`).
+
+    ``kernel``, ``calibration``, ``calibration_forward`` and ``smooth_alpha`` given
+    where they would do nothing (another format than int8, or no calibration) are
+    refused rather than ignored.
 
     Raises:
         ValueError: ``format`` is not one of :data:`FORMATS`, the model's device has no
             path for it (int8 needs PyTorch's quantized CPU engine or CUDA sm_75+), or
             the model was already quantised.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    _refuse_unused_settings(format, kernel=kernel, calibration=calibration,
+                            calibration_forward=calibration_forward, smooth_alpha=smooth_alpha)
+    smooth_alpha = SMOOTH_ALPHA if smooth_alpha is None else smooth_alpha
     current = model_format(model)
     if current != "fp32":
         raise ValueError(f"model is already in format {current!r}; quantize a float32 model")
     if attention not in (None, "int8"):
         raise ValueError(f"attention must be None or 'int8', got {attention!r}")
-    if calibration is not None and format != "int8":
-        raise ValueError(f"calibration is used by format 'int8' only, got format {format!r}")
     if not 0.0 <= smooth_alpha <= 1.0:
         raise ValueError(f"smooth_alpha must be in [0, 1], got {smooth_alpha!r}")
     device = _device_of(model)
@@ -133,6 +142,29 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
                 m.backend = "int8"
     setattr(model, _FORMAT_ATTR, format)
     return model
+
+
+#: SmoothQuant's migration strength when :func:`quantize` is given none
+SMOOTH_ALPHA = 0.75
+
+
+def _refuse_unused_settings(format: str, *, kernel: str, calibration: Any, calibration_forward: Any,
+                            smooth_alpha: float | None) -> None:
+    """ValueError naming each :func:`quantize` argument given where it would do nothing."""
+    settings = (  # (as named in the message, given, used)
+        (f"kernel={kernel!r}", kernel != "auto", format == "int8"),
+        ("calibration", calibration is not None, format == "int8"),
+        ("calibration_forward", calibration_forward is not None, format == "int8" and calibration is not None),
+        (f"smooth_alpha={smooth_alpha!r}", smooth_alpha is not None, format == "int8" and calibration is not None),
+    )
+    unused = [name for name, given, used in settings if given and not used]
+    if not unused:
+        return
+    why = (f"with format {format!r} (used by format 'int8' only)" if format != "int8"
+           else "without calibration (SmoothQuant needs calibration batches)")
+    many = len(unused) > 1
+    raise ValueError(f"{' and '.join(unused)} {'have' if many else 'has'} no effect {why}; "
+                     f"drop {'them' if many else 'it'}" + ("" if format != "int8" else " or give calibration"))
 
 
 @torch.no_grad()
@@ -259,12 +291,20 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
     if name not in classes or not hasattr(model, "cfg"):
         raise TypeError(f"save_quantized takes a headwise model, one of {sorted(classes)}; got {name}")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"save_quantized: {str(path)!r} is a folder; give a file name "
+                                "(e.g. model.safetensors)")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"headwise_format": model_format(model), "model_class": name,
             "config": json.dumps(model.cfg.to_dict())}
-    tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp), metadata=meta)
-    os.replace(tmp, path)  # never a half-written file under the real name
+    # a new temporary name of our own (never an existing file's), renamed over path when complete
+    tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
+    try:
+        save_model(model, tmp, metadata=meta)
+        os.replace(tmp, path)  # never a half-written file under the real name
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
 
 
@@ -272,10 +312,16 @@ def load_quantized(path: str | os.PathLike, *, device: str | torch.device = "cpu
     """Rebuild a model written by :func:`save_quantized`, in its format, on ``device``
     (int8 models are quantised on ``device`` and then given the saved int8 weights and
     scales, so outputs match the saved model's exactly)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a safetensors file written by save_quantized ({e})") from None
     if "headwise_format" not in meta:
         raise ValueError(f"{path} was not written by save_quantized (no headwise_format metadata)")
+    if meta.get("model_class") not in _MODEL_CLASSES:
+        raise ValueError(f"{path}: model_class {meta.get('model_class')!r} in its metadata is not one of "
+                         f"{sorted(_MODEL_CLASSES)}")
     cls = _MODEL_CLASSES[meta["model_class"]]
     cfg = ModelConfig.from_dict(json.loads(meta["config"]))
     with warnings.catch_warnings():
