@@ -74,3 +74,13 @@ def test_inspect_out_that_is_a_dangling_link_is_refused_before_inspecting(clm_ru
     line = _refused(["inspect", str(clm_run), "--text", str(text), "--out", str(link), "--device", "cpu"], capsys)
     assert f"--out {str(link)!r} is a link to" in line and "which does not exist" in line
     assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+# ------------------------------------------------------------------ the attention layer
+@pytest.mark.parametrize("theta", [float("nan"), float("inf"), 0.0, -1.0, "1e4"])
+def test_rope_theta_that_is_not_a_finite_positive_number_is_refused(theta):
+    """was: NaN and inf were accepted, and every rotated query and key became NaN."""
+    from headwise.attention import MultiHeadAttention
+
+    with pytest.raises(ValueError, match="rope_theta must be a finite positive float"):
+        MultiHeadAttention(8, 2, rope=True, rope_theta=theta)

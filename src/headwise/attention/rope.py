@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_real
+
 __all__ = ["RotaryEmbedding"]
 
 
@@ -24,10 +26,9 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
-        if theta <= 0:
-            raise ValueError(f"rope_theta must be positive, got {theta}")
+        # a NaN or infinite base passed `theta <= 0` and made every rotated query and key NaN
+        self.theta = check_real("rope_theta", theta, minimum=0, min_open=True, what="a finite positive float")
         self.head_dim = head_dim
-        self.theta = float(theta)
 
     def cos_sin(self, length: int, offset: int, device, dtype) -> tuple[Tensor, Tensor]:
         """``cos, sin`` of shape ``(length, D)`` for positions ``offset ..``.
