@@ -18,6 +18,7 @@ from tiny_runs import tiny_cfg, write_corpus
 
 from headwise.cli import main
 from headwise.train import Trainer
+from headwise.train.loop import NonFiniteError
 from headwise.train.metrics import MetricsLog
 
 
@@ -108,3 +109,33 @@ def test_a_damaged_metrics_line_elsewhere_is_named(tmp_path):
         MetricsLog(path).read()
     path.write_text('{"step": 2}\n{"step": 4, "lo')
     assert MetricsLog(path).read() == [{"step": 2}]
+
+
+def _poison_step(trainer: Trainer, step: int) -> None:
+    """Make the loss of optimizer step ``step`` (0-based) NaN, as a diverging run's."""
+    forward = trainer.forward
+
+    def poisoned(*a, **k):
+        out = forward(*a, **k)
+        if trainer.step == step:
+            out.loss = out.loss * float("nan")
+        return out
+
+    trainer.forward = poisoned
+
+
+@pytest.mark.parametrize("at", [6, 4])  # 4: right after the checkpoint of step 4, which it re-saves
+def test_a_diverged_run_saves_the_state_before_the_step_with_its_random_streams(world, at):
+    """A non-finite loss saves "the last good state"; it used to save the random streams
+    as the failing step had left them (overwriting the checkpoint of that step when there
+    was one), so a resume from it no longer replayed the run. Now they are those the step
+    started from: a resume ends exactly where the uninterrupted run ends."""
+    run = world["root"] / f"diverged-at-{at}"
+    t = Trainer(tiny_cfg(world["corpus"], run), progress=False)
+    _poison_step(t, at)
+    with pytest.raises(NonFiniteError, match=f"saved the last good state to .*step-{at:08d}"):
+        t.run()
+    del t
+    Trainer(tiny_cfg(world["corpus"], run), resume=True, progress=False).run()
+    a, b = _weights(run, 8), _weights(world["ref"], 8)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -151,6 +151,7 @@ class Trainer:
         # on the batches' device: the maskers draw with it where the tokens are (CPU: as before)
         self.mask_rng = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = 0
+        self._step_rng: dict[str, Any] | None = None  # the random streams at the start of the step under way
         self.resumed_from: Path | None = None
         #: lines about the resume (which checkpoint, which broken ones were skipped)
         self.resume_notes: list[str] = []
@@ -266,6 +267,8 @@ class Trainer:
         """One optimizer step (``accum`` micro-batches); returns averaged metrics."""
         self.objective.train()
         self.optimizer.zero_grad(set_to_none=True)
+        # the random streams as the step found them: a failing step rewinds to them (_fail)
+        self._step_rng = rng_state({"mask": self.mask_rng})
         totals: dict[str, float] = {}
         for micro in range(self.cfg.accum):
             for k, v in self._micro_step(micro).items():
@@ -301,7 +304,12 @@ class Trainer:
         return nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
 
     def _fail(self, what: str) -> None:
-        path = self.save()  # the weights are still those before this step: worth keeping
+        # the weights, optimizer and schedule are still those before this step: worth
+        # keeping, with the random streams of then too, so that a resume from this
+        # checkpoint (or one at this step it replaces) replays the step exactly
+        if self._step_rng is not None:
+            set_rng_state(self._step_rng, {"mask": self.mask_rng})
+        path = self.save()
         raise NonFiniteError(f"{what}; stopped and saved the last good state to {path}")
 
     def evaluate(self, split: str = "val", max_batches: int | None = None) -> dict[str, float]:
