@@ -84,3 +84,34 @@ def test_rope_theta_that_is_not_a_finite_positive_number_is_refused(theta):
 
     with pytest.raises(ValueError, match="rope_theta must be a finite positive float"):
         MultiHeadAttention(8, 2, rope=True, rope_theta=theta)
+
+
+# ------------------------------------------------------------------ inspect --importance
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+    """An MLM run of two steps."""
+    from tiny_runs import tiny_cfg
+
+    from headwise.train import Trainer
+
+    root = tmp_path_factory.mktemp("bad_input_mlm")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADWISE_CACHE", str(root / "cache"))
+        corpus = write_corpus(root / "corpus.txt", docs=120)
+        cfg = tiny_cfg(corpus, root / "run", steps=2, vocab_size=200, warmup=1, eval_every=2, eval_batches=1,
+                       log_every=1, checkpoint_every=2, dropout=0.0, device="cpu")
+        Trainer(cfg, progress=False).run()
+        yield root / "run"
+
+
+def test_importance_whose_loss_scored_no_token_is_refused_not_reported_as_zeros(mlm_run, tmp_path, capsys):
+    """was: with one short sentence the masked-LM objective masked none of its tokens,
+    the loss was 0 and the report listed 'most important heads: L0H0 0.00, L0H1 0.00, ...'
+    and a flat pruning curve, as if that were a finding."""
+    text = tmp_path / "s.txt"
+    text.write_text("the cat.\n")
+    out = tmp_path / "o"
+    line = _refused(["inspect", str(mlm_run), "--text", str(text), "--out", str(out), "--importance",
+                     "--importance-sentences", "1", "--examples", "1", "--device", "cpu"], capsys)
+    assert "--importance" in line and "does not depend on any head" in line and "--importance-sentences" in line
+    assert not out.exists()

@@ -323,6 +323,12 @@ def run_inspect(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = inspect_model(loaded.model, data, loaded.tokenizer, batch_size=args.batch_size,
                            keep_examples=args.examples, **kw)
+    if result.importance is not None and not result.importance.any():
+        used = sum(int(ids.shape[0]) for _, ids in kw["loss_batches"])
+        raise ValueError(
+            f"--importance: the model's loss on the {used} importance sentence(s) does not depend on any head "
+            f"(every importance is 0: the objective scored no token, as when masked-LM masks none of a few short "
+            f"sentences); give more --importance-sentences (now {args.importance_sentences})")
     result.data["source"] = source
     result.model["loaded"] = loaded.description
     inspect_s = time.perf_counter() - t0
