@@ -115,3 +115,40 @@ def test_importance_whose_loss_scored_no_token_is_refused_not_reported_as_zeros(
                      "--importance-sentences", "1", "--examples", "1", "--device", "cpu"], capsys)
     assert "--importance" in line and "does not depend on any head" in line and "--importance-sentences" in line
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ headwise.inspect
+@pytest.fixture(scope="module")
+def decoder():
+    import torch
+
+    from headwise.models import Decoder, ModelConfig
+
+    torch.manual_seed(0)
+    return Decoder(ModelConfig(vocab_size=40, d_model=16, n_heads=2, n_layers=2, d_ff=32, max_len=8)).eval()
+
+
+def test_pruning_curve_refuses_importance_that_is_not_finite(decoder):
+    """was: NaN importance sorted the heads in an arbitrary order and drew a curve from it."""
+    import torch
+
+    from headwise.inspect import pruning_curve
+
+    importance = torch.ones(2, 2)
+    importance[1, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"importance must be finite, got 1 NaN"):
+        pruning_curve(decoder, importance, [torch.zeros(1, 4, dtype=torch.long)], lambda m, b: 1.0)
+
+
+def test_means_with_mode_zero_is_refused_not_ignored(decoder):
+    import torch
+
+    from headwise.inspect import ablate_heads, pruning_curve
+
+    means = torch.zeros(2, 2, 8)
+    with pytest.raises(ValueError, match="means has no effect with mode='zero'"):
+        with ablate_heads(decoder, [(0, 0)], means=means):
+            pass
+    with pytest.raises(ValueError, match="means has no effect with mode='zero'"):
+        pruning_curve(decoder, torch.ones(2, 2), [torch.zeros(1, 4, dtype=torch.long)], lambda m, b: 1.0,
+                      means=means)

@@ -179,6 +179,9 @@ def ablate_heads(
     :func:`head_means`). Yields the bool mask used."""
     if mode not in ABLATION_MODES:
         raise ValueError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
+    if mode == "zero" and means is not None:
+        raise ValueError("means has no effect with mode='zero' (the heads' output becomes 0); drop it or "
+                         "use mode='mean'")
     shape = n_layers_heads(model)
     mask = heads_to_mask(heads, shape)
     if mode == "mean":
@@ -228,6 +231,14 @@ def pruning_curve(
     by running ``metric_fn``."""
     shape = n_layers_heads(model)
     _check_lh("importance", importance, shape)
+    if not torch.isfinite(importance).all():  # NaN would put the heads in an arbitrary order
+        raise ValueError(f"importance must be finite, got {int((~torch.isfinite(importance)).sum())} NaN or "
+                         "infinite value(s)")
+    if mode not in ABLATION_MODES:
+        raise ValueError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
+    if mode == "zero" and means is not None:
+        raise ValueError("means has no effect with mode='zero' (the heads' output becomes 0); drop it or "
+                         "use mode='mean'")
     check_real("step", step, minimum=0, min_open=True, maximum=1, what="a fraction in (0, 1]")
     batches = list(batches)
     if not batches:
