@@ -125,3 +125,19 @@ def test_float_mask_dropped_by_the_causal_hint_is_not_read_as_in_torch():
     want, _ = theirs(x, x, x, attn_mask=mask, is_causal=True, need_weights=False)
     got, _ = ours(x, x, x, attn_mask=mask, is_causal=True, need_weights=False)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("args", [(8.0, 2), ("8", 2), (8, None)])
+def test_sizes_that_are_not_ints_raise_type_error_as_in_torch(args):
+    with pytest.raises(TypeError):
+        torch.nn.MultiheadAttention(*args)
+    with pytest.raises(TypeError, match="must be an int, got"):  # was ValueError "must be a positive int"
+        MultiheadAttention(*args)
+
+
+def test_sizes_below_one_still_raise_value_error_as_in_torch():
+    for args in ((0, 1), (8, 0), (8, -2)):
+        with pytest.raises(ValueError):
+            torch.nn.MultiheadAttention(*args)
+        with pytest.raises(ValueError, match="must be a positive int"):
+            MultiheadAttention(*args)

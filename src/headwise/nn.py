@@ -27,7 +27,7 @@ from .attention.backends import check_backend_name
 from .attention.functional import attend
 from .attention.inputs import is_autocast_input
 from .attention.masks import normalize_mask
-from .checks import check_int
+from .checks import check_int, is_int
 
 __all__ = ["MultiheadAttention", "ShapeError", "ShapeRuntimeError", "DtypeError", "DtypeRuntimeError"]
 
@@ -91,8 +91,10 @@ class MultiheadAttention(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        check_int("embed_dim", embed_dim)
-        check_int("num_heads", num_heads)
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if not is_int(value):  # torch: a TypeError from torch.empty (or from the % check)
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+            check_int(name, value)
         if embed_dim % num_heads != 0:
             raise ShapeError(_both(
                 f"num_heads ({num_heads}) must divide embed_dim ({embed_dim}); for heads of "
