@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import tiny_cfg, write_corpus
+from tiny_runs import tiny_cfg, tiny_cli_args, write_corpus
 
 from headwise.cli import main
 from headwise.train import Trainer
+from headwise.train.checkpoint import checkpoint_report
 from headwise.train.loop import NonFiniteError
 from headwise.train.metrics import MetricsLog
 
@@ -137,5 +138,48 @@ def test_a_diverged_run_saves_the_state_before_the_step_with_its_random_streams(
         t.run()
     del t
     Trainer(tiny_cfg(world["corpus"], run), resume=True, progress=False).run()
+    a, b = _weights(run, 8), _weights(world["ref"], 8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# kill -9 in the middle of a save: after trainer.pt of step 8 is written / while retention
+# deletes the oldest folder (one file gone)
+_KILL_IN_SAVE = {
+    "writing": """
+        import headwise.train.checkpoint as ck
+        real = ck.torch.save
+        def save(obj, f, *a, **k):
+            real(obj, f, *a, **k)
+            if "step-00000008" in str(f):
+                os.kill(os.getpid(), signal.SIGKILL)
+        ck.torch.save = save
+    """,
+    "removing": """
+        import headwise.train.checkpoint as ck
+        def rmtree(path, *a, **k):
+            next(p for p in Path(path).iterdir() if p.name == "manifest.json").unlink()
+            os.kill(os.getpid(), signal.SIGKILL)
+        ck.shutil.rmtree = rmtree
+    """,
+}
+
+
+@pytest.mark.parametrize("moment", sorted(_KILL_IN_SAVE))
+def test_a_kill_while_saving_leaves_no_half_folder_behind(world, moment):
+    """A save killed while writing left its temporary folder (as large as a checkpoint)
+    in checkpoints/ for good, one more for every such kill; one killed while retention
+    deleted a folder left a half checkpoint that ``headwise check`` reported as [FAIL].
+    Now removals rename the folder away first, and the next save sweeps the leftovers."""
+    run = world["root"] / f"killed-{moment}"
+    args = tiny_cli_args(world["corpus"], run, "--checkpoint-every", "2", "--no-report")
+    code = (f"import os, signal, sys\nfrom pathlib import Path\n{textwrap.dedent(_KILL_IN_SAVE[moment])}\n"
+            f"from headwise.cli import main\nmain({args!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ})
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert all(problem is None for _, problem in checkpoint_report(run)), checkpoint_report(run)
+    t = Trainer(tiny_cfg(world["corpus"], run, checkpoint_every=2), resume=True, progress=False)
+    t.run()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-00000006", "step-00000008"]
     a, b = _weights(run, 8), _weights(world["ref"], 8)
     assert all(torch.equal(a[k], b[k]) for k in a)

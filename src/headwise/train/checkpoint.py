@@ -13,7 +13,9 @@ only then is ``latest`` replaced (``os.replace`` is atomic). A checkpoint is
 *intact* when every file its manifest lists is present with the recorded size and
 hash; readers take the newest intact one (:func:`newest_intact`) and say when they
 skip a broken one. Retention never deletes the newest intact checkpoint, and a full
-disk while saving leaves the previous checkpoint as it was.
+disk while saving leaves the previous checkpoint as it was. A folder is removed by
+renaming it to a temporary name first; the temporary folders of a save or removal that
+was killed are swept by the next save.
 """
 
 from __future__ import annotations
@@ -101,12 +103,36 @@ def _step_dirs(root: Path) -> list[Path]:
                   key=checkpoint_step, reverse=True)
 
 
+#: the temporary folders of saves and removals (``.step-N.XXXX``): never a checkpoint
+_TEMPORARY = re.compile(r"\.step-\d+\..+")
+
+
+def _remove(path: Path) -> None:
+    """Remove the checkpoint folder ``path``: renamed to a temporary name first, so that
+    a process killed while deleting leaves no half checkpoint (the next save sweeps it)."""
+    doomed = path.with_name(f".{path.name}.removed")
+    try:
+        os.replace(path, doomed)
+    except OSError:  # (rmtree then says what stops it, where that matters)
+        doomed = path
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _sweep(root: Path) -> None:
+    """Remove what saves and removals killed before they finished left in ``root``:
+    temporary folders, each as large as a checkpoint (only one process writes a run)."""
+    for p in root.iterdir():
+        if _TEMPORARY.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: dict[str, Any], keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically and keep the newest ``keep`` of them (never
     deleting the newest intact one). A full disk raises :class:`DiskFullError` and
     leaves every earlier checkpoint untouched."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    _sweep(root)
     name = f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
@@ -122,7 +148,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
                 os.fsync(fh.fileno())
         final = root / name
         if final.exists():  # a broken or older copy of the same step (a resume from an earlier one)
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(tmp, final)
         _fsync_dir(root)
         pointer = root / ".latest.tmp"
@@ -140,7 +166,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
     # retention: the newest `keep` folders, and never the newest intact one (the one just written)
     for old in _step_dirs(root)[keep:]:
         if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
     return final
 
 
