@@ -141,3 +141,45 @@ def test_sizes_below_one_still_raise_value_error_as_in_torch():
             torch.nn.MultiheadAttention(*args)
         with pytest.raises(ValueError, match="must be a positive int"):
             MultiheadAttention(*args)
+
+
+def _masks(n, length):
+    kpm = torch.zeros(n, length, dtype=torch.bool)
+    kpm[1, -2:] = True
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(length)
+    return [{}, {"src_key_padding_mask": kpm}, {"src_mask": causal}, {"src_mask": causal, "is_causal": True},
+            {"src_mask": causal == float("-inf"), "src_key_padding_mask": kpm}]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_drop_in_inside_torchs_transformer_encoder_layer_in_inference(case):
+    """torch's TransformerEncoderLayer (batch_first, eval, no grad) takes its fast path,
+    which calls self_attn.merge_masks: the drop-in raised AttributeError there."""
+    torch.manual_seed(0)
+    theirs = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True).eval()
+    ours = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True).eval()
+    ours.load_state_dict(theirs.state_dict())
+    attn = MultiheadAttention(16, 4, batch_first=True)
+    attn.load_state_dict(theirs.self_attn.state_dict())
+    ours.self_attn = attn
+    x = torch.randn(2, 5, 16)
+    kw = _masks(2, 5)[case]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, **kw), theirs(x, **kw), atol=1e-5, rtol=1e-4)
+
+
+def test_merge_masks_matches_torchs():
+    theirs, ours = _pair(batch_first=True)
+    q = torch.randn(2, 5, E)
+    kpm = torch.rand(2, 5) < 0.3
+    for attn_mask in (None, torch.rand(5, 5) < 0.3, torch.rand(2 * H, 5, 5) < 0.3, torch.randn(5, 5)):
+        for key_padding_mask in (None, kpm):
+            if attn_mask is not None and attn_mask.is_floating_point() and key_padding_mask is not None:
+                key_padding_mask = torch.zeros(2, 5).masked_fill(kpm, float("-inf"))
+            want = theirs.merge_masks(attn_mask, key_padding_mask, q)
+            got = ours.merge_masks(attn_mask, key_padding_mask, q)
+            assert got[1] == want[1]
+            if want[0] is None:
+                assert got[0] is None
+            else:
+                assert got[0].shape == want[0].shape and torch.equal(got[0], want[0])

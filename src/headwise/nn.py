@@ -312,6 +312,25 @@ class MultiheadAttention(nn.Module):
             out = out.transpose(0, 1)
         return out, weights
 
+    def merge_masks(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None,
+                    query: Tensor) -> tuple[Tensor | None, int | None]:
+        """torch's ``merge_masks``, which ``torch.nn.TransformerEncoderLayer`` calls on its
+        ``self_attn`` in its inference fast path (it then computes the layer itself from
+        this module's weights, as it does with torch's own module): ``(None, None)``
+        without masks, ``(key_padding_mask, 1)`` with that alone, else ``(mask, 2)``, the
+        ``(N, L, L)`` mask(s) expanded to ``(N, num_heads, L, L)`` and added."""
+        if attn_mask is None:
+            return (None, None) if key_padding_mask is None else (key_padding_mask, 1)
+        n, length = query.shape[0], query.shape[1]
+        h = self.num_heads
+        if attn_mask.dim() == 3:  # (N*num_heads, L, L)
+            merged = attn_mask.view(n, -1, length, length)
+        else:  # (L, L)
+            merged = attn_mask.view(1, 1, length, length).expand(n, h, length, length)
+        if key_padding_mask is not None:
+            merged = merged + key_padding_mask.view(n, 1, 1, length).expand(n, h, 1, length)
+        return merged, 2
+
     def _canonical_attn_mask(
         self, attn_mask: Tensor | None, bsz: int, tgt_len: int, src_len: int
     ) -> Tensor | None:
