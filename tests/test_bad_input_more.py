@@ -99,7 +99,8 @@ def mlm_run(tmp_path_factory):
         mp.setenv("HEADWISE_CACHE", str(root / "cache"))
         corpus = write_corpus(root / "corpus.txt", docs=120)
         cfg = tiny_cfg(corpus, root / "run", steps=2, vocab_size=200, warmup=1, eval_every=2, eval_batches=1,
-                       log_every=1, checkpoint_every=2, dropout=0.0, device="cpu")
+                       log_every=1, checkpoint_every=2, dropout=0.0, device="cpu",
+                       model={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "norm": "post"})
         Trainer(cfg, progress=False).run()
         yield root / "run"
 
@@ -152,3 +153,57 @@ def test_means_with_mode_zero_is_refused_not_ignored(decoder):
     with pytest.raises(ValueError, match="means has no effect with mode='zero'"):
         pruning_curve(decoder, torch.ones(2, 2), [torch.zeros(1, 4, dtype=torch.long)], lambda m, b: 1.0,
                       means=means)
+
+
+# ------------------------------------------------------------------ inspect of a damaged Hugging Face folder
+@pytest.fixture(scope="module")
+def hf_folder(mlm_run, tmp_path_factory):
+    """The MLM run exported as a Hugging Face BERT folder."""
+    from headwise.models.hf import save_pretrained
+    from headwise.train.reader import load_run
+
+    run = load_run(mlm_run, device="cpu")
+    folder = tmp_path_factory.mktemp("hf") / "bert"
+    save_pretrained(run.objective.model, folder)
+    run.tokenizer.save(folder)
+    return folder
+
+
+def _damage(folder, name, change):
+    import json
+
+    path = folder / name
+    if change == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif change == "garbage":
+        path.write_text("garbage")
+    else:  # drop a field
+        d = json.loads(path.read_text())
+        del d[change]
+        path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("name,change,needles", [
+    ("model.safetensors", "truncate", ["its weights file is damaged or not safetensors"]),
+    ("config.json", "vocab_size", ["its config.json lacks the field 'vocab_size'"]),
+    ("config.json", "garbage", ["config.json is damaged (not JSON"]),
+    ("tokenizer.json", "garbage", ["tokenizer.json is damaged (not JSON"]),
+])
+def test_inspect_of_a_damaged_hugging_face_folder_names_the_file(hf_folder, text, tmp_path, capsys, name, change,
+                                                                 needles):
+    """was: a traceback (safetensors' SafetensorError; KeyError: 'vocab_size') or a
+    parser message naming no file ('Expecting value: line 1 column 1 (char 0)')."""
+    import shutil
+
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_folder, folder)
+    assert main(["inspect", str(folder), "--text", str(text), "--out", str(tmp_path / "ok"), "--examples", "1",
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    _damage(folder, name, change)
+    line = _refused(["inspect", str(folder), "--text", str(text), "--out", str(tmp_path / "o"), "--device", "cpu"],
+                    capsys)
+    assert f"MODEL {str(folder)!r}" in line
+    for needle in needles:
+        assert needle in line, (needle, line)
+    assert not (tmp_path / "o").exists()

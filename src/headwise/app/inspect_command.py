@@ -23,6 +23,7 @@ and is refused.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from ..checks import check_int
@@ -131,7 +133,7 @@ def load_model(spec: str, device: str = "auto") -> LoadedModel:
         return LoadedModel(model, tok, f"headwise run {path} ({kind}, {ckpt})", obj, metric, part,
                            getattr(tok, "pad_id", None), run.device)
     if (path / "config.json").is_file():
-        loaded = from_pretrained(path)
+        loaded = _from_hf_folder(spec, path)
         model, tok = loaded.model, loaded.tokenizer
         if tok is None:
             raise ValueError(f"MODEL {spec!r} has no tokenizer files (tokenizer.json, vocab.txt, ...); "
@@ -139,6 +141,30 @@ def load_model(spec: str, device: str = "auto") -> LoadedModel:
         obj, metric, pad = _hf_objective(model, tok)
         return LoadedModel(model.to(dev).eval(), tok, f"Hugging Face folder {path}", obj, metric, None, pad, dev)
     raise ValueError(f"MODEL {spec!r} is a folder without run.json or config.json; MODEL must be {accepted}")
+
+
+def _from_hf_folder(spec: str, path: Path) -> Any:
+    """:func:`from_pretrained` of ``path``, with the damaged files it meets named in a
+    ValueError (a JSON file that does not parse, a weights file that is not safetensors,
+    a field config.json lacks) rather than raised as the parser's bare error."""
+    try:
+        return from_pretrained(path)
+    except json.JSONDecodeError as e:
+        bad = [p.name for p in sorted(path.glob("*.json")) if not _parses_as_json(p)]
+        raise ValueError(f"MODEL {spec!r}: {' and '.join(bad) or 'a JSON file'} is damaged (not JSON: {e})") from None
+    except SafetensorError as e:
+        raise ValueError(f"MODEL {spec!r}: its weights file is damaged or not safetensors ({e})") from None
+    except KeyError as e:  # a family's config_from_hf reads the fields it needs as hf[name]
+        raise ValueError(f"MODEL {spec!r}: its config.json lacks the field {e.args[0]!r}, which the model "
+                         "needs") from None
+
+
+def _parses_as_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def read_text(path: str | Path) -> list[str]:
