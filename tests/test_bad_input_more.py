@@ -207,3 +207,21 @@ def test_inspect_of_a_damaged_hugging_face_folder_names_the_file(hf_folder, text
     for needle in needles:
         assert needle in line, (needle, line)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag", ["--text", "--conllu"])
+def test_inspect_input_that_is_a_folder_is_called_a_folder(clm_run, tmp_path, capsys, flag):
+    """was: "--conllu '…': no such file" (and read_conllu: "does not exist") for a folder that exists."""
+    folder = tmp_path / "treebank"
+    folder.mkdir()
+    line = _refused(["inspect", str(clm_run), flag, str(folder), "--out", str(tmp_path / "o"), "--device", "cpu"],
+                    capsys)
+    assert f"{flag} {str(folder)!r} is a folder" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_read_conllu_of_a_folder_says_it_is_a_folder(tmp_path):
+    from headwise.inspect import read_conllu
+
+    with pytest.raises(IsADirectoryError, match="is a folder; give a .conllu file"):
+        read_conllu(tmp_path)

@@ -170,6 +170,8 @@ def _parses_as_json(path: Path) -> bool:
 def read_text(path: str | Path) -> list[str]:
     """The non-empty lines of a UTF-8 text file, one sentence each."""
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"--text {str(path)!r} is a folder; give a text file, one sentence per line")
     if not p.is_file():
         raise FileNotFoundError(f"--text {str(path)!r}: no such file")
     try:
@@ -315,6 +317,8 @@ def run_inspect(args: argparse.Namespace) -> int:
         check_int("--max-sentences", args.max_sentences)
     check_int("--examples", args.examples, minimum=0)
     if args.conllu is not None:
+        if Path(args.conllu).is_dir():
+            raise IsADirectoryError(f"--conllu {args.conllu!r} is a folder; give a CoNLL-U file")
         if not Path(args.conllu).is_file():
             raise FileNotFoundError(f"--conllu {args.conllu!r}: no such file")
         data: list[Any] = read_conllu(args.conllu)

@@ -144,6 +144,8 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
     if limit is not None and (not is_int(limit) or limit < 0):
         raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"CoNLL-U file {path!r} is a folder; give a .conllu file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CoNLL-U file {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
