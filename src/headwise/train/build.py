@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,15 +19,20 @@ from ..attention.backends import (
     check_backend_name,
 )
 from ..attention.masks import MaskSpec
-from ..data import BlockSampler, TokenBlocks, Tokenizer, build_blocks, load_corpus, load_or_train_tokenizer
+from ..data import BlockSampler, Corpus, TokenBlocks, Tokenizer, build_blocks, load_corpus, load_or_train_tokenizer
 from ..hardware.precision import Precision
 from ..models import CONFIG_NAME, Decoder, EncoderForMLM, ModelConfig, build_electra, get_preset
 from ..models.presets import PRESETS
 from ..objectives import CausalLM, MaskedLM, ReplacedTokenDetection
 from .config import TrainConfig
+from .rundir import replace_file
 
-__all__ = ["RunParts", "build_parts", "require_recorded_files", "build_objective", "default_tokenizer_kind",
-           "model_config_for", "attention_calls", "check_attention_backend"]
+__all__ = ["RunParts", "build_parts", "require_recorded_files", "check_corpus_record", "build_objective",
+           "default_tokenizer_kind", "model_config_for", "attention_calls", "check_attention_backend"]
+
+#: what the corpus of a training run held when it started (its content hash), so that
+#: a resume on a corpus changed since is refused rather than trained on other blocks
+CORPUS_RECORD = "corpus.json"
 
 TOKENIZER_KIND = {"mlm": "wordpiece", "rtd": "wordpiece", "clm": "bpe"}
 
@@ -146,13 +153,45 @@ def require_recorded_files(run_dir: Path) -> None:
                                     f"match; restore it from a copy of the run")
 
 
+def check_corpus_record(run_dir: Path, corpus: Corpus) -> None:
+    """Compare ``corpus`` with what the run's ``corpus.json`` recorded when training
+    started, or record it there (a new run, or one from before the record existed). A
+    file or folder whose text has changed since is refused: the run would go on with
+    other blocks and another validation split. A built-in or Hugging Face corpus (whose
+    fingerprint also follows the Python or the dataset's version) is warned about."""
+    path = Path(run_dir) / CORPUS_RECORD
+    now = {"corpus": corpus.name, "content_hash": corpus.content_hash}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        replace_file(path, json.dumps(now, indent=1) + "\n")
+        return
+    except ValueError:
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("content_hash"), str):
+        raise ValueError(f"{path} is damaged: it should record the content hash of the run's corpus; "
+                         f"restore it from a copy of the run")
+    if saved["content_hash"] == corpus.content_hash:
+        return
+    what = (f"the corpus {corpus.name!r} has changed since this run started (its content differs from the "
+            f"one recorded in {path})")
+    if corpus.name in ("stdlib-docs", "stdlib-code") or corpus.name.startswith("hf:"):
+        print(f"warning: {what}: it now yields other text, so the run goes on with other blocks", file=sys.stderr)
+        return
+    raise ValueError(f"{what}: the run would go on with other blocks and another validation split. "
+                     f"Restore the corpus as it was, or start a new run (another --out) on it")
+
+
 def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool,
                 precision: Precision | None = None) -> RunParts:
     """Build (or, on resume, reload) tokenizer, data, model config and objective. With
     ``precision`` (a training run), the model's attention backend is checked first
-    (:func:`check_attention_backend`)."""
+    (:func:`check_attention_backend`) and the corpus is checked against the run's record
+    of it (:func:`check_corpus_record`)."""
     run_dir = Path(run_dir)
     corpus = load_corpus(cfg.corpus)
+    if precision is not None:
+        check_corpus_record(run_dir, corpus)
     tok_path = run_dir / "tokenizer.json"
     kind = cfg.tokenizer_kind or default_tokenizer_kind(cfg.objective)
     if tok_path.is_file():  # resume, or a tokenizer given earlier: the run's own copy rules

@@ -31,8 +31,8 @@ MANIFEST = ".headwise-run.json"
 LOCK = ".lock"
 _ASIDE = ".headwise-replaced"
 # every top-level entry a run of headwise writes (other layers add theirs with register_run_entry)
-RUN_ENTRIES = ["run.json", "run.json.tmp", "config.json", "tokenizer.json", "metrics.jsonl", "metrics.tmp",
-               "loss.png", "precision.json", "checkpoints"]
+RUN_ENTRIES = ["run.json", "run.json.tmp", "config.json", "tokenizer.json", "corpus.json", "corpus.json.tmp",
+               "metrics.jsonl", "metrics.tmp", "loss.png", "precision.json", "checkpoints"]
 
 try:  # POSIX; elsewhere the lock is advisory only through the pid it records
     import fcntl
