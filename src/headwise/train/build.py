@@ -27,8 +27,9 @@ from ..objectives import CausalLM, MaskedLM, ReplacedTokenDetection
 from .config import TrainConfig
 from .rundir import replace_file
 
-__all__ = ["RunParts", "build_parts", "require_recorded_files", "check_corpus_record", "build_objective",
-           "default_tokenizer_kind", "model_config_for", "attention_calls", "check_attention_backend"]
+__all__ = ["RunParts", "build_parts", "require_recorded_files", "check_corpus_record", "check_out_outside_corpus",
+           "build_objective", "default_tokenizer_kind", "model_config_for", "attention_calls",
+           "check_attention_backend"]
 
 #: what the corpus of a training run held when it started (its content hash), so that
 #: a resume on a corpus changed since is refused rather than trained on other blocks
@@ -182,6 +183,24 @@ def check_corpus_record(run_dir: Path, corpus: Corpus) -> None:
                      f"Restore the corpus as it was, or start a new run (another --out) on it")
 
 
+def check_out_outside_corpus(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuse a run directory inside its corpus folder: the folder is read recursively,
+    so the run's own files (metrics.jsonl, summary.txt) would become corpus text once
+    written, and a resume or an evaluation would read other data, or fail on them. A
+    hidden folder inside it is fine (the corpus skips hidden folders)."""
+    folder = Path(str(cfg.corpus))
+    if not folder.is_dir():
+        return
+    try:
+        inside = Path(run_dir).resolve().relative_to(folder.resolve())
+    except ValueError:
+        return
+    if not any(part.startswith(".") for part in inside.parts):
+        raise ValueError(f"--out {str(run_dir)!r} is inside the --corpus folder {str(cfg.corpus)!r}, which is read "
+                         f"with its subfolders: the run's own files (metrics.jsonl, summary.txt) would become "
+                         f"corpus text; choose an --out outside it (or a hidden folder in it)")
+
+
 def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool,
                 precision: Precision | None = None) -> RunParts:
     """Build (or, on resume, reload) tokenizer, data, model config and objective. With
@@ -189,6 +208,7 @@ def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume
     (:func:`check_attention_backend`) and the corpus is checked against the run's record
     of it (:func:`check_corpus_record`)."""
     run_dir = Path(run_dir)
+    check_out_outside_corpus(cfg, run_dir)
     corpus = load_corpus(cfg.corpus)
     if precision is not None:
         check_corpus_record(run_dir, corpus)
