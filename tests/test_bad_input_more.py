@@ -225,3 +225,40 @@ def test_read_conllu_of_a_folder_says_it_is_a_folder(tmp_path):
 
     with pytest.raises(IsADirectoryError, match="is a folder; give a .conllu file"):
         read_conllu(tmp_path)
+
+
+def _qkv_mask(q_shape=(1, 2, 3, 4), k_shape=(1, 2, 3, 4), v_shape=(1, 2, 3, 4), mask_sizes=(1, 3, 3)):
+    import torch
+
+    from headwise.attention import normalize_mask
+
+    b, tq, tk = mask_sizes
+    return (torch.randn(q_shape), torch.randn(k_shape), torch.randn(v_shape),
+            normalize_mask(batch=b, n_heads=2, q_len=tq, k_len=tk, device=torch.device("cpu")))
+
+
+@pytest.mark.parametrize("backend", ["auto", "sdpa", "math", "reference"])
+@pytest.mark.parametrize("case,needle", [
+    (dict(v_shape=(1, 2, 2, 4)), "k and v must share (batch, heads, seq)"),
+    (dict(k_shape=(2, 2, 3, 4), v_shape=(2, 2, 3, 4)), "q and k batch and head_dim"),
+    (dict(k_shape=(1, 2, 2, 4), v_shape=(1, 2, 2, 4)), "mask was made for (batch, q_len, k_len) = (1, 3, 3)"),
+    (dict(mask_sizes=(1, 5, 3)), "mask was made for (batch, q_len, k_len) = (1, 5, 3)"),
+    (dict(mask_sizes=(4, 3, 3)), "but q and k give (1, 3, 3)"),
+])
+def test_attend_refuses_inconsistent_shapes(backend, case, needle):
+    """was: attend() ran each of these (on 'auto' and 'sdpa' all of them) and returned
+    an output computed from keys, values or a mask that do not belong together."""
+    from headwise.attention import attend
+
+    q, k, v, mask = _qkv_mask(**case)
+    with pytest.raises(ValueError) as e:
+        attend(q, k, v, mask, backend=backend)
+    assert needle in str(e.value), str(e.value)
+
+
+def test_attend_mask_that_is_not_a_maskspec_is_a_type_error():
+    from headwise.attention import attend
+
+    q, k, v, _ = _qkv_mask()
+    with pytest.raises(TypeError, match="mask must be a MaskSpec"):  # was AttributeError: 'NoneType' ... 'causal'
+        attend(q, k, v, None)

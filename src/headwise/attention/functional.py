@@ -47,6 +47,20 @@ def attend(
             f"q, k, v must be 4-D (batch, heads, seq, head_dim), got shapes "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
+    if not isinstance(mask, MaskSpec):
+        raise TypeError(f"mask must be a MaskSpec (from headwise.attention.normalize_mask), got "
+                        f"{type(mask).__name__}")
+    (b, _, tq, d), (bk, _, tk, dk) = q.shape, k.shape
+    if v.shape[:3] != k.shape[:3] or (bk, dk) != (b, d):
+        raise ValueError(
+            f"k and v must share (batch, heads, seq), and q and k batch and head_dim: got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if (mask.batch, mask.q_len, mask.k_len) != (b, tq, tk):
+        raise ValueError(
+            f"mask was made for (batch, q_len, k_len) = {(mask.batch, mask.q_len, mask.k_len)}, but q and k give "
+            f"{(b, tq, tk)}"
+        )
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(
             f"the number of query heads ({q.shape[1]}) must be a multiple of the number of "
