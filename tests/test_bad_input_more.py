@@ -262,3 +262,22 @@ def test_attend_mask_that_is_not_a_maskspec_is_a_type_error():
     q, k, v, _ = _qkv_mask()
     with pytest.raises(TypeError, match="mask must be a MaskSpec"):  # was AttributeError: 'NoneType' ... 'causal'
         attend(q, k, v, None)
+
+
+def test_inspect_of_a_model_with_nan_weights_is_refused_naming_the_parameter(hf_folder, text, tmp_path, capsys):
+    """was: the inspection ran, every head after the NaN attended with NaN weights, and
+    the report named them 'other' (measures null) as if that were what the heads do."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_folder, folder)
+    tensors = load_file(folder / "model.safetensors")
+    name = next(k for k in sorted(tensors) if k.endswith("attention.self.query.weight"))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    line = _refused(["inspect", str(folder), "--text", str(text), "--out", str(tmp_path / "o"), "--device", "cpu"],
+                    capsys)
+    assert "holds 1 NaN or infinite value(s)" in line and "parameter" in line
+    assert not (tmp_path / "o").exists()

@@ -231,6 +231,17 @@ def _objective_fns(loaded: LoadedModel) -> tuple[Any, Any]:
     return loss_fn, metric_fn
 
 
+@torch.no_grad()
+def _refuse_non_finite(model: nn.Module, spec: str) -> None:
+    """ValueError naming the first parameter of ``model`` holding NaN or inf: every head
+    after it would attend with NaN weights, and the report would show them as roles."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            bad = int((~torch.isfinite(p)).sum())
+            raise ValueError(f"MODEL {spec!r}: its parameter {name} holds {bad} NaN or infinite value(s); the "
+                             "heads' attention would be NaN (a diverged or damaged checkpoint?)")
+
+
 def _check_out(text: str, overwrite: bool) -> Path:
     """``--out`` as a Path; refuses one that is empty (``Path('')`` is the working folder),
     a file, a link to nothing, or a non-empty folder without ``--overwrite``; with it, one
@@ -336,6 +347,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     loaded = load_model(args.model, args.device)
+    _refuse_non_finite(loaded.model, args.model)
     load_s = time.perf_counter() - t0
     timeline = None
     if (Path(args.model) / "run.json").is_file():  # a run: its heads over training, if recorded
