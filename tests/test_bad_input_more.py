@@ -281,3 +281,34 @@ def test_inspect_of_a_model_with_nan_weights_is_refused_naming_the_parameter(hf_
                     capsys)
     assert "holds 1 NaN or infinite value(s)" in line and "parameter" in line
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ eval --format
+@pytest.mark.parametrize("batches", [1, 3])
+def test_eval_format_compares_on_at_most_batches(clm_run, tmp_path, capsys, batches):
+    """was: `eval --format bf16 --batches 1` compared the formats on 8 batches all the same."""
+    import json
+    import warnings
+
+    corpus = write_corpus(tmp_path / "other.txt", docs=60, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no native bf16 on this CPU: slow, still right
+        assert main(["eval", str(clm_run), "--corpus", str(corpus), "--format", "bf16", "--batches", str(batches),
+                     "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_batches"] == batches
+
+
+@pytest.mark.parametrize("format", ["bf16", "int8"])
+def test_eval_format_of_a_clm_run_with_blocks_of_max_len_plus_one(clm_run, capsys, format):
+    """was: 'sequence length 17 exceeds max_len=16 of the learned position embeddings':
+    the comparison (and int8's calibration) fed whole blocks to the decoder, whose
+    objective reads a block's first max_len tokens (--block-len 17, max_len=16 here)."""
+    import json
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["eval", str(clm_run), "--format", format, "--batches", "2", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == format and report["n_batches"] >= 1

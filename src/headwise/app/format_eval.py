@@ -46,10 +46,14 @@ def evaluate_run_format(run: LoadedRun, format: str, *, corpus: str | None = Non
     objective = run.objective
     objective_q = copy.deepcopy(objective)
     n_cal = calibration_batches if format == "int8" else 0
+    # what the objective feeds its model: a clm block of max_len + 1 tokens is read as
+    # its first max_len (the last one is only a target)
+    model_inputs = (lambda b: b[:, :-1]) if run.cfg.objective == "clm" else (lambda b: b)
     for attr in _objective_models(objective_q):
         cal = None
         if n_cal:
-            cal = [b.to(run.device) for b in itertools.islice(run.train.iter_batches(run.cfg.batch_size), n_cal)]
+            cal = [model_inputs(b.to(run.device))
+                   for b in itertools.islice(run.train.iter_batches(run.cfg.batch_size), n_cal)]
         quantize(getattr(objective_q, attr), format, inplace=True, calibration=cal)
     run_q = dataclasses.replace(run, parts=dataclasses.replace(run.parts, objective=objective_q))
 
@@ -58,11 +62,11 @@ def evaluate_run_format(run: LoadedRun, format: str, *, corpus: str | None = Non
         style = "decoder" if run.cfg.objective == "clm" else "encoder"
         blocks = build_blocks(load_corpus(corpus), run.tokenizer, run.cfg.block_len, style=style)
 
-    def some_batches():
+    def some_batches():  # at most max_batches too (headwise eval --batches N: "at most N batches")
         for i, batch in enumerate(blocks.iter_batches(run.cfg.batch_size)):
-            if i >= compare_batches:
+            if i >= min(compare_batches, max_batches):
                 break
-            yield batch.to(run.device)
+            yield model_inputs(batch.to(run.device))
 
     attr = _objective_models(objective)[0]
     runs = {id(getattr(objective, attr)): run, id(getattr(objective_q, attr)): run_q}
