@@ -65,16 +65,26 @@ def rng_state(extra: dict[str, torch.Generator] | None = None) -> dict[str, Any]
     return state
 
 
-def set_rng_state(state: dict[str, Any], extra: dict[str, torch.Generator] | None = None) -> None:
-    """Restore what :func:`rng_state` captured."""
+def set_rng_state(state: dict[str, Any], extra: dict[str, torch.Generator] | None = None) -> list[str]:
+    """Restore what :func:`rng_state` captured. Returns the names of the ``extra``
+    generators left as they were because their saved state is another kind of device's
+    (a CUDA generator's state does not fit a CPU one, nor the reverse: a run resumed
+    with another ``--device``). CUDA states are restored on the GPUs there are."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+    left = []
     for k, g in (extra or {}).items():
         if k in state["generators"]:
-            g.set_state(state["generators"][k])
+            saved = state["generators"][k]
+            if saved.numel() != g.get_state().numel():
+                left.append(k)
+                continue
+            g.set_state(saved)
+    return left
 
 
 def _fsync_dir(path: Path) -> None:
@@ -248,15 +258,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model: nn.Module, map_location: str | torch.device = "cpu", *,
                     verify: bool = True) -> dict[str, Any]:
-    """Load weights into ``model`` (strictly) and return the trainer state. A broken or
-    unreadable checkpoint raises :class:`CheckpointError` naming the file. ``verify=False``
-    skips the hash check, for a path :func:`newest_intact` has just verified."""
+    """Load weights into ``model`` (strictly), onto ``map_location``, and return the
+    trainer state, on the CPU: the random states must be CPU tensors to be restored, and
+    an optimizer's ``load_state_dict`` moves its state to its parameters' device. A broken
+    or unreadable checkpoint raises :class:`CheckpointError` naming the file.
+    ``verify=False`` skips the hash check, for a path :func:`newest_intact` has just verified."""
     path = Path(path)
     problem = verify_checkpoint(path) if verify else None
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} is broken: {problem}")
     try:
-        state = torch.load(path / "trainer.pt", map_location=map_location, weights_only=False)
+        # (mapped onto a GPU, torch.set_rng_state refused it: "RNG state must be a torch.ByteTensor")
+        state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
         raise CheckpointError(f"cannot read {path / 'trainer.pt'}: {e}") from e
     try:

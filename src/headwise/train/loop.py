@@ -162,17 +162,22 @@ class Trainer:
                 raise CheckpointError(
                     f"--resume refused: {self.run_dir} has checkpoints but none is intact ("
                     + "; ".join(skipped) + "); nothing was changed")
+            self._restream_notes: list[str] = []
             if ckpt is not None:
                 self._restore(ckpt)
-                self.resume_notes = [*skipped, f"resuming from {ckpt.name} (step {self.step})"]
+                moved = self._restream_notes
+                self.resume_notes = [*skipped, f"resuming from {ckpt.name} (step {self.step})", *moved]
             else:
+                moved = []
                 self.resume_notes = ["no checkpoint was written yet: starting again from step 0"]
             for line in self.resume_notes:
                 self._print(line)
-            if skipped and not self.progress and self.is_main:
-                # a skipped checkpoint is said even without a progress display
+            if not self.progress and self.is_main:
+                # a skipped checkpoint, or a stream that starts afresh, is said even without a progress display
                 for line in skipped:
                     print(f"warning: {line}; it was skipped", file=sys.stderr)
+                for line in moved:
+                    print(f"warning: {line}", file=sys.stderr)
         # only the writing process may trim the log of a resumed run
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
                                   resume_step=(self.step if resume else -1) if self.is_main else None)
@@ -250,13 +255,21 @@ class Trainer:
                                keep=self.cfg.keep_checkpoints)
 
     def _restore(self, ckpt: Path) -> None:
+        """Load ``ckpt``; a random stream that cannot be restored (the run moved to
+        another kind of device) starts afresh, with a line in ``_restream_notes``."""
         # only called with a checkpoint newest_intact has just hashed
         state = load_checkpoint(ckpt, self.objective, map_location=self.device, verify=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], {"mask": self.mask_rng})
         self.step = state["step"]
         self.resumed_from = ckpt
+        if set_rng_state(state["rng"], {"mask": self.mask_rng}):
+            # a CPU generator's state does not fit a CUDA one: seeded anew, reproducibly
+            self.mask_rng.manual_seed(self.cfg.seed + 1 + self.step)
+            self._restream_notes.append(
+                f"the masking random stream of {ckpt.name} was drawn on another kind of device than "
+                f"{self.device.type}; it starts afresh here, so the run goes on, but not bit-identical to one "
+                f"that stayed on its device")
 
     # ------------------------------------------------------------------ steps
     def _batch(self, micro: int) -> torch.Tensor:
