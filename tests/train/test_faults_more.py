@@ -183,3 +183,14 @@ def test_a_kill_while_saving_leaves_no_half_folder_behind(world, moment):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-00000006", "step-00000008"]
     a, b = _weights(run, 8), _weights(world["ref"], 8)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_time_reached_at_a_checkpoint_step_saves_it_once(world, tmp_path):
+    """It was written twice, the second copy replacing the first (a model's save time
+    doubled, and a kill in between lost the checkpoint from view)."""
+    t = Trainer(tiny_cfg(world["corpus"], tmp_path / "run", checkpoint_every=1, max_time=1e-9), progress=False)
+    saved = []
+    save = t.save
+    t.save = lambda: saved.append(t.step) or save()
+    t.run()
+    assert saved == [1]

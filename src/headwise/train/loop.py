@@ -375,11 +375,13 @@ class Trainer:
                             hook(self, self.step)
                     self._print(f"step {self.step}: val " + ", ".join(
                         f"{k} {v:.4g}" for k, v in last_val.items()))
-                if self.step % cfg.checkpoint_every == 0 or self.step == stop:
+                due = self.step % cfg.checkpoint_every == 0 or self.step == stop
+                if due:
                     self.save()
                 if cfg.max_time is not None and elapsed > cfg.max_time * 60:
                     self._print(f"--max-time {cfg.max_time} min reached at step {self.step}")
-                    self.save()
+                    if not due:  # (a second save of the same step would only replace the first)
+                        self.save()
                     break
         except ValueError:
             # a setting the run cannot use, found before its first optimizer step (in the
