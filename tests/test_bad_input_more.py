@@ -312,3 +312,28 @@ def test_eval_format_of_a_clm_run_with_blocks_of_max_len_plus_one(clm_run, capsy
         assert main(["eval", str(clm_run), "--format", format, "--batches", "2", "--device", "cpu"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["format"] == format and report["n_batches"] >= 1
+
+
+# ------------------------------------------------------------------ headwise.app.inspect_model options
+@pytest.mark.parametrize("kw,needle", [
+    (dict(keep_examples=-1), "keep_examples must be an int >= 0, got -1"),
+    (dict(induction_len=0), "induction_len must be a positive int, got 0"),
+    (dict(ablation_mode="mean"), "ablation_mode='mean' has no effect without metric_fn"),
+    (dict(induction=False, induction_len=8), "induction_len=8 has no effect with induction=False"),
+    (dict(induction=False, vocab_range=(5, 20)), "vocab_range=(5, 20) has no effect with induction=False"),
+])
+def test_inspect_options_that_are_invalid_or_would_do_nothing_are_refused(kw, needle):
+    """was: keep_examples=-1 was taken as 0, and ablation_mode without a pruning curve or
+    the induction settings with induction=False were ignored."""
+    from headwise.app import InspectOptions
+
+    with pytest.raises(ValueError) as e:
+        InspectOptions(**kw)
+    assert needle in str(e.value), str(e.value)
+
+
+def test_inspect_options_that_are_used_are_accepted():
+    from headwise.app import InspectOptions
+
+    InspectOptions(induction=True, induction_len=8, vocab_range=(5, 20), keep_examples=0)
+    InspectOptions(loss_fn=lambda m, b: 0, loss_batches=[0], metric_fn=lambda m, b: 0.0, ablation_mode="mean")

@@ -116,10 +116,24 @@ class InspectOptions:
         check_int("max_sentences", self.max_sentences, none_ok=True)
         check_int("batch_size", self.batch_size)
         check_choice("ablation_mode", self.ablation_mode, ABLATION_MODES)
+        check_int("keep_examples", self.keep_examples, minimum=0)
+        check_int("induction_len", self.induction_len)
+        check_int("induction_batch", self.induction_batch)
         if (self.loss_fn is None) != (self.loss_batches is None):
             raise ValueError("loss_fn and loss_batches go together: pass both to compute importance, or neither")
         if self.metric_fn is not None and self.loss_fn is None:
             raise ValueError("metric_fn (pruning curve) needs loss_fn and loss_batches (importance orders the heads)")
+        # a setting that would do nothing is refused (one left at its default cannot be told from none)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        unused = [(name, why) for name, why, ignored in (
+            ("ablation_mode", "without metric_fn (it ablates heads for the pruning curve)", self.metric_fn is None),
+            ("induction_len", "with induction=False", not self.induction),
+            ("induction_batch", "with induction=False", not self.induction),
+            ("vocab_range", "with induction=False", not self.induction),
+        ) if ignored and getattr(self, name) != defaults[name]]
+        if unused:
+            name, why = unused[0]
+            raise ValueError(f"{name}={getattr(self, name)!r} has no effect {why}; drop it")
 
     @classmethod
     def merged(cls, options: InspectOptions | None, overrides: dict[str, Any]) -> InspectOptions:
@@ -263,7 +277,7 @@ class _AttentionSummary:
         if corpus.conllu:
             rels = scored_relations((s.relations for s in corpus.sentences), (s.heads for s in corpus.sentences))
             self.syntax = SyntaxAccumulator(rels, n_layers, n_heads, exclude_self=opts.exclude_self)
-        first = sorted(corpus.sentences, key=lambda s: s.index)[: max(opts.keep_examples, 0)]
+        first = sorted(corpus.sentences, key=lambda s: s.index)[: opts.keep_examples]
         self.wanted = {s.index for s in first}
         self.examples: dict[int, dict[str, Any]] = {}
         self.tokenizer = tokenizer
