@@ -194,3 +194,32 @@ def test_max_time_reached_at_a_checkpoint_step_saves_it_once(world, tmp_path):
     t.save = lambda: saved.append(t.step) or save()
     t.run()
     assert saved == [1]
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes_exactly(world):
+    """Ctrl-C used to end in a long traceback (from wherever the step was, matplotlib's
+    insides included) that did not say the run could go on. Now: one line naming the last
+    checkpoint and the resume command, status 130; the resume ends as the reference."""
+    run = world["root"] / "ctrl-c"
+    args = tiny_cli_args(world["corpus"], run, "--no-report")
+    patch = textwrap.dedent("""
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # (ignored where the tests run in background)
+        import headwise.train.loop as loop
+        step = loop.Trainer.train_step
+        def interrupted(self):
+            if self.step == 6:
+                os.kill(os.getpid(), signal.SIGINT)
+            return step(self)
+        loop.Trainer.train_step = interrupted
+    """)
+    code = (f"import os, signal, sys\n{patch}\nfrom headwise.cli import main\nsys.exit(main({args!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ})
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"headwise train: interrupted; its last checkpoint is step-00000004: continue the run with "
+        f"headwise train --out {run} --resume"]
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
+    a, b = _weights(run, 8), _weights(world["ref"], 8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _rows(run) == _rows(world["ref"])

@@ -23,7 +23,7 @@ from ..formats import FORMATS
 from ..hardware.precision import PRECISIONS, resolve_precision
 from ..models import PRESETS
 from ..train.build import check_attention_backend, default_tokenizer_kind, model_config_for
-from ..train.checkpoint import checkpoint_report
+from ..train.checkpoint import checkpoint_report, interruption_note
 from ..train.config import DECAYS, OBJECTIVES, RTD_GENERATORS, TrainConfig
 from ..train.loop import Trainer
 from ..train.optim import OPTIMIZERS
@@ -210,8 +210,17 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 
 def run_train(args: argparse.Namespace, *, story=None) -> int:
     """Train as ``args`` say. ``story(trainer) -> exit status``, when given, takes over
-    the single-process Trainer before it runs (headwise.app: train, inspect, summarise)."""
+    the single-process Trainer before it runs (headwise.app: train, inspect, summarise).
+    Ctrl-C is one line saying what the run keeps and how to resume it, status 130."""
     cfg, given = config_from_args(args)
+    try:
+        return _run_train(args, cfg, given, story)
+    except KeyboardInterrupt:
+        print(f"headwise train: {interruption_note(Path(cfg.out))}", file=sys.stderr)
+        return 130
+
+
+def _run_train(args: argparse.Namespace, cfg: TrainConfig, given: dict, story) -> int:
     check_before_start(cfg, resume=args.resume, given=given)
     nproc, tp = getattr(args, "nproc", 1), getattr(args, "tp", 1)
     changes = given if args.resume else None

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,7 +39,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "newest_intact", "checkpoint_step",
-           "verify_checkpoint", "checkpoint_report", "CheckpointError", "DiskFullError", "rng_state", "set_rng_state"]
+           "verify_checkpoint", "checkpoint_report", "CheckpointError", "DiskFullError", "rng_state", "set_rng_state",
+           "interruption_note"]
 
 MANIFEST = "manifest.json"
 FILES = ("model.safetensors", "trainer.pt")
@@ -245,6 +247,17 @@ def checkpoint_step(path: Path | None) -> int:
 def checkpoint_report(run_dir: Path) -> list[tuple[str, str | None]]:
     """``(name, problem or None)`` for every checkpoint of ``run_dir``, newest first."""
     return [(p.name, verify_checkpoint(p)) for p in _step_dirs(Path(run_dir) / "checkpoints")]
+
+
+def interruption_note(run_dir: Path) -> str:
+    """What a run interrupted now (Ctrl-C) keeps, and how to go on: one line. The newest
+    checkpoint is named without hashing it (this is said at once; a resume verifies it)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        return f"interrupted before the run in {run_dir} started; nothing was kept"
+    steps = _step_dirs(run_dir / "checkpoints")
+    kept = f"its last checkpoint is {steps[0].name}" if steps else "no checkpoint was written yet"
+    return f"interrupted; {kept}: continue the run with headwise train --out {shlex.quote(str(run_dir))} --resume"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
