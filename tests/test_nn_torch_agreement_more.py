@@ -183,3 +183,28 @@ def test_merge_masks_matches_torchs():
                 assert got[0] is None
             else:
                 assert got[0].shape == want[0].shape and torch.equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("weights,inputs", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16),
+                                            (torch.float16, torch.bfloat16)])
+def test_any_input_autocast_casts_runs_as_in_torch(weights, inputs):
+    """was: refused unless the input had the autocast dtype itself (float32 input to a
+    bf16 module, or float16 input, under autocast: torch runs both)."""
+    theirs, ours = _pair(batch_first=True)
+    theirs.to(weights)
+    ours.to(weights)
+    x = torch.randn(2, 3, E).to(inputs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, _ = theirs(x, x, x)
+        got, _ = ours(x, x, x)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)
+
+
+def test_float64_input_under_autocast_is_refused_as_in_torch():
+    theirs, ours = _pair(batch_first=True)
+    x = torch.randn(2, 3, E, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _torch_error(theirs, x, x, x)[0] is RuntimeError
+        with pytest.raises(RuntimeError, match="query has dtype torch.float64"):
+            ours(x, x, x)

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from .attention.backends import check_backend_name
 from .attention.functional import attend
-from .attention.inputs import is_autocast_input
 from .attention.masks import normalize_mask
 from .checks import check_int, is_int
 
@@ -223,7 +222,7 @@ class MultiheadAttention(nn.Module):
             )
         w = self.out_proj.weight
         for name, t in (("query", query), ("key", key), ("value", value)):
-            if t.dtype != w.dtype and not is_autocast_input(t):  # autocast casts the weights itself
+            if t.dtype != w.dtype and not _autocast_casts(t):  # autocast casts inputs and weights itself
                 raise DtypeRuntimeError(_both(
                     f"{name} has dtype {t.dtype} but the module's weights are {w.dtype}",
                     f"mat1 and mat2 must have the same dtype, but got {_dtype_name(t.dtype)} and "
@@ -416,6 +415,12 @@ def _check_mask_type(name: str, mask: object) -> None:
             f"{mask.dtype}",
             f"only bool and floating types of {name} are supported",
         ))
+
+
+def _autocast_casts(t: Tensor) -> bool:
+    """Whether an active ``torch.autocast`` on ``t``'s device casts ``t`` (and the
+    weights) for the projections, as it does for every float tensor but float64."""
+    return torch.is_autocast_enabled(t.device.type) and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
