@@ -337,3 +337,11 @@ def test_inspect_options_that_are_used_are_accepted():
 
     InspectOptions(induction=True, induction_len=8, vocab_range=(5, 20), keep_examples=0)
     InspectOptions(loss_fn=lambda m, b: 0, loss_batches=[0], metric_fn=lambda m, b: 0.0, ablation_mode="mean")
+
+
+def test_importance_sentences_beyond_max_sentences_is_refused(clm_run, text, tmp_path, capsys):
+    """was: --importance-sentences 50 --max-sentences 2 scored importance on 2 sentences, saying nothing."""
+    line = _refused(["inspect", str(clm_run), "--text", str(text), "--out", str(tmp_path / "o"), "--max-sentences",
+                     "2", "--importance", "--importance-sentences", "50", "--device", "cpu"], capsys)
+    assert "--importance-sentences 50 is more than --max-sentences 2" in line
+    assert not (tmp_path / "o").exists()

@@ -322,6 +322,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     if not args.importance:
         refuse_unused({"--importance-sentences": args.importance_sentences}, "without --importance",
                       "add --importance or drop {it}")
+    if args.importance_sentences is not None and args.max_sentences is not None \
+            and args.importance_sentences > args.max_sentences:
+        raise ValueError(f"--importance-sentences {args.importance_sentences} is more than --max-sentences "
+                         f"{args.max_sentences}: importance takes the first of the inspected sentences; give at "
+                         f"most {args.max_sentences}")
     if args.importance_sentences is None:
         args.importance_sentences = IMPORTANCE_SENTENCES
     if args.max_sentences is not None:
