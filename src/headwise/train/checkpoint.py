@@ -168,8 +168,9 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
         os.replace(pointer, root / "latest")
         _fsync_dir(root)
     except BaseException as e:
+        full = _out_of_space(e, root)  # (asked before the partial files are removed)
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if full:
             previous = newest_intact(run_dir)
             kept = f"the previous checkpoint {previous[0].name} is intact" if previous[0] else "no earlier checkpoint"
             raise DiskFullError(errno.ENOSPC, f"the disk is full: could not write checkpoint {name} in {root} "
@@ -180,6 +181,22 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
         if old != final:
             _remove(old)
     return final
+
+
+def _out_of_space(e: BaseException, root: Path) -> bool:
+    """Whether writing under ``root`` failed for want of disk space: an OSError saying so,
+    or a library's error that does not: safetensors' carries the OS's message, and
+    torch.save says only "unexpected pos" (then the file system is full now)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(e, Exception):  # Ctrl-C, a kill
+        return False
+    if "No space left on device" in str(e) or "os error 28" in str(e):
+        return True
+    try:
+        return shutil.disk_usage(root).free < 1 << 20
+    except OSError:
+        return False
 
 
 def verify_checkpoint(path: Path) -> str | None:
