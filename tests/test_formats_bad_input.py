@@ -72,3 +72,26 @@ def test_load_quantized_of_a_file_that_is_not_safetensors_names_it(tmp_path, con
     path.write_bytes(content)
     with pytest.raises(ValueError, match="x.safetensors is not a safetensors file written by save_quantized"):
         load_quantized(path)  # was: safetensors' SafetensorError, not a ValueError
+
+
+@pytest.mark.parametrize("weight,bias,kw,needle", [
+    (torch.randn(8), None, {}, "weight must be a floating-point tensor (out, in)"),  # was: "not enough values"
+    (torch.ones(4, 8, dtype=torch.long), None, {}, "weight must be a floating-point tensor (out, in)"),
+    (torch.randn(4, 8), torch.randn(5), {}, "bias must be None or a tensor of shape (out,) = (4,)"),
+    (torch.randn(4, 8), None, {"input_absmax": torch.ones(8), "alpha": 2.0}, "alpha must be a float in [0, 1]"),
+])
+def test_int8_linear_from_float_names_a_bad_argument(weight, bias, kw, needle):
+    from headwise.formats import Int8Linear
+
+    with pytest.raises(ValueError) as e:
+        Int8Linear.from_float(weight, bias, kernel="emulate", **kw)
+    assert needle in str(e.value), str(e.value)
+
+
+def test_int8_linear_refuses_integer_input():
+    """was: an int64 input gave an int64 output (the float result cast back to x's dtype)."""
+    from headwise.formats import Int8Linear
+
+    lin = Int8Linear.from_float(torch.randn(4, 8), None, kernel="emulate")
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got dtype torch.int64"):
+        lin(torch.ones(2, 8, dtype=torch.long))

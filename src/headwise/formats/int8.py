@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
+from ..checks import check_real
 
 __all__ = [
     "Int8Linear",
@@ -156,7 +157,14 @@ class Int8Linear(nn.Module):
         2023): ``s_j = absmax_j^alpha / max_i |W_ij|^(1 - alpha)``, the weight becomes
         ``W * s`` and inputs are divided by ``s``, which moves the activations' range
         into the weights, where per-channel scales absorb it."""
+        if not isinstance(weight, Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+            raise ValueError(f"weight must be a floating-point tensor (out, in), got "
+                             f"{getattr(weight, 'dtype', type(weight).__name__)} {tuple(getattr(weight, 'shape', ()))}")
         out_features, in_features = weight.shape
+        if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (out_features,)):
+            raise ValueError(f"bias must be None or a tensor of shape (out,) = ({out_features},), got "
+                             f"{tuple(getattr(bias, 'shape', ()))}")
+        check_real("alpha", alpha, minimum=0, maximum=1)
         m = cls(in_features, out_features, bias is not None, kernel=kernel, device=weight.device)
         weight = weight.detach().float()
         if input_absmax is not None:
@@ -229,6 +237,8 @@ class Int8Linear(nn.Module):
         return self._cached("int_mm", build)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():  # (the result would be cast back to x's integer dtype)
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
