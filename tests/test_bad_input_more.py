@@ -345,3 +345,31 @@ def test_importance_sentences_beyond_max_sentences_is_refused(clm_run, text, tmp
                      "2", "--importance", "--importance-sentences", "50", "--device", "cpu"], capsys)
     assert "--importance-sentences 50 is more than --max-sentences 2" in line
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ heads.jsonl
+_ROW = '{"step": 2, "heads": [{"layer": 0, "head": 0, "role": "broad", "roles": ["broad"], "measures": {}}]}'
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("garbage\n", "heads.jsonl, line 1 is damaged (not JSON"),
+    (_ROW + "\n{\"step\": 4, \"heads\": [[\n" + _ROW + "\n", "heads.jsonl, line 2 is damaged"),
+    ('{"step": "x", "heads": 5}\n', "heads.jsonl, line 1 is not a head record"),
+    ('[1, 2]\n', "heads.jsonl, line 1 is not a head record"),
+])
+def test_a_damaged_head_record_is_named_not_skipped(tmp_path, content, needle):
+    """was: every line that was not JSON was skipped without a word (the report lost its
+    roles over training), and a row of another shape gave "'int' object is not iterable"."""
+    from headwise.inspect.timeline import read_head_record
+
+    (tmp_path / "heads.jsonl").write_text(content)
+    with pytest.raises(ValueError) as e:
+        read_head_record(tmp_path)
+    assert needle in str(e.value), str(e.value)
+
+
+def test_a_torn_last_head_record_is_skipped(tmp_path):
+    from headwise.inspect.timeline import read_head_record
+
+    (tmp_path / "heads.jsonl").write_text(_ROW + "\n" + _ROW[:30])  # killed while appending
+    assert [r["step"] for r in read_head_record(tmp_path)] == [2]

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import is_int
 from ..train.rundir import register_run_entry
 from .capture import capture, context_length, eval_mode, is_causal, n_layers_heads
 from .measures import MeasureAccumulator, induction_scores
@@ -94,18 +95,41 @@ def _num(x: float) -> float | None:
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of ``path``; a torn last line (a run killed while writing) is skipped."""
+    """The rows of ``path``; a torn last line (no newline after it: a run killed while
+    writing) is skipped. Any other line that is not a record of the head recorder is
+    a ValueError naming the file and the line."""
     if not path.is_file():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is damaged: not UTF-8 text ({e})") from None
+    lines = text.split("\n")  # after a final newline the last piece is ""
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # torn: the writer ends every record with a newline
+                continue
+            raise ValueError(f"{path}, line {number} is damaged (not JSON: {e}); move the file away to inspect "
+                             "without the roles over training") from None
+        if not _is_row(row):
+            raise ValueError(f"{path}, line {number} is not a head record ({{'step': int, 'heads': [{{'layer', "
+                             f"'head', 'role', ...}}]}}): {line[:80]!r}; move the file away to inspect without the "
+                             "roles over training")
+        rows.append(row)
     return rows
+
+
+def _is_row(row: Any) -> bool:
+    """``row`` has the shape :meth:`HeadRecorder.record` writes (what the readers use)."""
+    if not isinstance(row, dict) or not is_int(row.get("step")) or not isinstance(row.get("heads"), list):
+        return False
+    return all(isinstance(h, dict) and is_int(h.get("layer")) and is_int(h.get("head"))
+               and isinstance(h.get("role"), str) for h in row["heads"])
 
 
 def read_head_record(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
