@@ -263,3 +263,31 @@ def test_a_real_full_disk_is_a_message_not_a_traceback(world, capsys, monkeypatc
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
     a, b = _weights(run, 8), _weights(world["ref"], 8)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_whose_checkpoints_were_deleted_is_refused(world, capsys):
+    """Checkpoints removed to free the disk: --resume used to start the run again from step
+    0, silently under --quiet ("no checkpoint was written yet" was only a progress line),
+    cutting metrics.jsonl down to nothing. Now it is refused and nothing is changed."""
+    run = _copy(world, "checkpoints-deleted")
+    for ckpt in (run / "checkpoints").glob("step-*"):
+        shutil.rmtree(ckpt)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--steps", "12", "--quiet", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "wrote checkpoints" in err and "'step-00000008') but none is left" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+
+
+def test_a_quiet_resume_that_starts_again_says_so(world, tmp_path, capsys):
+    """Killed before its first checkpoint: the resume starts again from step 0, and says
+    so on stderr even under --quiet."""
+    run = tmp_path / "no-checkpoint-yet"
+    t = Trainer(tiny_cfg(world["corpus"], run), progress=False)
+    t.train_step()
+    del t
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no checkpoint was written yet: --resume starts the run again from step 0" in err

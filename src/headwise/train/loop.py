@@ -162,21 +162,27 @@ class Trainer:
                 raise CheckpointError(
                     f"--resume refused: {self.run_dir} has checkpoints but none is intact ("
                     + "; ".join(skipped) + "); nothing was changed")
+            latest = self.run_dir / "checkpoints" / "latest"
+            if ckpt is None and latest.is_file():  # written once, removed since: not a run to start again
+                raise CheckpointError(
+                    f"--resume refused: {self.run_dir} wrote checkpoints ({latest} names "
+                    f"{latest.read_text(errors='replace').strip()!r}) but none is left, so there is nothing to "
+                    f"continue from; nothing was changed. Restore them, or start the run again with --overwrite")
             self._restream_notes: list[str] = []
             if ckpt is not None:
                 self._restore(ckpt)
-                moved = self._restream_notes
-                self.resume_notes = [*skipped, f"resuming from {ckpt.name} (step {self.step})", *moved]
-            else:
-                moved = []
-                self.resume_notes = ["no checkpoint was written yet: starting again from step 0"]
+                said = self._restream_notes
+                self.resume_notes = [*skipped, f"resuming from {ckpt.name} (step {self.step})", *said]
+            else:  # (said even without a progress display, below)
+                said = ["no checkpoint was written yet: --resume starts the run again from step 0"]
+                self.resume_notes = list(said)
             for line in self.resume_notes:
                 self._print(line)
             if not self.progress and self.is_main:
-                # a skipped checkpoint, or a stream that starts afresh, is said even without a progress display
+                # a skipped checkpoint, a stream that starts afresh, a new start: said even without a progress display
                 for line in skipped:
                     print(f"warning: {line}; it was skipped", file=sys.stderr)
-                for line in moved:
+                for line in said:
                     print(f"warning: {line}", file=sys.stderr)
         # only the writing process may trim the log of a resumed run
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl",
