@@ -208,3 +208,22 @@ def test_float64_input_under_autocast_is_refused_as_in_torch():
         assert _torch_error(theirs, x, x, x)[0] is RuntimeError
         with pytest.raises(RuntimeError, match="query has dtype torch.float64"):
             ours(x, x, x)
+
+
+@pytest.mark.parametrize("average", [True, False])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_training_with_dropout_returns_the_dropped_weights_the_output_used_as_torch(average, batch_first):
+    """was: the weights before dropout (every row summing to 1), where torch returns the
+    weights after dropout, the ones its output was computed with; with the same seed
+    both now draw the same dropout mask."""
+    theirs, ours = _pair(dropout=0.5, batch_first=batch_first)
+    theirs.train()
+    ours.train()
+    x = torch.randn(3, 4, E, requires_grad=True)
+    torch.manual_seed(5)
+    want, want_w = theirs(x, x, x, average_attn_weights=average)
+    torch.manual_seed(5)
+    got, got_w = ours(x, x, x, average_attn_weights=average)
+    torch.testing.assert_close(got_w, want_w)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])

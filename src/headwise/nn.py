@@ -290,15 +290,16 @@ class MultiheadAttention(nn.Module):
             attn_mask=attn_mask,
             float_dtype=q.dtype,
         )
-        out, weights = attend(
-            q,
-            k,
-            v,
-            mask,
-            backend=self.backend,
-            dropout_p=self.dropout if self.training else 0.0,
-            need_weights=need_weights,
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights and dropout_p > 0.0:
+            # torch returns the weights after dropout, the ones the output was made with:
+            # drop them here and apply them (a backend returns its weights before dropout)
+            _, weights = attend(q, k, v, mask, backend=self.backend, need_weights=True)
+            weights = F.dropout(weights, p=dropout_p)
+            out = weights @ v
+        else:
+            out, weights = attend(q, k, v, mask, backend=self.backend, dropout_p=dropout_p,
+                                  need_weights=need_weights)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)
         out = self.out_proj(out)
         if weights is not None and average_attn_weights:
