@@ -75,3 +75,22 @@ def test_a_resume_on_a_gpu(corpus, tmp_path, before):
         a = load_file(str(ref / "checkpoints" / "step-00000008" / "model.safetensors"))
         b = load_file(str(run / "checkpoints" / "step-00000008" / "model.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_in_another_number_format_says_so(corpus, tmp_path, capsys, monkeypatch):
+    """``--precision auto`` is bf16 on a device with native bf16, else fp32: a resume on
+    another machine switched the run's number format without a word."""
+    import headwise.train.loop as loop
+
+    run = tmp_path / "run"
+    Trainer(tiny_cfg(corpus, run, precision="auto"), progress=False).run(until_step=4)
+    used = json.loads((run / "precision.json").read_text())["used"]
+    capsys.readouterr()
+    Trainer(tiny_cfg(corpus, run, precision="auto"), resume=True, progress=False)  # on the same machine
+    assert "trains in" not in capsys.readouterr().err
+    real = loop.resolve_precision
+    monkeypatch.setattr(loop, "resolve_precision",
+                        lambda req, dev: real(req, dev, support=(used == "fp32", "another machine")))
+    Trainer(tiny_cfg(corpus, run, precision="auto"), resume=True, progress=False)
+    other = "bf16" if used == "fp32" else "fp32"
+    assert f"warning: this resume trains in {other}, the run so far trained in {used}" in capsys.readouterr().err

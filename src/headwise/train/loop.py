@@ -189,6 +189,8 @@ class Trainer:
                                   resume_step=(self.step if resume else -1) if self.is_main else None)
         if self.is_main:  # what runs, beside run.json's request
             ran = self.precision.to_dict()
+            if resume:
+                self._say_precision_change(self.run_dir / "precision.json", ran)
             if self.device.type == "cpu":  # the float32 linears' GEMMs, the GELU, malloc
                 ran["cpu_linear"] = cpu_linear_choice()
                 ran["cpu_gelu"] = cpu_gelu_choice()
@@ -210,6 +212,17 @@ class Trainer:
         #: that writes the run directory (e.g. headwise.inspect.timeline's HeadRecorder);
         #: a hook must leave the random streams and the training state as it found them.
         self.eval_hooks: list[Callable[[Trainer, int], None]] = []
+
+    def _say_precision_change(self, record: Path, ran: dict[str, Any]) -> None:
+        """Warn when a resume runs in another number format than the run so far (which
+        ``--precision auto`` picks per device: a resume on another machine may differ)."""
+        try:
+            before = json.loads(record.read_text(encoding="utf-8")).get("used")
+        except (OSError, ValueError, AttributeError):
+            return
+        if isinstance(before, str) and before != ran["used"]:
+            print(f"warning: this resume trains in {ran['used']}, the run so far trained in {before} "
+                  f"({ran['note']}); the rest of the run is not what it would have been", file=sys.stderr)
 
     # ------------------------------------------------------------------ setup
     # The _open_run_dir/_build_parts/_micro_step/_reduce_metrics/_clip_grad_norm
