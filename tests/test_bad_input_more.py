@@ -373,3 +373,29 @@ def test_a_torn_last_head_record_is_skipped(tmp_path):
 
     (tmp_path / "heads.jsonl").write_text(_ROW + "\n" + _ROW[:30])  # killed while appending
     assert [r["step"] for r in read_head_record(tmp_path)] == [2]
+
+
+@pytest.mark.parametrize("k_shape,v_shape,v_dtype", [
+    ((2, 3, 4), (2, 3, 4), None),  # was: IndexError: tuple index out of range
+    ((1, 2, 3, 4), (1, 2, 5, 4), None),  # was: a RuntimeError from inside the copy, the cache left half-made
+    ((1, 2, 3, 4), (1, 2, 3, 4), "float64"),  # was: accepted, to fail later inside attention
+])
+def test_kv_cache_append_refuses_keys_and_values_that_do_not_match(k_shape, v_shape, v_dtype):
+    import torch
+
+    from headwise.attention import KVCache
+
+    cache = KVCache()
+    v = torch.randn(v_shape, dtype=getattr(torch, v_dtype) if v_dtype else torch.float32)
+    with pytest.raises(ValueError, match=r"k and v must be 4-D \(B, Hkv, t, D\) sharing"):
+        cache.append(torch.randn(k_shape), v)
+    assert len(cache) == 0
+    k, v = cache.append(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4))  # still usable
+    assert k.shape == v.shape == (1, 2, 3, 4)
+
+
+def test_kv_cache_append_of_something_that_is_not_a_tensor_is_a_type_error():
+    from headwise.attention import KVCache
+
+    with pytest.raises(TypeError, match="k must be a torch.Tensor, got list"):  # was AttributeError
+        KVCache().append([1], [2])

@@ -33,6 +33,12 @@ class KVCache:
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add ``k (B, Hkv, t, D)``, ``v (B, Hkv, t, Dv)`` and return all cached keys
         and values so far, ``(B, Hkv, T, D)`` and ``(B, Hkv, T, Dv)`` (views)."""
+        for name, x in (("k", k), ("v", v)):
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3] or (k.dtype, k.device) != (v.dtype, v.device):
+            raise ValueError(f"k and v must be 4-D (B, Hkv, t, D) sharing (B, Hkv, t), dtype and device; got k "
+                             f"{tuple(k.shape)} {k.dtype} on {k.device}, v {tuple(v.shape)} {v.dtype} on {v.device}")
         t = k.shape[2]
         if self._k is None:
             cap = max(16, t)
