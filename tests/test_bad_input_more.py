@@ -399,3 +399,16 @@ def test_kv_cache_append_of_something_that_is_not_a_tensor_is_a_type_error():
 
     with pytest.raises(TypeError, match="k must be a torch.Tensor, got list"):  # was AttributeError
         KVCache().append([1], [2])
+
+
+@pytest.mark.parametrize("index", ["a", 1.0, True])
+def test_layer_heads_index_that_is_not_an_int_is_a_type_error(index):
+    """was: IndexError for 'a' and 1.0 (a list raises TypeError), and heads[True] was head 1."""
+    from headwise.attention import MultiHeadAttention
+
+    heads = MultiHeadAttention(8, 2).heads
+    with pytest.raises(TypeError, match="head index must be an int or a slice"):
+        heads[index]
+    assert heads[-1].index == 1 and len(heads[0:2]) == 2
+    with pytest.raises(IndexError):
+        heads[2]

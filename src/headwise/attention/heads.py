@@ -9,6 +9,8 @@ from typing import Protocol
 
 from torch import Tensor
 
+from ..checks import is_int
+
 __all__ = ["HeadView", "HeadSequence"]
 
 
@@ -59,6 +61,8 @@ class HeadSequence(Sequence):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         n = len(self)
-        if not isinstance(i, int) or not -n <= i < n:
+        if not is_int(i):  # as a list: TypeError for what is no index (True is not head 1)
+            raise TypeError(f"head index must be an int or a slice, got {type(i).__name__} {i!r}")
+        if not -n <= i < n:
             raise IndexError(f"head index must be an int in [-{n}, {n}), got {i!r}")
         return self._layer.head_view(i % n)
