@@ -412,3 +412,12 @@ def test_layer_heads_index_that_is_not_an_int_is_a_type_error(index):
     assert heads[-1].index == 1 and len(heads[0:2]) == 2
     with pytest.raises(IndexError):
         heads[2]
+
+
+@pytest.mark.parametrize("dropout", ["0.1", None])
+def test_layer_dropout_that_is_not_a_number_is_named(dropout):
+    """was: TypeError "'<=' not supported between instances of 'float' and 'str'", naming nothing."""
+    from headwise.attention import MultiHeadAttention
+
+    with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\), got"):
+        MultiHeadAttention(8, 2, dropout=dropout)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from ..checks import check_real
 from ..kernels.cpu_linear import linear, run_linear
 from .backends import AttentionCall, check_backend_name, get_backend
 from .functional import attend
@@ -106,8 +107,8 @@ class MultiHeadAttention(nn.Module):
         d_model, n_heads, head_dim, n_kv_heads, kdim, vdim = layer_sizes(
             d_model, n_heads, head_dim, n_kv_heads, kdim, vdim
         )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        # (a str or None was refused by Python's own '<=' message, naming nothing)
+        dropout = check_real("dropout", dropout, minimum=0, maximum=1, max_open=True)
         check_backend_name(backend)
 
         self.d_model, self.n_heads, self.head_dim, self.n_kv_heads = (
