@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from tiny_runs import tiny_cfg, write_corpus
+from tiny_runs import tiny_cfg, tiny_cli_args, write_corpus
 
 from headwise.cli import main
 from headwise.train import TrainConfig
@@ -44,3 +44,22 @@ def test_a_hand_edited_run_json_is_refused_on_resume(tmp_path, capsys, monkeypat
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 2
     err = capsys.readouterr().err
     assert "run.json: grad_clip must be a finite float > 0, got -1.0" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("objective,block_len,shortest", [("mlm", 2, 3), ("rtd", 1, 3), ("clm", 1, 2)])
+def test_a_block_too_short_is_refused_naming_the_flag_before_the_tokenizer_is_trained(
+        tmp_path, capsys, monkeypatch, objective, block_len, shortest):
+    """It was "block_len must be an int >= 3 for style='encoder'", raised only once the
+    tokenizer had been trained on the whole corpus."""
+    import headwise.train.build as build
+
+    monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(build, "load_or_train_tokenizer", lambda *a, **k: pytest.fail("trained a tokenizer"))
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    argv = tiny_cli_args(corpus, tmp_path / "run", "--objective", objective, "--block-len", str(block_len),
+                         "--no-report", "--tokenizer-kind", "char")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--block-len {block_len} is too short for --objective {objective}" in err
+    assert f"use --block-len {shortest} or more" in err
+    assert not (tmp_path / "run").exists()

@@ -90,6 +90,12 @@ def model_config_for(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
     except ValueError as e:
         given = ",".join(f"{k}={v}" for k, v in cfg.model.items())
         raise ValueError(f"preset {cfg.preset!r}" + (f" with --model {given}" if given else "") + f": {e}") from None
+    # the shortest block: [CLS] token [SEP] for an encoder, two tokens (one input, one target) for clm
+    shortest = 2 if cfg.objective == "clm" else 3
+    if cfg.block_len < shortest:
+        held = "one input and one target token" if cfg.objective == "clm" else "[CLS], one token and [SEP]"
+        raise ValueError(f"--block-len {cfg.block_len} is too short for --objective {cfg.objective}: a block "
+                         f"holds {held}; use --block-len {shortest} or more")
     # a CLM block of L tokens feeds L-1 to the model (the last one is only a target)
     seen = cfg.block_len - 1 if cfg.objective == "clm" else cfg.block_len
     if model_cfg.max_len < seen:
