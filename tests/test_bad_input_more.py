@@ -421,3 +421,19 @@ def test_layer_dropout_that_is_not_a_number_is_named(dropout):
 
     with pytest.raises(ValueError, match=r"dropout must be a float in \[0, 1\), got"):
         MultiHeadAttention(8, 2, dropout=dropout)
+
+
+def test_input_files_with_a_byte_order_mark_are_read_as_text(tmp_path):
+    """was: a CoNLL-U file saved with a UTF-8 BOM was refused ("expected 10 tab-separated
+    fields, got 1: '\\ufeff# sent_id = 1'") and --text kept '\\ufeff' in its first sentence."""
+    from headwise.app.inspect_command import read_text
+    from headwise.inspect import read_conllu
+
+    bom = "\ufeff"
+    conllu = tmp_path / "t.conllu"
+    rows = ["1\tThe\tthe\tDET\t_\t_\t2\tdet\t_\t_", "2\tcat\tcat\tNOUN\t_\t_\t0\troot\t_\t_"]
+    conllu.write_text(bom + "# sent_id = 1\n" + "\n".join(rows) + "\n\n", encoding="utf-8")
+    assert [s.words for s in read_conllu(conllu)] == [["The", "cat"]]
+    text = tmp_path / "t.txt"
+    text.write_text(bom + "the cat sat.\r\nthe dog ran.\r\n", encoding="utf-8")
+    assert read_text(text) == ["the cat sat.", "the dog ran."]

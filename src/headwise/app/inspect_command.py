@@ -175,7 +175,7 @@ def read_text(path: str | Path) -> list[str]:
     if not p.is_file():
         raise FileNotFoundError(f"--text {str(path)!r}: no such file")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the first sentence
     except UnicodeDecodeError as e:
         raise ValueError(f"--text {str(path)!r} is not UTF-8 text ({e})") from None
     lines = [line.strip() for line in text.splitlines()]

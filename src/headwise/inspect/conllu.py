@@ -148,7 +148,7 @@ def read_conllu(path: str | os.PathLike[str], limit: int | None = None) -> list[
         raise IsADirectoryError(f"CoNLL-U file {path!r} is a folder; give a .conllu file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CoNLL-U file {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is no text
         try:
             text = f.read()
         except UnicodeDecodeError as e:
