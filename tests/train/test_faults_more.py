@@ -186,6 +186,15 @@ def test_a_kill_while_saving_leaves_no_half_folder_behind(world, moment):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_sweep_leaves_a_users_hidden_copy_of_a_checkpoint(world):
+    run = _copy(world, "users-hidden-copy")
+    ckpts = run / "checkpoints"
+    shutil.copytree(ckpts / "step-00000008", ckpts / ".step-00000008.backup01")
+    t = Trainer(tiny_cfg(world["corpus"], run, steps=12), resume=True, progress=False, changes={"steps": 12})
+    t.run()
+    assert (ckpts / ".step-00000008.backup01" / "model.safetensors").is_file()
+
+
 def test_max_time_reached_at_a_checkpoint_step_saves_it_once(world, tmp_path):
     """It was written twice, the second copy replacing the first (a model's save time
     doubled, and a kill in between lost the checkpoint from view)."""

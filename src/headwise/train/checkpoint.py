@@ -115,8 +115,9 @@ def _step_dirs(root: Path) -> list[Path]:
                   key=checkpoint_step, reverse=True)
 
 
-#: the temporary folders of saves and removals (``.step-N.XXXX``): never a checkpoint
-_TEMPORARY = re.compile(r"\.step-\d+\..+")
+#: the temporary folders of saves (``.step-N.tmp-XXXX``) and removals (``.step-N.removed``):
+#: never a checkpoint, and no name a user would give a folder of theirs
+_TEMPORARY = re.compile(r"\.step-\d+\.(tmp-[a-z0-9_]+|removed)")
 
 
 def _remove(path: Path) -> None:
@@ -146,7 +147,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
     root.mkdir(parents=True, exist_ok=True)
     _sweep(root)
     name = f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
     try:
         # save_model handles tied (shared) tensors, which save_file refuses
         # "manifest" marks the weights as written with a manifest.json (so losing it is noticed)
