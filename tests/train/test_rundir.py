@@ -208,3 +208,12 @@ def test_resume_refuses_a_different_corpus(corpus, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--corpus", str(other)]) == 2
     assert "--corpus" in capsys.readouterr().err
+
+
+def test_out_that_is_a_dangling_symlink_is_named(corpus, tmp_path):
+    """It was "--out: File exists" (mkdir on the link); the link is left as it is."""
+    link = tmp_path / "runs"
+    link.symlink_to(tmp_path / "elsewhere" / "runs")
+    with pytest.raises(RunDirError, match=r"is a symbolic link to .*elsewhere/runs, which does not exist"):
+        Trainer(tiny_cfg(corpus, link), progress=False)
+    assert link.is_symlink() and not (tmp_path / "elsewhere").exists()

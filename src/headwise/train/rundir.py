@@ -159,6 +159,9 @@ class RunDir:
             raise ValueError("choose one of --resume and --overwrite, not both")
         if out.exists() and not out.is_dir():
             raise RunDirError(f"--out {out} is an existing file, not a folder; choose another --out")
+        if out.is_symlink() and not out.exists():  # (mkdir would say only "File exists")
+            raise RunDirError(f"--out {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
+                              f"create that folder or choose another --out")
         rd = cls(out)
         if rd._foreign_lock():
             raise RunDirError(f"{out} holds a {LOCK} file that headwise did not write; it is left as it is: "
