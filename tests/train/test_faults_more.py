@@ -22,6 +22,7 @@ from headwise.train import Trainer
 from headwise.train.checkpoint import checkpoint_report
 from headwise.train.loop import NonFiniteError
 from headwise.train.metrics import MetricsLog
+from headwise.train.schedule import lr_lambda
 
 
 @pytest.fixture(scope="module")
@@ -300,3 +301,17 @@ def test_a_quiet_resume_that_starts_again_says_so(world, tmp_path, capsys):
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
     err = capsys.readouterr().err
     assert "warning: no checkpoint was written yet: --resume starts the run again from step 0" in err
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_resume_with_more_steps_takes_its_own_schedule_from_the_first_step(world, tmp_path, optimizer):
+    """The optimizer's saved learning rates (the old schedule's at that step) drove the
+    first resumed step; the new --steps's schedule took over only after it."""
+    run = tmp_path / "run"
+    Trainer(tiny_cfg(world["corpus"], run, optimizer=optimizer), progress=False).run(until_step=4)
+    t = Trainer(tiny_cfg(world["corpus"], run, optimizer=optimizer, steps=16), resume=True, progress=False,
+                changes={"steps": 16})
+    ratio = lr_lambda(4, warmup=2, total=16)
+    assert ratio != lr_lambda(4, warmup=2, total=8)
+    assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx(
+        [base * ratio for base in t.scheduler.base_lrs])

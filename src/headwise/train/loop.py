@@ -280,6 +280,11 @@ class Trainer:
         state = load_checkpoint(ckpt, self.objective, map_location=self.device, verify=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # the saved learning rates follow the saved schedule: a resume with another --steps
+        # follows its own from this step on (the same value where the schedule is the same)
+        for group, base, at in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas,
+                                   strict=True):
+            group["lr"] = base * at(self.scheduler.last_epoch)
         self.step = state["step"]
         self.resumed_from = ckpt
         if set_rng_state(state["rng"], {"mask": self.mask_rng}):
