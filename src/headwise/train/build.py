@@ -194,6 +194,8 @@ def check_out_outside_corpus(cfg: TrainConfig, run_dir: Path) -> None:
     so the run's own files (metrics.jsonl, summary.txt) would become corpus text once
     written, and a resume or an evaluation would read other data, or fail on them. A
     hidden folder inside it is fine (the corpus skips hidden folders)."""
+    if not str(cfg.corpus).strip():  # not a folder (Path("") is "."): load_corpus refuses it
+        return
     folder = Path(str(cfg.corpus))
     if not folder.is_dir():
         return
