@@ -79,10 +79,6 @@ class TrainConfig:
         for name in ("lr", "grad_clip", "rtd_disc_weight"):
             check_real(name, getattr(self, name), minimum=0, min_open=True, what="a finite float > 0")
         check_real("weight_decay", self.weight_decay, minimum=0, what="a finite float >= 0")
-        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2):
-            raise ValueError(f"betas must be two floats in [0, 1), got {self.betas!r}")
-        for b in self.betas:
-            check_real("betas", b, minimum=0, maximum=1, max_open=True, what="two floats in [0, 1)")
         if self.dropout is not None:
             check_real("dropout", self.dropout, minimum=0, maximum=1, max_open=True, what="None or in [0, 1)")
         check_real("min_lr_ratio", self.min_lr_ratio, minimum=0, maximum=1, what="in [0, 1]")
@@ -99,6 +95,10 @@ class TrainConfig:
         if not isinstance(self.model, dict) or not all(isinstance(k, str) for k in self.model):
             raise ValueError(f"model must be a dict of ModelConfig field overrides, got {self.model!r}")
         self.betas = tuple(self.betas)  # JSON gives a list
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two floats in [0, 1), got {self.betas!r}")
+        for b in self.betas:
+            check_real("betas", b, minimum=0, maximum=1, max_open=True, what="two floats in [0, 1)")
         if self.corpus is None:
             self.corpus = DEFAULT_CORPUS[self.objective]
 
