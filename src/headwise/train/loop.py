@@ -1,10 +1,11 @@
 """The training loop: from a TrainConfig to a run directory.
 
 A run directory holds ``run.json`` (the TrainConfig), ``config.json`` (the model),
-``tokenizer.json``, ``metrics.jsonl``, ``loss.png`` and ``checkpoints/``. Batches
-are a pure function of the step (see :class:`headwise.data.BlockSampler`) and every
-random state is checkpointed, so ``resume=True`` continues exactly: a run
-interrupted and resumed ends with the same weights as one that was not.
+``tokenizer.json``, ``corpus.json`` (the corpus's content hash), ``metrics.jsonl``,
+``loss.png`` and ``checkpoints/``. Batches are a pure function of the step (see
+:class:`headwise.data.BlockSampler`) and every random state is checkpointed, so
+``resume=True`` continues exactly: a run interrupted and resumed ends with the same
+weights as one that was not (on the same kind of device, and the same corpus text).
 """
 
 from __future__ import annotations
