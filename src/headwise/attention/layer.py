@@ -107,7 +107,6 @@ class MultiHeadAttention(nn.Module):
         d_model, n_heads, head_dim, n_kv_heads, kdim, vdim = layer_sizes(
             d_model, n_heads, head_dim, n_kv_heads, kdim, vdim
         )
-        # (a str or None was refused by Python's own '<=' message, naming nothing)
         dropout = check_real("dropout", dropout, minimum=0, maximum=1, max_open=True)
         check_backend_name(backend)
 
