@@ -233,3 +233,36 @@ def test_communication_volume_rejects_bad_input_and_prints(capsys):
                       "--dtype", "fp32"]) == 0
     text = capsys.readouterr().out
     assert "16 ranks = dp 8 x tp 2" in text and "110,270,208 per rank" in text and "24 all-reduces" in text
+
+
+# ---------------------------------------------------------------------- the launcher's edges
+def test_a_finished_run_resumed_with_nproc_tells_its_story_from_run_json(world, tmp_path):
+    """``headwise train --resume --nproc 2 --out RUN`` names no other setting: after the
+    processes find nothing left to train, the story reopens the run with run.json's
+    settings (it refused the flags' defaults as changes: '--corpus ... differs')."""
+    import shutil
+
+    run = tmp_path / "finished"
+    shutil.copytree(world["reference"], run)
+    r = subprocess.run([sys.executable, "-m", "headwise.cli", "train", "--nproc", "2", "--resume", "--out", str(run),
+                        "--no-report", "--quiet"],
+                       capture_output=True, text=True, timeout=240, env={**os.environ, **world["env"]})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "differs" not in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_failed_worker_is_one_line_and_status_1(monkeypatch, tmp_path, capsys):
+    """A process that raised: launch() catches torch's ProcessException (it once named
+    ``torch.multiprocessing.ProcessException``, which does not exist: an AttributeError
+    traceback instead of the message)."""
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    import headwise.app.launch as launch_mod
+
+    def failing_spawn(*args, **kwargs):
+        raise ProcessRaisedException("-- Process 1 terminated with the following error: boom", 1, 4242)
+
+    monkeypatch.setattr(launch_mod.mp, "spawn", failing_spawn)
+    assert launch_mod.launch(_cfg("x.txt", tmp_path / "r", batch_size=8), 2) == 1
+    assert "boom" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 from ..checks import check_int
 from ..distributed.ddp import DistEnv, free_port
@@ -71,7 +72,7 @@ def launch(cfg: TrainConfig, nproc: int, *, resume: bool = False, overwrite: boo
              "changes": changes, "tiled_options": get_tiled_options()}
     try:
         mp.spawn(_worker, args=(nproc, free_port(), cfg, flags), nprocs=nproc, join=True)
-    except mp.ProcessException as e:
+    except ProcessException as e:  # (torch.multiprocessing has no such attribute)
         print(f"headwise train: {e}", file=sys.stderr)
         return 1
     return 0

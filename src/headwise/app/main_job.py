@@ -298,7 +298,8 @@ def run_train_command(args: argparse.Namespace) -> int:
     rc = train_command.run_train(args, story=story)
     if rc == 0 and not told:  # trained by a launcher's processes: tell it from the run directory
         cfg, _ = train_command.config_from_args(args)
-        trainer = Trainer(cfg, resume=True, progress=False)
+        # the settings are run.json's now: the flags' defaults are no changes to them
+        trainer = Trainer(cfg, resume=True, progress=False, changes={})
         return tell_story(trainer, report=report, conllu=conllu)
     return rc
 
