@@ -189,6 +189,17 @@ def test_generate_past_the_learned_positions_names_both_flags_and_what_fits(clm_
     assert main(["generate", str(clm_run), "--max-new-tokens", "15", "--device", "cpu"]) == 0
 
 
+def test_generate_top_k_not_below_the_vocabulary_is_refused_naming_it_and_what_fits(clm_run, capsys):
+    # was: accepted silently, sampling among every token as if --top-k had not been given
+    vocab = json.loads((clm_run / "config.json").read_text())["vocab_size"]
+    base = ["generate", str(clm_run), "--max-new-tokens", "3", "--device", "cpu"]
+    for k in (vocab, vocab + 1000):
+        line = _refused([*base, "--top-k", str(k)], capsys)
+        assert f"--top-k {k}" in line and f"vocabulary size of {vocab} tokens" in line
+        assert f"give --top-k {vocab - 1} or less" in line
+    assert main([*base, "--top-k", str(vocab - 1)]) == 0
+
+
 def test_inspect_threads_beyond_the_cpu_count_is_refused(clm_run, tmp_path, capsys):
     import os
 

@@ -156,3 +156,24 @@ def test_generate_sampling_eos_and_limits():
         dec.generate(ids(t=3), 2, temperature=-1.0)
     with pytest.raises(ValueError, match="kv_caches"):
         dec(ids(), dec.new_kv_caches()[:1])
+
+
+@pytest.mark.parametrize("kw, needle", [
+    # nan reached torch.multinomial ("probability tensor contains either inf, nan ..."), naming nothing
+    (dict(temperature=float("nan")), "temperature must be a finite float >= 0"),
+    # inf sampled uniformly, which read as the model's own distribution
+    (dict(temperature=float("inf")), "temperature must be a finite float >= 0"),
+    (dict(temperature=True), "temperature must be"),
+    # top_k >= vocab_size left every token in the draw: the setting did nothing
+    (dict(top_k=97), "top_k must be None or a positive int below vocab_size=97"),
+    (dict(top_k=500), "top_k must be None or a positive int below vocab_size=97"),
+    (dict(top_k=2.0), "top_k must be"),
+    (dict(eos_id=97), r"eos_id must be None or a token id in \[0, 97\)"),
+    (dict(max_new_tokens=2.0), "max_new_tokens must be an int >= 0"),
+])
+def test_generate_refuses_a_setting_it_cannot_use_naming_it(kw, needle):
+    dec = Decoder(tiny())
+    kw = {"max_new_tokens": 2, **kw}
+    with pytest.raises(ValueError, match=needle):
+        dec.generate(ids(t=3), **kw)
+    assert dec.generate(ids(t=3), 2, top_k=96, generator=torch.Generator().manual_seed(0)).shape == (2, 5)

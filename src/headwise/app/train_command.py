@@ -136,7 +136,8 @@ def register(sub) -> None:
     gen.add_argument("--max-new-tokens", type=nonneg_int, default=100, help="tokens to add")
     gen.add_argument("--temperature", type=nonneg_float, default=0.8, help="softmax temperature; 0 is greedy")
     gen.add_argument("--top-k", type=positive_int, default=None,
-                     help=f"sample among the K most likely tokens (default {TOP_K}; not with --temperature 0)")
+                     help=f"sample among the K most likely tokens, K below the run's vocabulary size "
+                          f"(default {TOP_K}, or every token with a smaller vocabulary; not with --temperature 0)")
     gen.add_argument("--seed", type=seed_int, default=None,
                      help="random seed of the sampling (default 0; not with --temperature 0)")
     _device_flag(gen)
@@ -353,12 +354,18 @@ def run_generate(args: argparse.Namespace) -> int:
         refuse_unused({"--top-k": args.top_k, "--seed": args.seed},
                       "with --temperature 0, which always takes the most likely token",
                       "drop {it} or give a temperature above 0")
-    top_k = TOP_K if args.top_k is None else args.top_k
     seed = 0 if args.seed is None else args.seed
     run = load_run(args.run, device=_run_device(args))
     if run.cfg.objective != "clm":
         raise ValueError(f"generate needs a decoder (a clm run); {args.run} is a {run.cfg.objective} run")
     tok = run.tokenizer
+    vocab = run.objective.model.cfg.vocab_size
+    if args.top_k is not None and args.top_k >= vocab:
+        raise ValueError(f"--top-k {args.top_k} is not below the run's vocabulary size of {vocab} tokens, "
+                         f"so every token stays in the draw and --top-k does nothing; give --top-k "
+                         f"{vocab - 1} or less")
+    # the default leaves out nothing from a vocabulary of TOP_K tokens or fewer: sample among every token
+    top_k = args.top_k if args.top_k is not None else (TOP_K if TOP_K < vocab else None)
     unknown = tok.unknown_characters(args.prompt)
     if unknown:
         print(f"headwise generate: warning: --prompt has {len(unknown)} character(s) outside the run's "

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attention import KVCache
-from ..checks import check_int
+from ..checks import check_int, check_real
 from .blocks import Block, Embeddings, check_input_ids, init_weights, norm_module
 from .config import ModelConfig
 
@@ -129,8 +129,9 @@ class Decoder(nn.Module):
         Args:
             input_ids: prompt ``(B, T)``, long, ``T >= 1``.
             max_new_tokens: number of tokens to add (>= 0).
-            temperature: softmax temperature; ``0`` means greedy (argmax).
-            top_k: sample only among the ``top_k`` most likely tokens.
+            temperature: softmax temperature, finite and >= 0; ``0`` means greedy (argmax).
+            top_k: sample only among the ``top_k`` most likely tokens, fewer than the
+                ``vocab_size`` (None: among every token).
             eos_id: once a sequence emits it, the rest of its row is filled with it;
                 generation stops early when every row has finished.
             generator: random source for sampling (on the model's device).
@@ -142,9 +143,15 @@ class Decoder(nn.Module):
         check_int("max_new_tokens", max_new_tokens, minimum=0)
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids must hold at least one prompt token, got length 0")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        check_int("top_k", top_k, none_ok=True)
+        # a nan or infinite temperature gave torch.multinomial's 'probability tensor contains
+        # nan' (or, with inf, uniform sampling that reads as the model's)
+        temperature = check_real("temperature", temperature, minimum=0,
+                                 what="a finite float >= 0 (0 = greedy)")
+        vocab = self.cfg.vocab_size
+        check_int("top_k", top_k, none_ok=True, maximum=vocab - 1,
+                  what=f"a positive int below vocab_size={vocab} (None samples among every token)")
+        check_int("eos_id", eos_id, none_ok=True, minimum=0, maximum=vocab - 1,
+                  what=f"a token id in [0, {vocab})")
         left = self.positions_left(input_ids.shape[1])
         if left is not None and max_new_tokens > left:
             raise ValueError(
@@ -185,7 +192,7 @@ def _sample(
     # a tiny temperature gives -inf for all but the best tokens, never inf - inf = nan
     logits = logits.double()
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
+    if top_k is not None:  # generate checked it is below the vocabulary size
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
