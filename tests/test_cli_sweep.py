@@ -246,6 +246,22 @@ def test_a_config_json_without_model_type_says_so(tmp_path, capsys):
     assert "config.json has no model_type" in line and "None" not in line
 
 
+@pytest.mark.parametrize("objective", ["mlm", "rtd"])
+def test_eval_that_scores_no_token_is_refused_not_reported_as_a_loss_of_0(corpus, tmp_path, capsys, objective):
+    # was: {"loss": 0.0, "accuracy": 0.0, "n_selected": 0.0}, which reads as a perfect score
+    run = tmp_path / objective
+    argv = _train(corpus, run, "--block-len", "16")  # an encoder reads all 16 tokens of a block
+    argv[argv.index("--objective") + 1] = objective
+    assert main(argv) == 0
+    outside = tmp_path / "outside.txt"
+    outside.write_text("zzzz qqqq xxxx ZZZZ\n" * 50)  # no word of it is in the run's vocabulary
+    line = _refused(["eval", str(run), "--corpus", str(outside), "--device", "cpu"], capsys)
+    assert "no token was scored" in line and repr(str(outside)) in line and "[UNK]" in line
+    assert "outside the run's vocabulary" in line
+    assert main(["eval", str(run), "--corpus", str(corpus), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_selected"] > 0
+
+
 @pytest.mark.parametrize("name", ["tokenizer.json", "config.json"])
 @pytest.mark.parametrize("command", ["eval", "check", "generate"])
 def test_a_run_missing_its_tokenizer_or_config_is_refused_not_rebuilt(clm_run, capsys, name, command):

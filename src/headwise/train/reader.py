@@ -73,5 +73,38 @@ def evaluate_run(run: LoadedRun, corpus: str | None = None, max_batches: int = 5
     if corpus is not None:
         style = "decoder" if run.cfg.objective == "clm" else "encoder"
         blocks = build_blocks(load_corpus(corpus), run.tokenizer, run.cfg.block_len, style=style)
-    return evaluate_blocks(run.objective, blocks, batch_size=run.cfg.batch_size, max_batches=max_batches,
-                           device=run.device)
+    metrics = evaluate_blocks(run.objective, blocks, batch_size=run.cfg.batch_size, max_batches=max_batches,
+                              device=run.device)
+    # the objectives report a loss of 0 over no target, which would read as a perfect score
+    scored = "n_tokens" if "n_tokens" in metrics else "n_selected"
+    if metrics.get(scored) == 0:
+        source = f"corpus {corpus!r}" if corpus is not None else f"the validation split of {run.cfg.corpus!r}"
+        raise ValueError(f"no token was scored on {source}, so there is no loss to report: "
+                         + _why_none_scored(run, blocks, max_batches))
+    return metrics
+
+
+def _why_none_scored(run: LoadedRun, blocks: TokenBlocks, max_batches: int) -> str:
+    """Why the evaluated blocks gave the objective no target: what their tokens are."""
+    tok = run.tokenizer
+    special = set(tok.special_ids)
+    total = unknown = ordinary = 0
+    for i, batch in enumerate(blocks.iter_batches(run.cfg.batch_size)):
+        if i >= max_batches:
+            break
+        ids = batch.flatten().tolist()
+        total += len(ids)
+        unknown += sum(t == tok.unk_id for t in ids)
+        ordinary += sum(t not in special for t in ids)
+    if run.cfg.objective == "clm":
+        return f"the {total} tokens evaluated are all padding"
+    what = (f"{unknown} of the {total} tokens evaluated are [UNK] (text outside the run's vocabulary) and "
+            f"{total - unknown - ordinary} other special tokens" if unknown else
+            f"{total - ordinary} of the {total} tokens evaluated are special tokens")
+    masks = ("mlm scores only the ordinary tokens it masks" if run.cfg.objective == "mlm" else
+             "rtd masks and replaces only ordinary tokens, leaving its generator nothing to predict and "
+             "its discriminator nothing to detect")
+    return (f"{masks}, and {what}; "
+            f"evaluate on text the run's tokenizer covers" if ordinary == 0 else
+            f"{run.cfg.objective} masked none of the {ordinary} ordinary tokens among the {total} evaluated; "
+            f"evaluate on more text (or more --batches)")
