@@ -7,6 +7,8 @@ MODE ``parallel``: head-parallel layers and models against the single-process mo
 rank 0 writes ``OUT/parallel.json`` with the largest differences.
 MODE ``kill``: a DistributedTrainer whose rank 1 SIGKILLs itself after step ``K``
 (ARGS: a JSON TrainConfig and K).
+MODE ``fast-clock``: a DistributedTrainer whose rank 0 reads a clock running fast, under
+``--max-time`` (ARGS: a JSON TrainConfig).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import os
 import signal
 import sys
+import time
+import types
 from pathlib import Path
 
 import torch
@@ -164,11 +168,26 @@ def kill(out: Path, cfg_json: str, kill_after: int) -> None:
     Killed(TrainConfig(**json.loads(cfg_json)), progress=False).run()
 
 
+def fast_clock(out: Path, cfg_json: str) -> None:
+    """Rank 0's clock runs 10,000 times fast, so that it alone finds --max-time reached
+    after its first step."""
+    import headwise.train.loop as loop
+    from headwise.distributed.trainer import DistributedTrainer
+    from headwise.train import TrainConfig
+
+    if int(os.environ["RANK"]) == 0:
+        real = time.perf_counter
+        loop.time = types.SimpleNamespace(perf_counter=lambda: real() * 10_000)
+    DistributedTrainer(TrainConfig(**json.loads(cfg_json)), progress=False).run()
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], Path(sys.argv[2])
     if mode == "parallel":
         parallel(out)
     elif mode == "kill":
         kill(out, sys.argv[3], int(sys.argv[4]))
+    elif mode == "fast-clock":
+        fast_clock(out, sys.argv[3])
     else:
         raise SystemExit(f"unknown mode {mode!r}")

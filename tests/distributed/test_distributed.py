@@ -266,3 +266,15 @@ def test_a_failed_worker_is_one_line_and_status_1(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(launch_mod.mp, "spawn", failing_spawn)
     assert launch_mod.launch(_cfg("x.txt", tmp_path / "r", batch_size=8), 2) == 1
     assert "boom" in capsys.readouterr().err
+
+
+def test_max_time_stops_every_rank_at_the_same_step(world):
+    """--max-time on 2 ranks whose clocks disagree (rank 0's runs fast): both stop after
+    step 1 and the run ends cleanly, where rank 0 once stopped alone and rank 1 went on
+    into a reduction nobody answered."""
+    out = world["root"] / "max_time"
+    cfg = _cfg(world["corpus"], out, max_time=0.5)  # (8 steps at most)
+    cfg_json = json.dumps({**cfg.__dict__, "betas": list(cfg.betas)})
+    r = _torchrun(2, str(WORKERS), "fast-clock", str(out), cfg_json, env=world["env"], timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert latest_checkpoint(out).name == "step-00000001"

@@ -302,6 +302,15 @@ class DistributedTrainer(Trainer):
             out["perplexity"] = float(torch.tensor(min(out["loss"], 50.0)).exp())
         return out
 
+    def _time_is_up(self, elapsed: float) -> bool:
+        """Every rank stops at the same step: the ranks' clocks are read apart, and a rank
+        that stopped alone would leave the others waiting in the next step's reduction."""
+        if self.cfg.max_time is None:
+            return False
+        up = torch.tensor([1.0 if super()._time_is_up(elapsed) else 0.0], device=self.device)
+        dist.all_reduce(up, op=dist.ReduceOp.MAX)
+        return bool(up.item())
+
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         """Rank 0 writes the checkpoint (single-process format) while the others wait."""

@@ -403,7 +403,7 @@ class Trainer:
                 due = self.step % cfg.checkpoint_every == 0 or self.step == stop
                 if due:
                     self.save()
-                if cfg.max_time is not None and elapsed > cfg.max_time * 60:
+                if self._time_is_up(elapsed):
                     self._print(f"--max-time {cfg.max_time} min reached at step {self.step}")
                     if not due:  # (a second save of the same step would only replace the first)
                         self.save()
@@ -423,6 +423,10 @@ class Trainer:
             if self._rundir is not None:
                 self._rundir.release()
         return last_val
+
+    def _time_is_up(self, elapsed: float) -> bool:
+        """Whether ``--max-time`` is reached after ``elapsed`` seconds of this call's training."""
+        return self.cfg.max_time is not None and elapsed > self.cfg.max_time * 60
 
     def last_validation(self) -> dict[str, float]:
         """The validation metrics logged at the current step, else a fresh evaluation."""
