@@ -262,6 +262,24 @@ def test_eval_that_scores_no_token_is_refused_not_reported_as_a_loss_of_0(corpus
     assert json.loads(capsys.readouterr().out)["n_selected"] > 0
 
 
+def test_a_run_whose_corpus_has_moved_still_generates_and_inspects_and_eval_names_run_json(
+        clm_run, corpus, tmp_path, capsys):
+    # was: all four refused with "corpus path ... does not exist", not saying it was the run's own corpus
+    corpus.rename(tmp_path / "moved.txt")
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat.\nthe dog ran under a tree.\n")
+    assert main(["generate", str(clm_run), "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    assert main(["inspect", str(clm_run), "--text", str(text), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    assert main(["eval", str(clm_run), "--corpus", str(text), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    for command, remedy in (("eval", "give --corpus to evaluate on another corpus"), ("check", "put it back")):
+        line = _refused([command, str(clm_run), "--device", "cpu"], capsys)
+        assert f"the run's training corpus {str(corpus)!r} (recorded in {clm_run / 'run.json'}) is not found" in line
+        assert remedy in line
+    line = _refused(["eval", str(clm_run), "--corpus", str(text), "--format", "int8", "--device", "cpu"], capsys)
+    assert "training corpus" in line and "int8 calibrates on its training split" in line
+
+
 @pytest.mark.parametrize("name", ["tokenizer.json", "config.json"])
 @pytest.mark.parametrize("command", ["eval", "check", "generate"])
 def test_a_run_missing_its_tokenizer_or_config_is_refused_not_rebuilt(clm_run, capsys, name, command):

@@ -57,10 +57,11 @@ def evaluate_run_format(run: LoadedRun, format: str, *, corpus: str | None = Non
         quantize(getattr(objective_q, attr), format, inplace=True, calibration=cal)
     run_q = dataclasses.replace(run, parts=dataclasses.replace(run.parts, objective=objective_q))
 
-    blocks = run.val
     if corpus is not None:
         style = "decoder" if run.cfg.objective == "clm" else "encoder"
         blocks = build_blocks(load_corpus(corpus), run.tokenizer, run.cfg.block_len, style=style)
+    else:
+        blocks = run.val
 
     def some_batches():  # at most max_batches too (headwise eval --batches N: "at most N batches")
         for i, batch in enumerate(blocks.iter_batches(run.cfg.batch_size)):

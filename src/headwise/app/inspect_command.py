@@ -121,7 +121,7 @@ def load_model(spec: str, device: str = "auto") -> LoadedModel:
         if (path / name).exists() and not (path / name).is_file():
             raise ValueError(f"MODEL {spec!r}: its {name} is not a file; MODEL must be {accepted}")
     if (path / "run.json").is_file():
-        run = load_run(path, device=str(dev))
+        run = load_run(path, device=str(dev), data=False)  # inspect reads its own text, not the run's corpus
         obj = run.objective
         kind = run.cfg.objective
         if kind == "rtd":

@@ -323,7 +323,8 @@ def _run_device(args: argparse.Namespace) -> str:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    run = load_run(args.run, fresh_weights=True, device=_run_device(args))
+    run = load_run(args.run, fresh_weights=True, device=_run_device(args),
+                   corpus_use="check runs the sanity checks on a batch of its training split: put it back there")
     lines, intact = [], True
     report = checkpoint_report(args.run)
     for name, problem in report:
@@ -355,11 +356,11 @@ def run_generate(args: argparse.Namespace) -> int:
                       "with --temperature 0, which always takes the most likely token",
                       "drop {it} or give a temperature above 0")
     seed = 0 if args.seed is None else args.seed
-    run = load_run(args.run, device=_run_device(args))
+    run = load_run(args.run, device=_run_device(args), data=False)  # the prompt is all the text it reads
     if run.cfg.objective != "clm":
         raise ValueError(f"generate needs a decoder (a clm run); {args.run} is a {run.cfg.objective} run")
     tok = run.tokenizer
-    vocab = run.objective.model.cfg.vocab_size
+    vocab = tok.vocab_size  # the model's too: build_parts refuses a config.json that disagrees
     if args.top_k is not None and args.top_k >= vocab:
         raise ValueError(f"--top-k {args.top_k} is not below the run's vocabulary size of {vocab} tokens, "
                          f"so every token stays in the draw and --top-k does nothing; give --top-k "
@@ -388,7 +389,13 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    run = load_run(args.run, device=_run_device(args))
+    # the run's own corpus: for its validation split, and for int8's calibration on its training split
+    calibrates = getattr(args, "format", "fp32") == "int8"
+    if args.corpus is None:
+        use = "eval of the validation split reads it: put it back there, or give --corpus to evaluate on another corpus"
+    else:
+        use = "eval --format int8 calibrates on its training split: put it back there, or give another --format"
+    run = load_run(args.run, device=_run_device(args), data=args.corpus is None or calibrates, corpus_use=use)
     if getattr(args, "format", "fp32") != "fp32":
         report = evaluate_run_format(run, args.format, corpus=args.corpus, max_batches=args.batches)
         print(json.dumps(report, indent=2))

@@ -44,12 +44,14 @@ def default_tokenizer_kind(objective: str) -> str:
 
 @dataclass
 class RunParts:
+    """A run's parts; ``train``, ``val`` and ``sampler`` are None when they were built
+    without the data (``build_parts(..., data=False)``)."""
     tokenizer: Tokenizer
     model_config: ModelConfig
     objective: nn.Module
-    train: TokenBlocks
-    val: TokenBlocks
-    sampler: BlockSampler
+    train: TokenBlocks | None
+    val: TokenBlocks | None
+    sampler: BlockSampler | None
 
 
 def build_objective(objective: str, model_cfg: ModelConfig, tok: Tokenizer, cfg: TrainConfig) -> nn.Module:
@@ -210,16 +212,23 @@ def check_out_outside_corpus(cfg: TrainConfig, run_dir: Path) -> None:
 
 
 def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume: bool,
-                precision: Precision | None = None) -> RunParts:
+                precision: Precision | None = None, data: bool = True,
+                corpus: Corpus | None = None) -> RunParts:
     """Build (or, on resume, reload) tokenizer, data, model config and objective. With
     ``precision`` (a training run), the model's attention backend is checked first
     (:func:`check_attention_backend`) and the corpus is checked against the run's record
-    of it (:func:`check_corpus_record`)."""
+    of it (:func:`check_corpus_record`). ``corpus``: the run's corpus already loaded
+    (default: ``load_corpus(cfg.corpus)``). With ``data=False`` the corpus is not read
+    at all (``train``, ``val`` and ``sampler`` are None): the run directory must then
+    hold its tokenizer.json and config.json (:func:`require_recorded_files`)."""
     run_dir = Path(run_dir)
-    check_out_outside_corpus(cfg, run_dir)
-    corpus = load_corpus(cfg.corpus)
-    if precision is not None:
-        check_corpus_record(run_dir, corpus)
+    if data:
+        check_out_outside_corpus(cfg, run_dir)
+        corpus = load_corpus(cfg.corpus if corpus is None else corpus)
+        if precision is not None:
+            check_corpus_record(run_dir, corpus)
+    else:  # without the corpus, neither file could be rebuilt
+        require_recorded_files(run_dir)
     tok_path = run_dir / "tokenizer.json"
     kind = cfg.tokenizer_kind or default_tokenizer_kind(cfg.objective)
     if tok_path.is_file():  # resume, or a tokenizer given earlier: the run's own copy rules
@@ -235,16 +244,18 @@ def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume
             f"objective {cfg.objective!r} needs a tokenizer with a [MASK] token; "
             f"the {tok.kind} tokenizer has none (use --tokenizer-kind wordpiece or char)"
         )
-    style = "decoder" if cfg.objective == "clm" else "encoder"
-    blocks = build_blocks(corpus, tok, cfg.block_len, style=style, val_fraction=cfg.val_fraction,
-                          seed=cfg.seed)
-    train, val = blocks.split("train"), blocks.split("val")
-    if len(train) < cfg.batch_size:
-        raise ValueError(
-            f"corpus {cfg.corpus!r} gives {len(train)} training blocks of {cfg.block_len} tokens, "
-            f"fewer than one batch of {cfg.batch_size}; use a larger corpus or smaller "
-            f"--batch-size/--block-len"
-        )
+    train = val = None
+    if data:
+        style = "decoder" if cfg.objective == "clm" else "encoder"
+        blocks = build_blocks(corpus, tok, cfg.block_len, style=style, val_fraction=cfg.val_fraction,
+                              seed=cfg.seed)
+        train, val = blocks.split("train"), blocks.split("val")
+        if len(train) < cfg.batch_size:
+            raise ValueError(
+                f"corpus {cfg.corpus!r} gives {len(train)} training blocks of {cfg.block_len} tokens, "
+                f"fewer than one batch of {cfg.batch_size}; use a larger corpus or smaller "
+                f"--batch-size/--block-len"
+            )
     config_path = run_dir / CONFIG_NAME
     if resume and config_path.is_file():
         try:
@@ -263,5 +274,5 @@ def build_parts(cfg: TrainConfig, run_dir: Path, device: torch.device, *, resume
     if not saved:
         model_cfg.to_json(config_path)
     objective = build_objective(cfg.objective, model_cfg, tok, cfg).to(device)
-    sampler = train.sampler(cfg.batch_size, seed=cfg.seed)
+    sampler = train.sampler(cfg.batch_size, seed=cfg.seed) if train is not None else None
     return RunParts(tok, model_cfg, objective, train, val, sampler)
