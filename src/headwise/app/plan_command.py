@@ -113,8 +113,19 @@ def _flag(flag: str, value, fn, *a, **kw):
 
 def run(args) -> int:
     name, cfg = _config(args)
-    prof = _flag("--gpu", args.gpu, get_profile, args.gpu, refresh=args.refresh_cpu) \
-        if str(args.gpu).lower() == "cpu" else _flag("--gpu", args.gpu, get_profile, args.gpu)
+    if args.explain and args.json:
+        raise ValueError(
+            "--explain adds the K-slice padding table to the text output; --json always "
+            "includes it (textbook, head_dim_k_slice), so drop --explain or --json"
+        )
+    # (a GPU profile takes no keyword; the CPU's takes refresh)
+    kw = {"refresh": True} if args.refresh_cpu else {}
+    prof = _flag("--gpu", args.gpu, get_profile, args.gpu, **kw)
+    if args.refresh_cpu and not prof.is_cpu:
+        raise ValueError(
+            f"--refresh-cpu re-measures the local CPU's profile, which --gpu {args.gpu!r} "
+            "does not use; give --gpu cpu or drop --refresh-cpu"
+        )
     dtype = args.dtype if args.dtype is not None else ("fp32" if prof.is_cpu else "bf16")
     dtype = _flag("--dtype", dtype, prof.check_dtype, dtype)
     check_int("--top", args.top, minimum=0)

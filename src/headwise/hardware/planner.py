@@ -398,8 +398,14 @@ class Recommendation:
         return asdict(self)
 
 
+# The most (head_dim, n_heads) pairs :func:`recommend` searches; beyond it (a head_dim
+# or head count in the hundreds of thousands) it raises instead of running for hours.
+MAX_LAYOUTS = 200_000
+
+
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)})
 
 
 def recommend(
@@ -437,13 +443,30 @@ def recommend(
     w0, kv0 = H0 * Dh0, Hkv0 * Dh0
     lo, hi = 1 - tolerance, 1 + tolerance
     step = profile.align_elems(dtype)
-    dims = sorted(set(range(step, max(2 * Dh0, 256) + 1, step)))
+    check_int("top", top, minimum=0)
+    if top == 0:
+        return base, []
+    # only a head_dim with some n_heads in both bounds below can give a candidate
+    h_min, h_max = max(1, math.ceil(H0 / head_factor)), math.floor(H0 * head_factor)
+    dh_lo = max(1, math.floor(w0 * lo / h_max))
+    dh_hi = min(max(2 * Dh0, 256), math.ceil(w0 * hi / h_min))
+    first = _ceil_to(dh_lo, step)
+    n_dims = max(0, (dh_hi - first) // step + 1)
+
+    def heads(dh: int) -> range:
+        return range(max(h_min, math.ceil(w0 * lo / dh)), min(h_max, math.floor(w0 * hi / dh)) + 1)
+
+    dims = range(first, first + n_dims * step, step) if n_dims <= MAX_LAYOUTS else range(0)
+    n_layouts = n_dims if n_dims > MAX_LAYOUTS else sum(len(heads(dh)) for dh in dims)
+    if n_layouts > MAX_LAYOUTS:
+        raise ValueError(
+            f"recommendations for n_heads={H0}, head_dim={Dh0} would search more than "
+            f"{MAX_LAYOUTS:,} head layouts; give top=0 (--top 0) to plan without them"
+        )
     eps = 1e-12
     out: list[Recommendation] = []
     for dh in dims:
-        h_lo = max(1, math.ceil(w0 * lo / dh), math.ceil(H0 / head_factor))
-        h_hi = min(math.floor(w0 * hi / dh), math.floor(H0 * head_factor))
-        for h in range(h_lo, h_hi + 1):
+        for h in heads(dh):
             for hkv in _divisors(h):
                 if not (kv0 * lo <= hkv * dh <= kv0 * hi) or (h, dh, hkv) == (H0, Dh0, Hkv0):
                     continue

@@ -1,0 +1,46 @@
+"""Bad input to ``headwise plan``, ``headwise bench``, ``headwise check``, the data API
+and the model configs: each is refused with one clear line naming what was wrong."""
+
+import time
+
+import pytest
+
+from headwise.cli import main
+from headwise.hardware.planner import AttentionConfig, recommend
+from headwise.hardware.profiles import get_profile
+
+
+# ------------------------------------------------------------------ plan
+def test_plan_of_a_huge_head_refuses_the_search_instead_of_running_for_hours(capsys):
+    t0 = time.perf_counter()
+    assert main(["plan", "--d-model", "99999999999", "--n-heads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "more than 200,000 head layouts" in err and "--top 0" in err
+    assert main(["plan", "--d-model", "99999999999", "--n-heads", "1", "--top", "0",
+                 "--json"]) == 0
+    assert '"recommendations": []' in capsys.readouterr().out
+    assert time.perf_counter() - t0 < 30
+
+
+def test_plan_recommendations_with_many_heads_finish():
+    # 100000 heads of 8: searching took O(n_heads) per candidate head count (hours)
+    t0 = time.perf_counter()
+    base, recs = recommend(AttentionConfig(800_000, 100_000), 1, 16, get_profile("h100"),
+                           "bf16", top=3)
+    assert time.perf_counter() - t0 < 30 and len(recs) <= 3
+
+
+def test_recommend_refuses_a_negative_top():
+    with pytest.raises(ValueError, match="top"):
+        recommend(AttentionConfig(768, 12), 1, 16, get_profile("h100"), "bf16", top=-1)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--refresh-cpu"], "--refresh-cpu"),
+    (["--gpu", "a100", "--refresh-cpu"], "--gpu 'a100' does not use"),
+    (["--explain", "--json"], "drop --explain or --json"),
+])
+def test_plan_refuses_flags_that_would_do_nothing(capsys, argv, needle):
+    assert main(["plan", "--preset", "tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
