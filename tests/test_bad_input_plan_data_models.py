@@ -44,3 +44,23 @@ def test_plan_refuses_flags_that_would_do_nothing(capsys, argv, needle):
     assert main(["plan", "--preset", "tiny", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ bench
+@pytest.mark.parametrize("out, needle", [(None, "is a folder"), ("", "is empty")])
+def test_bench_refuses_an_out_that_is_a_folder_before_running(capsys, tmp_path, out, needle):
+    (tmp_path / "b").mkdir()
+    ran = tmp_path / "ran"
+    (tmp_path / "b" / "fake.py").write_text(f"open({str(ran)!r}, 'w').write('x')\n")
+    given = str(tmp_path) if out is None else out
+    assert main(["bench", "--bench-dir", str(tmp_path / "b"), "fake", f"--out={given}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--out {given!r} {needle}" in err and "\n" not in err
+    assert not ran.exists()  # refused before the script ran
+
+
+def test_bench_dir_that_is_a_file_is_named_so(capsys, tmp_path):
+    f = tmp_path / "f"
+    f.write_text("x")
+    assert main(["bench", "--bench-dir", str(f), "attention"]) == 2
+    assert "(not a folder)" in capsys.readouterr().err

@@ -47,7 +47,8 @@ def find_script(name: str, bench_dir: str | Path | None = None) -> Path:
         script = d / f"{name}.py"
         if script.is_file():
             return script
-    looked = ", ".join(f"{d}" + ("" if d.is_dir() else " (missing)") for d in dirs)
+    looked = ", ".join(f"{d}" + ("" if d.is_dir() else " (not a folder)" if d.exists() else " (missing)")
+                       for d in dirs)
     found = _available(dirs)
     hint = "" if found else "; the scripts come with a source checkout: give --bench-dir CHECKOUT/bench"
     raise FileNotFoundError(
@@ -75,6 +76,11 @@ def register(sub) -> None:
 def run(args) -> int:
     script = find_script(args.name, getattr(args, "bench_dir", None))
     argv = list(args.args)
+    given = _out_value(argv)
+    if given is not None and not _asks_help(argv) and Path(given).is_dir():
+        # refused before the benchmark runs, not after it when the script writes
+        where = "is empty" if not given else "is a folder"
+        raise ValueError(f"--out {given!r} {where}; give the path of a JSON file to write")
     if not _gives_out(argv) and not _asks_help(argv):
         out = _fresh_out(args.name)
         print(f"headwise bench {args.name}: writing the results to {out} (give --out to choose)",
@@ -96,6 +102,17 @@ def run(args) -> int:
 
 def _gives_out(argv: list[str]) -> bool:
     return any(a == "--out" or a.startswith("--out=") for a in argv)
+
+
+def _out_value(argv: list[str]) -> str | None:
+    """The value of the last ``--out X`` / ``--out=X`` in ``argv`` (None if not given)."""
+    value = None
+    for i, a in enumerate(argv):
+        if a.startswith("--out="):
+            value = a[len("--out="):]
+        elif a == "--out" and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
 
 
 def _asks_help(argv: list[str]) -> bool:
