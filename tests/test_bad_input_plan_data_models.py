@@ -64,3 +64,35 @@ def test_bench_dir_that_is_a_file_is_named_so(capsys, tmp_path):
     f.write_text("x")
     assert main(["bench", "--bench-dir", str(f), "attention"]) == 2
     assert "(not a folder)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ data
+def test_train_tokenizer_refuses_a_huge_vocab_size_instead_of_aborting():
+    from headwise.data import Corpus, train_tokenizer
+
+    # 10**9 made the Rust trainer reserve 70 GB and abort the interpreter
+    with pytest.raises(ValueError, match=r"vocab_size must be an int in \[1, 4194304\]"):
+        train_tokenizer(Corpus.from_texts(["hello world"]), "bpe", 10**9)
+
+
+def test_a_single_string_is_not_taken_as_one_document_per_character():
+    from headwise.data import Corpus, train_tokenizer
+
+    with pytest.raises(TypeError, match="texts must be an iterable of str, got a single str"):
+        Corpus.from_texts("hello world")
+    with pytest.raises(TypeError, match="corpus must be a Corpus or an iterable of str"):
+        train_tokenizer("hello world", "char", 100)
+
+
+def test_headwise_cache_naming_a_file_is_refused_naming_the_variable(tmp_path, monkeypatch):
+    from headwise.data import Corpus, build_blocks, load_or_train_tokenizer, train_tokenizer
+
+    f = tmp_path / "cache"
+    f.write_text("mine")
+    monkeypatch.setenv("HEADWISE_CACHE", str(f))
+    corpus = Corpus.from_texts(["hello world, a tiny corpus"])
+    with pytest.raises(ValueError, match="HEADWISE_CACHE=.* is not a folder"):
+        load_or_train_tokenizer(corpus, "char", 100)
+    with pytest.raises(ValueError, match="HEADWISE_CACHE=.* is not a folder"):
+        build_blocks(corpus, train_tokenizer(corpus, "char", 100), block_len=4)
+    assert f.read_text() == "mine"

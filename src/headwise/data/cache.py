@@ -13,6 +13,12 @@ __all__ = ["default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
-    """``$HEADWISE_CACHE`` if set, else ``~/.cache/headwise``."""
+    """``$HEADWISE_CACHE`` if set, else ``~/.cache/headwise``. ValueError when
+    ``$HEADWISE_CACHE`` names something other than a folder (a file, say)."""
     env = os.environ.get("HEADWISE_CACHE")
+    if env and os.path.exists(env) and not os.path.isdir(env):
+        raise ValueError(
+            f"HEADWISE_CACHE={env!r} is not a folder; point it at a folder for headwise's "
+            "cache (it is created if missing) or unset it to use ~/.cache/headwise"
+        )
     return Path(env) if env else Path.home() / ".cache" / "headwise"

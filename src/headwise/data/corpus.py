@@ -116,6 +116,11 @@ class Corpus:
 
         Raises ``ValueError`` when no non-empty text is given, ``TypeError`` when an
         item is not a ``str``."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError(
+                f"texts must be an iterable of str, got a single {type(texts).__name__} (its "
+                "characters would be the documents); wrap it: Corpus.from_texts([text])"
+            )
         docs = []
         for i, text in enumerate(texts):
             if not isinstance(text, str):

@@ -21,7 +21,17 @@ from .tokenizer import CLS, KINDS, SEP, SPECIALS, TOKENIZER_FILE, UNK, Tokenizer
 __all__ = ["train_tokenizer", "load_or_train_tokenizer", "min_vocab_size"]
 
 
+# The largest vocab_size trained: far above any real tokenizer (about 256k), and the
+# trainers reserve memory for all of it up front (1e9 aborted the process, out of memory).
+MAX_VOCAB_SIZE = 1 << 22
+
+
 def _texts(corpus: Corpus | Iterable[str]) -> Iterable[str]:
+    if isinstance(corpus, (str, bytes)):
+        raise TypeError(
+            f"corpus must be a Corpus or an iterable of str, got a single {type(corpus).__name__} "
+            "(its characters would be the documents); wrap it: [text] or Corpus.from_texts([text])"
+        )
     return corpus.documents() if isinstance(corpus, Corpus) else corpus
 
 
@@ -160,7 +170,7 @@ def train_tokenizer(
             strips accents exactly when lowercasing (BERT's rule).
     """
     check_choice("kind", kind, KINDS)
-    check_int("vocab_size", vocab_size)
+    check_int("vocab_size", vocab_size, maximum=MAX_VOCAB_SIZE)
     if vocab_size < min_vocab_size(kind):
         raise ValueError(
             f"vocab_size={vocab_size} is too small for a {kind} tokenizer: it needs at least "
