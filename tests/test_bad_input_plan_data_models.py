@@ -96,3 +96,34 @@ def test_headwise_cache_naming_a_file_is_refused_naming_the_variable(tmp_path, m
     with pytest.raises(ValueError, match="HEADWISE_CACHE=.* is not a folder"):
         build_blocks(corpus, train_tokenizer(corpus, "char", 100), block_len=4)
     assert f.read_text() == "mine"
+
+
+# ------------------------------------------------------------------ models
+def test_rope_theta_without_rope_positions_is_refused_not_ignored():
+    from headwise.models import ModelConfig
+
+    with pytest.raises(ValueError, match="rope_theta=5.0 is only used with positions='rope'"):
+        ModelConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, rope_theta=5.0)
+    assert ModelConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, rope_theta=5.0,
+                       positions="rope").rope_theta == 5.0
+
+
+def test_get_preset_of_a_non_string_names_the_presets():
+    from headwise.models import get_preset
+
+    with pytest.raises(ValueError, match="preset must be one of"):
+        get_preset(["tiny"])
+
+
+@pytest.mark.parametrize("content, error, needle", [
+    ('{"model_type": "bert"}', ValueError, "has no 'vocab_size'"),
+    ("not json", ValueError, "config.json is not a JSON config"),
+    ("[1]", TypeError, "must hold a JSON object, got list"),
+])
+def test_from_pretrained_of_a_damaged_config_json_says_what_is_wrong(tmp_path, content, error,
+                                                                     needle):
+    from headwise.models import from_pretrained
+
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(error, match=needle):
+        from_pretrained(tmp_path)

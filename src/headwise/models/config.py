@@ -40,6 +40,8 @@ CONFIG_NAME = "config.json"
 #: the fields that None resolves from the others (``head_dim = d_model // n_heads``,
 #: ``n_kv_heads = n_heads``, ``embedding_size = d_model``).
 DERIVED = ("head_dim", "n_kv_heads", "embedding_size")
+#: the default RoPE base; another one is refused without positions="rope"
+_ROPE_THETA = 10000.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class ModelConfig:
     type_vocab_size: int = 0
     embedding_size: int | None = None
     bias: bool = True
-    rope_theta: float = 10000.0
+    rope_theta: float = 10000.0  # = _ROPE_THETA
     init_std: float = 0.02
     attn_backend: str = "auto"
     norm_type: str = "layernorm"
@@ -152,6 +154,11 @@ class ModelConfig:
             check_real(name, getattr(self, name), minimum=0, maximum=1, max_open=True)
         for name in ("layer_norm_eps", "rope_theta", "init_std"):
             check_real(name, getattr(self, name), minimum=0, min_open=True)
+        if self.positions != "rope" and self.rope_theta != _ROPE_THETA:
+            raise ValueError(
+                f"rope_theta={self.rope_theta!r} is only used with positions='rope', got "
+                f"positions={self.positions!r}; leave rope_theta at {_ROPE_THETA} or use rope"
+            )
         for name in ("tied_embeddings", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -85,7 +85,7 @@ PRESETS: dict[str, ModelConfig] = {
 def get_preset(name: str, **overrides) -> ModelConfig:
     """The config named ``name`` (one of :data:`PRESETS`), with any field replaced by
     ``overrides`` (validated), e.g. ``get_preset("tiny", vocab_size=tok.vocab_size)``."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     return PRESETS[name].replace(**overrides)  # which refuses an unknown field, naming the known ones
 

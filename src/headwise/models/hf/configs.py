@@ -24,6 +24,8 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[str, ModelConfig]:
     for a feature headwise does not implement (naming the field and its value), rather
     than importing a model that would silently compute something else.
     """
+    if not isinstance(hf, dict):
+        raise TypeError(f"config.json must hold a JSON object, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     if model_type is None:
         raise ValueError(f"config.json has no model_type; supported: {list(SUPPORTED_MODEL_TYPES)}")
@@ -32,7 +34,13 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[str, ModelConfig]:
             f"model_type={model_type!r} in config.json is not supported; supported: "
             f"{list(SUPPORTED_MODEL_TYPES)}"
         )
-    return model_type, FAMILIES[model_type].config_from_hf(hf)
+    try:
+        return model_type, FAMILIES[model_type].config_from_hf(hf)
+    except KeyError as e:  # a field every config.json of the family has
+        raise ValueError(
+            f"config.json (model_type={model_type!r}) has no {e.args[0]!r}, which every "
+            f"{model_type} config.json holds; is it damaged or hand-written?"
+        ) from None
 
 
 def config_to_hf(cfg: ModelConfig, family: str, *, mlm: bool = False, base: dict | None = None) -> dict[str, Any]:

@@ -82,7 +82,10 @@ def from_pretrained(
     if not cfg_file.is_file():
         raise FileNotFoundError(f"no config.json in {folder} (expected a Hugging Face model folder)")
     with open(cfg_file, encoding="utf-8") as f:
-        hf_cfg = json.load(f)
+        try:
+            hf_cfg = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{cfg_file} is not a JSON config ({e})") from None
     family, cfg = config_from_hf(hf_cfg)
     theirs = read_hf_weights(folder)
 
