@@ -127,3 +127,16 @@ def test_from_pretrained_of_a_damaged_config_json_says_what_is_wrong(tmp_path, c
     (tmp_path / "config.json").write_text(content)
     with pytest.raises(error, match=needle):
         from_pretrained(tmp_path)
+
+
+def test_tokenizer_save_does_not_overwrite_a_tokenizer_json_it_did_not_write(tmp_path):
+    from headwise.data import Corpus, train_tokenizer
+
+    tok = train_tokenizer(Corpus.from_texts(["hello world"]), "char", 100)
+    mine = tmp_path / "tokenizer.json"
+    mine.write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        tok.save(tmp_path)
+    assert mine.read_text() == "mine"
+    tok.save(tmp_path, overwrite=True)
+    assert tok.save(tmp_path) == mine  # the same tokenizer again is fine

@@ -248,12 +248,23 @@ class Tokenizer:
         """Hex sha256 of the ``tokenizer.json`` content (keys caches of token ids)."""
         return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write ``tokenizer.json`` into ``directory`` (created if needed), atomically;
-        returns the file's path."""
+        returns the file's path. A ``tokenizer.json`` already there with other content
+        is a FileExistsError unless ``overwrite``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / TOKENIZER_FILE
+        if not overwrite and path.exists():
+            try:
+                same = path.read_text(encoding="utf-8") == self.to_json()
+            except (OSError, UnicodeDecodeError):
+                same = False
+            if not same:
+                raise FileExistsError(
+                    f"{path} already exists and holds another tokenizer (or other content); "
+                    "pass overwrite=True to replace it, or save into another folder"
+                )
         tmp = directory / f".{TOKENIZER_FILE}.{os.getpid()}.tmp"
         tmp.write_text(self.to_json(), encoding="utf-8")
         os.replace(tmp, path)

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ...checks import check_choice
+from ...data.tokenizer import Tokenizer as HeadwiseTokenizer
 from ...protocols import Tokenizer
 from ..config import ModelConfig
 from ..decoder import Decoder
@@ -113,7 +114,9 @@ def save_pretrained(
     tok = tokenizer if tokenizer is not None else loaded.tokenizer
     if tok is not None:
         if isinstance(tok, Tokenizer):
-            tok.save(out)  # headwise's (out/tokenizer.json) or an HFTokenizer (save_pretrained)
+            # headwise's own replaces an old tokenizer.json only with overwrite
+            kw = {"overwrite": overwrite} if isinstance(tok, HeadwiseTokenizer) else {}
+            tok.save(out, **kw)  # headwise's (out/tokenizer.json) or an HFTokenizer (save_pretrained)
         elif hasattr(tok, "save_pretrained"):  # a transformers tokenizer
             tok.save_pretrained(str(out))
         elif hasattr(tok, "save"):  # a raw tokenizers.Tokenizer takes the file path
