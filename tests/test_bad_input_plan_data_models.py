@@ -140,3 +140,17 @@ def test_tokenizer_save_does_not_overwrite_a_tokenizer_json_it_did_not_write(tmp
     assert mine.read_text() == "mine"
     tok.save(tmp_path, overwrite=True)
     assert tok.save(tmp_path) == mine  # the same tokenizer again is fine
+
+
+def test_model_config_to_json_does_not_overwrite_another_file(tmp_path):
+    from headwise.models import ModelConfig
+
+    cfg = ModelConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2)
+    mine = tmp_path / "config.json"
+    mine.write_text("mine")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        cfg.to_json(tmp_path)
+    assert mine.read_text() == "mine"
+    assert cfg.to_json(mine, overwrite=True) == str(mine)
+    assert cfg.to_json(mine) == str(mine)  # the same config again is fine
+    assert ModelConfig.from_json(mine) == cfg

@@ -211,15 +211,27 @@ class ModelConfig:
             raise ValueError(f"unknown ModelConfig fields {unknown}; accepted: {sorted(known)}")
         return cls(**d)
 
-    def to_json(self, path: str | os.PathLike) -> str:
+    def to_json(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
         """Write the config as JSON to ``path`` (a file, or a directory to hold
-        ``config.json`` beside the weights). Returns the file written."""
+        ``config.json`` beside the weights). Returns the file written. A file already
+        there with other content is a FileExistsError unless ``overwrite``."""
         path = os.fspath(path)
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        if not overwrite and os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    same = f.read() == text
+            except (OSError, UnicodeDecodeError):
+                same = False
+            if not same:
+                raise FileExistsError(
+                    f"{path} already exists with other content; pass overwrite=True to "
+                    "replace it, or write the config elsewhere"
+                )
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
         return path
 
     @classmethod
