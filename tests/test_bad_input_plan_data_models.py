@@ -154,3 +154,22 @@ def test_model_config_to_json_does_not_overwrite_another_file(tmp_path):
     assert cfg.to_json(mine, overwrite=True) == str(mine)
     assert cfg.to_json(mine) == str(mine)  # the same config again is fine
     assert ModelConfig.from_json(mine) == cfg
+
+
+@pytest.mark.parametrize("bad", [10, -2])
+def test_a_token_id_outside_the_vocabulary_names_input_ids(bad):
+    import torch
+
+    from headwise.models import Decoder, EncoderForMLM, ModelConfig
+
+    cfg = ModelConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2, max_len=4)
+    for model in (EncoderForMLM(cfg), Decoder(cfg)):
+        with pytest.raises(ValueError, match=rf"input_ids must be token ids in \[0, 10\).*got {bad}"):
+            model(torch.tensor([[1, bad, 3]]))
+
+
+def test_count_parameters_of_a_config_is_a_type_error():
+    from headwise.models import ModelConfig, count_parameters
+
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module, got ModelConfig"):
+        count_parameters(ModelConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2))

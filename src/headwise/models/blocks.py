@@ -120,7 +120,17 @@ class Embeddings(nn.Module):
         """``input_ids (B, T)`` -> ``(B, T, embedding_size)``; tokens sit at positions
         ``offset .. offset + T - 1`` (``offset`` > 0 when decoding with a KV cache)."""
         t = input_ids.shape[1]
-        x = self.tok(input_ids)
+        try:
+            x = self.tok(input_ids)
+        except IndexError:  # (on the CPU; torch's own message names no tensor)
+            v = self.tok.num_embeddings
+            bad = input_ids[(input_ids < 0) | (input_ids >= v)]
+            if bad.numel() == 0:
+                raise
+            raise ValueError(
+                f"input_ids must be token ids in [0, {v}) (vocab_size={v}), got "
+                f"{bad.flatten()[0].item()}"
+            ) from None
         if self.pos is not None:
             if offset + t > self.max_len:
                 raise ValueError(
@@ -279,4 +289,6 @@ def init_weights(module: nn.Module, cfg: ModelConfig) -> None:
 
 def count_parameters(module: nn.Module) -> int:
     """Number of distinct parameters (a tied or shared weight counts once)."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     return sum(p.numel() for p in module.parameters())
