@@ -173,3 +173,21 @@ def test_count_parameters_of_a_config_is_a_type_error():
 
     with pytest.raises(TypeError, match="module must be a torch.nn.Module, got ModelConfig"):
         count_parameters(ModelConfig(vocab_size=10, d_model=8, n_layers=1, n_heads=2))
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"sm_count": 0}, "sm_count must be a positive int"),
+    ({"mem_bandwidth": 0}, "mem_bandwidth must be a positive float"),
+    ({"peak_flops": {"bf16": 0.0}}, r"peak_flops\['bf16'\] must be a positive float"),
+    ({"peak_flops": {"bf17": 1e12}}, "peak_flops key must be one of"),
+    ({"tiles": {}}, r"tiles\['bf16'\] must hold at least one"),
+    ({"align_bytes": 0}, "align_bytes must be a positive int"),
+])
+def test_a_hardware_profile_with_impossible_numbers_is_refused(change, needle):
+    from headwise.hardware.profiles import HardwareProfile, Tile
+
+    kw = dict(key="toy", name="toy", sm_count=4, peak_flops={"bf16": 1e12}, mem_bandwidth=1e11,
+              align_bytes=16, mma_k_bytes=32, l2_bytes=0, tiles={"bf16": (Tile(128, 128, 64),)})
+    # (these divided by zero or raised KeyError 'bf16' inside plan_attention)
+    with pytest.raises(ValueError, match=needle):
+        HardwareProfile(**{**kw, **change})

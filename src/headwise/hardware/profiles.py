@@ -41,6 +41,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..checks import check_choice, check_int, check_real
+
 __all__ = [
     "DTYPE_BYTES",
     "Tile",
@@ -112,6 +114,24 @@ class HardwareProfile:
     is_cpu: bool = False
     source: str = ""
     extra: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_int("sm_count", self.sm_count)
+        for name in ("align_bytes", "mma_k_bytes"):
+            check_int(name, getattr(self, name))
+        check_int("l2_bytes", self.l2_bytes, minimum=0)
+        check_real("mem_bandwidth", self.mem_bandwidth, minimum=0, min_open=True)
+        check_real("launch_overhead_s", self.launch_overhead_s, minimum=0)
+        for d, peak in self.peak_flops.items():
+            check_choice("peak_flops key", d, list(DTYPE_BYTES))
+            check_real(f"peak_flops[{d!r}]", peak, minimum=0, min_open=True)
+            tiles = self.tiles.get(d)
+            if not tiles or not all(isinstance(t, tuple) and len(t) == 3 for t in tiles):
+                raise ValueError(f"tiles[{d!r}] must hold at least one (bm, bn, bk) Tile for "
+                                 f"each dtype of peak_flops, got {tiles!r}")
+            for t in tiles:
+                for name, v in zip(("bm", "bn", "bk"), t, strict=True):
+                    check_int(f"tiles[{d!r}] {name}", v)
 
     @property
     def dtypes(self) -> list[str]:
