@@ -191,3 +191,20 @@ def test_a_hardware_profile_with_impossible_numbers_is_refused(change, needle):
     # (these divided by zero or raised KeyError 'bf16' inside plan_attention)
     with pytest.raises(ValueError, match=needle):
         HardwareProfile(**{**kw, **change})
+
+
+def test_planner_helpers_refuse_zero_sizes_instead_of_dividing_by_zero(capsys):
+    from headwise.hardware.planner import align_dim, tile_efficiency, wave_efficiency
+    from headwise.hardware.profiles import Tile
+
+    with pytest.raises(ValueError, match="align must be a positive int"):
+        align_dim(8, 0)
+    with pytest.raises(ValueError, match="m must be a positive int"):
+        tile_efficiency(0, 8, 8, Tile(128, 128, 64))
+    with pytest.raises(ValueError, match="sm_count must be a positive int"):
+        wave_efficiency(8, 8, Tile(128, 128, 64), 0)
+    with pytest.raises(ValueError, match="head_factor must be a finite float >= 1"):
+        recommend(AttentionConfig(64, 2), 1, 16, get_profile("h100"), "bf16",
+                  head_factor=float("inf"))
+    assert main(["plan", "--preset", "tiny", "--tolerance", "100"]) == 2
+    assert "--tolerance must be in [0, 1), got 100.0" in capsys.readouterr().err

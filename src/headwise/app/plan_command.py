@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from ..checks import check_int
+from ..checks import check_int, check_real
 from ..hardware.planner import (
     AttentionConfig,
     GemmPlan,
@@ -129,6 +129,7 @@ def run(args) -> int:
     dtype = args.dtype if args.dtype is not None else ("fp32" if prof.is_cpu else "bf16")
     dtype = _flag("--dtype", dtype, prof.check_dtype, dtype)
     check_int("--top", args.top, minimum=0)
+    check_real("--tolerance", args.tolerance, minimum=0, maximum=1, max_open=True, what="in [0, 1)")
     plan, recs = recommend(
         cfg, args.batch, args.seq, prof, dtype, tolerance=args.tolerance, top=args.top
     )

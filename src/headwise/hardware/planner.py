@@ -41,7 +41,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-from ..checks import check_int
+from ..checks import check_int, check_real
 from .profiles import DTYPE_BYTES, HardwareProfile, Tile
 
 __all__ = [
@@ -113,6 +113,8 @@ class DimAlignment:
 
 def align_dim(size: int, align: int) -> DimAlignment:
     """``size`` rounded up to a multiple of ``align`` (both in elements)."""
+    check_int("size", size, minimum=0)
+    check_int("align", align)
     padded = -(-size // align) * align
     return DimAlignment(size, padded == size, padded)
 
@@ -124,6 +126,8 @@ def _ceil_to(x: int, q: int) -> int:
 def tile_efficiency(m: int, n: int, k: int, tile: Tile) -> float:
     """Useful multiply-adds over those done when M, N, K are rounded up to whole
     ``tile`` blocks: ``M*N*K / (ceil_BM(M) * ceil_BN(N) * ceil_BK(K))``."""
+    for name, v in (("m", m), ("n", n), ("k", k), *zip(("tile.bm", "tile.bn", "tile.bk"), tile, strict=True)):
+        check_int(name, v)
     done = _ceil_to(m, tile.bm) * _ceil_to(n, tile.bn) * _ceil_to(k, tile.bk)
     return (m * n * k) / done
 
@@ -133,6 +137,9 @@ def wave_efficiency(m: int, n: int, tile: Tile, sm_count: int, batch: int = 1) -
 ]:
     """``(efficiency, tiles, waves)`` for an ``M x N`` output cut into ``tile`` blocks,
     ``batch`` times, spread over ``sm_count`` units: ``tiles / (waves * sm_count)``."""
+    for name, v in (("m", m), ("n", n), ("tile.bm", tile.bm), ("tile.bn", tile.bn),
+                    ("sm_count", sm_count), ("batch", batch)):
+        check_int(name, v)
     tiles = math.ceil(m / tile.bm) * math.ceil(n / tile.bn) * batch
     waves = math.ceil(tiles / sm_count)
     return tiles / (waves * sm_count), tiles, waves
@@ -433,10 +440,8 @@ def recommend(
     them better, are kept; they are ranked by predicted layer time. Returns the
     original's plan and up to ``top`` recommendations.
     """
-    if not 0 <= tolerance < 1:
-        raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
-    if not head_factor >= 1:
-        raise ValueError(f"head_factor must be >= 1, got {head_factor!r}")
+    check_real("tolerance", tolerance, minimum=0, maximum=1, max_open=True, what="in [0, 1)")
+    check_real("head_factor", head_factor, minimum=1, what="a finite float >= 1")
     base = plan_attention(config, batch, seq, profile, dtype)
     H0, Dh0, Hkv0 = config.n_heads, config.head_dim, config.n_kv_heads
     assert Dh0 is not None and Hkv0 is not None
