@@ -208,3 +208,14 @@ def test_planner_helpers_refuse_zero_sizes_instead_of_dividing_by_zero(capsys):
                   head_factor=float("inf"))
     assert main(["plan", "--preset", "tiny", "--tolerance", "100"]) == 2
     assert "--tolerance must be in [0, 1), got 100.0" in capsys.readouterr().err
+
+
+def test_a_damaged_cached_tokenizer_is_trained_again_not_an_error_for_good(tmp_path):
+    from headwise.data import Corpus, load_or_train_tokenizer
+
+    corpus = Corpus.from_texts(["hello world, a tiny corpus"])
+    first = load_or_train_tokenizer(corpus, "char", 100, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("tokenizers/*/tokenizer.json")
+    cached.write_text("{trunc")  # was: ValueError 'could not be read' on every later call
+    again = load_or_train_tokenizer(corpus, "char", 100, cache_dir=tmp_path)
+    assert again.to_json() == first.to_json() == cached.read_text()

@@ -213,7 +213,10 @@ def load_or_train_tokenizer(
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
     folder = root / "tokenizers" / f"{kind}-{vocab_size}-{key}"
     if (folder / TOKENIZER_FILE).is_file():
-        return Tokenizer.load(folder, kind=kind)
+        try:
+            return Tokenizer.load(folder, kind=kind)
+        except ValueError:
+            pass  # a damaged cache entry (headwise's own file) is trained and written again
     tok = train_tokenizer(corpus, kind, vocab_size, **train_kwargs)  # type: ignore[arg-type]
-    tok.save(folder)
+    tok.save(folder, overwrite=True)  # (a file in the cache's own folder for this key)
     return tok
