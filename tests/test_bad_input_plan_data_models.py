@@ -219,3 +219,11 @@ def test_a_damaged_cached_tokenizer_is_trained_again_not_an_error_for_good(tmp_p
     cached.write_text("{trunc")  # was: ValueError 'could not be read' on every later call
     again = load_or_train_tokenizer(corpus, "char", 100, cache_dir=tmp_path)
     assert again.to_json() == first.to_json() == cached.read_text()
+
+
+def test_a_generator_fraction_that_scales_d_model_to_zero_names_the_fraction():
+    from headwise.models import generator_config, get_preset
+
+    # was: "d_model must be a positive int, got 0", not saying where the 0 came from
+    with pytest.raises(ValueError, match="fraction=0.001 scales d_model=128 to 0"):
+        generator_config(get_preset("tiny"), 0.001)

@@ -104,6 +104,11 @@ def generator_config(cfg: ModelConfig, fraction: float = 0.25) -> ModelConfig:
     d_model = round(cfg.d_model * fraction)
     n_heads = max(1, round(cfg.n_heads * fraction))
     d_ff = round(cfg.d_ff * fraction)
+    if min(d_model, d_ff) < 1:
+        raise ValueError(
+            f"fraction={fraction!r} scales d_model={cfg.d_model} to {d_model} and d_ff={cfg.d_ff} "
+            f"to {d_ff}; the generator needs both >= 1, so use a larger fraction"
+        )
     n_kv_heads = None
     if not cfg.is_default("n_kv_heads"):
         # Keep the grouping ratio; at least one K/V head.
