@@ -227,3 +227,28 @@ def test_a_generator_fraction_that_scales_d_model_to_zero_names_the_fraction():
     # was: "d_model must be a positive int, got 0", not saying where the 0 came from
     with pytest.raises(ValueError, match="fraction=0.001 scales d_model=128 to 0"):
         generator_config(get_preset("tiny"), 0.001)
+
+
+def test_tokenizer_decode_and_training_options_refuse_what_they_would_drop_or_ignore():
+    from headwise.data import Corpus, train_tokenizer
+
+    corpus = Corpus.from_texts(["hello world, a tiny corpus"])
+    tok = train_tokenizer(corpus, "char", 60)
+    # was: '' (the id silently dropped), an OverflowError, a ValueError from int('a')
+    with pytest.raises(ValueError, match=r"ids\[1\] must be a token id in \[0, "):
+        tok.decode([3, 10**6])
+    with pytest.raises(ValueError, match=r"ids\[0\] must be a token id"):
+        tok.decode([-1])
+    with pytest.raises(TypeError, match="ids must be token ids, got a str"):
+        tok.decode("abc")
+    with pytest.raises(ValueError, match="idx must be a token id >= 0"):
+        tok.id_to_token(-1)
+    with pytest.raises(TypeError, match="got a single str"):
+        tok.encode_batch("abc")  # was: one text per character
+    with pytest.raises(ValueError, match="min_frequency must be an int >= 0"):
+        train_tokenizer(corpus, "bpe", 300, min_frequency=-1)  # was: OverflowError
+    # lowercase / strip_accents were silently ignored by the bpe and char tokenizers
+    with pytest.raises(ValueError, match="lowercase=False: only the wordpiece tokenizer"):
+        train_tokenizer(corpus, "bpe", 300, lowercase=False)
+    with pytest.raises(ValueError, match="strip_accents=True: only the wordpiece tokenizer"):
+        train_tokenizer(corpus, "char", 60, strip_accents=True)

@@ -31,6 +31,7 @@ trainings; :func:`~headwise.data.tokenizer_training.load_or_train_tokenizer` cac
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ import numpy as np
 from tokenizers import Encoding
 from tokenizers import Tokenizer as _HFTokenizer
 
-from ..checks import check_choice
+from ..checks import check_choice, check_int
 from ..protocols import WordPieces
 
 __all__ = ["Tokenizer", "TokenizerKind", "KINDS", "TOKENIZER_FILE", "word_ids"]
@@ -137,7 +138,7 @@ class Tokenizer:
 
     def id_to_token(self, idx: int) -> str | None:
         """Token string of id ``idx``, or ``None`` when out of range."""
-        return self._tok.id_to_token(int(idx))
+        return self._tok.id_to_token(_token_id("idx", idx))
 
     @property
     def backend(self) -> _HFTokenizer:
@@ -202,6 +203,8 @@ class Tokenizer:
         parse_special: bool = False,
     ) -> list[list[int]]:
         """Token ids of each text (encoded in parallel by ``tokenizers``)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of str, got a single str; wrap it: [text]")
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
@@ -228,7 +231,10 @@ class Tokenizer:
         """Text of ``ids`` (a list, numpy array or 1-D tensor of token ids)."""
         if hasattr(ids, "tolist"):
             ids = ids.tolist()
-        ids = [int(i) for i in ids]
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"ids must be token ids, got a {type(ids).__name__}")
+        v = self.vocab_size
+        ids = [_token_id(f"ids[{i}]", idx, v) for i, idx in enumerate(ids)]
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def tokens(self, text: str) -> list[str]:
@@ -316,6 +322,14 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def _token_id(name: str, value: object, vocab_size: int | None = None) -> int:
+    """``value`` as an int (numpy integers too) in ``[0, vocab_size)``, else ValueError."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    what = "a token id >= 0" if vocab_size is None else f"a token id in [0, {vocab_size})"
+    return check_int(name, int(value) if ok else value, maximum=None if vocab_size is None else vocab_size - 1,
+                     minimum=0, what=what)
 
 
 def word_ids(enc: Encoding) -> list[int | None]:

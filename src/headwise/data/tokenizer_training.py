@@ -154,7 +154,7 @@ def train_tokenizer(
     vocab_size: int = 8192,
     *,
     min_frequency: int = 2,
-    lowercase: bool = True,
+    lowercase: bool | None = None,
     strip_accents: bool | None = None,
     show_progress: bool = False,
 ) -> Tokenizer:
@@ -166,10 +166,21 @@ def train_tokenizer(
         vocab_size: the largest vocabulary allowed, specials included (a small
             corpus may yield fewer tokens; for ``"char"`` it caps the characters kept).
         min_frequency: a merge/piece must occur this often (wordpiece, bpe).
-        lowercase, strip_accents: WordPiece normalisation; ``strip_accents=None``
-            strips accents exactly when lowercasing (BERT's rule).
+        lowercase, strip_accents: WordPiece normalisation (``lowercase`` None = True);
+            ``strip_accents=None`` strips accents exactly when lowercasing (BERT's
+            rule). Refused for the other kinds, which do not normalise.
     """
     check_choice("kind", kind, KINDS)
+    check_int("min_frequency", min_frequency, minimum=0)
+    if kind != "wordpiece":
+        given = {k: v for k, v in (("lowercase", lowercase), ("strip_accents", strip_accents))
+                 if v is not None}
+        if given:
+            raise ValueError(
+                f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: only the wordpiece "
+                f"tokenizer normalises text; the {kind} tokenizer keeps it as it is"
+            )
+    lowercase = True if lowercase is None else lowercase
     check_int("vocab_size", vocab_size, maximum=MAX_VOCAB_SIZE)
     if vocab_size < min_vocab_size(kind):
         raise ValueError(
