@@ -252,3 +252,20 @@ def test_tokenizer_decode_and_training_options_refuse_what_they_would_drop_or_ig
         train_tokenizer(corpus, "bpe", 300, lowercase=False)
     with pytest.raises(ValueError, match="strip_accents=True: only the wordpiece tokenizer"):
         train_tokenizer(corpus, "char", 60, strip_accents=True)
+
+
+def test_export_with_overwrite_replaces_an_old_tokenizer_json_and_without_keeps_it(tmp_path):
+    from headwise.data import Corpus, train_tokenizer
+    from headwise.models import Decoder, ModelConfig, save_pretrained
+
+    tok = train_tokenizer(Corpus.from_texts(["hello world, a tiny corpus"]), "char", 60)
+    model = Decoder(ModelConfig(vocab_size=tok.vocab_size, d_model=8, n_layers=1, n_heads=2,
+                                max_len=16, activation="gelu_tanh"))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "tokenizer.json").write_text("old")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        save_pretrained(model, dest, family="gpt2", tokenizer=tok)
+    assert (dest / "tokenizer.json").read_text() == "old"
+    save_pretrained(model, dest, family="gpt2", tokenizer=tok, overwrite=True)
+    assert (dest / "tokenizer.json").read_text() == tok.to_json()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,6 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ...checks import check_choice
-from ...data.tokenizer import Tokenizer as HeadwiseTokenizer
 from ...protocols import Tokenizer
 from ..config import ModelConfig
 from ..decoder import Decoder
@@ -115,7 +115,9 @@ def save_pretrained(
     if tok is not None:
         if isinstance(tok, Tokenizer):
             # headwise's own replaces an old tokenizer.json only with overwrite
-            kw = {"overwrite": overwrite} if isinstance(tok, HeadwiseTokenizer) else {}
+            # (headwise.data's Tokenizer takes it; models may not import data)
+            takes = "overwrite" in inspect.signature(tok.save).parameters
+            kw = {"overwrite": overwrite} if takes else {}
             tok.save(out, **kw)  # headwise's (out/tokenizer.json) or an HFTokenizer (save_pretrained)
         elif hasattr(tok, "save_pretrained"):  # a transformers tokenizer
             tok.save_pretrained(str(out))
