@@ -117,7 +117,7 @@ def test_get_preset_of_a_non_string_names_the_presets():
 
 @pytest.mark.parametrize("content, error, needle", [
     ('{"model_type": "bert"}', ValueError, "has no 'vocab_size'"),
-    ("not json", ValueError, "config.json is not a JSON config"),
+    ("not json", ValueError, "config.json is not a JSON config"),  # a JSONDecodeError still
     ("[1]", TypeError, "must hold a JSON object, got list"),
 ])
 def test_from_pretrained_of_a_damaged_config_json_says_what_is_wrong(tmp_path, content, error,

@@ -37,10 +37,23 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[str, ModelConfig]:
     try:
         return model_type, FAMILIES[model_type].config_from_hf(hf)
     except KeyError as e:  # a field every config.json of the family has
-        raise ValueError(
+        raise MissingFieldError(
+            e.args[0],
             f"config.json (model_type={model_type!r}) has no {e.args[0]!r}, which every "
-            f"{model_type} config.json holds; is it damaged or hand-written?"
+            f"{model_type} config.json holds; is it damaged or hand-written?",
         ) from None
+
+
+class MissingFieldError(KeyError, ValueError):
+    """A field config.json lacks: a ValueError with a readable message, and still the
+    KeyError (``args[0]`` the field's name) a family's ``hf[name]`` raised."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(name)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def config_to_hf(cfg: ModelConfig, family: str, *, mlm: bool = False, base: dict | None = None) -> dict[str, Any]:

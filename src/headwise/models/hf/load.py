@@ -84,8 +84,8 @@ def from_pretrained(
     with open(cfg_file, encoding="utf-8") as f:
         try:
             hf_cfg = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{cfg_file} is not a JSON config ({e})") from None
+        except json.JSONDecodeError as e:  # (still one: callers may catch it to name the file)
+            raise json.JSONDecodeError(f"{cfg_file} is not a JSON config ({e.msg})", e.doc, e.pos) from None
     family, cfg = config_from_hf(hf_cfg)
     theirs = read_hf_weights(folder)
 
