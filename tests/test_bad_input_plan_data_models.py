@@ -269,3 +269,10 @@ def test_export_with_overwrite_replaces_an_old_tokenizer_json_and_without_keeps_
     assert (dest / "tokenizer.json").read_text() == "old"
     save_pretrained(model, dest, family="gpt2", tokenizer=tok, overwrite=True)
     assert (dest / "tokenizer.json").read_text() == tok.to_json()
+
+
+@pytest.mark.parametrize("name", ["../tests/conftest", "attention.py", "/etc/x", ""])
+def test_bench_name_that_is_a_path_is_refused_not_run(capsys, name):
+    # was: '../tests/conftest' ran bench/../tests/conftest.py, any script a path reached
+    assert main(["bench", name]) == 2
+    assert "give a benchmark's name, e.g. 'attention', not a path" in capsys.readouterr().err

@@ -42,6 +42,11 @@ def _available(dirs: list[Path]) -> list[str]:
 def find_script(name: str, bench_dir: str | Path | None = None) -> Path:
     """``NAME.py`` in the first of :func:`bench_dirs` that holds it; FileNotFoundError
     naming the folders looked in (and whether each exists) and the benchmarks found."""
+    if not name or name != Path(name).name or name in (".", "..") or name.endswith(".py"):
+        raise ValueError(
+            f"NAME {name!r}: give a benchmark's name, e.g. 'attention', not a path or file name "
+            "(--bench-dir names the folder)"
+        )
     dirs = bench_dirs(bench_dir)
     for d in dirs:
         script = d / f"{name}.py"
