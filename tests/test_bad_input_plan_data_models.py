@@ -276,3 +276,10 @@ def test_bench_name_that_is_a_path_is_refused_not_run(capsys, name):
     # was: '../tests/conftest' ran bench/../tests/conftest.py, any script a path reached
     assert main(["bench", name]) == 2
     assert "give a benchmark's name, e.g. 'attention', not a path" in capsys.readouterr().err
+
+
+def test_plan_top_0_does_not_report_that_no_better_layout_exists(capsys):
+    # --top 0 skips the search; the table said "none: no nearby layout is predicted faster"
+    assert main(["plan", "--d-model", "300", "--n-heads", "30", "--top", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "not searched (--top 0)" in out and "no nearby layout" not in out

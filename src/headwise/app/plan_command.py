@@ -151,7 +151,7 @@ def run(args) -> int:
             )
         )
         return 0
-    print(_render(name, prof, plan, recs, args.explain))
+    print(_render(name, prof, plan, recs, args.explain, searched=args.top > 0))
     return 0
 
 
@@ -202,6 +202,7 @@ def _render(
     plan: LayerPlan,
     recs: list[Recommendation],
     explain: bool,
+    searched: bool = True,
 ) -> str:
     c, d = plan.config, plan.dtype
     gemm_table, per_head_row = _gemm_rows(plan.gemms, plan.per_head)
@@ -249,7 +250,9 @@ def _render(
                 f"{w.wasted_tile_bytes:>9}"
             )
     lines += ["", "recommendations (same d_model; no slower, no more padding; fastest first):"]
-    if not recs:
+    if not searched:
+        lines.append("  not searched (--top 0)")
+    elif not recs:
         lines.append("  none: no nearby layout is predicted faster or less wasteful")
     else:
         table = [["n_heads", "head_dim", "n_kv", "H*Dh", "time us", "speedup", "waste", ""],
