@@ -212,11 +212,18 @@ def test_inspect_threads_beyond_the_cpu_count_is_refused(clm_run, tmp_path, caps
 
 def test_a_vocabulary_smaller_than_vocab_size_is_said(corpus, tmp_path, capsys):
     # --vocab-size is the most a tokenizer may have; a small corpus gives fewer, and the run says so
-    argv = [a for a in _train(corpus, tmp_path / "run", "--vocab-size", "99999999") if a != "--quiet"]
+    argv = [a for a in _train(corpus, tmp_path / "run", "--vocab-size", "4000000") if a != "--quiet"]
     assert main(argv) == 0
     vocab = json.loads((tmp_path / "run" / "config.json").read_text())["vocab_size"]
-    assert vocab < 99999999
+    assert vocab < 4000000
     assert f"vocabulary: {vocab:,} tokens" in capsys.readouterr().out
+
+
+def test_a_vocab_size_beyond_what_a_tokenizer_can_train_is_refused_naming_the_flag(corpus, tmp_path, capsys):
+    # (the tokenizer trainer reserved memory for it: at 10**9 it aborted the interpreter)
+    line = _refused(_train(corpus, tmp_path / "run", "--vocab-size", "1000000000"), capsys)
+    assert "--vocab-size" in line and "4194304" in line
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("folder_named, other, needle", [

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..data.tokenizer import KINDS as TOKENIZER_KINDS
-from ..data.tokenizer_training import min_vocab_size
+from ..data.tokenizer_training import MAX_VOCAB_SIZE, min_vocab_size
 from ..devices import resolve_device
 from ..distributed.ddp import in_distributed_env
 from ..formats import FORMATS
@@ -32,6 +32,7 @@ from ..train.recipes import RECIPES, apply_recipe
 from ..train.sanity import run_checks
 from .cli_types import (
     float_in,
+    int_at_least,
     nonneg_float,
     nonneg_int,
     positive_float,
@@ -58,7 +59,8 @@ _NUMBERS = (
     ("log-every", positive_int, "log training metrics every N steps"),
     ("checkpoint-every", positive_int, "write a checkpoint every N steps"),
     ("seed", seed_int, "random seed (data order, initialisation, masking)"),
-    ("vocab-size", positive_int, "vocabulary size of a trained tokenizer, specials included (not with --tokenizer)"),
+    ("vocab-size", int_at_least(1, MAX_VOCAB_SIZE),
+     "the most tokens a trained tokenizer may have, specials included (not with --tokenizer)"),
     ("dropout", float_in(0.0, 1.0, high_open=True), "dropout, replacing the preset's"),
 )
 
