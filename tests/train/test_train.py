@@ -159,6 +159,20 @@ def test_overfit_check_and_initial_loss_check(corpus, tmp_path):
     assert not res.passed and f"ln {trainer.parts.tokenizer.vocab_size}" in res.detail
 
 
+def test_overfit_check_tries_the_next_learning_rate_when_one_fails_to_memorise(corpus, tmp_path):
+    # one learning rate does not suit every width: make run's 128-wide char decoder
+    # diverged at 3e-3 (and `headwise check` called the healthy run [FAIL]), 32-wide
+    # models need it
+    from headwise.train.sanity import overfit_check
+
+    trainer = Trainer(_cfg(corpus, tmp_path / "run", objective="clm", dropout=0.0), progress=False)
+    batch = trainer.parts.train.batch([0, 1])
+    res = overfit_check(trainer.objective, batch, steps=150, lrs=(30.0, 3e-3))
+    assert res.passed and "at lr 0.003" in res.detail
+    res = overfit_check(trainer.objective, batch, steps=20, lrs=(30.0, 1e-6))
+    assert not res.passed and "at lr 30" in res.detail and "at lr 1e-06" in res.detail
+
+
 # ---------------------------------------------------------------- CLI
 def test_cli_train_generate_eval_check(corpus, tmp_path, capsys):
     run = tmp_path / "clm"
