@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from tiny_runs import write_corpus
+from tiny_runs import refused_line as _refused
+from tiny_runs import two_step_mlm_run, write_corpus
 
 from headwise.cli import main
 
@@ -33,17 +34,6 @@ def text(tmp_path):
     path = tmp_path / "s.txt"
     path.write_text("the cat sat on the mat.\na dog ran under the tree.\n")
     return path
-
-
-def _refused(argv, capsys) -> str:
-    """The one error line of a refused command (status 2, no traceback)."""
-    status = main(argv)
-    out, err = capsys.readouterr()
-    assert status == 2, (status, out, err)
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # ------------------------------------------------------------------ inspect --out
@@ -90,19 +80,8 @@ def test_rope_theta_that_is_not_a_finite_positive_number_is_refused(theta):
 @pytest.fixture(scope="module")
 def mlm_run(tmp_path_factory):
     """An MLM run of two steps."""
-    from tiny_runs import tiny_cfg
-
-    from headwise.train import Trainer
-
-    root = tmp_path_factory.mktemp("bad_input_mlm")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HEADWISE_CACHE", str(root / "cache"))
-        corpus = write_corpus(root / "corpus.txt", docs=120)
-        cfg = tiny_cfg(corpus, root / "run", steps=2, vocab_size=200, warmup=1, eval_every=2, eval_batches=1,
-                       log_every=1, checkpoint_every=2, dropout=0.0, device="cpu",
-                       model={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "norm": "post"})
-        Trainer(cfg, progress=False).run()
-        yield root / "run"
+    with two_step_mlm_run(tmp_path_factory.mktemp("bad_input_mlm"), norm="post") as run:
+        yield run
 
 
 def test_importance_whose_loss_scored_no_token_is_refused_not_reported_as_zeros(mlm_run, tmp_path, capsys):

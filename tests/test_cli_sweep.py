@@ -9,6 +9,7 @@ import sys
 import types
 
 import pytest
+from tiny_runs import refused_line as _refused
 from tiny_runs import write_corpus
 
 from headwise.cli import main
@@ -26,17 +27,6 @@ def _train(corpus, out, *extra: str) -> list[str]:
     return ["train", "--objective", "clm", "--corpus", str(corpus), "--out", str(out), "--steps", "2",
             "--batch-size", "2", "--block-len", "17", "--model", "n_layers=1,d_model=32,n_heads=2,d_ff=64,max_len=16",
             "--no-sanity-checks", "--no-report", "--quiet", "--device", "cpu", *extra]
-
-
-def _refused(argv, capsys) -> str:
-    """The one error line of a refused command (status 2, no traceback)."""
-    status = main(argv)
-    out, err = capsys.readouterr()
-    assert status == 2, (status, out, err)
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # ------------------------------------------------------------------ hf: corpora

@@ -4,6 +4,8 @@ small enough that a run of a few steps takes a second or two on a CPU."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from headwise.train import TrainConfig
@@ -39,3 +41,34 @@ def tiny_cli_args(corpus, out, *extra: str) -> list[str]:
             "--eval-every", "4", "--eval-batches", "2", "--log-every", "2", "--checkpoint-every", "4",
             "--dropout", "0.1", "--model", "n_layers=2,d_model=32,n_heads=2,d_ff=64", "--no-sanity-checks",
             "--quiet", *extra]
+
+
+def refused_line(argv: list[str], capsys) -> str:
+    """The one error line of a refused ``headwise`` command (status 2, no traceback)."""
+    from headwise.cli import main
+
+    status = main(argv)
+    out, err = capsys.readouterr()
+    assert status == 2, (status, out, err)
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@contextmanager
+def two_step_mlm_run(root: Path, **model) -> Iterator[Path]:
+    """A headwise MLM run directory in ``root`` after 2 steps (``model`` overrides the
+    tiny model's fields), with ``HEADWISE_CACHE`` in ``root`` while it is in use."""
+    import pytest
+
+    from headwise.train import Trainer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADWISE_CACHE", str(root / "cache"))
+        corpus = write_corpus(root / "corpus.txt", docs=120)
+        kw = {"model": {"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, **model}} if model else {}
+        cfg = tiny_cfg(corpus, root / "run", steps=2, vocab_size=200, warmup=1, eval_every=2, eval_batches=1,
+                       log_every=1, checkpoint_every=2, dropout=0.0, device="cpu", **kw)
+        Trainer(cfg, progress=False).run()
+        yield root / "run"

@@ -6,7 +6,7 @@ it, and left as it is. On a tiny randomly initialised run and three lines of tex
 import json
 
 import pytest
-from tiny_runs import tiny_cfg, write_corpus
+from tiny_runs import two_step_mlm_run
 
 from headwise.cli import main
 from headwise.inspect.report import REPORT_FILES
@@ -16,16 +16,8 @@ from headwise.train.rundir import MANIFEST
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A headwise MLM run directory after 2 steps."""
-    from headwise.train import Trainer
-
-    root = tmp_path_factory.mktemp("own_run")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HEADWISE_CACHE", str(root / "cache"))
-        corpus = write_corpus(root / "corpus.txt", docs=120)
-        cfg = tiny_cfg(corpus, root / "run", steps=2, vocab_size=200, warmup=1, eval_every=2, eval_batches=1,
-                       log_every=1, checkpoint_every=2, dropout=0.0, device="cpu")
-        Trainer(cfg, progress=False).run()
-        yield root / "run"
+    with two_step_mlm_run(tmp_path_factory.mktemp("own_run")) as run:
+        yield run
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import is_int
+from ..train.metrics import jsonl_lines
 from ..train.rundir import register_run_entry
 from .capture import capture, context_length, eval_mode, is_causal, n_layers_heads
 from .measures import MeasureAccumulator, induction_scores
@@ -104,18 +105,11 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is damaged: not UTF-8 text ({e})") from None
-    lines = text.split("\n")  # after a final newline the last piece is ""
     rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):  # torn: the writer ends every record with a newline
-                continue
-            raise ValueError(f"{path}, line {number} is damaged (not JSON: {e}); move the file away to inspect "
-                             "without the roles over training") from None
+    for number, line, row in jsonl_lines(text):
+        if isinstance(row, json.JSONDecodeError):
+            raise ValueError(f"{path}, line {number} is damaged (not JSON: {row}); move the file away to inspect "
+                             "without the roles over training")
         if not _is_row(row):
             raise ValueError(f"{path}, line {number} is not a head record ({{'step': int, 'heads': [{{'layer', "
                              f"'head', 'role', ...}}]}}): {line[:80]!r}; move the file away to inspect without the "

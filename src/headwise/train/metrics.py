@@ -7,7 +7,27 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLog", "plot_loss_curve"]
+__all__ = ["MetricsLog", "plot_loss_curve", "jsonl_lines"]
+
+
+def jsonl_lines(text: str) -> list[tuple[int, str, Any]]:
+    """``(line number, line, value)`` for each non-blank line of JSON-lines ``text``:
+    ``value`` is the parsed JSON, or the :class:`json.JSONDecodeError` of a line that
+    is not JSON. A torn last line (a writer killed, or a disk full, mid-record: no
+    newline after it) that is not JSON is left out; every writer ends a record with one."""
+    pieces = text.split("\n")  # after a final newline the last piece is ""
+    out = []
+    for number, line in enumerate(pieces, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(pieces):
+                continue
+            value = e
+        out.append((number, line, value))
+    return out
 
 
 class MetricsLog:
@@ -33,20 +53,12 @@ class MetricsLog:
         if not self.path.exists():
             return []
         text = self.path.read_text(encoding="utf-8", errors="replace")
-        lines = text.splitlines()
         records = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if isinstance(record, dict):
-                records.append(record)
-            elif not (n == len(lines) and not text.endswith("\n")):
+        for n, _, record in jsonl_lines(text):
+            if not isinstance(record, dict):
                 raise ValueError(f"{self.path} is damaged: line {n} is not a JSON record; "
                                  "fix or delete that line")
+            records.append(record)
         return records
 
 
