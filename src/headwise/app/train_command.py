@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import is_builtin_corpus
 from ..data.tokenizer import KINDS as TOKENIZER_KINDS
 from ..data.tokenizer_training import MAX_VOCAB_SIZE, min_vocab_size
 from ..devices import resolve_device
@@ -253,7 +254,7 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
     Raises ValueError or FileExistsError naming the flag."""
     device = resolve_device(cfg.device, what="--device")
     given = given or {}
-    builtin = cfg.corpus in ("stdlib-docs", "stdlib-code") or str(cfg.corpus).startswith("hf:")
+    builtin = is_builtin_corpus(cfg.corpus)
     if not resume and not builtin and not Path(cfg.corpus).exists():
         raise FileNotFoundError(f"--corpus {cfg.corpus!r}: no such file or folder; accepted: a file or folder "
                                 "(.txt .md .jsonl), stdlib-docs, stdlib-code or hf:NAME[:CONFIG]")

@@ -13,13 +13,14 @@ Text flows ``load_corpus(spec)`` -> ``train_tokenizer`` / ``Tokenizer.load`` ->
 
 from .blocks import BlockSampler, TokenBlocks, build_blocks, token_dtype
 from .cache import default_cache_dir
-from .corpus import STDLIB_CODE, STDLIB_DOCS, Corpus, load_corpus, stdlib_root
+from .corpus import STDLIB_CODE, STDLIB_DOCS, Corpus, is_builtin_corpus, load_corpus, stdlib_root
 from .tokenizer import Tokenizer
 from .tokenizer_training import load_or_train_tokenizer, train_tokenizer
 
 __all__ = [
     "Corpus",
     "load_corpus",
+    "is_builtin_corpus",
     "stdlib_root",
     "STDLIB_DOCS",
     "STDLIB_CODE",

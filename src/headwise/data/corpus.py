@@ -48,6 +48,7 @@ from pathlib import Path
 __all__ = [
     "Corpus",
     "load_corpus",
+    "is_builtin_corpus",
     "STDLIB_DOCS",
     "STDLIB_CODE",
     "SUPPORTED_EXTENSIONS",
@@ -204,6 +205,13 @@ def load_corpus(spec: str | os.PathLike[str] | Corpus) -> Corpus:
     if text.startswith("hf:"):
         return _hf_corpus(text)
     return _path_corpus(Path(text))
+
+
+def is_builtin_corpus(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` names a built-in (standard library) or Hugging Face corpus
+    rather than a path: its text follows the Python or the dataset version."""
+    text = os.fspath(spec)
+    return text in (STDLIB_DOCS, STDLIB_CODE) or text.startswith("hf:")
 
 
 # --------------------------------------------------------------------------- files

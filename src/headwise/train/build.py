@@ -19,7 +19,16 @@ from ..attention.backends import (
     check_backend_name,
 )
 from ..attention.masks import MaskSpec
-from ..data import BlockSampler, Corpus, TokenBlocks, Tokenizer, build_blocks, load_corpus, load_or_train_tokenizer
+from ..data import (
+    BlockSampler,
+    Corpus,
+    TokenBlocks,
+    Tokenizer,
+    build_blocks,
+    is_builtin_corpus,
+    load_corpus,
+    load_or_train_tokenizer,
+)
 from ..hardware.precision import Precision
 from ..models import CONFIG_NAME, Decoder, EncoderForMLM, ModelConfig, build_electra, get_preset
 from ..models.presets import PRESETS
@@ -184,7 +193,7 @@ def check_corpus_record(run_dir: Path, corpus: Corpus) -> None:
         return
     what = (f"the corpus {corpus.name!r} has changed since this run started (its content differs from the "
             f"one recorded in {path})")
-    if corpus.name in ("stdlib-docs", "stdlib-code") or corpus.name.startswith("hf:"):
+    if is_builtin_corpus(corpus.name):
         print(f"warning: {what}: it now yields other text, so the run goes on with other blocks", file=sys.stderr)
         return
     raise ValueError(f"{what}: the run would go on with other blocks and another validation split. "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import Corpus, TokenBlocks, build_blocks, load_corpus
+from ..data import Corpus, TokenBlocks, build_blocks, is_builtin_corpus, load_corpus
 from ..devices import resolve_device
 from .build import RunParts, build_parts, require_recorded_files
 from .checkpoint import CheckpointError, load_checkpoint, newest_intact
@@ -92,7 +92,7 @@ def _recorded_corpus(cfg: TrainConfig, run_dir: Path, use: str) -> Corpus:
     ValueError saying it is that one, why it cannot be read, and ``use``."""
     spec = cfg.corpus
     where = f"the run's training corpus {str(spec)!r} (recorded in {run_dir / 'run.json'})"
-    builtin = str(spec) in ("stdlib-docs", "stdlib-code") or str(spec).startswith("hf:")
+    builtin = is_builtin_corpus(spec)
     if not builtin and str(spec).strip() and not Path(spec).exists():
         looked = ("" if Path(spec).is_absolute() else
                   f" (a path relative to the folder training ran in; from here it is {Path(spec).absolute()})")
