@@ -21,7 +21,7 @@ def corpus(tmp_path, monkeypatch):
 
 
 def _cli(corpus, out, backend, *extra):
-    args = tiny_cli_args(corpus, out, "--device", "cpu", "--precision", "fp32", "--steps", "2", *extra)
+    args = tiny_cli_args(corpus, out, "--device", "cpu", "--precision", "fp32", "--steps", "2", "--warmup", "1", *extra)
     i = args.index("--model") + 1
     args[i] += f",attn_backend={backend}"
     return args

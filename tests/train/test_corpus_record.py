@@ -60,7 +60,7 @@ def test_overwrite_with_another_corpus_records_the_new_one(run, tmp_path):
     is not compared with the old corpus."""
     corpus, out = run
     other = write_corpus(tmp_path / "other.txt", seed=3)
-    assert main(tiny_cli_args(other, out, "--steps", "2", "--no-report", "--overwrite")) == 0
+    assert main(tiny_cli_args(other, out, "--steps", "2", "--warmup", "1", "--no-report", "--overwrite")) == 0
     assert json.loads((out / CORPUS_RECORD).read_text())["corpus"] == str(other)
 
 
@@ -72,9 +72,9 @@ def test_an_out_inside_the_corpus_folder_is_refused(tmp_path, monkeypatch, capsy
     folder = tmp_path / "docs"
     folder.mkdir()
     write_corpus(folder / "corpus.txt")
-    assert main(tiny_cli_args(folder, folder / "run", "--steps", "2", "--no-report")) == 2
+    assert main(tiny_cli_args(folder, folder / "run", "--steps", "2", "--warmup", "1", "--no-report")) == 2
     err = capsys.readouterr().err
     assert f"--out {str(folder / 'run')!r} is inside the --corpus folder {str(folder)!r}" in err
     assert sorted(p.name for p in folder.iterdir()) == ["corpus.txt"]
-    assert main(tiny_cli_args(folder, folder / ".runs" / "run", "--steps", "2", "--no-report")) == 0
+    assert main(tiny_cli_args(folder, folder / ".runs" / "run", "--steps", "2", "--warmup", "1", "--no-report")) == 0
     assert _resume(folder / ".runs" / "run", "--steps", "4") == 0

@@ -306,6 +306,27 @@ def _refuse_ignored_settings(cfg: TrainConfig, given: dict) -> None:
     for flag, field, ignored, why, needs in unused:
         if ignored:
             refuse_unused({flag: given.get(field)}, f"with {why} (only with {needs})")
+    _check_warmup(cfg, given)
+
+
+def _check_warmup(cfg: TrainConfig, given: dict) -> None:
+    """Refuse a --warmup that the run's --steps leave no room for (the learning rate would
+    not reach --lr, or the decay never start); warn when the default warm-up is the one."""
+    if cfg.max_time is not None or cfg.warmup < cfg.steps:
+        return
+    short = cfg.warmup > cfg.steps
+    if not short and cfg.decay == "constant":
+        return  # the rate reaches --lr at the last step, and nothing decays anyway
+    what = (f"the learning rate would still be rising at the end, at {cfg.steps / cfg.warmup:.0%} of --lr"
+            if short else "the learning rate would reach --lr only at the last step")
+    if cfg.decay != "constant":
+        what += f", and --decay {cfg.decay} would never start"
+    if "warmup" in given:
+        raise ValueError(f"--warmup {cfg.warmup} is not below --steps {cfg.steps}: {what}; "
+                         f"give --warmup {cfg.steps - 1} or less")
+    source = f"--recipe {cfg.recipe}'s" if cfg.recipe is not None else "the default"
+    print(f"warning: {source} --warmup {cfg.warmup} is not below --steps {cfg.steps}: {what}; "
+          "give --warmup below --steps to change it", file=sys.stderr)
 
 
 def _device_flag(parser: argparse.ArgumentParser) -> None:
