@@ -74,6 +74,11 @@ def run_parsed(args: argparse.Namespace, prog: str) -> int:
     status 2."""
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError as e:
+        if e.filename is not None:  # a file or pipe the command opened itself: an error of the input
+            print(f"{prog}: error: {_describe(e)}", file=sys.stderr)
+            return 2
+        return _output_closed()
     except EXPECTED_ERRORS as e:
         print(f"{prog}: error: {_describe(e)}", file=sys.stderr)
         return 2
@@ -82,6 +87,23 @@ def run_parsed(args: argparse.Namespace, prog: str) -> int:
             raise
         print(f"{prog}: error: {_describe(e)}", file=sys.stderr)
         return 2
+
+
+#: the status of a command whose reader went away (``headwise generate ... | head -c 10``):
+#: what a shell reports for a program that SIGPIPE ended, 128 + 13
+OUTPUT_CLOSED = 141
+
+
+def _output_closed() -> int:
+    """Stop quietly after the standard output was closed by its reader: nothing more is
+    written to it (not even Python's flush at exit, which would print an ignored error)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor behind sys.stdout (a test's capture)
+        pass
+    return OUTPUT_CLOSED
 
 
 def _expected_runtime_error(e: RuntimeError) -> bool:
