@@ -202,6 +202,10 @@ class Trainer:
         if tok.vocab_size < cfg.vocab_size:  # --vocab-size is a cap: a small corpus gives fewer tokens
             self._print(f"vocabulary: {tok.vocab_size:,} tokens, all that {cfg.corpus} gives a {tok.kind} tokenizer "
                         f"(--vocab-size {cfg.vocab_size:,} is the most it may have)")
+        n_val = -(-len(self.parts.val) // cfg.batch_size)  # the validation split's batches, the last one short
+        if cfg.eval_batches > n_val:  # --eval-batches is a cap too: a small split gives fewer
+            self._print(f"evaluation: all {n_val:,} batches of the validation split ({len(self.parts.val):,} blocks; "
+                        f"--eval-batches {cfg.eval_batches:,} is the most it scores)")
         if cfg.compile:
             # compile the models, not the objective: its metrics call .item(), which
             # would break the graph at every step
