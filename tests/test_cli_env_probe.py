@@ -8,7 +8,11 @@ import os
 import subprocess
 import sys
 
-from headwise.cli import OUTPUT_CLOSED
+import pytest
+from tiny_runs import refused_line
+
+from headwise.cli import OUTPUT_CLOSED, main
+from headwise.kernels import get_tiled_options, set_tiled_options
 
 
 def _run_into_closed_pipe(*argv: str) -> subprocess.CompletedProcess:
@@ -28,3 +32,38 @@ def test_output_whose_reader_went_away_ends_quietly():
     done = _run_into_closed_pipe("plan", "--preset", "tiny")
     assert done.returncode == OUTPUT_CLOSED, done.stderr
     assert done.stderr == ""
+
+
+# ------------------------------------------------------------------ on/off variables
+@pytest.fixture
+def tiled_default():
+    """The process's kernel options, put back after a test that runs ``main``."""
+    start = get_tiled_options()
+    yield
+    set_tiled_options(start)
+
+
+@pytest.mark.parametrize("name, value, field, want", [
+    ("HEADWISE_TILED_AUTOTUNE", "false", "autotune", False),
+    ("HEADWISE_TILED_AUTOTUNE", "OFF", "autotune", False),
+    ("HEADWISE_TILED_AUTOTUNE", "0", "autotune", False),
+    ("HEADWISE_TILED_TMA", "off", "tma", False),
+    ("HEADWISE_TILED_TMA", "no", "tma", False),
+    ("HEADWISE_TILED_TMA", "auto", "tma", None),
+])
+def test_tiled_switch_words_that_mean_off_turn_it_off(tiled_default, monkeypatch, capsys, name, value, field,
+                                                      want):
+    """``HEADWISE_TILED_AUTOTUNE=false`` left autotuning on (only ``0`` was off), and
+    ``HEADWISE_TILED_TMA=off`` left TMA on auto."""
+    monkeypatch.setenv(name, value)
+    main(["plan", "--preset", "tiny"])
+    capsys.readouterr()
+    assert getattr(get_tiled_options(), field) is want
+
+
+@pytest.mark.parametrize("name, value", [("HEADWISE_TILED_AUTOTUNE", "maybe"), ("HEADWISE_TILED_TMA", "of")])
+def test_tiled_switch_that_is_no_on_off_word_is_refused_naming_it(tiled_default, monkeypatch, capsys, name, value):
+    monkeypatch.setenv(name, value)
+    line = refused_line(["plan", "--preset", "tiny"], capsys)
+    assert line.startswith(f"headwise: error: {name} must be 1, true, yes or on")
+    assert f"got {value!r}" in line

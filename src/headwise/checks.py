@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["is_int", "is_real", "check_int", "check_real", "check_choice", "check_setting",
-           "check_key_lengths"]
+           "check_switch", "check_key_lengths"]
 
 
 def is_int(value: Any) -> bool:
@@ -92,6 +92,25 @@ def check_setting(where: str, what: str, value: str, choices: Iterable[str]) -> 
     if value not in choices:
         raise ValueError(f"{where}: the {what} must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+_SWITCH_ON = ("1", "true", "yes", "on")
+_SWITCH_OFF = ("0", "false", "no", "off")
+
+
+def check_switch(name: str, value: str | None, default: bool | None, *, also: str = "") -> bool | None:
+    """An on/off setting's text (an environment variable ``name``): ``default`` when
+    unset, empty or the word ``also`` (a third setting such as ``auto``); True for 1,
+    true, yes, on and False for 0, false, no, off (any case, spaces around ignored);
+    else ``ValueError`` naming ``name``, the value and those words (so a typo is never
+    taken for one of them)."""
+    word = "" if value is None else value.strip().lower()
+    if not word or (also and word == also):
+        return default
+    if word in _SWITCH_ON or word in _SWITCH_OFF:
+        return word in _SWITCH_ON
+    raise ValueError(f"{name} must be 1, true, yes or on (on), {'' if also else 'or '}0, false, no or off (off)"
+                     + (f", or {also}" if also else "") + f"; got {value!r}")
 
 
 def check_key_lengths(key_lengths: Any, batch: int, k_len: int, device: torch.device,

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..checks import check_choice
+from ..checks import check_choice, check_switch
 
 __all__ = ["TiledOptions", "get_tiled_options", "set_tiled_options", "tiled_options"]
 
@@ -74,16 +74,16 @@ class TiledOptions:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> TiledOptions:
         """The options that the ``HEADWISE_TILED_*`` variables of ``environ`` select
-        (unset ones keep their defaults): ``HEADWISE_TILED_AUTOTUNE=0`` (no
-        autotuning), ``HEADWISE_TILED_BWD=fused|split``, ``HEADWISE_TILED_TMA=0`` (off;
-        ``1``: also in the interpreter; anything else: auto),
-        ``HEADWISE_TILED_FWD=default|desc|ws``, ``HEADWISE_TILED_DKDV=default|persistent``.
-        ``ValueError`` names the variable and its accepted values."""
-        tma = environ.get("HEADWISE_TILED_TMA", "auto")
+        (unset or empty ones keep their defaults): ``HEADWISE_TILED_AUTOTUNE=0`` (no
+        autotuning; ``1`` on), ``HEADWISE_TILED_BWD=fused|split``, ``HEADWISE_TILED_TMA=0``
+        (off; ``1``: also in the interpreter; ``auto``), ``HEADWISE_TILED_FWD=default|desc|ws``,
+        ``HEADWISE_TILED_DKDV=default|persistent``. An on/off variable also takes
+        true/false, yes/no, on/off (:func:`headwise.checks.check_switch`). ``ValueError``
+        names the variable and its accepted values."""
         return cls(
-            autotune=environ.get("HEADWISE_TILED_AUTOTUNE", "1") != "0",
+            autotune=check_switch("HEADWISE_TILED_AUTOTUNE", environ.get("HEADWISE_TILED_AUTOTUNE"), True),
             bwd=_env_choice(environ, "HEADWISE_TILED_BWD", "split", ("fused", "split")),
-            tma=False if tma == "0" else (True if tma == "1" else None),
+            tma=check_switch("HEADWISE_TILED_TMA", environ.get("HEADWISE_TILED_TMA"), None, also="auto"),
             fwd=_env_choice(environ, "HEADWISE_TILED_FWD", "default", _FWD),
             dkdv=_env_choice(environ, "HEADWISE_TILED_DKDV", "default", _DKDV),
         )
