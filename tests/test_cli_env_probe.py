@@ -67,3 +67,12 @@ def test_tiled_switch_that_is_no_on_off_word_is_refused_naming_it(tiled_default,
     line = refused_line(["plan", "--preset", "tiny"], capsys)
     assert line.startswith(f"headwise: error: {name} must be 1, true, yes or on")
     assert f"got {value!r}" in line
+
+
+# ------------------------------------------------------------------ backend="auto"'s variables
+def test_autotune_backend_that_is_no_on_off_word_is_refused_not_taken_for_on(monkeypatch, capsys):
+    """``HEADWISE_AUTOTUNE_BACKEND=maybe`` (anything but 0/false/no/off) meant timing on."""
+    monkeypatch.setenv("HEADWISE_AUTOTUNE_BACKEND", "maybe")
+    line = refused_line(["plan", "--preset", "tiny"], capsys)
+    assert line.startswith("headwise: error: HEADWISE_AUTOTUNE_BACKEND must be 1, true, yes or on")
+    assert "got 'maybe'" in line

@@ -12,6 +12,7 @@ import torch
 
 from .app import bench_command, inspect_command, main_job, plan_command, train_command
 from .app.cli_types import HelpFormatter
+from .attention.backends import DISPATCHER
 from .kernels import TiledOptions, set_tiled_options
 from .train.loop import NonFiniteError
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:  # the kernels' HEADWISE_TILED_* variables: read here, once, for the whole command
         set_tiled_options(TiledOptions.from_env(os.environ))
+        DISPATCHER.timing_enabled()  # backend="auto"'s variables, read at each use: refused now, not mid-run
     except ValueError as e:
         print(f"headwise: error: {e}", file=sys.stderr)
         return 2

@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...checks import check_switch
 from .base import AttentionCall, Backend
 
 __all__ = [
@@ -135,11 +136,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def _not_now() -> str | None:
@@ -211,7 +207,9 @@ class Dispatcher:
         return self._backends()
 
     def timing_enabled(self) -> bool:
-        return self.enabled if self.enabled is not None else _env_flag(ENV_AUTOTUNE, True)
+        if self.enabled is not None:
+            return self.enabled
+        return bool(check_switch(ENV_AUTOTUNE, os.environ.get(ENV_AUTOTUNE), True))
 
     def budget(self) -> float:
         if self.budget_ms is not None:
