@@ -4,6 +4,7 @@ Each is refused in one line with status 2 (never a traceback), or handled quietl
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import pytest
 from tiny_runs import refused_line
 
+from headwise.attention.backends.dispatch import Dispatcher
 from headwise.cli import OUTPUT_CLOSED, main
 from headwise.kernels import get_tiled_options, set_tiled_options
 
@@ -76,3 +78,21 @@ def test_autotune_backend_that_is_no_on_off_word_is_refused_not_taken_for_on(mon
     line = refused_line(["plan", "--preset", "tiny"], capsys)
     assert line.startswith("headwise: error: HEADWISE_AUTOTUNE_BACKEND must be 1, true, yes or on")
     assert "got 'maybe'" in line
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "nan"])
+def test_autotune_budget_that_is_not_milliseconds_is_refused_naming_it(monkeypatch, capsys, value):
+    """``HEADWISE_AUTOTUNE_BUDGET_MS=abc`` failed on a GPU at the first attention call as
+    'could not convert string to float'; nan meant no budget at all, -5 none left."""
+    monkeypatch.setenv("HEADWISE_AUTOTUNE_BUDGET_MS", value)
+    line = refused_line(["plan", "--preset", "tiny"], capsys)
+    assert line.startswith("headwise: error: HEADWISE_AUTOTUNE_BUDGET_MS must be a number of milliseconds >= 0")
+    assert f"got {value!r}" in line
+    with pytest.raises(ValueError, match="HEADWISE_AUTOTUNE_BUDGET_MS must be"):
+        Dispatcher(lambda: []).budget()  # the dispatcher reads it at each use, too
+
+
+@pytest.mark.parametrize("value, want", [("", 500.0), ("0", 0.0), ("inf", math.inf), ("20", 20.0)])
+def test_autotune_budget_values_that_are_milliseconds_are_taken(monkeypatch, value, want):
+    monkeypatch.setenv("HEADWISE_AUTOTUNE_BUDGET_MS", value)
+    assert Dispatcher(lambda: []).budget() == want

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # the kernels' HEADWISE_TILED_* variables: read here, once, for the whole command
         set_tiled_options(TiledOptions.from_env(os.environ))
         DISPATCHER.timing_enabled()  # backend="auto"'s variables, read at each use: refused now, not mid-run
+        DISPATCHER.budget()
     except ValueError as e:
         print(f"headwise: error: {e}", file=sys.stderr)
         return 2

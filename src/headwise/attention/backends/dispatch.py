@@ -138,6 +138,24 @@ def _sync(device: torch.device) -> None:
 
 
 
+def _env_budget_ms() -> float:
+    """``HEADWISE_AUTOTUNE_BUDGET_MS``: milliseconds >= 0 (``inf``: no limit); 500 when
+    unset or empty. ValueError naming the variable for anything else (text, a negative
+    number, nan), which would have failed as a bare float() error or been taken as no
+    budget at all (nan) or none left (negative)."""
+    text = os.environ.get(ENV_BUDGET_MS)
+    if text is None or not text.strip():
+        return 500.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise ValueError(f"{ENV_BUDGET_MS} must be a number of milliseconds >= 0 (inf: no limit; unset: 500), "
+                         f"got {text!r}")
+    return value
+
+
 def _not_now() -> str | None:
     """Why timing must not run at this moment, or None."""
     if torch.compiler.is_compiling():
@@ -214,7 +232,7 @@ class Dispatcher:
     def budget(self) -> float:
         if self.budget_ms is not None:
             return self.budget_ms
-        return float(os.environ.get(ENV_BUDGET_MS) or 500.0)
+        return _env_budget_ms()
 
     def cache_file(self) -> Path | None:
         if self.cache_path is not None:
