@@ -9,8 +9,11 @@ evaluates the run in another number format (:mod:`headwise.app.format_eval`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -215,13 +218,41 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, dict]:
 def run_train(args: argparse.Namespace, *, story=None) -> int:
     """Train as ``args`` say. ``story(trainer) -> exit status``, when given, takes over
     the single-process Trainer before it runs (headwise.app: train, inspect, summarise).
-    Ctrl-C is one line saying what the run keeps and how to resume it, status 130."""
+    Ctrl-C is one line saying what the run keeps and how to resume it, status 130; so is
+    SIGTERM (what a scheduler sends a job it stops) for a single process, status 143."""
     cfg, given = config_from_args(args)
     try:
-        return _run_train(args, cfg, given, story)
+        with _sigterm_as_interrupt(single=getattr(args, "nproc", 1) == 1 and getattr(args, "tp", 1) == 1
+                                   and not in_distributed_env()):
+            return _run_train(args, cfg, given, story)
     except KeyboardInterrupt:
         print(f"headwise train: {interruption_note(Path(cfg.out))}", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"headwise train: {interruption_note(Path(cfg.out), how='terminated (SIGTERM)')}", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwinds the run as Ctrl-C's KeyboardInterrupt does."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(single: bool):
+    """Within, SIGTERM raises :class:`_Terminated` in the main thread of a single-process
+    run (torchrun and the --nproc launcher handle their workers' signals themselves)."""
+    if not single or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise _Terminated
+
+    before = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _run_train(args: argparse.Namespace, cfg: TrainConfig, given: dict, story) -> int:

@@ -267,15 +267,16 @@ def checkpoint_report(run_dir: Path) -> list[tuple[str, str | None]]:
     return [(p.name, verify_checkpoint(p)) for p in _step_dirs(Path(run_dir) / "checkpoints")]
 
 
-def interruption_note(run_dir: Path) -> str:
-    """What a run interrupted now (Ctrl-C) keeps, and how to go on: one line. The newest
-    checkpoint is named without hashing it (this is said at once; a resume verifies it)."""
+def interruption_note(run_dir: Path, how: str = "interrupted") -> str:
+    """What a run stopped now (``how``: interrupted by Ctrl-C, say) keeps, and how to go on:
+    one line. The newest checkpoint is named without hashing it (this is said at once; a
+    resume verifies it)."""
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():
-        return f"interrupted before the run in {run_dir} started; nothing was kept"
+        return f"{how} before the run in {run_dir} started; nothing was kept"
     steps = _step_dirs(run_dir / "checkpoints")
     kept = f"its last checkpoint is {steps[0].name}" if steps else "no checkpoint was written yet"
-    return f"interrupted; {kept}: continue the run with headwise train --out {shlex.quote(str(run_dir))} --resume"
+    return f"{how}; {kept}: continue the run with headwise train --out {shlex.quote(str(run_dir))} --resume"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
