@@ -10,9 +10,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from tiny_runs import refused_line
 
+from headwise.attention import set_dispatch_cache
+from headwise.attention.backends import DISPATCHER, AttentionCall
 from headwise.attention.backends.dispatch import Dispatcher
+from headwise.attention.masks import MaskSpec
 from headwise.cli import OUTPUT_CLOSED, main
 from headwise.kernels import get_tiled_options, set_tiled_options
 
@@ -96,3 +100,44 @@ def test_autotune_budget_that_is_not_milliseconds_is_refused_naming_it(monkeypat
 def test_autotune_budget_values_that_are_milliseconds_are_taken(monkeypatch, value, want):
     monkeypatch.setenv("HEADWISE_AUTOTUNE_BUDGET_MS", value)
     assert Dispatcher(lambda: []).budget() == want
+
+
+def _pinned_call() -> AttentionCall:
+    return AttentionCall(dtype=torch.float32, device=torch.device("cpu"), head_dim=16, value_dim=16, n_heads=2,
+                         n_kv_heads=2, mask=MaskSpec(1, 8, 8, causal=True), need_weights=False, dropout_p=0.0,
+                         requires_grad=False)
+
+
+def test_dispatch_cache_that_is_a_users_file_is_refused_and_left_as_it_is(tmp_path, monkeypatch, capsys):
+    """``HEADWISE_DISPATCH_CACHE=notes.txt``: the first measurement replaced the file."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    monkeypatch.setenv("HEADWISE_DISPATCH_CACHE", str(notes))
+    line = refused_line(["plan", "--preset", "tiny"], capsys)
+    assert f"HEADWISE_DISPATCH_CACHE={str(notes)!r} is a file headwise did not write" in line
+    d = Dispatcher(lambda: [], device_name=lambda dev: "GPU", torch_version="1", triton_version="1")
+    d.cache_path = notes  # set past the check: the write itself refuses
+    with pytest.raises(ValueError, match="is a file headwise did not write"):
+        d.pin(_pinned_call(), "sdpa")
+    assert notes.read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_set_dispatch_cache_of_a_users_file_is_refused(tmp_path):
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    saved = DISPATCHER.cache_path
+    try:
+        with pytest.raises(ValueError, match="is a file headwise did not write"):
+            set_dispatch_cache(notes)
+    finally:
+        DISPATCHER.use_cache_file(saved)
+    assert notes.read_text() == '{"mine": 1}'
+
+
+def test_dispatch_cache_that_is_a_folder_is_refused_naming_it(tmp_path, monkeypatch, capsys):
+    """A folder failed at the first measurement as '.../.folder.PID.TID.tmp -> ...: Is a
+    directory', leaving that temporary file behind."""
+    monkeypatch.setenv("HEADWISE_DISPATCH_CACHE", str(tmp_path))
+    line = refused_line(["plan", "--preset", "tiny"], capsys)
+    assert f"HEADWISE_DISPATCH_CACHE={str(tmp_path)!r} is a folder" in line

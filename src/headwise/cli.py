@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         set_tiled_options(TiledOptions.from_env(os.environ))
         DISPATCHER.timing_enabled()  # backend="auto"'s variables, read at each use: refused now, not mid-run
         DISPATCHER.budget()
+        DISPATCHER.cache_file()
     except ValueError as e:
         print(f"headwise: error: {e}", file=sys.stderr)
         return 2

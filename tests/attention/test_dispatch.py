@@ -290,10 +290,14 @@ def test_disk_cache_from_the_environment_and_a_broken_file(tmp_path, monkeypatch
     assert d.cache_file() == path
     d.choose(call())
     assert path.exists()
-    path.write_text("{not json")
+    path.write_text("{not json")  # not a file headwise wrote (it writes whole files): refused, left as it is
     d2, fakes2 = make()
-    assert d2.choose(call()).source == "measured"  # an unreadable file is ignored ...
-    assert json.loads(path.read_text())["version"] == 1  # ... and rewritten
+    with pytest.raises(ValueError, match="HEADWISE_DISPATCH_CACHE=.* is a file headwise did not write"):
+        d2.choose(call())
+    assert path.read_text() == "{not json"
+    path.write_text(json.dumps({"version": 0, "environments": {}}))  # another version of its own: rewritten
+    assert make()[0].choose(call()).source == "measured"
+    assert json.loads(path.read_text())["version"] == 1
 
 
 # ------------------------------------------------------------------ the public API

@@ -45,7 +45,7 @@ def set_dispatch_cache(path: str | os.PathLike | None) -> None:
     """Keep ``auto``'s measurements in the JSON file ``path`` too (read at the first
     call of a device, written after each new measurement), keyed by GPU name and the
     torch and Triton versions. ``None`` goes back to ``HEADWISE_DISPATCH_CACHE``
-    (unset: memory only)."""
+    (unset: memory only). ValueError for a folder or a file headwise did not write."""
     DISPATCHER.use_cache_file(None if path is None else Path(path).expanduser())
 
 

@@ -238,7 +238,11 @@ class Dispatcher:
         if self.cache_path is not None:
             return self.cache_path
         env = os.environ.get(ENV_CACHE)
-        return Path(env).expanduser() if env else None
+        if not env:
+            return None
+        path = Path(env).expanduser()
+        check_cache_file(path, f"{ENV_CACHE}={env!r}")
+        return path
 
     def environment(self, device: torch.device) -> str:
         key = self._env_keys.get(device)
@@ -257,6 +261,8 @@ class Dispatcher:
     def use_cache_file(self, path: Path | None) -> None:
         """Keep measurements in the JSON file ``path`` too (None: the environment's
         ``HEADWISE_DISPATCH_CACHE``, else memory only); the file is read afresh."""
+        if path is not None:
+            check_cache_file(Path(path), repr(str(path)))
         with self._lock:
             self.cache_path = path
             self._loaded.clear()
@@ -498,6 +504,30 @@ def _considered(backend: Backend, call: AttentionCall) -> bool:
     return devices is None or call.device.type in devices
 
 
+def check_cache_file(path: Path, named: str) -> None:
+    """ValueError (saying ``named``: where the path came from) when ``path`` cannot be
+    the dispatch cache: a folder, or a file that is not one headwise wrote (which
+    writing measurements would replace). A missing or empty file, or one of another
+    cache version, is fine."""
+    if path.is_dir():
+        raise ValueError(f"the dispatch cache {named} is a folder; give the path of a JSON file in it")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError):
+        text = None
+    if text is not None and not text.strip():
+        return
+    try:
+        data = json.loads(text) if text is not None else None
+    except ValueError:
+        data = None
+    if not (isinstance(data, dict) and "version" in data and isinstance(data.get("environments"), dict)):
+        raise ValueError(f"the dispatch cache {named} is a file headwise did not write (not its JSON of "
+                         "measurements), and would be replaced; give a new or empty file")
+
+
 def _read_cache(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
@@ -510,7 +540,11 @@ def _read_cache(path: Path) -> dict:
 
 def _write_cache(path: Path, data: dict) -> None:
     path = Path(path)
+    check_cache_file(path, repr(str(path)))  # it may have been replaced since it was set
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+    finally:
+        tmp.unlink(missing_ok=True)
