@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from tiny_runs import refused_line
+from tiny_runs import refused_line, write_corpus
 
 from headwise.attention import set_dispatch_cache
 from headwise.attention.backends import DISPATCHER, AttentionCall
@@ -141,3 +141,24 @@ def test_dispatch_cache_that_is_a_folder_is_refused_naming_it(tmp_path, monkeypa
     monkeypatch.setenv("HEADWISE_DISPATCH_CACHE", str(tmp_path))
     line = refused_line(["plan", "--preset", "tiny"], capsys)
     assert f"HEADWISE_DISPATCH_CACHE={str(tmp_path)!r} is a folder" in line
+
+
+# ------------------------------------------------------------------ names that are not UTF-8
+def test_out_that_is_not_utf8_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """``--out $'run\\xff'`` trained the whole run, then failed writing summary.txt with
+    "'utf-8' codec can't encode character '\\udcff' ...: surrogates not allowed"."""
+    monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache"))
+    corpus = write_corpus(tmp_path / "corpus.txt", docs=60)
+    out = tmp_path / "run\udcff"  # the name a shell's byte 0xff arrives as
+    line = refused_line(["train", "--objective", "clm", "--corpus", str(corpus), "--out", str(out), "--steps", "2",
+                         "--batch-size", "2", "--block-len", "17", "--warmup", "1",
+                         "--model", "n_layers=1,d_model=32,n_heads=2,d_ff=64,max_len=16", "--no-sanity-checks",
+                         "--no-report", "--quiet", "--device", "cpu"], capsys)
+    assert line.startswith("headwise train: error: --out is not UTF-8 text (byte 0xff at character")
+    assert not out.exists()
+
+
+def test_headwise_variable_that_is_not_utf8_is_refused_naming_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache\udcfe"))
+    line = refused_line(["plan", "--preset", "tiny"], capsys)
+    assert "HEADWISE_CACHE is not UTF-8 text (byte 0xfe at character" in line

@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse printed the usage and the reason
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        _check_utf8(sys.argv[1:] if argv is None else argv, os.environ)
+    except ValueError as e:
+        print(f"headwise {args.command}: error: {e}", file=sys.stderr)
+        return 2
     try:  # the kernels' HEADWISE_TILED_* variables: read here, once, for the whole command
         set_tiled_options(TiledOptions.from_env(os.environ))
         DISPATCHER.timing_enabled()  # backend="auto"'s variables, read at each use: refused now, not mid-run
@@ -70,6 +75,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"headwise: error: {e}", file=sys.stderr)
         return 2
     return run_parsed(args, f"headwise {args.command}")
+
+
+def _check_utf8(argv: list[str], environ: dict[str, str] | os._Environ) -> None:
+    """ValueError naming the first argument (by its flag) or HEADWISE_* variable that is
+    not UTF-8: bytes the locale could not decode arrive as lone surrogates, which no
+    file headwise reads or writes (tokenizer.json, run.json, summary.txt, ...) can hold,
+    so a run would fail only at its end, or a folder's files not be read at all."""
+    given = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and "=" in arg:
+            given.append(tuple(arg.split("=", 1)))
+        elif i and argv[i - 1].startswith("-") and not arg.startswith("-"):
+            given.append((argv[i - 1], arg))
+        else:
+            given.append(("the argument", arg))
+    given += [(name, value) for name, value in environ.items() if name.startswith("HEADWISE_")]
+    for name, value in given:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            c = ord(e.object[e.start])
+            if 0xDC80 <= c <= 0xDCFF:
+                what, shown = f"byte 0x{c - 0xDC00:02x}", os.fsencode(value).decode("utf-8", "backslashreplace")
+            else:
+                what, shown = repr(chr(c)), value.encode("utf-8", "backslashreplace").decode()
+            raise ValueError(f"{name} is not UTF-8 text ({what} at character {e.start} of '{shown}'); headwise "
+                             "keeps names and text in UTF-8 files, so give it in UTF-8") from None
 
 
 def run_parsed(args: argparse.Namespace, prog: str) -> int:
