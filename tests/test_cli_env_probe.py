@@ -162,3 +162,13 @@ def test_headwise_variable_that_is_not_utf8_is_refused_naming_it(tmp_path, monke
     monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache\udcfe"))
     line = refused_line(["plan", "--preset", "tiny"], capsys)
     assert "HEADWISE_CACHE is not UTF-8 text (byte 0xfe at character" in line
+
+
+# ------------------------------------------------------------------ flags that would do nothing
+def test_plan_tolerance_with_top_0_is_refused_not_ignored(capsys):
+    """``plan --top 0 --tolerance 0.5``: no recommendation is searched, so the tolerance
+    did nothing, without a word."""
+    line = refused_line(["plan", "--preset", "tiny", "--top", "0", "--tolerance", "0.5"], capsys)
+    assert line == ("headwise plan: error: --tolerance 0.5 has no effect with --top 0 (no recommendation is "
+                    "searched); drop it or give --top 1 or more")
+    assert main(["plan", "--preset", "tiny", "--top", "0"]) == 0  # the default tolerance is no setting given

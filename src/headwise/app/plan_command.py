@@ -24,9 +24,12 @@ from ..hardware.planner import (
 )
 from ..hardware.profiles import DTYPE_BYTES, PROFILE_NAMES, HardwareProfile, get_profile
 from ..models import PRESETS, get_preset
-from .cli_types import nonneg_float, nonneg_int, positive_int
+from .cli_types import nonneg_float, nonneg_int, positive_int, refuse_unused
 
-__all__ = ["register", "run", "resolve_preset"]
+__all__ = ["register", "run", "resolve_preset", "TOLERANCE"]
+
+#: ``--tolerance`` when none is given
+TOLERANCE = 0.125
 
 
 def resolve_preset(name: str):
@@ -64,8 +67,8 @@ def register(sub) -> None:
     p.add_argument(
         "--tolerance",
         type=nonneg_float,
-        default=0.125,
-        help="allowed relative change of H*Dh for recommendations (default 0.125)",
+        default=None,
+        help=f"allowed relative change of H*Dh for recommendations (default {TOLERANCE}; not with --top 0)",
     )
     p.add_argument("--explain", action="store_true", help="add the K-slice padding example")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -129,9 +132,13 @@ def run(args) -> int:
     dtype = args.dtype if args.dtype is not None else ("fp32" if prof.is_cpu else "bf16")
     dtype = _flag("--dtype", dtype, prof.check_dtype, dtype)
     check_int("--top", args.top, minimum=0)
-    check_real("--tolerance", args.tolerance, minimum=0, maximum=1, max_open=True, what="in [0, 1)")
+    if args.top == 0:
+        refuse_unused({"--tolerance": args.tolerance}, "with --top 0 (no recommendation is searched)",
+                      "drop {it} or give --top 1 or more")
+    tolerance = TOLERANCE if args.tolerance is None else args.tolerance
+    check_real("--tolerance", tolerance, minimum=0, maximum=1, max_open=True, what="in [0, 1)")
     plan, recs = recommend(
-        cfg, args.batch, args.seq, prof, dtype, tolerance=args.tolerance, top=args.top
+        cfg, args.batch, args.seq, prof, dtype, tolerance=tolerance, top=args.top
     )
     assert cfg.head_dim is not None
     own = k_slice_waste(cfg.head_dim, dtype, max(prof.mma_k_bytes, DTYPE_BYTES[dtype]))
