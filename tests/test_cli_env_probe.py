@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from tiny_runs import refused_line, write_corpus
+from tiny_runs import refused_line, two_step_mlm_run, write_corpus
 
 from headwise.attention import set_dispatch_cache
 from headwise.attention.backends import DISPATCHER, AttentionCall
@@ -172,3 +172,19 @@ def test_plan_tolerance_with_top_0_is_refused_not_ignored(capsys):
     assert line == ("headwise plan: error: --tolerance 0.5 has no effect with --top 0 (no recommendation is "
                     "searched); drop it or give --top 1 or more")
     assert main(["plan", "--preset", "tiny", "--top", "0"]) == 0  # the default tolerance is no setting given
+
+
+def test_importance_sentences_beyond_the_sentences_given_is_refused(tmp_path, capsys):
+    """``--importance-sentences 50`` on a two-line --text scored importance on 2 sentences,
+    saying nothing (only a --max-sentences below it was refused)."""
+    text = tmp_path / "s.txt"
+    text.write_text("the cat sat on the mat.\na dog ran under the tree.\n")
+    with two_step_mlm_run(tmp_path) as run:
+        line = refused_line(["inspect", str(run), "--text", str(text), "--out", str(tmp_path / "o"), "--importance",
+                             "--importance-sentences", "50", "--device", "cpu"], capsys)
+        assert line == (f"headwise inspect: error: --importance-sentences 50 is more than the 2 sentence(s) of "
+                        f"--text {str(text)!r}: importance takes the first of the inspected sentences; give at "
+                        "most 2")
+        assert not (tmp_path / "o").exists()
+        assert main(["inspect", str(run), "--text", str(text), "--out", str(tmp_path / "o"), "--importance",
+                     "--importance-sentences", "2", "--device", "cpu"]) == 0

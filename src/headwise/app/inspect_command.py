@@ -327,6 +327,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         raise ValueError(f"--importance-sentences {args.importance_sentences} is more than --max-sentences "
                          f"{args.max_sentences}: importance takes the first of the inspected sentences; give at "
                          f"most {args.max_sentences}")
+    asked_importance = args.importance_sentences
     if args.importance_sentences is None:
         args.importance_sentences = IMPORTANCE_SENTENCES
     if args.max_sentences is not None:
@@ -346,6 +347,11 @@ def run_inspect(args: argparse.Namespace) -> int:
         source = args.text
     if args.max_sentences is not None:
         data = data[: args.max_sentences]
+    if asked_importance is not None and asked_importance > len(data):
+        flag = "--conllu" if args.conllu is not None else "--text"
+        raise ValueError(f"--importance-sentences {asked_importance} is more than the {len(data)} sentence(s) of "
+                         f"{flag} {source!r}: importance takes the first of the inspected sentences; give at most "
+                         f"{len(data)}")
     out = _check_out(args.out, args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)
