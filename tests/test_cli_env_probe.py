@@ -188,3 +188,18 @@ def test_importance_sentences_beyond_the_sentences_given_is_refused(tmp_path, ca
         assert not (tmp_path / "o").exists()
         assert main(["inspect", str(run), "--text", str(text), "--out", str(tmp_path / "o"), "--importance",
                      "--importance-sentences", "2", "--device", "cpu"]) == 0
+
+
+def test_headwise_cache_inside_a_file_is_refused_naming_the_variable(tmp_path, monkeypatch, capsys):
+    """``HEADWISE_CACHE=FILE/sub`` failed as '.../tokenizers/bpe-...: Not a directory',
+    naming neither the variable nor the file in the way."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    monkeypatch.setenv("HEADWISE_CACHE", str(blocker / "sub"))
+    corpus = write_corpus(tmp_path / "corpus.txt", docs=60)
+    line = refused_line(["train", "--objective", "clm", "--corpus", str(corpus), "--out", str(tmp_path / "run"),
+                         "--steps", "2", "--batch-size", "2", "--block-len", "17", "--warmup", "1",
+                         "--model", "n_layers=1,d_model=32,n_heads=2,d_ff=64,max_len=16", "--no-sanity-checks",
+                         "--no-report", "--quiet", "--device", "cpu"], capsys)
+    assert f"HEADWISE_CACHE={str(blocker / 'sub')!r} is not a folder (inside the file {str(blocker)!r})" in line
+    assert blocker.read_text() == "mine"
