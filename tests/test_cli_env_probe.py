@@ -203,3 +203,15 @@ def test_headwise_cache_inside_a_file_is_refused_naming_the_variable(tmp_path, m
                          "--no-report", "--quiet", "--device", "cpu"], capsys)
     assert f"HEADWISE_CACHE={str(blocker / 'sub')!r} is not a folder (inside the file {str(blocker)!r})" in line
     assert blocker.read_text() == "mine"
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("HEADWISE_CPU_GELU", "HEADWISE_CPU_GELU: the CPU GELU must be one of auto, compiled, eager; got 'abc'"),
+    ("HEADWISE_CPU_LINEAR", "HEADWISE_CPU_LINEAR: the CPU linear must be one of auto, onednn, torch; got 'abc'"),
+    ("HEADWISE_MALLOC", "HEADWISE_MALLOC: the malloc setting must be one of keep, default; got 'abc'"),
+])
+def test_process_setting_with_a_bad_value_is_refused_by_every_command(monkeypatch, capsys, name, needle):
+    """They were read only where first used: a command that never got there (plan, eval
+    of a model without a tanh GELU, a run on a GPU for HEADWISE_MALLOC) ignored a typo."""
+    monkeypatch.setenv(name, "abc")
+    assert refused_line(["plan", "--preset", "tiny"], capsys) == f"headwise: error: {needle}"

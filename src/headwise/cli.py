@@ -13,7 +13,9 @@ import torch
 from .app import bench_command, inspect_command, main_job, plan_command, train_command
 from .app.cli_types import HelpFormatter
 from .attention.backends import DISPATCHER
-from .kernels import TiledOptions, set_tiled_options
+from .checks import check_setting
+from .hardware import memory
+from .kernels import TiledOptions, cpu_linear, gelu, set_tiled_options
 from .train.loop import NonFiniteError
 
 #: the command modules, each with register(subparsers), in the order they register
@@ -71,10 +73,29 @@ def main(argv: list[str] | None = None) -> int:
         DISPATCHER.timing_enabled()  # backend="auto"'s variables, read at each use: refused now, not mid-run
         DISPATCHER.budget()
         DISPATCHER.cache_file()
+        _check_process_settings(os.environ)  # read where used, which a command may never reach
     except ValueError as e:
         print(f"headwise: error: {e}", file=sys.stderr)
         return 2
     return run_parsed(args, f"headwise {args.command}")
+
+
+#: the process settings read from the environment where they are first used:
+#: (variable, what it sets, the values it takes)
+PROCESS_SETTINGS = (
+    (cpu_linear.ENV, "CPU linear", cpu_linear.CHOICES),
+    (gelu.ENV, "CPU GELU", gelu.CHOICES),
+    (memory.ENV, "malloc setting", memory.CHOICES),
+)
+
+
+def _check_process_settings(environ) -> None:
+    """ValueError naming a PROCESS_SETTINGS variable set to a value it does not take, for
+    every command (a command that never uses it would otherwise ignore it silently)."""
+    for name, what, choices in PROCESS_SETTINGS:
+        value = environ.get(name)
+        if value is not None:
+            check_setting(name, what, value, choices)
 
 
 def _check_utf8(argv: list[str], environ: dict[str, str] | os._Environ) -> None:

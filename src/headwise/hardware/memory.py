@@ -27,10 +27,11 @@ import ctypes.util
 import os
 import platform
 
-__all__ = ["keep_freed_memory", "ENV", "MMAP_THRESHOLD", "GLIBC_VARIABLES"]
+__all__ = ["keep_freed_memory", "ENV", "CHOICES", "MMAP_THRESHOLD", "GLIBC_VARIABLES"]
 
 ENV = "HEADWISE_MALLOC"
 """``keep`` (the default) or ``default`` (leave glibc's malloc as it is)."""
+CHOICES = ("keep", "default")
 MMAP_THRESHOLD = 32 << 20
 """Blocks above this still get their own pages (glibc's largest allowed value on 64-bit)."""
 GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
@@ -47,7 +48,7 @@ def keep_freed_memory() -> dict:
     ValueError when :data:`ENV` holds anything but ``keep`` or ``default``."""
     global _done
     setting = os.environ.get(ENV, "keep")
-    if setting not in ("keep", "default"):
+    if setting not in CHOICES:
         raise ValueError(f"{ENV} must be keep or default; got {setting!r}")
     if _done is not None and _done["setting"] == setting:
         return dict(_done)
