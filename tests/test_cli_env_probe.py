@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from tiny_runs import refused_line, two_step_mlm_run, write_corpus
 
+import headwise
 from headwise.attention import set_dispatch_cache
 from headwise.attention.backends import DISPATCHER, AttentionCall
 from headwise.attention.backends.dispatch import Dispatcher
 from headwise.attention.masks import MaskSpec
-from headwise.cli import OUTPUT_CLOSED, main
+from headwise.cli import KNOWN_VARIABLES, OUTPUT_CLOSED, main
 from headwise.kernels import get_tiled_options, set_tiled_options
 
 
@@ -215,3 +218,20 @@ def test_process_setting_with_a_bad_value_is_refused_by_every_command(monkeypatc
     of a model without a tanh GELU, a run on a GPU for HEADWISE_MALLOC) ignored a typo."""
     monkeypatch.setenv(name, "abc")
     assert refused_line(["plan", "--preset", "tiny"], capsys) == f"headwise: error: {needle}"
+
+
+# ------------------------------------------------------------------ variable names
+def test_a_misspelt_headwise_variable_is_warned_about_with_the_nearest_name(monkeypatch, capsys):
+    """``HEADWISE_TILED_AUTOTUN=0`` (one letter short) did nothing, without a word."""
+    monkeypatch.setenv("HEADWISE_TILED_AUTOTUN", "0")
+    assert main(["plan", "--preset", "tiny"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "headwise: warning: HEADWISE_TILED_AUTOTUN is not a variable headwise reads; it has no effect "
+        "(did you mean HEADWISE_TILED_AUTOTUNE?)"]
+
+
+def test_every_headwise_variable_the_package_names_is_known_to_the_command():
+    """The warning above must never fire for a variable headwise does read."""
+    src = Path(headwise.__file__).parent
+    named = {m for p in src.rglob("*.py") for m in re.findall(r"HEADWISE_[A-Z][A-Z_]*[A-Z]", p.read_text())}
+    assert named - {"HEADWISE_TILED"} <= set(KNOWN_VARIABLES)

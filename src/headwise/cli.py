@@ -5,6 +5,7 @@ sets ``func``; this file only lists them, parses and reports refusals."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"headwise: error: {e}", file=sys.stderr)
         return 2
+    _warn_unknown_variables(os.environ)
     return run_parsed(args, f"headwise {args.command}")
 
 
@@ -96,6 +98,28 @@ def _check_process_settings(environ) -> None:
         value = environ.get(name)
         if value is not None:
             check_setting(name, what, value, choices)
+
+
+#: every HEADWISE_* variable that headwise reads (the package's, and those of its GPU
+#: tests, which bench/gpu_check.sh sets); any other is a typo that would do nothing
+KNOWN_VARIABLES = (
+    "HEADWISE_CACHE", "HEADWISE_MALLOC", "HEADWISE_CPU_LINEAR", "HEADWISE_CPU_GELU",
+    "HEADWISE_AUTOTUNE_BACKEND", "HEADWISE_AUTOTUNE_BUDGET_MS", "HEADWISE_DISPATCH_CACHE",
+    "HEADWISE_TILED_AUTOTUNE", "HEADWISE_TILED_BWD", "HEADWISE_TILED_TMA", "HEADWISE_TILED_FWD",
+    "HEADWISE_TILED_DKDV",
+    "HEADWISE_GPU_CASES", "HEADWISE_GPU_AUTOTUNE_ALL",  # the GPU tests (tests/kernels/test_tiled_gpu.py)
+)
+
+
+def _warn_unknown_variables(environ) -> None:
+    """One warning line for each HEADWISE_* variable headwise does not read (a misspelt
+    name would otherwise be ignored without a word), with the nearest known name."""
+    for name in sorted(n for n in environ if n.startswith("HEADWISE_") and n not in KNOWN_VARIABLES):
+        tail = len("HEADWISE_")  # compared past the prefix that every name shares
+        near = difflib.get_close_matches(name[tail:], [k[tail:] for k in KNOWN_VARIABLES], n=1)
+        hint = f" (did you mean HEADWISE_{near[0]}?)" if near else ""
+        print(f"headwise: warning: {name} is not a variable headwise reads; it has no effect{hint}",
+              file=sys.stderr)
 
 
 def _check_utf8(argv: list[str], environ: dict[str, str] | os._Environ) -> None:
