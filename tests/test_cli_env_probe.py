@@ -235,3 +235,24 @@ def test_every_headwise_variable_the_package_names_is_known_to_the_command():
     src = Path(headwise.__file__).parent
     named = {m for p in src.rglob("*.py") for m in re.findall(r"HEADWISE_[A-Z][A-Z_]*[A-Z]", p.read_text())}
     assert named - {"HEADWISE_TILED"} <= set(KNOWN_VARIABLES)
+
+
+# ------------------------------------------------------------------ output paths
+def test_inspect_out_inside_a_file_is_refused_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    """``--out FILE/report`` loaded and inspected the model, then failed making the folder
+    as 'FILE/report: Not a directory', naming neither the flag nor the file in the way."""
+    import headwise.app.inspect_command as inspect_command
+
+    def never(*a, **kw):
+        raise AssertionError("the model was loaded although --out cannot be made")
+
+    monkeypatch.setattr(inspect_command, "load_model", never)
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    text = tmp_path / "s.txt"
+    text.write_text("the cat sat on the mat.\n")
+    out = blocker / "report" / "deeper"
+    line = refused_line(["inspect", "minilm", "--text", str(text), "--out", str(out)], capsys)
+    assert line == (f"headwise inspect: error: --out {str(out)!r} is inside {str(blocker)!r}, which is a file; "
+                    "give a folder that is or can be made")
+    assert blocker.read_text() == "mine"

@@ -254,6 +254,11 @@ def _check_out(text: str, overwrite: bool) -> Path:
                               "give a folder")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} is a file; give a folder")
+    if not out.exists():  # refused now, not after the inspection when the folder is made
+        above = next((p for p in out.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise FileExistsError(f"--out {str(out)!r} is inside {str(above)!r}, which is a file; give a folder "
+                                  "that is or can be made")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace "
