@@ -256,3 +256,21 @@ def test_inspect_out_inside_a_file_is_refused_before_loading_the_model(tmp_path,
     assert line == (f"headwise inspect: error: --out {str(out)!r} is inside {str(blocker)!r}, which is a file; "
                     "give a folder that is or can be made")
     assert blocker.read_text() == "mine"
+
+
+# ------------------------------------------------------------------ interruptions
+def test_ctrl_c_in_a_command_is_one_line_and_status_130_not_a_traceback(monkeypatch, capsys):
+    """Ctrl-C in eval, generate, inspect or plan printed KeyboardInterrupt's traceback
+    (only train said what it kept)."""
+    import headwise.app.plan_command as plan
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plan, "run", interrupted)
+    try:
+        status = main(["plan"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped headwise.cli.main as a KeyboardInterrupt (a traceback)")
+    assert status == 130
+    assert capsys.readouterr().err == "headwise plan: interrupted (Ctrl-C); stopped\n"

@@ -152,9 +152,12 @@ def _check_utf8(argv: list[str], environ: dict[str, str] | os._Environ) -> None:
 def run_parsed(args: argparse.Namespace, prog: str) -> int:
     """Run the parsed command ``args.func(args)``; an expected error (bad input, an
     unusable environment, a diverged run) becomes one line ``PROG: error: ...`` and
-    status 2."""
+    status 2; Ctrl-C one line and status 130, a closed output status 141."""
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # (train says what its run keeps itself, and returns)
+        print(f"{prog}: interrupted (Ctrl-C); stopped", file=sys.stderr)
+        return 130
     except BrokenPipeError as e:
         if e.filename is not None:  # a file or pipe the command opened itself: an error of the input
             print(f"{prog}: error: {_describe(e)}", file=sys.stderr)
