@@ -274,3 +274,18 @@ def test_ctrl_c_in_a_command_is_one_line_and_status_130_not_a_traceback(monkeypa
         pytest.fail("Ctrl-C escaped headwise.cli.main as a KeyboardInterrupt (a traceback)")
     assert status == 130
     assert capsys.readouterr().err == "headwise plan: interrupted (Ctrl-C); stopped\n"
+
+
+def test_bench_out_inside_a_file_is_refused_before_the_benchmark_runs(tmp_path, capsys):
+    """``bench NAME --out FILE/x.json`` ran the whole benchmark, then failed writing."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    ran = tmp_path / "ran"
+    (bench / "probe.py").write_text(f"from pathlib import Path\nPath({str(ran)!r}).write_text('ran')\n")
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    out = blocker / "x.json"
+    line = refused_line(["bench", "--bench-dir", str(bench), "probe", "--out", str(out)], capsys)
+    assert line == (f"headwise bench: error: --out {str(out)!r} is inside {str(blocker)!r}, which is a file; give "
+                    "the path of a JSON file in a folder")
+    assert not ran.exists() and blocker.read_text() == "mine"

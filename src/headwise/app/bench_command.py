@@ -86,6 +86,11 @@ def run(args) -> int:
         # refused before the benchmark runs, not after it when the script writes
         where = "is empty" if not given else "is a folder"
         raise ValueError(f"--out {given!r} {where}; give the path of a JSON file to write")
+    if given and not _asks_help(argv):  # a folder that cannot be made: refused now, not after the run
+        above = next((p for p in Path(given).parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise ValueError(f"--out {given!r} is inside {str(above)!r}, which is a file; give the path of a "
+                             "JSON file in a folder")
     if not _gives_out(argv) and not _asks_help(argv):
         out = _fresh_out(args.name)
         print(f"headwise bench {args.name}: writing the results to {out} (give --out to choose)",
