@@ -21,6 +21,7 @@ from headwise.attention.backends import DISPATCHER, AttentionCall
 from headwise.attention.backends.dispatch import Dispatcher
 from headwise.attention.masks import MaskSpec
 from headwise.cli import KNOWN_VARIABLES, OUTPUT_CLOSED, main
+from headwise.devices import resolve_device
 from headwise.kernels import get_tiled_options, set_tiled_options
 
 
@@ -289,3 +290,26 @@ def test_bench_out_inside_a_file_is_refused_before_the_benchmark_runs(tmp_path, 
     assert line == (f"headwise bench: error: --out {str(out)!r} is inside {str(blocker)!r}, which is a file; give "
                     "the path of a JSON file in a folder")
     assert not ran.exists() and blocker.read_text() == "mine"
+
+
+# ------------------------------------------------------------------ --device
+def test_a_run_trained_on_device_cpu_0_can_be_evaluated(tmp_path, monkeypatch, capsys):
+    """``train --device cpu:0`` trained, but every later eval, generate, inspect or
+    resume of the run (which takes its device) failed: 'cannot read .../model.safetensors:
+    device cpu:0 is invalid'."""
+    monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache"))
+    corpus = write_corpus(tmp_path / "corpus.txt", docs=60)
+    run = tmp_path / "run"
+    assert main(["train", "--objective", "clm", "--corpus", str(corpus), "--out", str(run), "--steps", "2",
+                 "--batch-size", "2", "--block-len", "17", "--warmup", "1",
+                 "--model", "n_layers=1,d_model=32,n_heads=2,d_ff=64,max_len=16", "--no-sanity-checks",
+                 "--no-report", "--quiet", "--device", "cpu:0"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--batches", "1"]) == 0
+    assert '"loss"' in capsys.readouterr().out
+
+
+def test_device_cpu_with_another_index_is_refused():
+    with pytest.raises(ValueError, match=r"--device 'cpu:1': there is one CPU device, cpu \(or cpu:0\)"):
+        resolve_device("cpu:1", what="--device")
+    assert resolve_device("cpu:0") == torch.device("cpu")

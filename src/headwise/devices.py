@@ -60,7 +60,11 @@ def resolve_device(name: str | torch.device, *, what: str = "device") -> torch.d
                 f"{what} {text!r}: unknown device type; accepted: {accepted_devices()}"
             ) from None
     if dev.type == "cpu":
-        return dev
+        # torch takes cpu:0, but a checkpoint's reader does not ("device cpu:0 is invalid")
+        if dev.index not in (None, 0):
+            raise ValueError(f"{what} {text!r}: there is one CPU device, cpu (or cpu:0); accepted: "
+                             f"{accepted_devices()}")
+        return torch.device("cpu")
     if dev.type == "cuda":
         n = _cuda_count()
         if n == 0:
