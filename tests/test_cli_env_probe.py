@@ -313,3 +313,18 @@ def test_device_cpu_with_another_index_is_refused():
     with pytest.raises(ValueError, match=r"--device 'cpu:1': there is one CPU device, cpu \(or cpu:0\)"):
         resolve_device("cpu:1", what="--device")
     assert resolve_device("cpu:0") == torch.device("cpu")
+
+
+# ------------------------------------------------------------------ --corpus
+def test_a_corpus_that_is_a_pipe_or_device_is_refused_naming_it(tmp_path, monkeypatch, capsys):
+    """``echo text | headwise train --corpus /dev/stdin`` was refused as 'smaller than one
+    block: 0 tokens' (the pipe's text went to the first of several reads); a device such
+    as /dev/null, the stand-in here (a pipe without a writer would block), was 'empty'."""
+    monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache"))
+    line = refused_line(["train", "--objective", "clm", "--corpus", os.devnull, "--out", str(tmp_path / "run"),
+                         "--steps", "2", "--batch-size", "2", "--block-len", "17", "--warmup", "1",
+                         "--model", "n_layers=1,d_model=32,n_heads=2,d_ff=64,max_len=16", "--no-sanity-checks",
+                         "--no-report", "--quiet", "--device", "cpu"], capsys)
+    assert line == (f"headwise train: error: --corpus {os.devnull!r} is not a file or folder but a pipe or device, "
+                    "which can be read only once; save the text to a file and give that")
+    assert not (tmp_path / "run").exists()

@@ -289,6 +289,10 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
     if not resume and not builtin and not Path(cfg.corpus).exists():
         raise FileNotFoundError(f"--corpus {cfg.corpus!r}: no such file or folder; accepted: a file or folder "
                                 "(.txt .md .jsonl), stdlib-docs, stdlib-code or hf:NAME[:CONFIG]")
+    if not resume and not builtin and not (Path(cfg.corpus).is_file() or Path(cfg.corpus).is_dir()):
+        # a pipe gives its text once, and a corpus is read more than once (its fingerprint, the tokenizer, blocks)
+        raise ValueError(f"--corpus {cfg.corpus!r} is not a file or folder but a pipe or device, which can be read "
+                         "only once; save the text to a file and give that")
     if cfg.tokenizer is not None and not resume:
         refuse_unused({"--vocab-size": given.get("vocab_size"), "--tokenizer-kind": given.get("tokenizer_kind")},
                       f"with --tokenizer {cfg.tokenizer!r} (the tokenizer file decides)",
