@@ -328,3 +328,19 @@ def test_a_corpus_that_is_a_pipe_or_device_is_refused_naming_it(tmp_path, monkey
     assert line == (f"headwise train: error: --corpus {os.devnull!r} is not a file or folder but a pipe or device, "
                     "which can be read only once; save the text to a file and give that")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "{run}", "--corpus", os.devnull], "--corpus"),
+    (["inspect", "{run}", "--text", os.devnull, "--out", "{out}"], "--text"),
+    (["inspect", "{run}", "--conllu", os.devnull, "--out", "{out}"], "--conllu"),
+    (["train", "--resume", "--out", "{run}", "--conllu", os.devnull], "--conllu"),
+])
+def test_an_input_that_is_a_pipe_or_device_is_called_one(tmp_path, capsys, argv, flag):
+    """``--text /dev/stdin`` (a pipe) was refused as 'no such file', ``eval --corpus
+    /dev/stdin`` as '0 tokens'; /dev/null stands in for the pipe here."""
+    with two_step_mlm_run(tmp_path) as run:
+        args = [a.format(run=run, out=tmp_path / "o") for a in argv]
+        line = refused_line(args, capsys)
+    assert line.endswith(f"error: {flag} {os.devnull!r} is not a file or folder but a pipe or device, which can be "
+                         "read only once; save the text to a file and give that")

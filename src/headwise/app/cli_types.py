@@ -20,7 +20,7 @@ from pathlib import Path
 __all__ = [
     "positive_int", "nonneg_int", "seed_int", "thread_count", "positive_float", "nonneg_float", "int_at_least",
     "float_in",
-    "run_directory", "HelpFormatter", "refuse_unused",
+    "run_directory", "HelpFormatter", "refuse_unused", "refuse_pipe",
 ]
 
 
@@ -144,3 +144,16 @@ def refuse_unused(settings: dict[str, object], context: str, remedy: str = "drop
         many = len(given) > 1
         raise ValueError(f"{' and '.join(given)} {'have' if many else 'has'} no effect {context}; "
                          + remedy.format(it="them" if many else "it"))
+
+
+def refuse_pipe(flag: str, text: str | None) -> None:
+    """Raise ValueError when ``text`` (the value of ``flag``) names something that exists
+    but is neither a file nor a folder: a pipe (``/dev/stdin``, ``<(...)``) or a device
+    (``/dev/null``). A pipe's text goes to the first read, and headwise reads an input more
+    than once (a corpus: its fingerprint, the tokenizer, the blocks) or checks that it is a file."""
+    if text is None:
+        return
+    path = Path(text)
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise ValueError(f"{flag} {text!r} is not a file or folder but a pipe or device, which can be read "
+                         "only once; save the text to a file and give that")

@@ -48,7 +48,7 @@ from ..objectives import CausalLM, MaskedLM
 from ..protocols import Tokenizer
 from ..train.reader import load_run
 from ..train.rundir import MANIFEST, claim_entries, owned_entries, unclaim_entries
-from .cli_types import nonneg_int, positive_int, refuse_unused, thread_count
+from .cli_types import nonneg_int, positive_int, refuse_pipe, refuse_unused, thread_count
 from .inspection import inspect_model
 
 __all__ = ["LoadedModel", "load_model", "read_text", "run_inspect", "register"]
@@ -170,6 +170,7 @@ def _parses_as_json(path: Path) -> bool:
 def read_text(path: str | Path) -> list[str]:
     """The non-empty lines of a UTF-8 text file, one sentence each."""
     p = Path(path)
+    refuse_pipe("--text", str(path))
     if p.is_dir():
         raise IsADirectoryError(f"--text {str(path)!r} is a folder; give a text file, one sentence per line")
     if not p.is_file():
@@ -339,6 +340,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         check_int("--max-sentences", args.max_sentences)
     check_int("--examples", args.examples, minimum=0)
     if args.conllu is not None:
+        refuse_pipe("--conllu", args.conllu)
         if Path(args.conllu).is_dir():
             raise IsADirectoryError(f"--conllu {args.conllu!r} is a folder; give a CoNLL-U file")
         if not Path(args.conllu).is_file():

@@ -43,7 +43,7 @@ from ..train.loop import Trainer
 from ..train.rundir import register_run_entry
 from . import train_command
 from .baseline_scores import baselines
-from .cli_types import refuse_unused
+from .cli_types import refuse_pipe, refuse_unused
 from .inspection import inspect_model
 from .summary import probe_line, role_leaders, summary_text
 
@@ -285,6 +285,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     if not report:
         refuse_unused({"--conllu": None if conllu is None else repr(conllu)},
                       "with --no-report (the syntax probe is part of the report)", "drop {it} or --no-report")
+    refuse_pipe("--conllu", conllu)
     if conllu is not None and not Path(conllu).is_file():
         raise FileNotFoundError(f"--conllu {conllu!r}: no such file")
     if in_distributed_env():

@@ -41,6 +41,7 @@ from .cli_types import (
     nonneg_int,
     positive_float,
     positive_int,
+    refuse_pipe,
     refuse_unused,
     run_directory,
     seed_int,
@@ -289,10 +290,8 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
     if not resume and not builtin and not Path(cfg.corpus).exists():
         raise FileNotFoundError(f"--corpus {cfg.corpus!r}: no such file or folder; accepted: a file or folder "
                                 "(.txt .md .jsonl), stdlib-docs, stdlib-code or hf:NAME[:CONFIG]")
-    if not resume and not builtin and not (Path(cfg.corpus).is_file() or Path(cfg.corpus).is_dir()):
-        # a pipe gives its text once, and a corpus is read more than once (its fingerprint, the tokenizer, blocks)
-        raise ValueError(f"--corpus {cfg.corpus!r} is not a file or folder but a pipe or device, which can be read "
-                         "only once; save the text to a file and give that")
+    if not resume and not builtin:
+        refuse_pipe("--corpus", cfg.corpus)
     if cfg.tokenizer is not None and not resume:
         refuse_unused({"--vocab-size": given.get("vocab_size"), "--tokenizer-kind": given.get("tokenizer_kind")},
                       f"with --tokenizer {cfg.tokenizer!r} (the tokenizer file decides)",
@@ -450,6 +449,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     # the run's own corpus: for its validation split, and for int8's calibration on its training split
     calibrates = getattr(args, "format", "fp32") == "int8"
+    refuse_pipe("--corpus", args.corpus)
     if args.corpus is None:
         use = "eval of the validation split reads it: put it back there, or give --corpus to evaluate on another corpus"
     else:
