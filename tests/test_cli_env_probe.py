@@ -335,6 +335,7 @@ def test_a_corpus_that_is_a_pipe_or_device_is_refused_naming_it(tmp_path, monkey
     (["inspect", "{run}", "--text", os.devnull, "--out", "{out}"], "--text"),
     (["inspect", "{run}", "--conllu", os.devnull, "--out", "{out}"], "--conllu"),
     (["train", "--resume", "--out", "{run}", "--conllu", os.devnull], "--conllu"),
+    (["train", "--out", "{out}", "--tokenizer", os.devnull], "--tokenizer"),
 ])
 def test_an_input_that_is_a_pipe_or_device_is_called_one(tmp_path, capsys, argv, flag):
     """``--text /dev/stdin`` (a pipe) was refused as 'no such file', ``eval --corpus

@@ -296,6 +296,7 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
         refuse_unused({"--vocab-size": given.get("vocab_size"), "--tokenizer-kind": given.get("tokenizer_kind")},
                       f"with --tokenizer {cfg.tokenizer!r} (the tokenizer file decides)",
                       "drop {it} or --tokenizer")
+        refuse_pipe("--tokenizer", cfg.tokenizer)
         if not Path(cfg.tokenizer).is_file():
             raise FileNotFoundError(f"--tokenizer {cfg.tokenizer!r}: no such file; give a tokenizer.json "
                                     "(e.g. one from another run directory)")
