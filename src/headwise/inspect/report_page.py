@@ -122,8 +122,9 @@ def page_html(d: dict[str, Any], view: dict[str, Any], figures: list[str]) -> st
     """The whole page of result dict ``d``, embedding ``view`` (:func:`report_data`) and
     linking the ``figures`` (file names)."""
     blob = json.dumps(view, separators=(",", ":"), allow_nan=False)
-    # "</" inside a <script> would end it; "<!--" would start a comment
-    blob = blob.replace("</", "<\\/").replace("<!--", "<\\!--")
+    # "</script" inside a <script> would end it and "<!--" start a comment; every "<" is
+    # written as the JSON escape \u003c (one "<\\!--" was no JSON: JSON.parse refused the page)
+    blob = blob.replace("<", "\\u003c")
     title = view["title"] or f"headwise inspect: {d['model'].get('class')}"
     data = d["data"]
     meta = (f"{d['model'].get('class')}, {d['model']['n_layers']} layers x {d['model']['n_heads']} heads"

@@ -1,0 +1,34 @@
+"""Edge cases of the inspect tools: odd text in the report page, awkward arguments."""
+
+import json
+import re
+
+import torch
+
+from headwise.app.inspection import inspect_model
+from headwise.data import train_tokenizer
+from headwise.inspect.report import write_report
+from headwise.models import Decoder, ModelConfig
+
+
+def _blob(page: str) -> str:
+    m = re.search(r'<script type="application/json" id="headwise-data">(.*?)</script>', page, re.S)
+    assert m, "the data blob is missing"
+    return m.group(1)
+
+
+def test_report_data_with_html_comment_and_script_tokens_is_valid_json(tmp_path):
+    # byte-level BPE keeps "<!--" and "</" as words: the page's JSON.parse must still read them
+    text = "<!-- a comment --> and </script> <script> \"q\" & 'x' café"
+    tok = train_tokenizer([text] * 5, "bpe", vocab_size=300, min_frequency=1)
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=64)).eval()
+    result = inspect_model(model, [text], tok, induction=False, keep_examples=1)
+    assert "<!--" in result.examples[0]["words"]
+    page = write_report(result, tmp_path / "rep", figures=False, command="headwise inspect <!-- x")[
+        "report.html"].read_text(encoding="utf-8")
+    blob = _blob(page)
+    assert "<!--" not in blob and "</" not in blob and "<script" not in blob
+    view = json.loads(blob)  # as strict about escapes as the browser's JSON.parse
+    assert view["examples"][0]["words"] == result.examples[0]["words"]
+    assert view["command"] == "headwise inspect <!-- x"
