@@ -171,7 +171,9 @@ class ReplacedTokenDetection(nn.Module):
             replaced &= real
         z, y = (disc_logits, replaced) if real is None else (disc_logits[real], replaced[real])
         z = loss_precision(z)
-        disc_loss = F.binary_cross_entropy_with_logits(z, y.to(z.dtype))
+        # an all-padding batch has no token to label: a zero still connected to the graph,
+        # as MLM and CLM give (the mean over no token was NaN)
+        disc_loss = F.binary_cross_entropy_with_logits(z, y.to(z.dtype)) if z.numel() else z.sum()
         loss = gen_loss + self.disc_weight * disc_loss
         losses = {"gen": gen_loss, "disc": disc_loss}
         if not metrics:
