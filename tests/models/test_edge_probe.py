@@ -30,3 +30,14 @@ def test_rtd_on_an_all_padding_batch_is_a_zero_loss_not_nan(mode):
     grads = [p.grad for p in objective.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert all(math.isfinite(v) for v in out.metrics.values())
+
+
+def test_generator_sampling_at_a_tiny_temperature_is_the_argmax_not_the_last_token():
+    from headwise.objectives.rtd import sample_rows
+
+    # logits / 1e-40 overflow float32 to +-inf; inf - inf was nan, and the search then
+    # returned the last id (here the least likely token but one)
+    logits = torch.tensor([[0.0, 3.0, 1.0, -2.0], [-5.0, -3.0, -4.0, -6.0]]).repeat(4, 1)
+    for temperature in (1e-40, 1e-45):
+        picked = sample_rows(logits, temperature, torch.Generator().manual_seed(0))
+        assert picked.tolist() == [1] * 8

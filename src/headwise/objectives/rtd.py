@@ -219,9 +219,12 @@ def sample_rows(logits: Tensor, temperature: float = 1.0,
     never drawn (the search is for the first cumulative mass strictly above the draw).
     """
     z = logits.float()
+    # shifted to a maximum of 0 before the temperature divides: a tiny temperature then
+    # gives -inf for all but the best tokens, never inf - inf = nan (which drew the last id)
+    z = z - z.amax(dim=-1, keepdim=True)
     if temperature != 1.0:
-        z = z / temperature
-    cdf = (z - z.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)  # unnormalised
+        z = z.div_(temperature)
+    cdf = z.exp_().cumsum_(dim=-1)  # unnormalised
     u = torch.rand(z.shape[0], 1, generator=generator, device=z.device, dtype=cdf.dtype)
     picked = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
     return picked.clamp_(max=z.shape[-1] - 1)
