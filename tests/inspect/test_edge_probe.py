@@ -3,6 +3,7 @@
 import json
 import re
 
+import pytest
 import torch
 
 from headwise.app.inspection import inspect_model
@@ -32,3 +33,20 @@ def test_report_data_with_html_comment_and_script_tokens_is_valid_json(tmp_path)
     view = json.loads(blob)  # as strict about escapes as the browser's JSON.parse
     assert view["examples"][0]["words"] == result.examples[0]["words"]
     assert view["command"] == "headwise inspect <!-- x"
+
+
+def test_pruning_curve_with_a_step_that_does_not_divide_one_ends_at_every_head_removed(mlm):
+    from headwise.inspect import capture, pruning_curve
+
+    def zeroed_heads(model, batch):
+        with capture(model, "z") as cap:
+            model(batch)
+        return float((cap.stack("z").abs().amax((1, 3, 4)) == 0).sum())
+
+    data = [torch.randint(5, 120, (2, 8), generator=torch.Generator().manual_seed(0))]
+    importance = torch.rand(2, 4, generator=torch.Generator().manual_seed(1))
+    for step, fractions in ((0.35, [0.0, 0.35, 0.7, 1.0]), (0.3, [0.0, 0.3, 0.6, 0.9, 1.0]),
+                            (0.6, [0.0, 0.6, 1.0])):
+        curve = pruning_curve(mlm, importance, data, zeroed_heads, step=step, include_all=True)
+        assert [f for f, _ in curve] == pytest.approx(fractions), step  # was 1.05 / no 1.0 / 1.2
+        assert curve[-1][1] == 8.0  # the last point has all 8 heads ablated

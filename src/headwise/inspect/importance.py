@@ -248,7 +248,9 @@ def pruning_curve(
     n_total = shape[0] * shape[1]
     order = torch.sort(importance.detach().double().cpu().reshape(-1), stable=True).indices
     n_steps = int(round(1 / step))
-    fractions = [round(k * step, 10) for k in range(n_steps + 1) if k * step < 1 - 1e-9 or include_all]
+    fractions = [round(k * step, 10) for k in range(n_steps + 1) if k * step < 1 - 1e-9]
+    if include_all:  # every head, whether or not a whole number of steps reaches it
+        fractions.append(1.0)
     curve = []
     with eval_mode(model), torch.no_grad():
         for f in fractions:
