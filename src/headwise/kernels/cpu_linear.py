@@ -175,6 +175,9 @@ def _probe_gain(reps: int = 5) -> float:
 
 
 def _fwd(x2: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    # the op reads its bias as if contiguous: a strided one (b[::2], an expand) gave wrong sums
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
     return torch.ops.mkldnn._linear_pointwise(x2, weight, bias, "none", [], "")
 
 
