@@ -50,3 +50,15 @@ def test_pruning_curve_with_a_step_that_does_not_divide_one_ends_at_every_head_r
         curve = pruning_curve(mlm, importance, data, zeroed_heads, step=step, include_all=True)
         assert [f for f, _ in curve] == pytest.approx(fractions), step  # was 1.05 / no 1.0 / 1.2
         assert curve[-1][1] == 8.0  # the last point has all 8 heads ablated
+
+
+def test_pre_split_words_get_the_byte_level_pieces_of_running_text():
+    from headwise.inspect import align_words
+
+    text = "The cat sat on the mat and the dog sat on the cat"
+    tok = train_tokenizer([text] * 10, "bpe", vocab_size=300, min_frequency=1)
+    words = text.split()
+    ids, wids = align_words(words, tok)
+    # the pieces a CLM model was trained on ('Ġcat'), not a word's middle ('cat')
+    assert ids == tok.encode(text)
+    assert [tok.decode([i]).strip() for i in ids] == words and wids == list(range(len(words)))

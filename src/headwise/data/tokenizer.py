@@ -215,9 +215,14 @@ class Tokenizer:
 
     def encode_words(self, words: Sequence[str], *, add_special_tokens: bool = True) -> WordPieces:
         """Pieces of pre-split ``words`` (``word_ids[t]`` indexes ``words``, ``None`` for
-        ``[CLS]``/``[SEP]``); special-token strings among the words stay plain text."""
+        ``[CLS]``/``[SEP]``); special-token strings among the words stay plain text.
+        Byte-level BPE gets a space before every word but the first, as in running text
+        (its pieces carry the space: ``Ġcat``, where a bare ``cat`` is a word's middle)."""
         self._set_special_parsing(False)
-        enc = self._tok.encode(list(words), is_pretokenized=True, add_special_tokens=add_special_tokens)
+        words = list(words)
+        if self.kind == "bpe":
+            words = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        enc = self._tok.encode(words, is_pretokenized=True, add_special_tokens=add_special_tokens)
         return WordPieces(list(enc.ids), word_ids(enc))
 
     def encode_text(self, text: str, *, add_special_tokens: bool = True) -> WordPieces:
