@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from headwise.attention import attend, normalize_mask
 from headwise.kernels import cpu_linear
 
 
@@ -29,3 +30,47 @@ def test_onednn_linear_with_a_non_contiguous_bias_adds_the_bias(onednn_linear, b
     assert cpu_linear.onednn_applies(x, w, bias)
     want = F.linear(x.double(), w.double(), bias.double())
     torch.testing.assert_close(cpu_linear.linear(x, w, bias).double(), want, atol=1e-5, rtol=1e-5)
+
+
+def _qkv_mask():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(*shape, generator=g) for shape in ((2, 4, 3, 8), (2, 2, 5, 8), (2, 2, 5, 6)))
+    return q, k, v, normalize_mask(batch=2, n_heads=4, q_len=3, k_len=5, device=q.device)
+
+
+@pytest.mark.parametrize("backend", ["reference", "math", "sdpa", "auto"])
+@pytest.mark.parametrize("change,error,needle", [
+    (lambda q, k, v: (q, k.double(), v.double()), TypeError, "one dtype"),
+    (lambda q, k, v: (q.bfloat16(), k, v), TypeError, "one dtype"),
+    (lambda q, k, v: (q.long(), k.long(), v.long()), TypeError, "floating-point"),
+    (lambda q, k, v: (q, k.to("meta"), v.to("meta")), ValueError, "one device"),
+], ids=["k_v_float64", "q_bfloat16", "integer", "meta_keys"])
+def test_attend_names_q_k_v_of_mixed_dtypes_or_devices(backend, change, error, needle):
+    """was: 'expected scalar type Float but found Double' from inside a backend's matmul
+    (or, for keys on the meta device, a result from the reference and math backends)."""
+    q, k, v, mask = _qkv_mask()
+    with pytest.raises(error, match=needle):
+        attend(*change(q, k, v), mask, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "math", "sdpa"])
+@pytest.mark.parametrize("kw,needle", [(dict(dropout_p=-0.5), "dropout_p must be"),
+                                       (dict(dropout_p=1.5), "dropout_p must be"),
+                                       (dict(scale="x"), "scale must be")])
+def test_attend_refuses_a_dropout_outside_0_1_and_a_scale_that_is_no_number(backend, kw, needle):
+    """was: dropout_p=-0.5 ran as no dropout without a word; 1.5 and scale='x' failed
+    inside torch's dropout, matmul or sdpa."""
+    q, k, v, mask = _qkv_mask()
+    with pytest.raises(ValueError, match=needle):
+        attend(q, k, v, mask, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", ["reference", "math", "sdpa"])
+def test_attend_refuses_a_mask_built_for_another_number_of_heads(backend):
+    """was: IndexError (reference) or 'The size of tensor a (4) must match the size of
+    tensor b (3)' (math, sdpa) from inside the backend."""
+    q, k, v, _ = _qkv_mask()
+    mask = normalize_mask(batch=2, n_heads=3, q_len=3, k_len=5, device=q.device,
+                          attn_mask=torch.zeros(1, 3, 3, 5))
+    with pytest.raises(ValueError, match=r"normalize_mask\(n_heads=...\) must be given q's number of heads, 4"):
+        attend(q, k, v, mask, backend=backend)

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..checks import check_real
 from .backends import AttentionCall, get_backend
 from .masks import MaskSpec
 
@@ -42,6 +43,9 @@ def attend(
     Returns:
         ``(out (B, H, Tq, Dv), weights or None)``.
     """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             f"q, k, v must be 4-D (batch, heads, seq, head_dim), got shapes "
@@ -66,6 +70,24 @@ def attend(
             f"the number of query heads ({q.shape[1]}) must be a multiple of the number of "
             f"key/value heads ({k.shape[1]})"
         )
+    if not (q.is_floating_point() and k.is_floating_point() and v.is_floating_point()) or (
+        (k.dtype != q.dtype or v.dtype != q.dtype) and not torch.is_autocast_enabled(q.device.type)
+    ):  # (autocast's matmuls take mixed dtypes: nn.MultiheadAttention's fp32 bias_k joins bf16 keys)
+        raise TypeError(f"q, k and v must be floating-point tensors of one dtype, got {q.dtype}, {k.dtype} "
+                        f"and {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
+    if mask.bias is not None:
+        full = (b, q.shape[1], tq, tk)
+        if mask.bias.dim() != 4 or any(s not in (1, f) for s, f in zip(mask.bias.shape, full, strict=True)):
+            raise ValueError(
+                f"mask's bias of shape {tuple(mask.bias.shape)} does not fit (batch, heads, q_len, k_len) = "
+                f"{full} (each dimension 1 or that size): normalize_mask(n_heads=...) must be given q's "
+                f"number of heads, {q.shape[1]}"
+            )
+    dropout_p = check_real("dropout_p", dropout_p, minimum=0, maximum=1, max_open=True)
+    if scale is not None:
+        scale = check_real("scale", scale, what="a finite float")
     call = AttentionCall(
         dtype=q.dtype,
         device=q.device,
