@@ -1,6 +1,7 @@
 """Edge cases of the models and their objectives: batches with nothing to score,
 sampling at extreme temperatures, configs the Hugging Face twins must agree on."""
 
+import json
 import math
 
 import pytest
@@ -41,3 +42,14 @@ def test_generator_sampling_at_a_tiny_temperature_is_the_argmax_not_the_last_tok
     for temperature in (1e-40, 1e-45):
         picked = sample_rows(logits, temperature, torch.Generator().manual_seed(0))
         assert picked.tolist() == [1] * 8
+
+
+def test_jsonl_corpus_text_holding_unicode_line_separators_is_one_document(tmp_path):
+    from headwise.data import load_corpus
+
+    texts = ["first\u2028second line", "next \x85 line", "para\u2029graph", "plain"]
+    path = tmp_path / "docs.jsonl"
+    # ensure_ascii=False writes U+2028, U+2029 and U+0085 raw, as JSON allows
+    path.write_text("\r\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts) + "\n",
+                    encoding="utf-8")
+    assert list(load_corpus(path)) == texts

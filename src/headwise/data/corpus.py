@@ -40,6 +40,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Callable, Iterable, Iterator
@@ -64,6 +65,7 @@ SUPPORTED_EXTENSIONS = (".txt", ".md", ".jsonl")
 # Bumped whenever the way documents are extracted changes, so that cached token
 # blocks keyed on a corpus hash are not reused across extraction rules.
 _EXTRACTION_VERSION = 1
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 _STDLIB_SKIP_DIRS = frozenset(
     {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
@@ -243,7 +245,9 @@ def _decode_file(path: Path, data: bytes) -> str:
 
 
 def _jsonl_documents(path: Path, text: str) -> Iterator[str]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # lines end at "\n", "\r\n" or "\r" only: splitlines() also broke at U+2028, U+0085
+    # ..., which JSON strings may hold unescaped (json.dumps(ensure_ascii=False) writes them)
+    for lineno, line in enumerate(_LINE_BREAK.split(text), start=1):
         if not line.strip():
             continue
         try:
