@@ -62,3 +62,15 @@ def test_pre_split_words_get_the_byte_level_pieces_of_running_text():
     # the pieces a CLM model was trained on ('Ġcat'), not a word's middle ('cat')
     assert ids == tok.encode(text)
     assert [tok.decode([i]).strip() for i in ids] == words and wids == list(range(len(words)))
+
+
+def test_conllu_with_a_unicode_line_separator_in_a_comment_and_a_word_parses():
+    from headwise.inspect import parse_conllu
+
+    rows = [["1", "a\u2028b", "a", "X", "_", "_", "2", "dep", "_", "_"],
+            ["2", "c\x85d", "c", "X", "_", "_", "0", "root", "_", "_"]]
+    text = "# text = a\u2028b c\x85d\n" + "\n".join("\t".join(r) for r in rows) + "\n\n"
+    (sentence,) = parse_conllu(text)
+    assert sentence.words == ["a\u2028b", "c\x85d"] and sentence.heads == [1, -1]
+    assert sentence.meta["text"] == "a\u2028b c\x85d"
+    assert len(parse_conllu(text.replace("\n", "\r\n"))) == len(parse_conllu(text.replace("\n", "\r"))) == 1

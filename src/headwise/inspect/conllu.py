@@ -16,6 +16,7 @@ default.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 from ..checks import is_int
@@ -102,7 +103,9 @@ def parse_conllu(text: str, *, source: str = "<string>") -> list[Sentence]:
             sentences.append(Sentence(tuple(tokens), meta))
         tokens, meta = [], {}
 
-    for line_no, raw in enumerate(text.splitlines(), 1):
+    # lines end at "\n", "\r\n" or "\r" only: splitlines() also broke at U+2028, U+0085,
+    # form feeds ..., which a word or a "# text" comment may hold
+    for line_no, raw in enumerate(re.split(r"\r\n|\r|\n", text), 1):
         line = raw.rstrip("\r\n")
         if not line.strip():
             flush(line_no)
