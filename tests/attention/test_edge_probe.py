@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from headwise.attention import attend, normalize_mask
+from headwise.formats import Int8Linear
 from headwise.kernels import cpu_linear
 
 
@@ -74,3 +75,23 @@ def test_attend_refuses_a_mask_built_for_another_number_of_heads(backend):
                           attn_mask=torch.zeros(1, 3, 3, 5))
     with pytest.raises(ValueError, match=r"normalize_mask\(n_heads=...\) must be given q's number of heads, 4"):
         attend(q, k, v, mask, backend=backend)
+
+
+@pytest.mark.parametrize("kernel", ["qcpu", "int_mm", "emulate"])
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_int8_linear_passes_the_input_gradient_of_its_dequantised_weight(kernel, smoothed):
+    """was: the gradient of x came only through the activation scale's max (emulate,
+    int_mm: one nonzero entry per row) or not at all (qcpu: x.grad None), so gradients
+    through a quantised model (head importance, saliency) were wrong without a word."""
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(12, 16, generator=g), torch.randn(12, generator=g)
+    absmax = torch.rand(16, generator=g) * 4 if smoothed else None
+    m = Int8Linear.from_float(w, b, kernel=kernel, input_absmax=absmax)
+    x = torch.randn(2, 5, 16, generator=g, requires_grad=True)
+    dy = torch.randn(2, 5, 12, generator=g)
+    y = m(x)
+    with torch.no_grad():
+        torch.testing.assert_close(y, m(x))  # the same int8 result with and without grad
+    (gx,) = torch.autograd.grad((y * dy).sum(), x)
+    torch.testing.assert_close(gx.double(), dy.double() @ m.weight.double(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx, dy @ w, atol=0.1, rtol=0.05)  # and near the float layer's

@@ -117,7 +117,8 @@ def int8_kernel_for(device: torch.device) -> str | None:
 class Int8Linear(nn.Module):
     """``y = x W^T + b`` with int8 weights (per output channel) and int8 activations
     (quantised per call); ``x (..., in_features)`` -> ``y (..., out_features)`` in
-    ``x``'s dtype.
+    ``x``'s dtype. Gradients reach ``x`` as through a float linear of the dequantised
+    :attr:`weight` (straight-through); the buffers get none.
 
     Buffers (all in the state dict): ``weight_int8 (out, in)`` int8, ``weight_scale
     (out,)`` float32, ``bias (out,)`` float32 or None. Packed weights for the CPU op and
@@ -241,6 +242,11 @@ class Int8Linear(nn.Module):
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
+        if x.requires_grad and torch.is_grad_enabled():
+            return _StraightThrough.apply(x, self)
+        return self._int8_forward(x)
+
+    def _int8_forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.smoothed:
@@ -272,6 +278,21 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, kernel={self.kernel!r}, smoothed={self.smoothed}")
+
+
+class _StraightThrough(torch.autograd.Function):
+    """The int8 result forward; backward, ``x``'s gradient through the dequantised weight
+    (:attr:`Int8Linear.weight`), as if the layer were that float linear (the int8 ops have
+    none: without this it came only through the activation scale's ``max``, or not at all)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, module: Int8Linear) -> Tensor:
+        ctx.module = module
+        return module._int8_forward(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad @ ctx.module.weight.to(grad.dtype), None
 
 
 def _after_load(module: Int8Linear, incompatible) -> None:
