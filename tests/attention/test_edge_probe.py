@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from headwise.attention import attend, normalize_mask
+from headwise.attention import RotaryEmbedding, attend, normalize_mask
 from headwise.formats import Int8Linear
 from headwise.kernels import cpu_linear
 
@@ -95,3 +95,23 @@ def test_int8_linear_passes_the_input_gradient_of_its_dequantised_weight(kernel,
     (gx,) = torch.autograd.grad((y * dy).sum(), x)
     torch.testing.assert_close(gx.double(), dy.double() @ m.weight.double(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gx, dy @ w, atol=0.1, rtol=0.05)  # and near the float layer's
+
+
+@pytest.mark.parametrize("head_dim", [0, -2, 8.0, "8"])
+def test_rotary_embedding_refuses_a_head_dim_that_is_no_positive_int(head_dim):
+    """was: 0, -2 and 8.0 accepted, '8' a TypeError from the string formatting of the
+    evenness check."""
+    with pytest.raises(ValueError, match="head_dim must be a positive int"):
+        RotaryEmbedding(head_dim)
+
+
+@pytest.mark.parametrize("x,error,needle", [
+    (torch.randn(1, 2, 3, 6), ValueError, r"shape \(\.\.\., T, head_dim=8\)"),
+    (torch.randn(8), ValueError, r"shape \(\.\.\., T, head_dim=8\)"),
+    (torch.ones(1, 2, 3, 8, dtype=torch.long), TypeError, "floating-point"),
+], ids=["other_width", "one_dim", "integer"])
+def test_rotary_embedding_names_an_input_it_cannot_rotate(x, error, needle):
+    """was: 'The size of tensor a (6) must match the size of tensor b (8)', an IndexError,
+    or integer 'rotations' by cos and sin rounded to integers."""
+    with pytest.raises(error, match=needle):
+        RotaryEmbedding(8)(x)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_real
+from ..checks import check_int, check_real
 
 __all__ = ["RotaryEmbedding"]
 
@@ -24,6 +24,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
         super().__init__()
+        check_int("head_dim", head_dim)
         if head_dim % 2 != 0:
             raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
         # a NaN or infinite base passed `theta <= 0` and made every rotated query and key NaN
@@ -44,6 +45,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """Rotate ``x (B, H, T, D)`` as if its tokens sat at ``offset + t``."""
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.dim() < 2 or x.shape[-1] != self.head_dim:
+            raise ValueError(f"x must have shape (..., T, head_dim={self.head_dim}), got {tuple(x.shape)}")
         cos, sin = self.cos_sin(x.shape[-2], offset, x.device, x.dtype)
         half = x.shape[-1] // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
