@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from headwise.attention import RotaryEmbedding, attend, normalize_mask
-from headwise.formats import Int8Linear
+from headwise.formats import Int8Linear, compare_formats
 from headwise.kernels import cpu_linear
 
 
@@ -115,3 +115,15 @@ def test_rotary_embedding_names_an_input_it_cannot_rotate(x, error, needle):
     or integer 'rotations' by cos and sin rounded to integers."""
     with pytest.raises(error, match=needle):
         RotaryEmbedding(8)(x)
+
+
+def test_compare_formats_counts_a_batch_that_keeps_no_token_as_none():
+    """was: RuntimeError 'min(): Expected reduction dim to be specified for
+    input.numel() == 0' from a batch whose tokens() mask is all False (one all padding)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    batches = [torch.randn(2, 3, 4), torch.randn(2, 3, 4)]
+    masks = iter([torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)])
+    report = compare_formats(model, model, batches, layers=[], tokens=lambda _: next(masks))
+    assert report["n_tokens"] == 6
+    assert report["output"] == {"cosine": pytest.approx(1.0), "cosine_min": pytest.approx(1.0), "rel_l1": 0.0}

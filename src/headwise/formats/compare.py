@@ -41,13 +41,16 @@ class _Stats:
             a, b = a[keep.reshape(-1)], b[keep.reshape(-1)]
         cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
         self.cos_sum += float(cos.sum())
-        self.cos_min = min(self.cos_min, float(cos.min()))
+        if cos.numel():  # (a batch may keep no token: tokens() all False)
+            self.cos_min = min(self.cos_min, float(cos.min()))
         self.n += cos.numel()
         self.abs_err += float((a - b).abs().sum())
         self.abs_ref += float(a.abs().sum())
 
     def report(self) -> dict[str, float]:
-        return {"cosine": self.cos_sum / max(self.n, 1), "cosine_min": self.cos_min,
+        if not self.n:  # no token counted: no cosine to report
+            return {"cosine": math.nan, "cosine_min": math.nan, "rel_l1": math.nan}
+        return {"cosine": self.cos_sum / self.n, "cosine_min": self.cos_min,
                 "rel_l1": self.abs_err / max(self.abs_ref, 1e-30)}
 
 
