@@ -74,3 +74,15 @@ def test_conllu_with_a_unicode_line_separator_in_a_comment_and_a_word_parses():
     assert sentence.words == ["a\u2028b", "c\x85d"] and sentence.heads == [1, -1]
     assert sentence.meta["text"] == "a\u2028b c\x85d"
     assert len(parse_conllu(text.replace("\n", "\r\n"))) == len(parse_conllu(text.replace("\n", "\r"))) == 1
+
+
+def test_pre_split_words_of_a_char_model_keep_the_spaces_of_running_text():
+    from headwise.inspect import align_words
+
+    text = "the cat sat on the mat"
+    tok = train_tokenizer([text] * 3, "char", vocab_size=100)
+    words = text.split()
+    ids, wids = align_words(words, tok)
+    assert ids == tok.encode(text)  # was 'thecatsat...': no space between the words
+    # each space belongs to the word after it
+    assert wids == [w for w, word in enumerate(words) for _ in range(len(word) + (w > 0))]

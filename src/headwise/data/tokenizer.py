@@ -217,10 +217,12 @@ class Tokenizer:
         """Pieces of pre-split ``words`` (``word_ids[t]`` indexes ``words``, ``None`` for
         ``[CLS]``/``[SEP]``); special-token strings among the words stay plain text.
         Byte-level BPE gets a space before every word but the first, as in running text
-        (its pieces carry the space: ``Ġcat``, where a bare ``cat`` is a word's middle)."""
+        (its pieces carry the space: ``Ġcat``, where a bare ``cat`` is a word's middle);
+        so does a char tokenizer that knows the space (the space's piece then belongs to
+        the word after it), which would otherwise read ``Thecatsat``."""
         self._set_special_parsing(False)
         words = list(words)
-        if self.kind == "bpe":
+        if self.kind == "bpe" or (self.kind == "char" and self._id(" ") is not None):
             words = [w if i == 0 else " " + w for i, w in enumerate(words)]
         enc = self._tok.encode(words, is_pretokenized=True, add_special_tokens=add_special_tokens)
         return WordPieces(list(enc.ids), word_ids(enc))
