@@ -53,3 +53,17 @@ def test_jsonl_corpus_text_holding_unicode_line_separators_is_one_document(tmp_p
     path.write_text("\r\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts) + "\n",
                     encoding="utf-8")
     assert list(load_corpus(path)) == texts
+
+
+def test_hf_byte_level_tokenizer_gives_pre_split_words_the_pieces_of_running_text():
+    transformers = pytest.importorskip("transformers")
+    from headwise.data import train_tokenizer
+    from headwise.models.hf import HFTokenizer
+
+    text = "The cat sat on the mat and the dog sat on the cat"
+    raw = train_tokenizer([text] * 10, "bpe", vocab_size=300, min_frequency=1).backend
+    tok = HFTokenizer(transformers.GPT2TokenizerFast(tokenizer_object=raw, eos_token="<|endoftext|>"))
+    pieces = tok.encode_words(text.split(), add_special_tokens=False)
+    # transformers 5 encodes pre-split words without their space ('cat', not 'Ġcat')
+    assert pieces.ids == tok.encode(text)
+    assert pieces.word_ids == list(range(len(text.split())))

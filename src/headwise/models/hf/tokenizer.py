@@ -100,14 +100,25 @@ class HFTokenizer:
     def encode_words(self, words: Sequence[str], *, add_special_tokens: bool = True) -> WordPieces:
         """Pieces of pre-split ``words`` (transformers' ``is_split_into_words``). A slow
         tokenizer (no ``word_ids()``) or a byte-level BPE that refuses pre-split words is
-        encoded word by word instead, a space before every word but the first."""
+        encoded word by word instead, a space before every word but the first; so is one
+        whose pieces carry the space before a word (byte-level BPE, GPT-2's ``Ġ``), which
+        transformers 5 encodes pre-split without it (``cat`` where text has ``Ġcat``)."""
         words = list(words)
+        if self._spaces_mark_words:
+            return self._word_by_word(words, add_special_tokens)
         try:
             enc = self.hf(words, is_split_into_words=True, add_special_tokens=add_special_tokens)
             wids = enc.word_ids()
         except (ValueError, TypeError, AttributeError):
             return self._word_by_word(words, add_special_tokens)
         return WordPieces(list(enc["input_ids"]), list(wids))
+
+    @cached_property
+    def _spaces_mark_words(self) -> bool:
+        """Whether a word's pieces depend on the space before it: ``"a b"`` is not
+        ``"a"`` followed by ``"b"`` (byte-level BPE; not WordPiece, nor SentencePiece,
+        which marks every word alike)."""
+        return self.encode("a b") != self.encode("a") + self.encode("b")
 
     def _word_by_word(self, words: list[str], add_special_tokens: bool) -> WordPieces:
         ids: list[int] = []
