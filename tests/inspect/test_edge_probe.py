@@ -86,3 +86,13 @@ def test_pre_split_words_of_a_char_model_keep_the_spaces_of_running_text():
     assert ids == tok.encode(text)  # was 'thecatsat...': no space between the words
     # each space belongs to the word after it
     assert wids == [w for w, word in enumerate(words) for _ in range(len(word) + (w > 0))]
+
+
+def test_raw_byte_level_tokenizer_gives_pre_split_words_the_pieces_of_running_text():
+    from headwise.inspect import align_words
+
+    text = "The cat sat on the mat and the dog sat on the cat"
+    raw = train_tokenizer([text] * 10, "bpe", vocab_size=300, min_frequency=1).backend  # a tokenizers.Tokenizer
+    ids, wids = align_words(text.split(), raw)
+    assert ids == raw.encode(text).ids  # not 'cat' for 'Ġcat'
+    assert wids == list(range(len(text.split())))

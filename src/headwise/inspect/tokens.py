@@ -37,13 +37,25 @@ class RawTokenizerPieces:
 
     def __init__(self, raw: RawTokenizer) -> None:
         self.raw = raw
+        self._spaces: bool | None = None
 
     def id_to_token(self, idx: int) -> str | None:
         return self.raw.id_to_token(int(idx))
 
     def encode_words(self, words: Sequence[str], *, add_special_tokens: bool = True) -> WordPieces:
-        enc = self.raw.encode(list(words), is_pretokenized=True, add_special_tokens=add_special_tokens)
+        words = list(words)
+        if self._spaces_mark_words():  # byte-level BPE: 'Ġcat' in running text, not 'cat'
+            words = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        enc = self.raw.encode(words, is_pretokenized=True, add_special_tokens=add_special_tokens)
         return WordPieces(list(enc.ids), word_ids(enc))
+
+    def _spaces_mark_words(self) -> bool:
+        """Whether a word's pieces depend on the space before it (``"a b"`` is not
+        ``"a"`` then ``"b"``), as in byte-level BPE."""
+        if self._spaces is None:
+            ids = [self.raw.encode(t, add_special_tokens=False).ids for t in ("a b", "a", "b")]
+            self._spaces = ids[0] != ids[1] + ids[2]
+        return self._spaces
 
     def encode_text(self, text: str, *, add_special_tokens: bool = True) -> WordPieces:
         enc = self.raw.encode(text, add_special_tokens=add_special_tokens)
