@@ -127,3 +127,14 @@ def test_compare_formats_counts_a_batch_that_keeps_no_token_as_none():
     report = compare_formats(model, model, batches, layers=[], tokens=lambda _: next(masks))
     assert report["n_tokens"] == 6
     assert report["output"] == {"cosine": pytest.approx(1.0), "cosine_min": pytest.approx(1.0), "rel_l1": 0.0}
+
+
+def test_compare_formats_reads_equal_zero_outputs_as_agreeing():
+    """was: cosine 0 (and cosine_min 0, as if orthogonal) for tokens whose output is the
+    zero vector in both models, though rel_l1 said they agree exactly."""
+    model = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    report = compare_formats(model, model, [torch.randn(2, 3, 4)], layers=[])
+    assert report["output"] == {"cosine": 1.0, "cosine_min": 1.0, "rel_l1": 0.0}

@@ -39,7 +39,9 @@ class _Stats:
         b = got.detach().double().reshape(-1, got.shape[-1])
         if keep is not None:
             a, b = a[keep.reshape(-1)], b[keep.reshape(-1)]
-        cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
+        na, nb = a.norm(dim=-1), b.norm(dim=-1)
+        cos = (a * b).sum(-1) / (na * nb).clamp_min(1e-30)
+        cos = torch.where((na == 0) & (nb == 0), 1.0, cos)  # two zero vectors agree (was: cosine 0)
         self.cos_sum += float(cos.sum())
         if cos.numel():  # (a batch may keep no token: tokens() all False)
             self.cos_min = min(self.cos_min, float(cos.min()))
