@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .attention.backends import check_backend_name
 from .attention.functional import attend
 from .attention.masks import normalize_mask
-from .checks import check_int, is_int
+from .checks import check_int, is_int, is_real
 
 __all__ = ["MultiheadAttention", "ShapeError", "ShapeRuntimeError", "DtypeError", "DtypeRuntimeError"]
 
@@ -100,8 +100,22 @@ class MultiheadAttention(nn.Module):
                 f"another width use headwise.attention.MultiHeadAttention(head_dim=...)",
                 "embed_dim must be divisible by num_heads",
             ))
+        for name, value in (("kdim", kdim), ("vdim", vdim)):
+            if value is None:
+                continue
+            if not is_int(value):  # torch: a TypeError from torch.empty
+                raise TypeError(f"{name} must be None or an int, got {type(value).__name__} {value!r}")
+            if value < 0:  # torch: a RuntimeError from torch.empty
+                raise ShapeRuntimeError(_both(f"{name} must be None or an int >= 0, got {value}",
+                                              "Trying to create tensor with negative dimension"))
+        if not is_real(dropout):  # torch's module fails only in training, inside F.dropout
+            raise TypeError(f"dropout must be a float in [0, 1), got {type(dropout).__name__} {dropout!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise DtypeRuntimeError(_both(f"dtype must be None or a floating-point dtype, got {dtype}",
+                                          "Only Tensors of floating point and complex dtype can require "
+                                          "gradients"))
         check_backend_name(backend)
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim

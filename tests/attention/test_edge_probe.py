@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from headwise.attention import RotaryEmbedding, attend, normalize_mask
 from headwise.formats import Int8Linear, compare_formats
 from headwise.kernels import cpu_linear
+from headwise.nn import MultiheadAttention
 
 
 @pytest.fixture
@@ -138,3 +139,19 @@ def test_compare_formats_reads_equal_zero_outputs_as_agreeing():
         model.bias.zero_()
     report = compare_formats(model, model, [torch.randn(2, 3, 4)], layers=[])
     assert report["output"] == {"cosine": 1.0, "cosine_min": 1.0, "rel_l1": 0.0}
+
+
+@pytest.mark.parametrize("kw,error,needle", [
+    (dict(kdim=4.0), TypeError, "kdim must be None or an int"),
+    (dict(vdim="3"), TypeError, "vdim must be None or an int"),
+    (dict(kdim=-1), RuntimeError, "kdim must be None or an int >= 0"),
+    (dict(dropout="0.1"), TypeError, "dropout must be a float in"),
+    (dict(dtype=torch.int64), RuntimeError, "dtype must be None or a floating-point dtype"),
+])
+def test_drop_in_constructor_names_a_bad_kdim_vdim_dropout_or_dtype(kw, error, needle):
+    """was: torch.empty's 'argument size failed to unpack ...', 'Trying to create tensor
+    with negative dimension -1', Python's \"'<=' not supported between 'float' and 'str'\",
+    or 'Only Tensors of floating point ... can require gradients', none naming the
+    argument (the exception types stay those torch raises, where it raises)."""
+    with pytest.raises(error, match=needle):
+        MultiheadAttention(8, 2, **kw)
