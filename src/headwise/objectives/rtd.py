@@ -222,7 +222,11 @@ def sample_rows(logits: Tensor, temperature: float = 1.0,
     # shifted to a maximum of 0 before the temperature divides: a tiny temperature then
     # gives -inf for all but the best tokens, never inf - inf = nan (which drew the last id)
     z = z - z.amax(dim=-1, keepdim=True)
-    if temperature != 1.0:
+    if temperature < torch.finfo(torch.float32).tiny:
+        # a subnormal temperature is 0 where denormals are flushed (the trainer flushes
+        # them on the CPU), and 0 / 0 = nan: take the limit, the best tokens alone
+        z = torch.where(z < 0, float("-inf"), 0.0)
+    elif temperature != 1.0:
         z = z.div_(temperature)
     cdf = z.exp_().cumsum_(dim=-1)  # unnormalised
     u = torch.rand(z.shape[0], 1, generator=generator, device=z.device, dtype=cdf.dtype)
