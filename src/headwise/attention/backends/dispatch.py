@@ -36,7 +36,6 @@ gets and why; :func:`headwise.attention.pin_backend` fixes the choice for a call
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -44,7 +43,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -52,6 +50,7 @@ from torch import Tensor
 
 from ...checks import check_switch
 from .base import AttentionCall, Backend
+from .dispatch_cache import CACHE_VERSION, check_cache_file, environment_key, read_cache, write_cache
 
 __all__ = [
     "BackendChoice",
@@ -64,7 +63,6 @@ ENV_AUTOTUNE = "HEADWISE_AUTOTUNE_BACKEND"
 ENV_BUDGET_MS = "HEADWISE_AUTOTUNE_BUDGET_MS"
 ENV_CACHE = "HEADWISE_DISPATCH_CACHE"
 DEFAULT = "sdpa"
-CACHE_VERSION = 1
 
 
 @dataclass
@@ -110,25 +108,10 @@ def shape_class(call: AttentionCall) -> str:
             f"k{_pow2(m.k_len)} {heads} {mode}")
 
 
-def _triton_version() -> str:
-    try:
-        return version("triton")
-    except Exception:  # not installed
-        return "none"
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
     return device.type
-
-
-def environment_key(device_name: str, torch_version: str | None = None,
-                    triton_version: str | None = None) -> str:
-    """What a measurement holds for: the device's name and the library versions."""
-    tv = torch.__version__ if torch_version is None else torch_version
-    trv = _triton_version() if triton_version is None else triton_version
-    return f"{device_name} | torch {tv} | triton {trv}"
 
 
 def _sync(device: torch.device) -> None:
@@ -448,7 +431,7 @@ class Dispatcher:
         if path is not None and (env, str(path)) not in self._loaded:
             with self._lock:
                 self._loaded.add((env, str(path)))
-                on_disk = _read_cache(path).get("environments", {}).get(env, {})
+                on_disk = read_cache(path).get("environments", {}).get(env, {})
                 mine = self._memory.setdefault(env, {})
                 for k, e in on_disk.items():
                     if isinstance(e, dict) and isinstance(e.get("choice"), str):
@@ -463,10 +446,10 @@ class Dispatcher:
                                                       else "cached")
         path = self.cache_file()
         if persist and path is not None:
-            data = _read_cache(path)
+            data = read_cache(path)
             data.setdefault("environments", {}).setdefault(env, {})[key] = entry
             data["version"] = CACHE_VERSION
-            _write_cache(path, data)
+            write_cache(path, data)
 
     def _from_entry(self, entry: dict, key: str, env: str) -> BackendChoice:
         source = entry.get("source", "cached")
@@ -502,49 +485,3 @@ def _settled_key(call: AttentionCall) -> tuple:
 def _considered(backend: Backend, call: AttentionCall) -> bool:
     devices = getattr(backend, "auto_devices", None)  # some serve a device only by name
     return devices is None or call.device.type in devices
-
-
-def check_cache_file(path: Path, named: str) -> None:
-    """ValueError (saying ``named``: where the path came from) when ``path`` cannot be
-    the dispatch cache: a folder, or a file that is not one headwise wrote (which
-    writing measurements would replace). A missing or empty file, or one of another
-    cache version, is fine."""
-    if path.is_dir():
-        raise ValueError(f"the dispatch cache {named} is a folder; give the path of a JSON file in it")
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return
-    except (OSError, UnicodeDecodeError):
-        text = None
-    if text is not None and not text.strip():
-        return
-    try:
-        data = json.loads(text) if text is not None else None
-    except ValueError:
-        data = None
-    if not (isinstance(data, dict) and "version" in data and isinstance(data.get("environments"), dict)):
-        raise ValueError(f"the dispatch cache {named} is a file headwise did not write (not its JSON of "
-                         "measurements), and would be replaced; give a new or empty file")
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-        return {}
-    return data
-
-
-def _write_cache(path: Path, data: dict) -> None:
-    path = Path(path)
-    check_cache_file(path, repr(str(path)))  # it may have been replaced since it was set
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    finally:
-        tmp.unlink(missing_ok=True)
