@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from headwise.attention import RotaryEmbedding, attend, normalize_mask
+from headwise.attention import MultiHeadAttention, RotaryEmbedding, attend, normalize_mask
 from headwise.formats import Int8Linear, compare_formats
 from headwise.kernels import cpu_linear
 from headwise.nn import MultiheadAttention
@@ -155,3 +155,19 @@ def test_drop_in_constructor_names_a_bad_kdim_vdim_dropout_or_dtype(kw, error, n
     argument (the exception types stay those torch raises, where it raises)."""
     with pytest.raises(error, match=needle):
         MultiheadAttention(8, 2, **kw)
+
+
+def test_layer_refuses_weights_of_an_integer_dtype_naming_dtype():
+    """was: 'Only Tensors of floating point and complex dtype can require gradients' from
+    nn.Parameter, naming nothing."""
+    with pytest.raises(TypeError, match="dtype must be None or a floating-point dtype, got torch.int64"):
+        MultiHeadAttention(8, 2, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("args", [(-1, 4), (4, 4.0), (0, 4)])
+def test_int8_linear_refuses_sizes_that_are_no_positive_int(args):
+    """was: torch.zeros' 'Dimension size must be non-negative' or 'argument size failed to
+    unpack', naming neither in_features nor out_features (and 0 input features accepted,
+    for a layer from_float could never fill)."""
+    with pytest.raises(ValueError, match=r"(in|out)_features must be a positive int"):
+        Int8Linear(*args)

@@ -13,9 +13,14 @@ __all__ = ["layer_sizes", "check_layer_input", "is_autocast_input"]
 
 
 def layer_sizes(d_model: int, n_heads: int, head_dim: int | None, n_kv_heads: int | None,
-                kdim: int | None, vdim: int | None) -> tuple[int, int, int, int, int, int]:
+                kdim: int | None, vdim: int | None, *,
+                dtype: torch.dtype | None = None) -> tuple[int, int, int, int, int, int]:
     """``(d_model, n_heads, head_dim, n_kv_heads, kdim, vdim)`` with the defaults filled in
-    (``d_model // n_heads``, ``n_heads``, ``d_model``, ``d_model``), or ``ValueError``."""
+    (``d_model // n_heads``, ``n_heads``, ``d_model``, ``d_model``), or ``ValueError``; and
+    ``TypeError`` unless the weights' ``dtype`` is None or floating-point."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        # (else nn.Parameter's 'Only Tensors of floating point ... can require gradients')
+        raise TypeError(f"dtype must be None or a floating-point dtype, got {dtype}")
     check_int("d_model", d_model)
     check_int("n_heads", n_heads)
     if head_dim is None:

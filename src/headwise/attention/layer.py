@@ -105,7 +105,7 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         d_model, n_heads, head_dim, n_kv_heads, kdim, vdim = layer_sizes(
-            d_model, n_heads, head_dim, n_kv_heads, kdim, vdim
+            d_model, n_heads, head_dim, n_kv_heads, kdim, vdim, dtype=dtype
         )
         dropout = check_real("dropout", dropout, minimum=0, maximum=1, max_open=True)
         check_backend_name(backend)

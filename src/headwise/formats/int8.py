@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
-from ..checks import check_real
+from ..checks import check_int, check_real
 
 __all__ = [
     "Int8Linear",
@@ -133,6 +133,8 @@ class Int8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  kernel: str = "auto", device=None) -> None:
         super().__init__()
+        check_int("in_features", in_features)
+        check_int("out_features", out_features)
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.in_features, self.out_features = in_features, out_features
