@@ -96,3 +96,26 @@ def test_raw_byte_level_tokenizer_gives_pre_split_words_the_pieces_of_running_te
     ids, wids = align_words(text.split(), raw)
     assert ids == raw.encode(text).ids  # not 'cat' for 'Ġcat'
     assert wids == list(range(len(text.split())))
+
+
+def test_syntax_probe_of_a_sentence_whose_last_word_gets_no_piece(tmp_path):
+    """was: 'shape mismatch' setting the gold heads: the pooling counted the words up to
+    the last one with a piece, while the gold tree has them all (a zero-width space as the
+    last word: WordPiece's normaliser leaves nothing of it)."""
+    from headwise.models import EncoderForMLM
+
+    rows = [["1", "the", "_", "DET", "_", "_", "2", "det", "_", "_"],
+            ["2", "cat", "_", "NOUN", "_", "_", "3", "nsubj", "_", "_"],
+            ["3", "sat", "_", "VERB", "_", "_", "0", "root", "_", "_"],
+            ["4", "\u200b", "_", "PUNCT", "_", "_", "3", "punct", "_", "_"]]
+    path = tmp_path / "t.conllu"
+    path.write_text("\n".join("\t".join(r) for r in rows) + "\n\n", encoding="utf-8")
+    tok = train_tokenizer(["the cat sat on the mat"] * 20, "wordpiece", vocab_size=200, min_frequency=1)
+    assert tok.encode_words(["sat", "\u200b"], add_special_tokens=False).word_ids == [0]
+    torch.manual_seed(0)
+    model = EncoderForMLM(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2,
+                                      max_len=32)).eval()
+    result = inspect_model(model, path, tok, induction=False)
+    counts = dict(zip(result.probe.relations, result.probe.counts.tolist(), strict=True))
+    # the words with pieces are scored; the one without (and the arc to it) is not
+    assert counts["det"] == counts["nsubj"] == 1 and counts.get("punct", 0) == 0

@@ -303,7 +303,8 @@ class _AttentionSummary:
     def _add_syntax(self, batch: PaddedBatch, w: Tensor) -> None:
         """Pool the pieces' maps to words and score them against the gold trees."""
         b, t = batch.ids.shape
-        frm, to, word_valid = batch_pooling([s.word_ids for s in batch.sentences], t, dtype=w.dtype)
+        frm, to, word_valid = batch_pooling([s.word_ids for s in batch.sentences], t, dtype=w.dtype,
+                                            n_words=[len(s.words) for s in batch.sentences])
         frm, to = frm.to(w.device), to.to(w.device)
         word_maps = frm[:, None, None] @ w @ to[:, None, None]  # (B, L, H, W, W)
         n_w = word_maps.shape[-1]

@@ -169,15 +169,22 @@ def word_level(attn: Tensor, word_ids: Sequence[int | None], specials: str = "ke
 
 
 def batch_pooling(
-    word_ids: Sequence[Sequence[int | None]], n_tokens: int, *, dtype: torch.dtype = torch.float32
+    word_ids: Sequence[Sequence[int | None]], n_tokens: int, *, dtype: torch.dtype = torch.float32,
+    n_words: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pooling for a right-padded batch, keeping **words only** (specials dropped), for
     the syntax probe: ``(from_words (B, W, T), to_words (B, T, W), word_valid (B, W))``
     with ``W`` the most words in any sentence and ``T = n_tokens``; unit ``w`` is word
     ``w`` (so gold head indices apply directly). Padding pieces and missing words get
-    zero rows/columns."""
-    n_words = [1 + max((w for w in wids if w is not None), default=-1) for wids in word_ids]
-    b, w_max = len(word_ids), max(n_words, default=0)
+    zero rows/columns. ``n_words``: each sentence's word count, which the pieces alone
+    understate when its last words got no piece (default: the last word with a piece)."""
+    counted = [1 + max((w for w in wids if w is not None), default=-1) for wids in word_ids]
+    if n_words is not None:
+        if len(n_words) != len(word_ids) or any(n < c for n, c in zip(n_words, counted, strict=True)):
+            raise ValueError(f"n_words {list(n_words)} must give each of the {len(word_ids)} sentences at least "
+                             f"the words its pieces name ({counted})")
+        counted = list(n_words)
+    b, w_max = len(word_ids), max(counted, default=0)
     to_words = torch.zeros(b, n_tokens, w_max, dtype=dtype)
     for i, wids in enumerate(word_ids):
         if len(wids) > n_tokens:
