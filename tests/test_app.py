@@ -176,6 +176,20 @@ def test_no_report_trains_and_summarises_without_inspecting(corpus, tmp_path, ca
     assert "next-token accuracy" in text and "what the" not in text and "headwise generate" in text
 
 
+def test_the_generate_command_suggested_prompts_with_text_of_the_runs_own_corpus(corpus, tmp_path, capsys):
+    """was: always --prompt 'def ' (the standard library's code), whose characters a
+    model trained on a user's prose may not know (generate then warned of [UNK])."""
+    import re
+    import shlex
+
+    out = tmp_path / "run"
+    assert main(tiny_cli_args(corpus, out, "--no-report", "--objective", "clm", "--tokenizer-kind", "char")) == 0
+    m = re.search(r"headwise generate \S+ --prompt (.+)$", capsys.readouterr().out, re.M)
+    assert m, "the summary suggests no generate command"
+    (prompt,) = shlex.split(m.group(1))
+    assert prompt.strip() and prompt.strip() in corpus.read_text() and prompt != "def "
+
+
 def test_heldout_passages_are_bounded_pieces_of_the_validation_split(corpus, tmp_path):
     from tiny_runs import tiny_cfg
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import STDLIB_CODE
 from ..distributed.ddp import in_distributed_env
 from ..inspect import assign_roles, read_conllu
 from ..inspect.report import REPORT_FILES, write_report
@@ -232,7 +233,7 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
             print(f"headwise train: the inspection failed ({failed}); the run itself is complete",
                   file=sys.stderr)
     text = summary_text(run_dir=run_dir, cfg=cfg, step=trainer.step, val=val, base=base, train_s=train_s,
-                        checks=checks, **heads)
+                        checks=checks, prompt=generate_prompt(trainer.parts, str(cfg.corpus)), **heads)
     if failed:
         text += f"\n\n(no report: the inspection failed: {failed})"
     if getattr(trainer, "is_main", True):
@@ -245,6 +246,17 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
     out("")
     out(text)
     return 1 if failed else 0
+
+
+def generate_prompt(parts: Any, corpus: str, words: int = 2) -> str:
+    """The prompt the summary's ``generate`` command suggests: ``'def '`` for the standard
+    library's code, else the first ``words`` words of the first held-back passage and a
+    space (text the run's tokenizer knows, unlike a fixed prompt on a user's corpus)."""
+    if corpus == STDLIB_CODE or parts.val is None:
+        return "def "
+    passages = heldout_passages(parts.val, parts.tokenizer, max_passages=1)
+    first = passages[0].split()[:words] if passages else []
+    return " ".join(first)[:40] + " " if first else "def "
 
 
 def _inspect_and_report(trainer: Any, conllu: str | None, out: Any) -> dict[str, Any]:

@@ -102,8 +102,9 @@ def _pct(x: float) -> str:
 def summary_text(*, run_dir: str | Path, cfg: Any, step: int, val: dict[str, float], base: Baselines,
                  leaders: list[dict[str, Any]] | None = None, n_heads: tuple[int, int] | None = None,
                  probe: str | None = None, timeline: str | None = None, report: str | Path | None = None,
-                 train_s: float | None = None, checks: Sequence[str] = ()) -> str:
-    """The text ``headwise train`` prints at the end (and saves as ``summary.txt``)."""
+                 train_s: float | None = None, checks: Sequence[str] = (), prompt: str = "def ") -> str:
+    """The text ``headwise train`` prints at the end (and saves as ``summary.txt``);
+    ``prompt``: the one its ``generate`` command suggests (text of the run's corpus)."""
     run = str(run_dir)
     q = shlex.quote
     lines = [f"headwise run {run}: {cfg.objective} {cfg.preset} on {cfg.corpus}, step {step} of {cfg.steps}"
@@ -154,7 +155,7 @@ def summary_text(*, run_dir: str | Path, cfg: Any, step: int, val: dict[str, flo
         path = Path(report).resolve()
         lines.append(f"  open the report   python3 -m webbrowser {q(path.as_uri())}")
     if cfg.objective == "clm":
-        lines.append(f"  generate          headwise generate {q(run)} --prompt {q('def ')}")
+        lines.append(f"  generate          headwise generate {q(run)} --prompt {q(prompt)}")
     lines.append(f"  evaluate          headwise eval {q(run)}")
     lines.append(f"  inspect further   headwise inspect {q(run)} --conllu TREEBANK.conllu --out "
                  f"{q(run + '/inspect')} --importance")
