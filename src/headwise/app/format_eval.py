@@ -74,8 +74,10 @@ def evaluate_run_format(run: LoadedRun, format: str, *, corpus: str | None = Non
 
     def task(model: nn.Module) -> dict[str, float]:
         metrics = evaluate_run(runs[id(model)], corpus=corpus, max_batches=max_batches)
-        # MLM reports no perplexity: exp(mean masked-token loss) is its perplexity
-        metrics.setdefault("perplexity", math.exp(min(metrics["loss"], 50.0)))
+        # MLM reports no perplexity: exp(mean masked-token loss) is its perplexity (RTD's
+        # loss sums the generator's and 50 x the discriminator's: exp of it is none)
+        if run.cfg.objective == "mlm":
+            metrics.setdefault("perplexity", math.exp(min(metrics["loss"], 50.0)))
         return metrics
 
     report = compare_formats(getattr(objective, attr), getattr(objective_q, attr), some_batches(), task=task)

@@ -65,6 +65,15 @@ def _first_tensor(output: Any) -> Tensor:
                     f"got {type(output).__name__}")
 
 
+def _per_token(output: Tensor, batch: Any) -> Tensor:
+    """``output``, with one value per token of a ``(B, T)`` batch of token ids (an RTD
+    discriminator's logits) as ``(B, T, 1)``: each token is a vector of its own, not each
+    sequence one vector of ``T`` values."""
+    if output.dim() == 2 and isinstance(batch, Tensor) and output.shape == batch.shape:
+        return output.unsqueeze(-1)
+    return output
+
+
 @torch.no_grad()
 def compare_formats(
     model_fp32: nn.Module,
@@ -86,6 +95,9 @@ def compare_formats(
         model_fp32, model_q: the reference and the quantised model (same module names).
         batches: inputs, e.g. ``input_ids (B, T)`` long tensors.
         forward: ``forward(model, batch) -> output (B, T, d)``; default ``model(batch)``.
+            An output ``(B, T)`` of a batch ``(B, T)`` (one logit per token, the RTD
+            discriminator's) is read as ``(B, T, 1)``: its cosine per token is 1 where
+            the two logits have the same sign, -1 where not.
         layers: module names whose outputs ``(B, T, d)`` to compare; default
             :func:`default_layers` (every block's output hidden states).
         task: ``task(model) -> metrics`` (e.g. masked-token accuracy, perplexity), run
@@ -121,8 +133,8 @@ def compare_formats(
     n_batches = 0
     try:
         for batch in batches:
-            ref = _first_tensor(forward(model_fp32, batch))
-            got = _first_tensor(forward(model_q, batch))
+            ref = _per_token(_first_tensor(forward(model_fp32, batch)), batch)
+            got = _per_token(_first_tensor(forward(model_q, batch)), batch)
             keep = None if tokens is None else tokens(batch).to(ref.device)
             out_stats.add(ref, got, keep)
             for name in layers:

@@ -1,0 +1,64 @@
+"""Edge cases of eval, generate, the number formats and Hugging Face import/export, found by a probe."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from tiny_runs import write_corpus
+
+from headwise.cli import main
+from headwise.formats import compare_formats, quantize
+from headwise.models import EncoderForRTD, ModelConfig
+
+
+def _train(root, objective: str, *extra: str):
+    """A run of two steps (about a second) in ``root / objective``."""
+    run = root / objective
+    assert main(["train", "--objective", objective, "--corpus", str(root / "corpus.txt"), "--out", str(run),
+                 "--steps", "2", "--warmup", "1", "--batch-size", "2",
+                 "--block-len", "17" if objective == "clm" else "16",
+                 "--model", "n_layers=1,d_model=32,n_heads=2,d_ff=64,max_len=16", "--no-sanity-checks",
+                 "--no-report", "--quiet", "--device", "cpu", *extra]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A clm and an rtd run of two steps each."""
+    root = tmp_path_factory.mktemp("eval_generate_probe")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADWISE_CACHE", str(root / "cache"))
+        write_corpus(root / "corpus.txt", docs=60)
+        yield {objective: _train(root, objective) for objective in ("clm", "rtd")}
+
+
+def _eval_report(run, capsys, *extra: str) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no native bf16 on this CPU: slow, still right
+        assert main(["eval", str(run), "--device", "cpu", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+# ------------------------------------------------------------------ eval --format of an rtd run
+@pytest.mark.parametrize("format", ["bf16", "int8"])
+def test_eval_format_of_an_rtd_run_counts_every_token_and_reports_no_perplexity_of_the_summed_loss(
+        runs, capsys, format):
+    """was: "n_tokens": 4 for 2 batches of 2 x 16 tokens (the discriminator's (B, T) logits
+    were compared as B vectors of T values), and a "perplexity" of 9e16, exp of the loss
+    that sums the generator's MLM loss and 50 x the discriminator's."""
+    report = _eval_report(runs["rtd"], capsys, "--format", format, "--batches", "2")
+    assert report["n_batches"] == 2 and report["n_tokens"] == 2 * 2 * 16
+    assert "perplexity" not in report["task"]["fp32"]
+    assert report["output"]["cosine"] > 0.9  # one logit per token: mostly of the same sign
+
+
+def test_compare_formats_reads_one_value_per_token_as_a_token_each():
+    torch.manual_seed(0)
+    model = EncoderForRTD(ModelConfig(vocab_size=40, d_model=16, n_layers=1, n_heads=2))
+    ids = torch.randint(0, 40, (3, 7))
+    report = compare_formats(model, quantize(model, "int8"), [ids])
+    assert report["n_tokens"] == 3 * 7
+    assert report["layers"]["encoder.blocks.0"]["cosine"] > 0.99
