@@ -62,3 +62,31 @@ def test_compare_formats_reads_one_value_per_token_as_a_token_each():
     report = compare_formats(model, quantize(model, "int8"), [ids])
     assert report["n_tokens"] == 3 * 7
     assert report["layers"]["encoder.blocks.0"]["cosine"] > 0.99
+
+
+def test_compare_formats_of_a_layer_the_forward_never_calls_names_it():
+    """was: KeyError 'encoder.blocks' (a ModuleList: named, never called)."""
+    model = EncoderForRTD(ModelConfig(vocab_size=40, d_model=16, n_layers=1, n_heads=2))
+    with pytest.raises(ValueError, match=r"layers: 'encoder.blocks' did not run in the forward of the fp32 model"):
+        compare_formats(model, quantize(model, "int8"), [torch.randint(0, 40, (2, 5))], layers=["encoder.blocks"])
+
+
+def test_compare_formats_compares_every_call_of_a_module_that_runs_twice():
+    """was: only a module's last call in a forward was compared (the one that agrees here)."""
+
+    class Twice(torch.nn.Module):
+        def __init__(self, first_sign: float) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4, bias=False)
+            self.first_sign = first_sign
+
+        def forward(self, x):
+            self.lin(self.first_sign * x)
+            return self.lin(x)
+
+    torch.manual_seed(0)
+    ref, other = Twice(1.0), Twice(-1.0)
+    other.load_state_dict(ref.state_dict())
+    report = compare_formats(ref, other, [torch.randn(2, 3, 4)], layers=["lin"])
+    assert report["output"]["cosine"] == pytest.approx(1.0)
+    assert report["layers"]["lin"]["cosine"] == pytest.approx(0.0)  # mean of the first calls' -1 and the second's 1

@@ -74,6 +74,19 @@ def _per_token(output: Tensor, batch: Any) -> Tensor:
     return output
 
 
+def _calls(captured: dict[str, dict[str, list[Tensor]]], name: str) -> list[tuple[Tensor, Tensor]]:
+    """The outputs of module ``name`` in a batch's forward, call by call: (fp32, quantised)."""
+    ref, q = captured["ref"].get(name, []), captured["q"].get(name, [])
+    if not ref or not q:
+        raise ValueError(f"layers: {name!r} did not run in the forward of the {'quantised' if ref else 'fp32'} "
+                         "model (a container such as a ModuleList is never called); name modules the "
+                         "forward calls (the default: every block)")
+    if len(ref) != len(q):
+        raise ValueError(f"layers: {name!r} ran {len(ref)} times in the forward of the fp32 model and "
+                         f"{len(q)} in the quantised one's: the two models do not run the same modules")
+    return list(zip(ref, q, strict=True))
+
+
 @torch.no_grad()
 def compare_formats(
     model_fp32: nn.Module,
@@ -115,7 +128,8 @@ def compare_formats(
     layers = default_layers(model_fp32) if layers is None else list(layers)
     stats = {name: _Stats() for name in layers}
     out_stats = _Stats()
-    captured: dict[str, dict[str, Tensor]] = {"ref": {}, "q": {}}
+    # each compared module's outputs in this batch's forward, in call order
+    captured: dict[str, dict[str, list[Tensor]]] = {"ref": {}, "q": {}}
     handles = []
     for tag, model in (("ref", model_fp32), ("q", model_q)):
         modules = dict(model.named_modules())
@@ -124,7 +138,7 @@ def compare_formats(
                 raise ValueError(f"layers: {name!r} is not a module of the {tag} model")
 
             def hook(_m, _a, out, _tag=tag, _name=name):
-                captured[_tag][_name] = _first_tensor(out)
+                captured[_tag].setdefault(_name, []).append(_first_tensor(out))
 
             handles.append(modules[name].register_forward_hook(hook))
     was = (model_fp32.training, model_q.training)
@@ -133,12 +147,15 @@ def compare_formats(
     n_batches = 0
     try:
         for batch in batches:
+            captured["ref"].clear()
+            captured["q"].clear()
             ref = _per_token(_first_tensor(forward(model_fp32, batch)), batch)
             got = _per_token(_first_tensor(forward(model_q, batch)), batch)
             keep = None if tokens is None else tokens(batch).to(ref.device)
             out_stats.add(ref, got, keep)
             for name in layers:
-                stats[name].add(captured["ref"][name], captured["q"][name], keep)
+                for a, b in _calls(captured, name):
+                    stats[name].add(a, b, keep)
             n_batches += 1
     finally:
         for h in handles:
