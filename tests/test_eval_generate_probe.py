@@ -90,3 +90,37 @@ def test_compare_formats_compares_every_call_of_a_module_that_runs_twice():
     report = compare_formats(ref, other, [torch.randn(2, 3, 4)], layers=["lin"])
     assert report["output"]["cosine"] == pytest.approx(1.0)
     assert report["layers"]["lin"]["cosine"] == pytest.approx(0.0)  # mean of the first calls' -1 and the second's 1
+
+
+# ------------------------------------------------------------------ load_quantized of damaged input
+def test_load_quantized_of_a_folder_says_it_is_a_folder(tmp_path):
+    """was: OSError 'No such device (os error 19)', naming no path."""
+    from headwise.formats import load_quantized
+
+    with pytest.raises(IsADirectoryError, match=f"load_quantized: {str(tmp_path)!r} is a folder"):
+        load_quantized(tmp_path)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (dict(config="{"), "its config metadata is not JSON"),  # was: a bare JSONDecodeError
+    (dict(config='{"vocab_size": 50}'), "cannot be built: ModelConfig.__init__() missing"),  # was: a TypeError
+    (dict(headwise_format="fp16"), "cannot be built: format must be one of"),  # was: naming no file
+    (dict(model_class="Encoder"), "its tensors do not fit the Encoder its metadata describes (Missing key(s)"),
+], ids=["config_not_json", "config_incomplete", "format", "model_class"])
+def test_load_quantized_of_a_file_with_damaged_metadata_names_the_file(tmp_path, change, needle):
+    """was: load_state_dict's RuntimeError of many lines, or errors that named no file."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from headwise.formats import load_quantized, save_quantized
+    from headwise.models import Decoder
+
+    path = save_quantized(Decoder(ModelConfig(vocab_size=50, d_model=16, n_layers=1, n_heads=2)),
+                          tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no __iter__)
+    save_file(tensors, tmp_path / "x.safetensors", metadata={**meta, **change})
+    with pytest.raises(ValueError) as e:
+        load_quantized(tmp_path / "x.safetensors")
+    assert str(e.value).startswith(f"{tmp_path / 'x.safetensors'}: ") and needle in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)

@@ -312,6 +312,9 @@ def load_quantized(path: str | os.PathLike, *, device: str | torch.device = "cpu
     """Rebuild a model written by :func:`save_quantized`, in its format, on ``device``
     (int8 models are quantised on ``device`` and then given the saved int8 weights and
     scales, so outputs match the saved model's exactly)."""
+    if Path(path).is_dir():  # (was: safetensors' "No such device (os error 19)")
+        raise IsADirectoryError(f"load_quantized: {str(path)!r} is a folder; give the .safetensors file "
+                                "that save_quantized wrote")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -323,10 +326,22 @@ def load_quantized(path: str | os.PathLike, *, device: str | torch.device = "cpu
         raise ValueError(f"{path}: model_class {meta.get('model_class')!r} in its metadata is not one of "
                          f"{sorted(_MODEL_CLASSES)}")
     cls = _MODEL_CLASSES[meta["model_class"]]
-    cfg = ModelConfig.from_dict(json.loads(meta["config"]))
-    with warnings.catch_warnings():
-        # the bf16 speed warning was given when the model was first quantised
-        warnings.simplefilter("ignore", UserWarning)
-        model = quantize(cls(cfg).to(device), meta["headwise_format"], inplace=True)
-    load_model(model, str(path), strict=True, device=str(device))
+    try:
+        config = json.loads(meta.get("config", ""))
+    except ValueError as e:
+        raise ValueError(f"{path}: its config metadata is not JSON ({e})") from None
+    try:
+        cfg = ModelConfig.from_dict(config)
+        with warnings.catch_warnings():
+            # the bf16 speed warning was given when the model was first quantised
+            warnings.simplefilter("ignore", UserWarning)
+            model = quantize(cls(cfg).to(device), meta["headwise_format"], inplace=True)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: the model its metadata describes cannot be built: {e}") from None
+    try:
+        load_model(model, str(path), strict=True, device=str(device))
+    except RuntimeError as e:  # load_state_dict's "Error(s) in loading state_dict for X:" and one line each
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ValueError(f"{path}: its tensors do not fit the {cls.__name__} its metadata describes "
+                         f"({lines[1] if len(lines) > 1 else lines[0]})") from None
     return model.eval()
