@@ -106,7 +106,10 @@ def test_load_quantized_of_a_folder_says_it_is_a_folder(tmp_path):
     (dict(config='{"vocab_size": 50}'), "cannot be built: ModelConfig.__init__() missing"),  # was: a TypeError
     (dict(headwise_format="fp16"), "cannot be built: format must be one of"),  # was: naming no file
     (dict(model_class="Encoder"), "its tensors do not fit the Encoder its metadata describes (Missing key(s)"),
-], ids=["config_not_json", "config_incomplete", "format", "model_class"])
+    (dict(attention_backends='{"blocks.0": "math"}'),
+     "its attention_backends metadata is damaged: 'blocks.0' is not an attention layer"),
+    (dict(attention_backends='{"blocks.0.attn": "fast"}'), "attention_backends metadata is damaged: backend must be"),
+], ids=["config_not_json", "config_incomplete", "format", "model_class", "backend_layer", "backend_name"])
 def test_load_quantized_of_a_file_with_damaged_metadata_names_the_file(tmp_path, change, needle):
     """was: load_state_dict's RuntimeError of many lines, or errors that named no file."""
     from safetensors import safe_open
@@ -124,3 +127,25 @@ def test_load_quantized_of_a_file_with_damaged_metadata_names_the_file(tmp_path,
         load_quantized(tmp_path / "x.safetensors")
     assert str(e.value).startswith(f"{tmp_path / 'x.safetensors'}: ") and needle in str(e.value), str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("format", ["fp32", "int8"])
+def test_save_and_load_quantized_keep_each_attention_layers_backend(tmp_path, format):
+    """was: quantize(attention="int8") (or a layer's backend set by hand) came back from
+    load_quantized as the config's "auto", without a word."""
+    from headwise.attention import MultiHeadAttention
+    from headwise.formats import load_quantized, save_quantized
+    from headwise.models import Decoder
+
+    model = Decoder(ModelConfig(vocab_size=50, d_model=16, n_layers=2, n_heads=2))
+    if format == "int8":
+        model = quantize(model, "int8", attention="int8")
+    else:
+        model.blocks[1].attn.backend = "math"
+    loaded = load_quantized(save_quantized(model, tmp_path / "m.safetensors"))
+
+    def backends(m):
+        return {n: a.backend for n, a in m.named_modules() if isinstance(a, MultiHeadAttention)}
+
+    assert backends(loaded) == backends(model)
+    assert set(backends(model).values()) != {"auto"}

@@ -18,6 +18,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from ..attention import MultiHeadAttention
+from ..attention.backends import check_backend_name
 from ..hardware.precision import bf16_math_support
 from ..models import Decoder, Encoder, EncoderForMLM, EncoderForRTD, ModelConfig
 from .int8 import Int8Linear, Int8MultiHeadAttention, int8_kernel_for
@@ -297,6 +298,9 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"headwise_format": model_format(model), "model_class": name,
             "config": json.dumps(model.cfg.to_dict())}
+    backends = _layer_backends(model)
+    if backends:
+        meta["attention_backends"] = json.dumps(backends)
     # a new temporary name of our own (never an existing file's), renamed over path when complete
     tmp = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
     try:
@@ -306,6 +310,18 @@ def save_quantized(model: nn.Module, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _layer_backends(model: nn.Module) -> dict[str, str]:
+    """The attention layers whose backend is not the config's (``quantize(attention="int8")``'s,
+    or one set by hand), by name: saved, so that the loaded model runs the same backends."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, MultiHeadAttention):
+            backend = m._backend_before_weight_hooks or m.backend  # (a weight hook's "auto" is not the layer's)
+            if backend != model.cfg.attn_backend:
+                out[name] = backend
+    return out
 
 
 def load_quantized(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn.Module:
@@ -338,6 +354,16 @@ def load_quantized(path: str | os.PathLike, *, device: str | torch.device = "cpu
             model = quantize(cls(cfg).to(device), meta["headwise_format"], inplace=True)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: the model its metadata describes cannot be built: {e}") from None
+    try:
+        backends = json.loads(meta.get("attention_backends", "{}"))
+        layers = dict(model.named_modules())
+        for layer, backend in backends.items():
+            check_backend_name(backend)
+            if not isinstance(layers.get(layer), MultiHeadAttention):
+                raise ValueError(f"{layer!r} is not an attention layer of the model")
+            layers[layer].backend = backend
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: its attention_backends metadata is damaged: {e}") from None
     try:
         load_model(model, str(path), strict=True, device=str(device))
     except RuntimeError as e:  # load_state_dict's "Error(s) in loading state_dict for X:" and one line each
