@@ -8,7 +8,8 @@ Each multi-process test starts real processes (torchrun, or ``headwise train
 * 2-rank DDP with per-rank batch b ends with the weights of one process with batch 2b;
 * head-parallel training through the trainer (torchrun -m headwise train --tp 2) too;
 * a rank SIGKILLed mid-run leaves the last checkpoint intact; the run resumes from
-  it on 1 rank and ends where the uninterrupted single-process run ends.
+  it on 1 rank and ends where the uninterrupted single-process run ends;
+* Ctrl-C sent to the --nproc launcher alone stops its workers too.
 """
 
 import json
@@ -278,3 +279,37 @@ def test_max_time_stops_every_rank_at_the_same_step(world):
     r = _torchrun(2, str(WORKERS), "fast-clock", str(out), cfg_json, env=world["env"], timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert latest_checkpoint(out).name == "step-00000001"
+
+
+def test_ctrl_c_sent_to_the_launcher_alone_stops_its_workers(world):
+    """``kill -INT`` of the ``--nproc`` launcher's pid (a process manager's stop, not a
+    terminal's Ctrl-C to the whole group): was, the launcher said 'interrupted; its last
+    checkpoint is step-...' while its workers trained on to the end, so the run finished
+    after the note and the launcher exited only then."""
+    import signal
+    import time
+
+    out = world["root"] / "sigint"
+    cfg = _cfg(world["corpus"], out, steps=100_000, checkpoint_every=2, eval_every=100_000)
+    proc = subprocess.Popen(  # SIGINT at its default (a background job's may be ignored)
+        [sys.executable, "-m", "headwise.cli", "train", "--nproc", "2", *_cli_args(cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **world["env"]},
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while latest_checkpoint(out) is None:
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGINT)
+        text, _ = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of its session (the workers too)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert proc.returncode == 130, text[-3000:]
+    kept = latest_checkpoint(out)
+    assert f"its last checkpoint is {kept.name}" in text, text[-3000:]
+    time.sleep(2)
+    assert latest_checkpoint(out) == kept  # no worker trains on

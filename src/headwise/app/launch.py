@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import time
 from typing import Any
 
 import torch
@@ -70,9 +72,35 @@ def launch(cfg: TrainConfig, nproc: int, *, resume: bool = False, overwrite: boo
     threads = max(1, (os.cpu_count() or 1) // nproc)
     flags = {"resume": resume, "overwrite": overwrite, "progress": progress, "tp": tp, "threads": threads,
              "changes": changes, "tiled_options": get_tiled_options()}
+    ctx = None
     try:
-        mp.spawn(_worker, args=(nproc, free_port(), cfg, flags), nprocs=nproc, join=True)
+        ctx = mp.spawn(_worker, args=(nproc, free_port(), cfg, flags), nprocs=nproc, join=False)
+        while not ctx.join():
+            pass
     except ProcessException as e:  # (torch.multiprocessing has no such attribute)
         print(f"headwise train: {e}", file=sys.stderr)
         return 1
+    except BaseException:  # Ctrl-C or SIGTERM for this process alone: the workers stop too
+        if ctx is not None:
+            _stop(ctx.processes)
+        raise
     return 0
+
+
+def _stop(processes: list, grace_s: float = 20.0) -> None:
+    """Interrupt the workers still running (each unwinds as on Ctrl-C: nothing lost beyond
+    the last checkpoint) and wait for them; one that outlasts ``grace_s`` is killed.
+    Without this a signal sent to the launcher alone left them training to the end, after
+    it had said the run was interrupted."""
+    alive = [p for p in processes if p.is_alive()]
+    for p in alive:
+        try:
+            os.kill(p.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    for p in alive:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
