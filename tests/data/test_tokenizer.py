@@ -172,3 +172,14 @@ def test_load_or_train_caches(corpus, tmp_path, monkeypatch):
     assert second.to_json() == first.to_json()
     with pytest.raises(AssertionError, match="trained again"):
         load_or_train_tokenizer(corpus, "wordpiece", 301, cache_dir=tmp_path)
+
+
+def test_char_tokenizer_keeps_only_characters_seen_min_frequency_times():
+    """was: train_tokenizer(texts, "char", min_frequency=3) kept characters seen once,
+    without a word (min_frequency only ever reached the wordpiece and bpe trainers)."""
+    texts = ["abc abd"] * 3 + ["xyz"]
+    vocab = train_tokenizer(texts, "char", vocab_size=64, min_frequency=3).backend.get_vocab()
+    assert {"a", "b", " "} <= set(vocab) and not {"x", "y", "z"} & set(vocab)
+    assert "x" in train_tokenizer(texts, "char", vocab_size=64).backend.get_vocab()  # default: all kept
+    with pytest.raises(ValueError, match=r"min_frequency=9: no character of the corpus occurs that often"):
+        train_tokenizer(texts, "char", vocab_size=64, min_frequency=9)

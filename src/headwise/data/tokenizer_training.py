@@ -109,10 +109,15 @@ def _build_bpe(
     return tok
 
 
-def _build_char(texts: Iterable[str], vocab_size: int) -> _HFTokenizer:
+def _build_char(texts: Iterable[str], vocab_size: int, min_frequency: int = 1) -> _HFTokenizer:
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(text)
+    most = max(counts.values(), default=0)
+    counts = Counter({c: n for c, n in counts.items() if n >= min_frequency})  # the rest read as [UNK]
+    if most and not counts:
+        raise ValueError(f"min_frequency={min_frequency}: no character of the corpus occurs that often "
+                         f"(the most frequent, {most} times)")
     specials = SPECIALS["char"]
     room = vocab_size - len(specials)
     if room <= 0:
@@ -153,7 +158,7 @@ def train_tokenizer(
     kind: str = "wordpiece",
     vocab_size: int = 8192,
     *,
-    min_frequency: int = 2,
+    min_frequency: int | None = None,
     lowercase: bool | None = None,
     strip_accents: bool | None = None,
     show_progress: bool = False,
@@ -165,13 +170,16 @@ def train_tokenizer(
         kind: ``"wordpiece"`` (MLM/RTD), ``"bpe"`` (CLM) or ``"char"``.
         vocab_size: the largest vocabulary allowed, specials included (a small
             corpus may yield fewer tokens; for ``"char"`` it caps the characters kept).
-        min_frequency: a merge/piece must occur this often (wordpiece, bpe).
+        min_frequency: a merge/piece (wordpiece, bpe; None = 2) or a character (char;
+            None = 1, every character) must occur this often to be kept.
         lowercase, strip_accents: WordPiece normalisation (``lowercase`` None = True);
             ``strip_accents=None`` strips accents exactly when lowercasing (BERT's
             rule). Refused for the other kinds, which do not normalise.
     """
     check_choice("kind", kind, KINDS)
-    check_int("min_frequency", min_frequency, minimum=0)
+    check_int("min_frequency", min_frequency, minimum=0, none_ok=True)
+    if min_frequency is None:
+        min_frequency = 1 if kind == "char" else 2
     if kind != "wordpiece":
         given = {k: v for k, v in (("lowercase", lowercase), ("strip_accents", strip_accents))
                  if v is not None}
@@ -203,7 +211,7 @@ def train_tokenizer(
     elif kind == "bpe":
         hf = _build_bpe(texts, vocab_size, min_frequency, show_progress)
     else:
-        hf = _build_char(texts, vocab_size)
+        hf = _build_char(texts, vocab_size, min_frequency)
     return Tokenizer(hf, kind)
 
 
