@@ -186,3 +186,13 @@ def test_tinyshakespeare(shared_data):
     c = load_corpus(os.path.join(shared_data, "tinyshakespeare.txt"))
     assert c.n_documents == 1 and c.n_chars > 1_000_000
     assert next(iter(c)).startswith("First Citizen")
+
+
+def test_a_byte_order_mark_is_not_text_of_the_corpus(tmp_path):
+    """was: a .txt file's BOM (U+FEFF) became the first character of its document (a
+    token of its own to a char tokenizer), and a .jsonl file's made line 1 'invalid JSON'."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "a.txt").write_bytes(bom + b"first line\nsecond")
+    (tmp_path / "b.jsonl").write_bytes(bom + b'{"text": "one"}\n{"text": "two"}\n')
+    assert list(load_corpus(tmp_path / "a.txt")) == ["first line\nsecond"]
+    assert list(load_corpus(tmp_path / "b.jsonl")) == ["one", "two"]

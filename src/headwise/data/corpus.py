@@ -236,7 +236,9 @@ def _decode_file(path: Path, data: bytes) -> str:
             f"accepted are UTF-8 text files ({', '.join(SUPPORTED_EXTENSIONS)})"
         )
     try:
-        return data.decode("utf-8")
+        # -sig: a byte-order mark (what Windows editors put first) is no text: it was
+        # a character of the first document, and made a .jsonl file's line 1 invalid JSON
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ValueError(
             f"corpus file {str(path)!r} is not valid UTF-8: byte 0x{data[err.start]:02x} "
