@@ -169,11 +169,17 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
         os.replace(pointer, root / "latest")
         _fsync_dir(root)
     except BaseException as e:
-        full = _out_of_space(e, root)  # (asked before the partial files are removed)
+        refused = _no_room(e, root, tmp)  # (asked before the partial files are removed)
         shutil.rmtree(tmp, ignore_errors=True)
-        if full:
+        if refused is not None:
             previous = newest_intact(run_dir)
             kept = f"the previous checkpoint {previous[0].name} is intact" if previous[0] else "no earlier checkpoint"
+            if refused == errno.EFBIG:
+                raise DiskFullError(errno.EFBIG, f"could not write checkpoint {name} in {root}: File too large, "
+                                    f"a file of it is larger than this process may write (the file size limit, "
+                                    f"ulimit -f, or the file system's largest file) ({kept}); raise the limit, or "
+                                    f"move the run directory where larger files are allowed, and resume with "
+                                    f"--resume") from e
             raise DiskFullError(errno.ENOSPC, f"the disk is full: could not write checkpoint {name} in {root} "
                                 f"({kept}); free some space and resume with --resume") from e
         raise
@@ -184,20 +190,38 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
     return final
 
 
-def _out_of_space(e: BaseException, root: Path) -> bool:
-    """Whether writing under ``root`` failed for want of disk space: an OSError saying so,
-    or a library's error that does not: safetensors' carries the OS's message, and
-    torch.save says only "unexpected pos" (then the file system is full now)."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
+#: the errors of a write refused for want of room: a full disk, a quota, a file past the size limit
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _no_room(e: BaseException, root: Path, tmp: Path) -> int | None:
+    """Why writing the checkpoint in ``tmp`` under ``root`` failed for want of room, as an
+    errno of :data:`_NO_ROOM` (None if it did not): an OSError saying so, or a library's
+    error that does not: safetensors' carries the OS's message ("os error 27"), and
+    torch.save says only "unexpected pos" (then a byte more is written to each partial file
+    to ask the file system why, and a disk with under 1 MiB free counts as full)."""
     if not isinstance(e, Exception):  # Ctrl-C, a kill
-        return False
-    if "No space left on device" in str(e) or "os error 28" in str(e):
-        return True
+        return None
+    if isinstance(e, OSError) and e.errno in _NO_ROOM:
+        return e.errno
+    code = re.search(r"os error (\d+)", str(e))
+    if code and int(code.group(1)) in _NO_ROOM:
+        return int(code.group(1))
+    if "No space left on device" in str(e):
+        return errno.ENOSPC
+    for f in sorted(tmp.iterdir()) if tmp.is_dir() else ():
+        try:
+            with open(f, "ab") as fh:
+                fh.write(b"\0")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as refused:
+            if refused.errno in _NO_ROOM:
+                return refused.errno
     try:
-        return shutil.disk_usage(root).free < 1 << 20
+        return errno.ENOSPC if shutil.disk_usage(root).free < 1 << 20 else None
     except OSError:
-        return False
+        return None
 
 
 def verify_checkpoint(path: Path) -> str | None:
