@@ -64,3 +64,45 @@ def test_a_file_size_limit_while_saving_is_one_line_and_the_run_resumes(world, f
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
     assert _same_weights(run, world["ref"])
 
+
+# ------------------------------------------------------------------ damaged run files
+def _copy(world, name: str) -> Path:
+    import shutil
+
+    run = world["root"] / name
+    shutil.copytree(world["ref"], run)
+    return run
+
+
+def _files(run: Path) -> dict[str, bytes]:
+    """Every file of ``run`` (but its lock) and its bytes."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("record", [
+    '{"step": "x", "split": "train", "loss": 1.0}',
+    '{"step": 3, "split": "val"}',
+    '{"step": 3, "split": "val", "loss": null}',
+    '{"step": 3, "split": "train", "loss": 2.0, "lr": "high"}',
+], ids=["step-text", "no-loss", "loss-null", "lr-text"])
+def test_a_metrics_record_of_the_wrong_shape_is_named_before_training(world, capsys, request, record):
+    """A metrics.jsonl line that is JSON but not a record the trainer writes (a step that is
+    not an integer, a train or validation record without a loss, a loss or rate that is not
+    a number: a hand edit, a tool that rewrote NaN as null) failed the resume with "'<='
+    not supported between instances of 'str' and 'int'", or trained on and stopped at the
+    next evaluation with KeyError: 'loss' (a traceback) or "must be real number, not
+    NoneType". Now the resume is refused at once, naming the file and the line, and
+    nothing is changed."""
+    run = _copy(world, f"bad-metrics-{request.node.callspec.id}")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(record + "\n")
+    line = len((run / "metrics.jsonl").read_text().splitlines())
+    before = _files(run)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--steps", "10", "--quiet", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [x for x in err.splitlines() if "error:" in x]
+    assert len(errors) == 1 and f"metrics.jsonl is damaged: line {line} is not" in errors[0], err
+    assert _files(run) == before

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..checks import is_int, is_real
+
 __all__ = ["MetricsLog", "plot_loss_curve", "jsonl_lines"]
 
 
@@ -58,8 +60,29 @@ class MetricsLog:
             if not isinstance(record, dict):
                 raise ValueError(f"{self.path} is damaged: line {n} is not a JSON record; "
                                  "fix or delete that line")
+            problem = _record_problem(record)
+            if problem is not None:
+                raise ValueError(f"{self.path} is damaged: line {n} is not a metrics record ({problem}); "
+                                 "fix or delete that line")
             records.append(record)
         return records
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What keeps ``record`` from being one the trainer writes (its step an integer; a train
+    or validation record's loss and other values numbers), or None."""
+    if not is_int(record.get("step")) or record["step"] < 0:
+        return f"its step is {record.get('step')!r}, not a step number"
+    if "split" in record and not isinstance(record["split"], str):
+        return f"its split is {record['split']!r}, not a name"
+    if record.get("split") not in ("train", "val"):
+        return None
+    if "loss" not in record:
+        return f"a {record['split']} record without a loss"
+    for key, value in record.items():
+        if key != "split" and not is_real(value):
+            return f"its {key} is {value!r}, not a number"
+    return None
 
 
 def plot_loss_curve(records: list[dict[str, Any]], out: Path, title: str = "") -> Path:
