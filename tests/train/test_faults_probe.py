@@ -106,3 +106,18 @@ def test_a_metrics_record_of_the_wrong_shape_is_named_before_training(world, cap
     errors = [x for x in err.splitlines() if "error:" in x]
     assert len(errors) == 1 and f"metrics.jsonl is damaged: line {line} is not" in errors[0], err
     assert _files(run) == before
+
+
+# ------------------------------------------------------------------ the lock
+
+def test_a_finished_run_resumed_holds_no_lock_once_it_returns(world):
+    """``Trainer(..., resume=True).run()`` on a run with nothing left to train returned with
+    the run directory still locked (only a run that trained released it), so while the
+    trainer lived (a notebook, headwise train telling its story) every other writer was
+    refused: "is being written by another headwise process (pid N)", N being this one."""
+    run = _copy(world, "finished-lock")
+    t = Trainer(tiny_cfg(world["corpus"], run), resume=True, progress=False)
+    assert t.run()  # nothing to train: the last validation
+    other = Trainer(tiny_cfg(world["corpus"], run, steps=10), resume=True, progress=False, changes={"steps": 10})
+    other.run()
+    assert other.step == 10 and t.step == STEPS

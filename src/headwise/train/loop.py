@@ -370,6 +370,8 @@ class Trainer:
         if self.step >= stop:
             # nothing left to train (a finished run resumed without a new target)
             self._print(f"the run is at step {self.step}, its target is {stop}: nothing to train")
+            if self._rundir is not None:
+                self._rundir.release()  # (held since it was opened) as a run that trained does
             return self.last_validation()
         if self._rundir is not None:
             self._rundir.hold()
