@@ -1,9 +1,12 @@
 """Faults probed in training runs: a file-size limit while saving, damaged run files, kills mid-write."""
 
+import json
 import os
 import resource
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -108,7 +111,66 @@ def test_a_metrics_record_of_the_wrong_shape_is_named_before_training(world, cap
     assert _files(run) == before
 
 
-# ------------------------------------------------------------------ the lock
+# ------------------------------------------------------------------ the story's files
+def _told(world, name: str) -> Path:
+    """A copy of the reference run whose story was told with --no-report (summary.txt, story.json)."""
+    run = _copy(world, name)
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
+    assert (run / "story.json").is_file() and (run / "summary.txt").is_file()
+    return run
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"story"', "null"])
+def test_a_story_record_that_is_no_json_object_is_told_again(world, capsys, text):
+    """A story.json that is JSON but no object (a foreign file, a hand edit) stopped a finished
+    run's --resume with "AttributeError: 'list' object has no attribute 'get'" (a traceback);
+    now it counts as no record: the story is told again and the record rewritten."""
+    run = _told(world, f"story-{len(text)}")
+    (run / "story.json").write_text(text)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "validation" in out and "next:" in out
+    assert json.loads((run / "story.json").read_text())["key"]["step"] == STEPS
+
+
+# the process kills itself halfway through writing summary.txt (under whatever name it writes it)
+_KILL_WRITING_SUMMARY = """
+    import builtins, io, os, signal
+    from pathlib import Path
+    real_open = io.open
+    def killing_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        if isinstance(file, (str, os.PathLike)) and Path(file).name.startswith("summary.txt") and "w" in mode:
+            write = f.write
+            def half_then_die(data):
+                write(data[: len(data) // 2])
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            f.write = half_then_die
+        return f
+    io.open = builtins.open = killing_open
+"""
+
+
+def test_a_kill_while_the_summary_is_written_never_reprints_half_a_summary(world, capsys):
+    """A finished run told with --no-report, then told again with the report (a --resume
+    without --no-report) and killed while summary.txt was being rewritten: the next
+    ``--resume --no-report`` found story.json still naming the --no-report story and
+    printed the half-written summary.txt as the run's summary. Now the summary is
+    replaced whole or not at all, and the record of what it tells is dropped first."""
+    run = _told(world, "story-killed")
+    argv = ["train", "--out", str(run), "--resume", "--quiet"]
+    code = (textwrap.dedent(_KILL_WRITING_SUMMARY)
+            + f"import sys\nfrom headwise.cli import main\nsys.exit(main({argv!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "inspect further" in out, out  # the summary's last line: the whole of it
+    assert (run / "summary.txt").read_text().rstrip("\n").endswith(out.rstrip("\n").splitlines()[-1])
+
 
 def test_a_finished_run_resumed_holds_no_lock_once_it_returns(world):
     """``Trainer(..., resume=True).run()`` on a run with nothing left to train returned with

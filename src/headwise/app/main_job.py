@@ -41,7 +41,7 @@ from ..inspect import assign_roles, read_conllu
 from ..inspect.report import REPORT_FILES, write_report
 from ..inspect.timeline import attach_head_recorder, inspected_model, read_head_record, timeline_summary
 from ..train.loop import Trainer
-from ..train.rundir import register_run_entry
+from ..train.rundir import register_run_entry, replace_file
 from . import train_command
 from .baseline_scores import baselines
 from .cli_types import refuse_pipe, refuse_unused
@@ -64,8 +64,8 @@ _STORY_FILE = "story.json"
 
 def _register_entries() -> None:
     """Declare the files the story writes into a run directory (``--overwrite`` may remove them)."""
-    for name in (*REPORT_FILES, SUMMARY_FILE, _STORY_FILE):
-        register_run_entry(name)
+    for name in (*REPORT_FILES, SUMMARY_FILE, _STORY_FILE, f"{SUMMARY_FILE}.tmp", f"{_STORY_FILE}.tmp"):
+        register_run_entry(name)  # (the .tmp files: replace_file's, left by a kill)
 
 
 _register_entries()
@@ -209,6 +209,8 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
             saved = json.loads(story_path.read_text())
         except ValueError:
             saved = {}
+        if not isinstance(saved, dict):  # JSON, but not the record this writes: none
+            saved = {}
         if saved.get("key") == _story_key(trainer, conllu, report) and (
                 not report or (run_dir / "report.html").is_file()):
             out(summary_path.read_text().rstrip("\n"))
@@ -237,9 +239,12 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
     if failed:
         text += f"\n\n(no report: the inspection failed: {failed})"
     if getattr(trainer, "is_main", True):
-        summary_path.write_text(text + "\n")
+        # the record of what summary.txt tells goes first, and each file is replaced whole:
+        # a kill meanwhile never leaves a record naming another (or half a) summary
+        story_path.unlink(missing_ok=True)
+        replace_file(summary_path, text + "\n")
         if not failed:  # a failed inspection is tried again by the next --resume
-            story_path.write_text(json.dumps({
+            replace_file(story_path, json.dumps({
                 "key": _story_key(trainer, conllu, report), "validation": val, "baselines": base.to_dict(),
                 "roles": heads.get("leaders"),
             }, indent=1) + "\n")
