@@ -183,3 +183,43 @@ def test_a_finished_run_resumed_holds_no_lock_once_it_returns(world):
     other = Trainer(tiny_cfg(world["corpus"], run, steps=10), resume=True, progress=False, changes={"steps": 10})
     other.run()
     assert other.step == 10 and t.step == STEPS
+
+
+# ------------------------------------------------------------------ checkpoints gone
+@pytest.mark.parametrize("how", ["folder-removed", "folder-emptied"])
+def test_a_resume_whose_checkpoints_folder_was_removed_is_refused(world, capsys, how):
+    """The whole checkpoints folder removed to free the disk (``rm -r run/checkpoints``, its
+    ``latest`` with it): --resume said "no checkpoint was written yet: --resume starts the
+    run again from step 0", cut metrics.jsonl back to nothing and trained the run again.
+    The log holds steps past the first checkpoint, which only a saved run gets to, so it is
+    now refused as a run whose checkpoints were deleted, and nothing is changed."""
+    import shutil
+
+    run = _copy(world, f"checkpoints-{how}")
+    shutil.rmtree(run / "checkpoints")
+    if how == "folder-emptied":
+        (run / "checkpoints").mkdir()
+    before = _files(run)
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--steps", "12", "--quiet", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    errors = [x for x in err.splitlines() if "error:" in x]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert "--resume refused" in errors[0] and "metrics.jsonl logs step 8" in errors[0], errors[0]
+    assert "but none is left" in errors[0] and "--overwrite" in errors[0], errors[0]
+    assert "starts the run again" not in err
+    assert _files(run) == before
+
+
+def test_a_run_killed_while_saving_its_first_checkpoint_still_starts_again(world, capsys):
+    """The other side of the refusal above: a run whose log reaches only its first
+    checkpoint's step (killed while saving it) has nothing to lose, and starts again."""
+    import shutil
+
+    run = _copy(world, "first-save-killed")
+    shutil.rmtree(run / "checkpoints")
+    rows = [r for r in (run / "metrics.jsonl").read_text().splitlines() if json.loads(r)["step"] <= 4]
+    (run / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
+    assert "starts the run again from step 0" in capsys.readouterr().err
+    assert _same_weights(run, world["ref"])

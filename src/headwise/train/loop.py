@@ -163,12 +163,12 @@ class Trainer:
                 raise CheckpointError(
                     f"--resume refused: {self.run_dir} has checkpoints but none is intact ("
                     + "; ".join(skipped) + "); nothing was changed")
-            latest = self.run_dir / "checkpoints" / "latest"
-            if ckpt is None and latest.is_file():  # written once, removed since: not a run to start again
+            written = self._checkpoints_written() if ckpt is None else None
+            if written is not None:  # written once, removed since: not a run to start again
                 raise CheckpointError(
-                    f"--resume refused: {self.run_dir} wrote checkpoints ({latest} names "
-                    f"{latest.read_text(errors='replace').strip()!r}) but none is left, so there is nothing to "
-                    f"continue from; nothing was changed. Restore them, or start the run again with --overwrite")
+                    f"--resume refused: {self.run_dir} wrote checkpoints ({written}) but none is left, so there "
+                    f"is nothing to continue from; nothing was changed. Restore them, or start the run again "
+                    f"with --overwrite")
             self._restream_notes: list[str] = []
             if ckpt is not None:
                 self._restore(ckpt)
@@ -217,6 +217,19 @@ class Trainer:
         #: that writes the run directory (e.g. headwise.inspect.timeline's HeadRecorder);
         #: a hook must leave the random streams and the training state as it found them.
         self.eval_hooks: list[Callable[[Trainer, int], None]] = []
+
+    def _checkpoints_written(self) -> str | None:
+        """What shows that the run wrote checkpoints (all removed since), or None: its
+        ``checkpoints/latest`` names one, or metrics.jsonl logs a step past the first
+        ``checkpoint_every`` (a run trains past a checkpoint step only once it is saved)."""
+        latest = self.run_dir / "checkpoints" / "latest"
+        if latest.is_file():
+            return f"{latest} names {latest.read_text(errors='replace').strip()!r}"
+        log = self.run_dir / "metrics.jsonl"
+        logged = max((r["step"] for r in MetricsLog(log).read()), default=0)
+        if logged > self.cfg.checkpoint_every:
+            return f"{log} logs step {logged}, past the first checkpoint at step {self.cfg.checkpoint_every}"
+        return None
 
     def _say_precision_change(self, record: Path, ran: dict[str, Any]) -> None:
         """Warn when a resume runs in another number format than the run so far (which
