@@ -17,6 +17,7 @@ from tiny_runs import tiny_cfg, tiny_cli_args, write_corpus
 from headwise.cli import main
 from headwise.train import Trainer
 from headwise.train.checkpoint import checkpoint_report
+from headwise.train.metrics import MetricsLog
 
 STEPS = 8  # tiny_cfg: checkpoints at 4 and 8
 
@@ -223,3 +224,38 @@ def test_a_run_killed_while_saving_its_first_checkpoint_still_starts_again(world
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
     assert "starts the run again from step 0" in capsys.readouterr().err
     assert _same_weights(run, world["ref"])
+
+
+# ------------------------------------------------------------------ a full log
+def _limited_run(argv: list[str], limit: int) -> subprocess.CompletedProcess:
+    """``headwise ARGV`` in a process that may write no file past ``limit`` bytes (RLIMIT_FSIZE)."""
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return subprocess.run([sys.executable, "-m", "headwise.cli", *argv], capture_output=True, text=True,
+                          preexec_fn=limited, timeout=300)
+
+
+@pytest.mark.parametrize("at", ["resume", "append"])
+def test_no_room_for_the_metrics_log_names_it(world, at):
+    """A metrics.jsonl that can grow no more (a full disk, a file size limit) stopped the run
+    with "headwise train: error: [Errno 27] File too large", naming no file: a write's OS
+    error carries no file name. Now the line names metrics.jsonl, the log keeps every
+    whole record it had, and the run resumes once there is room."""
+    run = _copy(world, f"log-full-{at}")
+    log = run / "metrics.jsonl"
+    records = log.read_text()
+    if at == "resume":  # a long log: the resume's rewrite of it is the first file past the limit
+        log.write_text(records * 40)
+        limit = log.stat().st_size - 100
+    else:  # the next record of step 10 is the one past the limit
+        limit = log.stat().st_size + 20
+    before = MetricsLog(log).read()
+    argv = ["train", "--out", str(run), "--resume", "--steps", "12", "--quiet", "--no-report"]
+    done = _limited_run(argv, limit)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [x for x in done.stderr.splitlines() if "error:" in x]
+    assert len(errors) == 1 and f"{log}: File too large" in errors[0], done.stderr
+    assert MetricsLog(log).read()[: len(before)] == before
+    assert main(argv) == 0
+    assert MetricsLog(log).read()[-1]["step"] == 12

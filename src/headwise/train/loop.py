@@ -196,7 +196,7 @@ class Trainer:
                 ran["cpu_linear"] = cpu_linear_choice()
                 ran["cpu_gelu"] = cpu_gelu_choice()
                 ran["malloc"] = self.malloc
-            (self.run_dir / "precision.json").write_text(json.dumps(ran, indent=2) + "\n")
+            replace_file(self.run_dir / "precision.json", json.dumps(ran, indent=2) + "\n")
         self._print(self.precision.note)
         tok = self.parts.tokenizer
         if tok.vocab_size < cfg.vocab_size:  # --vocab-size is a cap: a small corpus gives fewer tokens

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import is_int, is_real
+from .rundir import naming_errors
 
 __all__ = ["MetricsLog", "plot_loss_curve", "jsonl_lines"]
 
@@ -41,11 +42,12 @@ class MetricsLog:
         if resume_step is not None and self.path.exists():
             kept = [r for r in self.read() if r.get("step", 0) <= resume_step]
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            with naming_errors(self.path):
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             tmp.replace(self.path)
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
+        with naming_errors(self.path), open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def read(self) -> list[dict[str, Any]]:

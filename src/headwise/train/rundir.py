@@ -17,22 +17,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 __all__ = ["RunDir", "RunDirError", "RunLockedError", "MANIFEST", "RUN_ENTRIES", "register_run_entry",
-           "owned_entries", "claim_entries", "unclaim_entries", "replace_file"]
+           "owned_entries", "claim_entries", "unclaim_entries", "replace_file", "naming_errors"]
 
 MANIFEST = ".headwise-run.json"
 LOCK = ".lock"
 _ASIDE = ".headwise-replaced"
 # every top-level entry a run of headwise writes (other layers add theirs with register_run_entry)
 RUN_ENTRIES = ["run.json", "run.json.tmp", "config.json", "tokenizer.json", "corpus.json", "corpus.json.tmp",
-               "metrics.jsonl", "metrics.tmp", "loss.png", "precision.json", "checkpoints"]
+               "metrics.jsonl", "metrics.tmp", "loss.png", "precision.json", "precision.json.tmp", "checkpoints"]
 
 try:  # POSIX; elsewhere the lock is advisory only through the pid it records
     import fcntl
@@ -67,13 +68,25 @@ def _read_manifest(folder: Path) -> dict | None:
     return data
 
 
+@contextlib.contextmanager
+def naming_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Within, an OSError that names no file (a write's: a full disk, a file past the size
+    limit) is raised again naming ``path``: "RUN/metrics.jsonl: File too large"."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 def replace_file(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` to ``path`` atomically: into ``<name>.tmp`` beside it, flushed to
     disk, then renamed over it. A process killed meanwhile (or a power loss) leaves the
-    old file whole, never a truncated one."""
+    old file whole, never a truncated one; one that cannot be written is named."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with naming_errors(path), open(tmp, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
