@@ -149,3 +149,24 @@ def test_save_and_load_quantized_keep_each_attention_layers_backend(tmp_path, fo
 
     assert backends(loaded) == backends(model)
     assert set(backends(model).values()) != {"auto"}
+
+
+# ------------------------------------------------------------------ bench
+def test_bench_runs_a_script_that_imports_its_sibling_script(tmp_path, capsys):
+    """was: ModuleNotFoundError 'No module named train_throughput' (a traceback) from
+    `headwise bench gelu`, `cpu_linear` and `malloc`, which import the bench folder's
+    train_throughput.py: `python bench/gelu.py` has the folder on sys.path, runpy did not."""
+    import sys
+
+    for n in (1, 2):  # two folders with a sibling of the same name: each run imports its own
+        bench = tmp_path / f"bench{n}"
+        bench.mkdir()
+        (bench / "probe_sibling.py").write_text(f"VALUE = {n}\n")
+        (bench / "uses.py").write_text(
+            "import argparse, pathlib\nimport probe_sibling\np = argparse.ArgumentParser()\n"
+            "p.add_argument('--out', type=pathlib.Path)\n"
+            "p.parse_args().out.write_text(str(probe_sibling.VALUE))\n")
+        path_before = list(sys.path)
+        assert main(["bench", "--bench-dir", str(bench), "uses", "--out", str(tmp_path / f"{n}.txt")]) == 0
+        assert (tmp_path / f"{n}.txt").read_text() == str(n)
+        assert sys.path == path_before and "probe_sibling" not in sys.modules

@@ -98,6 +98,11 @@ def run(args) -> int:
         argv += ["--out", str(out)]
     old = sys.argv
     sys.argv = [str(script), *argv]
+    # as `python bench/NAME.py` runs it: its folder first on sys.path, for the sibling
+    # scripts it imports (gelu.py imports train_throughput)
+    folder = str(script.parent.resolve())
+    sys.path.insert(0, folder)
+    before = set(sys.modules)
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:  # the script's argparse refused an argument (it printed why)
@@ -107,7 +112,18 @@ def run(args) -> int:
         return 2
     finally:
         sys.argv = old
+        sys.path.remove(folder)
+        _forget_modules_of(folder, set(sys.modules) - before)
     return 0
+
+
+def _forget_modules_of(folder: str, names: set[str]) -> None:
+    """Drop the modules of ``names`` that were imported from ``folder`` (a bench folder's
+    sibling scripts), so that a later run from another folder imports its own."""
+    for name in names:
+        file = getattr(sys.modules.get(name), "__file__", None) or ""
+        if Path(file).resolve().parent == Path(folder):
+            del sys.modules[name]
 
 
 def _gives_out(argv: list[str]) -> bool:
