@@ -259,3 +259,22 @@ def test_no_room_for_the_metrics_log_names_it(world, at):
     assert MetricsLog(log).read()[: len(before)] == before
     assert main(argv) == 0
     assert MetricsLog(log).read()[-1]["step"] == 12
+
+
+# ------------------------------------------------------------------ --overwrite with the run's own tokenizer
+def test_overwrite_may_start_again_with_the_runs_own_tokenizer(world, capsys):
+    """``--overwrite --tokenizer RUN/tokenizer.json``: train the run
+    again from scratch with its own tokenizer. --overwrite moved the old run's files aside
+    before the tokenizer was read, so it failed with "tokenizer path 'RUN/tokenizer.json'
+    does not exist" about a file that was there. Now the tokenizer is read first, and the
+    new run trains with it (the same as with a copy of it elsewhere)."""
+    run = _copy(world, "overwrite-own-tokenizer")
+    tokenizer = (run / "tokenizer.json").read_text()
+    argv = tiny_cli_args(world["corpus"], run, "--no-report", "--overwrite")
+    i = argv.index("--vocab-size")
+    del argv[i:i + 2]  # (the tokenizer file decides)
+    argv += ["--tokenizer", str(run / "tokenizer.json")]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (run / "tokenizer.json").read_text() == tokenizer
+    assert _same_weights(run, world["ref"])
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".headwise-replaced")]

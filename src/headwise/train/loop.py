@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data import Tokenizer
 from ..devices import resolve_device
 from ..hardware.memory import keep_freed_memory
 from ..hardware.precision import resolve_precision
@@ -247,6 +248,9 @@ class Trainer:
     # hooks are what headwise.distributed's trainer overrides; here they are the
     # single-process behaviour.
     def _open_run_dir(self, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> tuple[Path, TrainConfig]:
+        # read before --overwrite moves the old run's files aside: it may be one of them
+        # (--tokenizer RUN/tokenizer.json); saved as the new run's own copy (build_parts takes it)
+        given_tokenizer = Tokenizer.load(cfg.tokenizer) if overwrite and cfg.tokenizer is not None else None
         self._rundir = RunDir.open(Path(cfg.out), resume=resume, overwrite=overwrite)
         run_dir = self._rundir.path
         try:
@@ -271,6 +275,8 @@ class Trainer:
                 cfg = new
             else:
                 cfg.to_json(run_dir / "run.json")
+                if given_tokenizer is not None:
+                    given_tokenizer.save(run_dir)
         except BaseException:
             self._rundir.abort()
             raise
