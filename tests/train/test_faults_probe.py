@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import tiny_cfg, tiny_cli_args, write_corpus
+from tiny_runs import refused_line, tiny_cfg, tiny_cli_args, write_corpus
 
 from headwise.cli import main
 from headwise.train import Trainer
@@ -278,3 +278,16 @@ def test_overwrite_may_start_again_with_the_runs_own_tokenizer(world, capsys):
     assert (run / "tokenizer.json").read_text() == tokenizer
     assert _same_weights(run, world["ref"])
     assert not [p.name for p in run.iterdir() if p.name.startswith(".headwise-replaced")]
+
+
+def test_a_tokenizer_folder_is_named_as_a_folder(world, capsys):
+    """``--tokenizer RUN`` (a run's folder, not its tokenizer.json) was refused with
+    "--tokenizer 'RUN': no such file", about a folder that is there; now the line says it
+    is a folder and names the file to give."""
+    argv = tiny_cli_args(world["corpus"], world["root"] / "tokenizer-folder", "--no-report")
+    i = argv.index("--vocab-size")
+    del argv[i:i + 2]
+    line = refused_line([*argv, "--tokenizer", str(world["ref"])], capsys)
+    assert "is a folder" in line and str(world["ref"] / "tokenizer.json") in line, line
+    assert "no such file" not in line
+    assert not (world["root"] / "tokenizer-folder").exists()

@@ -297,6 +297,9 @@ def check_before_start(cfg: TrainConfig, *, resume: bool = False, given: dict | 
                       f"with --tokenizer {cfg.tokenizer!r} (the tokenizer file decides)",
                       "drop {it} or --tokenizer")
         refuse_pipe("--tokenizer", cfg.tokenizer)
+        if Path(cfg.tokenizer).is_dir():
+            raise IsADirectoryError(f"--tokenizer {cfg.tokenizer!r} is a folder; give the tokenizer.json file "
+                                    f"itself (e.g. {str(Path(cfg.tokenizer) / 'tokenizer.json')!r})")
         if not Path(cfg.tokenizer).is_file():
             raise FileNotFoundError(f"--tokenizer {cfg.tokenizer!r}: no such file; give a tokenizer.json "
                                     "(e.g. one from another run directory)")
