@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from headwise.app.cli_types import positive_int
 from headwise.attention.backends.cpu_causal import blocked_causal_applies
 from headwise.attention.backends.cpu_short import short_bf16_applies
 from headwise.attention.backends.sdpa import SdpaBackend
@@ -61,7 +62,7 @@ def steps(backend: SdpaBackend, q, k, v, dout, causal: bool):
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=9, help="alternating timed rounds (median)")
+    p.add_argument("--rounds", type=positive_int, default=9, help="alternating timed rounds (median)")
     p.add_argument("--out", type=Path, default=RESULTS / "attention_bf16_cpu.json")
     args = p.parse_args(argv)
     backend = SdpaBackend()

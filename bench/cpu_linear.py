@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import train_throughput as tt  # this directory's script: the models, batches and step
+from headwise.app.cli_types import positive_int
 from headwise.kernels import cpu_linear
 from headwise.kernels.cpu_linear import dense, grad_input, grad_weight, set_cpu_linear
 
@@ -66,11 +67,11 @@ def step_times(objective: str, pairs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=9, help="timed calls of each GEMM per library")
-    p.add_argument("--pairs", type=int, default=6, help="alternating pairs of training steps")
-    p.add_argument("--probes", type=int, default=5, help="runs of the auto probe")
+    p.add_argument("--reps", type=positive_int, default=9, help="timed calls of each GEMM per library")
+    p.add_argument("--pairs", type=positive_int, default=6, help="alternating pairs of training steps")
+    p.add_argument("--probes", type=positive_int, default=5, help="runs of the auto probe")
     p.add_argument("--objectives", nargs="+", default=list(tt.OBJECTIVES), choices=tt.OBJECTIVES)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--out", type=Path, default=tt.RESULTS / "cpu_linear.json")
     args = p.parse_args(argv)
     if not cpu_linear.onednn_available():

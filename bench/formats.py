@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from headwise.app.cli_types import nonneg_int, positive_int
 from headwise.formats import bf16_math_support, quantize
 from headwise.models import EncoderForRTD, get_preset
 
@@ -45,17 +46,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=positive_int, default=32)
+    p.add_argument("--seq", type=positive_int, default=128)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--repeats", type=positive_int, default=7)
+    p.add_argument("--warmup", type=nonneg_int, default=2)
     p.add_argument("--quick", action="store_true", help="batch 4, 3 repeats (smoke)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default bench/results/formats_cpu.json, or "
                         "formats_minilm_accuracy.json with --accuracy)")
     p.add_argument("--accuracy", action="store_true", help="MiniLM accuracy in int8/bf16 instead of speed")
-    p.add_argument("--sentences", type=int, default=256)
+    p.add_argument("--sentences", type=positive_int, default=256)
     return p.parse_args(argv)
 
 

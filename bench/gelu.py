@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import train_throughput as tt  # this directory's script: the models, batches and step
+from headwise.app.cli_types import positive_int
 from headwise.hardware import memory
 from headwise.kernels import mlp
 from headwise.kernels.gelu import gelu_tanh, gelu_tanh_and_grad
@@ -71,9 +72,9 @@ def step_times(pairs: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=15, help="timed calls of each op per side")
-    p.add_argument("--pairs", type=int, default=6, help="alternating pairs of training steps")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=positive_int, default=15, help="timed calls of each op per side")
+    p.add_argument("--pairs", type=positive_int, default=6, help="alternating pairs of training steps")
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--out", type=Path, default=tt.RESULTS / "gelu.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from headwise.app.cli_types import positive_int
 from headwise.app.inspection import inspect_model
 from headwise.inspect import align_words, read_conllu
 from headwise.inspect.report import write_report
@@ -72,10 +73,10 @@ def _peer_seconds(model, sentences: list, tok, batch_size: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--conllu", type=Path, default=DEFAULT_DATA, help="CoNLL-U file (default: EWT dev)")
-    p.add_argument("--sentences", type=int, default=500)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--sentences", type=positive_int, default=500)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--quick", action="store_true", help="50 sentences, 1 repeat")
     p.add_argument("--out", type=Path, default=RESULTS / "inspect_minilm.json")
     args = p.parse_args(argv)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import train_throughput as tt  # this directory's script: the models, batches and step
+from headwise.app.cli_types import positive_int
 from headwise.hardware import memory
 
 SETTINGS = ("keep", "default")
@@ -51,10 +52,10 @@ def child(objective: str, steps: int, threads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=4, help="pairs of processes per objective")
-    p.add_argument("--steps", type=int, default=6, help="timed steps per process")
+    p.add_argument("--pairs", type=positive_int, default=4, help="pairs of processes per objective")
+    p.add_argument("--steps", type=positive_int, default=6, help="timed steps per process")
     p.add_argument("--objectives", nargs="+", default=list(tt.OBJECTIVES), choices=tt.OBJECTIVES)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--out", type=Path, default=tt.RESULTS / "malloc.json")
     p.add_argument("--child", choices=tt.OBJECTIVES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from headwise.app.cli_types import positive_int
 from headwise.hardware import get_profile, plan_gemm
 from headwise.hardware.profiles import HardwareProfile
 
@@ -238,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--gpu", help="GPU profile to use with --device cuda (default: from the name)")
     p.add_argument("--dtype", help="default fp32 on the CPU, bf16 on the GPU (fp16 on V100)")
-    p.add_argument("--reps", type=int, help="timed runs per shape (default 7 CPU, 20 GPU)")
+    p.add_argument("--reps", type=positive_int, help="timed runs per shape (default 7 CPU, 20 GPU)")
     p.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=1,
         help="CPU threads for torch (default 1: on a shared machine a second thread that "
         "gets descheduled stalls every parallel matmul by a scheduler tick)",

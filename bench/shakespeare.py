@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from headwise.app.cli_types import positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 DEFAULT_OUT = ROOT / "bench" / "results" / "shakespeare_cpu.json"
@@ -233,10 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default="shakespeare-char", help="headwise train --recipe")
     p.add_argument("--headwise-args", default="", help="more `headwise train` flags (ablations)")
     p.add_argument("--no-headwise", action="store_true", help="run only nanoGPT")
-    p.add_argument("--iters", type=int, default=NANOGPT_ITERS,
+    p.add_argument("--iters", type=positive_int, default=NANOGPT_ITERS,
                    help=f"nanoGPT's max_iters (= lr_decay_iters; its README: {NANOGPT_ITERS}); headwise's "
                         "recipe steps are scaled by the same factor unless --headwise-args sets --steps")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="OMP_NUM_THREADS for both trainings (default: torch's choice)")
     p.add_argument("--concurrent", action="store_true",
                    help="train both at the same time (each timed on its own), so that both see the same "

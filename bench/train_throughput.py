@@ -56,6 +56,7 @@ from pathlib import Path
 
 import torch
 
+from headwise.app.cli_types import positive_int
 from headwise.hardware import memory
 from headwise.kernels.cpu_linear import cpu_linear_choice, dense, onednn_available, set_cpu_linear
 from headwise.models import Decoder, EncoderForMLM, ModelConfig, build_electra
@@ -426,8 +427,8 @@ def write_result(result: dict, out: Path, script: str, argv: list[str] | None) -
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--steps", type=int, default=3, help="optimizer steps per round (default 3)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (default 5)")
+    p.add_argument("--steps", type=positive_int, default=3, help="optimizer steps per round (default 3)")
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     p.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cpu-linear", choices=["auto", "onednn", "torch"], default=None,
                    help="headwise's fp32 CPU linears (kernels/cpu_linear.py): auto (its "
                         "default), onednn, or torch's matmul as transformers uses")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch threads (default: torch's, one per core)")
     p.add_argument("--malloc", choices=["default", "keep"], default="default",
                    help="glibc's malloc for the whole process, both sides: as it is (default), "

@@ -170,3 +170,22 @@ def test_bench_runs_a_script_that_imports_its_sibling_script(tmp_path, capsys):
         assert main(["bench", "--bench-dir", str(bench), "uses", "--out", str(tmp_path / f"{n}.txt")]) == 0
         assert (tmp_path / f"{n}.txt").read_text() == str(n)
         assert sys.path == path_before and "probe_sibling" not in sys.modules
+
+
+@pytest.mark.parametrize("argv", [
+    ["planner", "--reps", "0"],  # was: taken as "not given", 7 runs per shape without a word
+    ["formats", "--batch", "0"],  # was: IndexError 'amax(): Expected reduction dim 0 to have non-zero size'
+    ["formats", "--warmup", "-1"],
+    ["train_throughput", "--steps", "0"],  # was: ZeroDivisionError 'float division by zero'
+    ["gelu", "--pairs", "0"],  # was: 'no median for empty data', naming no flag
+    ["cpu_linear", "--probes", "0"],
+    ["malloc", "--steps", "0"],
+    ["inspect_minilm", "--batch-size", "0"],
+    ["attention_bf16_cpu", "--rounds", "0"],
+    ["shakespeare", "--iters", "0"],
+], ids=lambda a: " ".join(a))
+def test_bench_script_counts_that_are_not_positive_are_refused_naming_the_flag(argv, tmp_path, capsys):
+    assert main(["bench", *argv, "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[1]}: must be an integer >= {0 if argv[2] == '-1' else 1}, got '{argv[2]}'" in err, err
+    assert "Traceback" not in err and not (tmp_path / "r.json").exists()
