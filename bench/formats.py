@@ -46,18 +46,40 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=positive_int, default=32)
-    p.add_argument("--seq", type=positive_int, default=128)
+    # (the speed run's settings default to None here: one given where it does nothing is refused)
+    p.add_argument("--batch", type=positive_int, default=None, help="speed: batch size (default 32)")
+    p.add_argument("--seq", type=positive_int, default=None, help="speed: tokens per sequence (default 128)")
     p.add_argument("--threads", type=positive_int, default=2)
-    p.add_argument("--repeats", type=positive_int, default=7)
-    p.add_argument("--warmup", type=nonneg_int, default=2)
-    p.add_argument("--quick", action="store_true", help="batch 4, 3 repeats (smoke)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="speed: timed forwards (default 7)")
+    p.add_argument("--warmup", type=nonneg_int, default=None, help="speed: untimed forwards first (default 2)")
+    p.add_argument("--quick", action="store_true", help="speed: batch 4, 3 repeats, 1 warmup (smoke)")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON path (default bench/results/formats_cpu.json, or "
                         "formats_minilm_accuracy.json with --accuracy)")
     p.add_argument("--accuracy", action="store_true", help="MiniLM accuracy in int8/bf16 instead of speed")
-    p.add_argument("--sentences", type=positive_int, default=256)
-    return p.parse_args(argv)
+    p.add_argument("--sentences", type=positive_int, default=None, help="--accuracy: sentences (default 256)")
+    args = p.parse_args(argv)
+    speed = {"--batch": args.batch, "--seq": args.seq, "--repeats": args.repeats, "--warmup": args.warmup,
+             "--quick": args.quick or None}
+    checks = [  # (flags given, where they do nothing)
+        ([f for f, v in speed.items() if v is not None] if args.accuracy else [], "with --accuracy, which "
+         "times nothing"),
+        ([f for f in ("--batch", "--repeats", "--warmup") if args.quick and speed[f] is not None],
+         "with --quick, which sets batch 4, 3 repeats and 1 warmup"),
+        (["--sentences"] if not args.accuracy and args.sentences is not None else [],
+         "without --accuracy (the number of MiniLM sentences)"),
+    ]
+    for unused, why in checks:
+        if unused:
+            many = len(unused) > 1
+            p.error(f"{' and '.join(unused)} {'have' if many else 'has'} no effect {why}; "
+                    f"drop {'them' if many else 'it'}")
+    quick = args.quick
+    for name, default, small in (("batch", 32, 4), ("seq", 128, 128), ("repeats", 7, 3), ("warmup", 2, 1),
+                                 ("sentences", 256, 256)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if quick else default)
+    return args
 
 
 def sentences(n: int) -> list[str]:
@@ -191,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.accuracy:
         return minilm_accuracy(args)
     args.out = args.out or RESULTS / "formats_cpu.json"
-    if args.quick:
-        args.batch, args.repeats, args.warmup = 4, 3, 1
     torch.set_num_threads(args.threads)
     bf16_ok, bf16_why = bf16_math_support("cpu")
     result = {

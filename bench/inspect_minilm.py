@@ -73,15 +73,20 @@ def _peer_seconds(model, sentences: list, tok, batch_size: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--conllu", type=Path, default=DEFAULT_DATA, help="CoNLL-U file (default: EWT dev)")
-    p.add_argument("--sentences", type=positive_int, default=500)
-    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--sentences", type=positive_int, default=None, help="sentences to inspect (default 500)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="timed runs (default 3)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--quick", action="store_true", help="50 sentences, 1 repeat")
     p.add_argument("--out", type=Path, default=RESULTS / "inspect_minilm.json")
     args = p.parse_args(argv)
     if args.quick:
-        args.sentences, args.repeats = 50, 1
+        given = [f for f, v in (("--sentences", args.sentences), ("--repeats", args.repeats)) if v is not None]
+        if given:
+            p.error(f"{' and '.join(given)} {'have' if len(given) > 1 else 'has'} no effect with --quick, which "
+                    f"sets 50 sentences and 1 repeat; drop {'them' if len(given) > 1 else 'it'} or --quick")
+    args.sentences = args.sentences or (50 if args.quick else 500)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     if not args.conllu.is_file():
         print(f"--conllu {str(args.conllu)!r}: no such file", file=sys.stderr)
         return 2

@@ -189,3 +189,19 @@ def test_bench_script_counts_that_are_not_positive_are_refused_naming_the_flag(a
     err = capsys.readouterr().err
     assert f"argument {argv[1]}: must be an integer >= {0 if argv[2] == '-1' else 1}, got '{argv[2]}'" in err, err
     assert "Traceback" not in err and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["formats", "--accuracy", "--batch", "4"], "--batch has no effect with --accuracy, which times nothing"),
+    (["formats", "--accuracy", "--seq", "8", "--quick"], "--seq and --quick have no effect with --accuracy"),
+    (["formats", "--quick", "--repeats", "9"], "--repeats has no effect with --quick, which sets batch 4, 3 repeats"),
+    (["formats", "--sentences", "10"], "--sentences has no effect without --accuracy"),
+    (["inspect_minilm", "--quick", "--sentences", "5"], "--sentences has no effect with --quick, which sets 50"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else "")
+def test_bench_settings_a_script_would_override_or_not_use_are_refused(argv, needle, tmp_path, capsys):
+    """was: ignored without a word (--quick set batch 4 over --batch; --accuracy timed nothing with
+    --batch; the speed run read no --sentences)."""
+    assert main(["bench", *argv, "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "r.json").exists()
