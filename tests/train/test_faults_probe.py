@@ -291,3 +291,18 @@ def test_a_tokenizer_folder_is_named_as_a_folder(world, capsys):
     assert "is a folder" in line and str(world["ref"] / "tokenizer.json") in line, line
     assert "no such file" not in line
     assert not (world["root"] / "tokenizer-folder").exists()
+
+
+def test_no_room_for_the_loss_curve_names_it(world):
+    """The loss curve (loss.png, redrawn at each evaluation) past a file size limit stopped the
+    run with "headwise train: error: [Errno 27] File too large", naming no file; now the
+    line names loss.png, and the run resumes once there is room."""
+    run = world["root"] / "no-room-loss-png"
+    limit = (world["ref"] / "loss.png").stat().st_size // 2
+    assert all(p.stat().st_size < limit for p in world["ref"].iterdir() if p.is_file() and p.name != "loss.png")
+    done = _limited_run(tiny_cli_args(world["corpus"], run, "--no-report"), limit)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [x for x in done.stderr.splitlines() if "error:" in x]
+    assert len(errors) == 1 and f"{run / 'loss.png'}: File too large" in errors[0], done.stderr
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
+    assert _same_weights(run, world["ref"])

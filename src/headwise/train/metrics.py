@@ -105,6 +105,9 @@ def plot_loss_curve(records: list[dict[str, Any]], out: Path, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    try:
+        with naming_errors(out):
+            fig.savefig(out)
+    finally:
+        plt.close(fig)
     return Path(out)
