@@ -250,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refresh-cpu", action="store_true", help="re-measure the CPU profile")
     p.add_argument("--out", type=Path, help="JSON path (default bench/results/planner_<dev>.json)")
     args = p.parse_args(argv)
+    if args.device == "cpu" and args.gpu is not None:
+        p.error(f"--gpu {args.gpu} has no effect with --device cpu (it names the profile of --device cuda); "
+                "drop it or give --device cuda")
+    if args.device == "cuda" and args.refresh_cpu:
+        p.error("--refresh-cpu has no effect with --device cuda (it re-measures the CPU profile); drop it")
 
     if args.device == "cuda":
         if not torch.cuda.is_available():

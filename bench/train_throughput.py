@@ -320,7 +320,7 @@ def bench_pair(objective: str, size: str, precision: str, rounds: int, steps: in
     return row
 
 
-def profile_pair(objective: str, size: str, precision: str, rows: int = 15) -> None:
+def profile_pair(objective: str, size: str, precision: str, rows: int = 15, adamw: str = "fused") -> None:
     """Print the costliest ops of one training step of each side (after a warm-up)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -329,7 +329,7 @@ def profile_pair(objective: str, size: str, precision: str, rows: int = 15) -> N
     torch.manual_seed(0)
     batch = make_batches(1, seq, seed=1)[0]
     for impl in (headwise_impl(objective, cfg), hf_impl(objective, cfg)):
-        step, gen = make_step(impl, precision), torch.Generator().manual_seed(2)
+        step, gen = make_step(impl, precision, adamw), torch.Generator().manual_seed(2)
         step(batch, gen)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
@@ -427,8 +427,10 @@ def write_result(result: dict, out: Path, script: str, argv: list[str] | None) -
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--steps", type=positive_int, default=3, help="optimizer steps per round (default 3)")
+    p.add_argument("--rounds", type=positive_int, default=None,
+                   help="interleaved rounds (default 5; not with --profile)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="optimizer steps per round (default 3; not with --profile)")
     p.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     p.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
@@ -449,6 +451,11 @@ def main(argv: list[str] | None = None) -> dict:
                         "or keeping freed memory as headwise's trainer does (hardware/memory.py)")
     p.add_argument("--out", type=Path, default=RESULTS / "train_throughput_cpu.json")
     args = p.parse_args(argv)
+    timing = [f for f, v in (("--rounds", args.rounds), ("--steps", args.steps)) if v is not None]
+    if args.profile and timing:
+        p.error(f"{' and '.join(timing)} {'have' if len(timing) > 1 else 'has'} no effect with --profile, which "
+                f"profiles one step of each side; drop {'them' if len(timing) > 1 else 'it'} or --profile")
+    args.rounds, args.steps = args.rounds or 5, args.steps or 3
     malloc = {"setting": "default", "applied": False, "why": "glibc's malloc as it is"}
     if args.malloc == "keep":
         os.environ[memory.ENV] = "keep"
@@ -464,14 +471,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from headwise.hardware.precision import native_bf16
 
+    if args.cpu_linear is not None:  # (before --profile's steps too, which it was not)
+        set_cpu_linear(args.cpu_linear)
     if args.profile:
         for size in args.sizes:
             for objective in args.objectives:
                 for precision in args.precision:
-                    profile_pair(objective, size, precision)
+                    profile_pair(objective, size, precision, adamw=args.adamw)
         return {}
-    if args.cpu_linear is not None:
-        set_cpu_linear(args.cpu_linear)
     linear_choice = cpu_linear_choice()
     peak = best_gemm_rate()
     cpu = lscpu_model()

@@ -197,11 +197,39 @@ def test_bench_script_counts_that_are_not_positive_are_refused_naming_the_flag(a
     (["formats", "--quick", "--repeats", "9"], "--repeats has no effect with --quick, which sets batch 4, 3 repeats"),
     (["formats", "--sentences", "10"], "--sentences has no effect without --accuracy"),
     (["inspect_minilm", "--quick", "--sentences", "5"], "--sentences has no effect with --quick, which sets 50"),
+    (["planner", "--gpu", "h100"], "--gpu h100 has no effect with --device cpu"),
+    (["train_throughput", "--profile", "--rounds", "2"], "--rounds has no effect with --profile"),
 ], ids=lambda a: " ".join(a) if isinstance(a, list) else "")
 def test_bench_settings_a_script_would_override_or_not_use_are_refused(argv, needle, tmp_path, capsys):
     """was: ignored without a word (--quick set batch 4 over --batch; --accuracy timed nothing with
-    --batch; the speed run read no --sentences)."""
+    --batch; the speed run read no --sentences; planner's CPU run no --gpu; --profile no --rounds)."""
     assert main(["bench", *argv, "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err, err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_bench_train_throughput_profile_runs_with_the_cpu_linear_and_adamw_given(monkeypatch):
+    """was: --profile returned before --cpu-linear was applied, and profiled the fused AdamW
+    whatever --adamw said."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from headwise.kernels import cpu_linear
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("bench_train_throughput_probe", path)
+    tt = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, tt)  # (its dataclasses look their module up)
+    spec.loader.exec_module(tt)
+    seen = []
+    monkeypatch.setattr(tt, "profile_pair", lambda *a, adamw="fused", **kw: seen.append(
+        (cpu_linear.cpu_linear_choice()["setting"], adamw)))
+    before = cpu_linear.cpu_linear_choice()["setting"]
+    try:
+        assert tt.main(["--profile", "--sizes", "tiny", "--objectives", "clm", "--cpu-linear", "torch",
+                        "--adamw", "default"]) == {}
+    finally:
+        cpu_linear.set_cpu_linear(before)
+    assert seen == [("torch", "default")]
