@@ -306,3 +306,22 @@ def test_no_room_for_the_loss_curve_names_it(world):
     assert len(errors) == 1 and f"{run / 'loss.png'}: File too large" in errors[0], done.stderr
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
     assert _same_weights(run, world["ref"])
+
+
+def test_a_resume_on_a_machine_without_the_runs_device_names_run_json(world, capsys):
+    """A run trained on a GPU (run.json: device 'cuda') resumed on a machine without one was
+    refused with "device 'cuda': CUDA is not available ...", a device the command never
+    named; the line now says run.json set it and that --device may change it on a resume
+    (as eval, generate and check say), and ``--resume --device cpu`` goes on."""
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    run = _copy(world, "resume-without-cuda")
+    settings = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**settings, "device": "cuda"}, indent=2) + "\n")
+    before = _files(run)
+    line = refused_line(["train", "--out", str(run), "--resume", "--steps", "10", "--quiet", "--no-report"], capsys)
+    assert "CUDA is not available" in line and f"{run / 'run.json'} says device 'cuda'" in line, line
+    assert "--device" in line, line
+    assert _files(run) == before
+    assert main(["train", "--out", str(run), "--resume", "--steps", "10", "--device", "cpu", "--quiet",
+                 "--no-report"]) == 0

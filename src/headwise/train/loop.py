@@ -113,6 +113,8 @@ class Trainer:
         self._resume_point: tuple[Path | None, list[str]] | None = None
         #: run.json as it was before a resume with changed settings rewrote it
         self._saved_run_json: bytes | None = None
+        #: the run.json a resumed run's device setting comes from (not given with this resume)
+        self._device_source: Path | None = None
         self.run_dir, cfg = self._open_run_dir(cfg, resume=resume, overwrite=overwrite)
         try:
             self._setup(cfg, resume=resume, progress=progress, device=device)
@@ -128,7 +130,13 @@ class Trainer:
     def _setup(self, cfg: TrainConfig, *, resume: bool, progress: bool, device: torch.device | None) -> None:
         self.cfg = cfg
         self.progress = progress
-        self.device = resolve_device(cfg.device) if device is None else device
+        try:
+            self.device = resolve_device(cfg.device) if device is None else device
+        except ValueError as e:
+            if self._device_source is None:
+                raise
+            raise ValueError(f"{e}; {self._device_source} says device {cfg.device!r}: pass --device to resume "
+                             f"on another (a resume may change it)") from None
         if self.device.type == "cpu":
             # Adam's second moments of tiny gradients reach subnormal floats, which x86
             # handles ~100x slower; flushing them to zero costs nothing in accuracy here.
@@ -261,6 +269,8 @@ class Trainer:
                 if changes is None:
                     changes = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "out"}
                 new = resumed_config(saved, changes)
+                if "device" not in changes:
+                    self._device_source = run_dir / "run.json"
                 # the step resume starts from: that of the newest intact checkpoint
                 self._resume_point = newest_intact(run_dir)
                 if self._resume_point[0] is not None:  # weights trained with the run's own files
