@@ -233,3 +233,30 @@ def test_bench_train_throughput_profile_runs_with_the_cpu_linear_and_adamw_given
     finally:
         cpu_linear.set_cpu_linear(before)
     assert seen == [("torch", "default")]
+
+
+# ------------------------------------------------------------------ int8 on the CPU: each token its own
+def test_an_int8_decoder_on_the_cpu_stays_causal_and_its_kv_cache_gives_the_full_forwards_tokens():
+    """was: quantized::linear_dynamic's one activation scale per tensor made every token's
+    output depend on the others: the logits of position 3 moved (by ~0.2) when token 9 changed
+    or another sequence joined the batch, and greedy generation with the KV cache (one token
+    per forward) drifted from the full forwards' tokens."""
+    torch.manual_seed(0)
+    from headwise.models import Decoder
+
+    model = quantize(Decoder(ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_len=64,
+                                         init_std=0.3)).eval(), "int8")
+    a = torch.randint(0, 50, (1, 10))
+    b = a.clone()
+    b[0, 9] = (a[0, 9] + 7) % 50
+    with torch.no_grad():
+        la, lb = model(a), model(b)
+        lc = model(torch.cat([a, torch.randint(0, 50, (1, 10))]))[:1]
+    torch.testing.assert_close(la[:, :9], lb[:, :9], rtol=0, atol=0)
+    torch.testing.assert_close(la, lc, rtol=0, atol=0)
+    ids = torch.randint(0, 50, (3, 5))
+    full = ids
+    with torch.no_grad():
+        for _ in range(12):
+            full = torch.cat([full, model(full)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(model.generate(ids, 12, temperature=0), full)

@@ -8,10 +8,13 @@ Activations are quantised at every call, from the values of that call:
 
 * CPU (kernel ``"qcpu"``): PyTorch's quantized CPU op ``quantized::linear_dynamic``
   on weights packed once (oneDNN on CPUs with AMX-INT8, else the engine in
-  ``torch.backends.quantized.engine``: x86/fbgemm/onednn/qnnpack). It quantises the
-  activation per tensor (asymmetric uint8: scale and zero point from the tensor's min/max) and
-  accumulates in int32. On CPUs without VNNI it uses 7-bit activations
-  (``reduce_range``) so that the int16 pair sums of ``vpmaddubsw`` cannot saturate.
+  ``torch.backends.quantized.engine``: x86/fbgemm/onednn/qnnpack). The op quantises
+  its input per tensor (asymmetric uint8 from the tensor's min/max); each token is first
+  divided by its own ``max|x|`` and the range pinned to [-1, 1] (see ``Int8Linear._qcpu``),
+  so activations get one scale per token and a token's result never depends on the
+  others (a causal model stays causal). It accumulates in int32. On CPUs without VNNI it
+  uses 7-bit activations (``reduce_range``) so that the int16 pair sums of
+  ``vpmaddubsw`` cannot saturate.
 * CUDA (kernel ``"int_mm"``): per-token symmetric int8 activations
   (``scale_t = max|x[t]| / 127``) and ``torch._int_mm`` (cuBLASLt IMMA, int32
   accumulation), then ``acc * scale_t * scale_w + bias``. ``torch._int_mm`` also
@@ -227,7 +230,7 @@ class Int8Linear(nn.Module):
                     qw = torch._make_per_channel_quantized_tensor(
                         self.weight_int8.cpu(), self.weight_scale.double().cpu(),
                         torch.zeros(n, dtype=torch.long), 0)
-                    return torch.ops.quantized.linear_prepack(qw, None if self.bias is None else self.bias.cpu())
+                    return torch.ops.quantized.linear_prepack(qw, None)  # (the bias is added after the row scale)
                 finally:
                     torch.backends.quantized.engine = previous
         return self._cached("qcpu", build)
@@ -255,9 +258,7 @@ class Int8Linear(nn.Module):
             x2 = x2.float() / self.input_smooth
         kernel = self._kernel(x.device)
         if kernel == "qcpu":
-            with _quiet_quantized_ops():
-                y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed(),
-                                                       not _cpu_has_vnni())
+            y = self._qcpu(x2.float())
         elif kernel == "int_mm":
             y = self._int_mm(x2)
         else:
@@ -266,6 +267,24 @@ class Int8Linear(nn.Module):
             if self.bias is not None:
                 y = y + self.bias
         return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def _qcpu(self, x2: Tensor) -> Tensor:
+        """``quantized::linear_dynamic`` of ``x2 (M, K)`` float32 with a scale per token.
+        The op quantises its input with one scale for the whole tensor, from its min and
+        max, which made each token's result depend on the other tokens of the batch (a
+        causal model's on later ones). So each row is first divided by its own ``max|x|``
+        and two rows of +1 and -1 are appended: the tensor's range is then [-1, 1] whatever
+        the rows hold, the op's scale a constant, and each row's result (times its ``max|x|``
+        afterwards) its own."""
+        amax = x2.abs().amax(dim=1, keepdim=True)
+        amax = torch.where(amax > 0, amax, torch.ones_like(amax))
+        pins = torch.ones(2, x2.shape[1], dtype=x2.dtype, device=x2.device)
+        pins[1] = -1
+        with _quiet_quantized_ops():
+            y = torch.ops.quantized.linear_dynamic(torch.cat([x2 / amax, pins]), self._packed(),
+                                                   not _cpu_has_vnni())
+        y = y[:-2].mul_(amax)  # in place: a new (M, N) output costs more than the GEMM's own
+        return y if self.bias is None else y.add_(self.bias)
 
     def _int_mm(self, x2: Tensor) -> Tensor:
         w = self._int_mm_weight()
