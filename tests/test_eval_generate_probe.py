@@ -260,3 +260,21 @@ def test_an_int8_decoder_on_the_cpu_stays_causal_and_its_kv_cache_gives_the_full
         for _ in range(12):
             full = torch.cat([full, model(full)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(model.generate(ids, 12, temperature=0), full)
+
+
+# ------------------------------------------------------------------ Hugging Face import
+@pytest.mark.parametrize("dtype,needle", [
+    ("bfloat16", "got 'bfloat16' (a str: give torch.bfloat16)"),  # was: "Invalid device string: 'bfloat16'"
+    ("fp16", "got 'fp16'"),
+    (torch.int64, "got torch.int64"),  # was: load_state_dict's many-line RuntimeError
+    (torch.complex64, "got torch.complex64"),  # was: accepted, then "embedding does not support ... complex"
+])
+def test_from_pretrained_dtype_that_is_not_a_float_dtype_is_refused(tmp_path, dtype, needle):
+    from headwise.models import Decoder
+    from headwise.models.hf import from_pretrained, save_pretrained
+
+    save_pretrained(Decoder(ModelConfig(vocab_size=60, d_model=24, n_layers=1, n_heads=4)), tmp_path / "m")
+    with pytest.raises(TypeError, match="dtype must be None or a floating-point torch.dtype") as e:
+        from_pretrained(tmp_path / "m", dtype=dtype)
+    assert needle in str(e.value) and "torch.fp16" not in str(e.value)
+    assert from_pretrained(tmp_path / "m", dtype=torch.bfloat16).model.lm_head.weight.dtype == torch.bfloat16

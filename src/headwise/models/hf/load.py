@@ -75,6 +75,12 @@ def from_pretrained(
         ValueError: unsupported ``model_type`` or feature; a tensor with the wrong shape
             (named) or missing; unexpected tensors with ``strict=True``.
     """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        # (was: "Invalid device string: 'bfloat16'", or load_state_dict's error for an integer dtype)
+        named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+        hint = f" (a str: give torch.{dtype})" if isinstance(named, torch.dtype) and named.is_floating_point else ""
+        raise TypeError(f"dtype must be None or a floating-point torch.dtype such as torch.float32, "
+                        f"torch.bfloat16 or torch.float16, got {dtype!r}{hint}")
     if isinstance(path, str) and path in PACKAGED_MODELS and not Path(path).exists():
         path = packaged_model_path(path)
     folder = resolve_model_folder(path)
