@@ -325,3 +325,21 @@ def test_a_resume_on_a_machine_without_the_runs_device_names_run_json(world, cap
     assert _files(run) == before
     assert main(["train", "--out", str(run), "--resume", "--steps", "10", "--device", "cpu", "--quiet",
                  "--no-report"]) == 0
+
+
+# ------------------------------------------------------------------ a user's file in a checkpoint folder
+def test_retention_keeps_a_checkpoint_folder_holding_a_users_file(world, capsys):
+    """A file of the user's put in a checkpoint folder (``headwise eval RUN >
+    RUN/checkpoints/step-00000004/eval.json``) was deleted with the folder when retention
+    dropped that checkpoint (keep_checkpoints=2) at a later save. Now such a folder is kept,
+    with a warning naming the file, and the folders of headwise's files alone still go."""
+    run = _copy(world, "users-file-in-checkpoint")
+    (run / "checkpoints" / "step-00000004" / "eval.json").write_text('{"loss": 4.2}')
+    capsys.readouterr()
+    argv = ["train", "--out", str(run), "--resume", "--steps", "16", "--quiet", "--no-report"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert (run / "checkpoints" / "step-00000004" / "eval.json").read_text() == '{"loss": 4.2}'
+    assert [name for name, problem in checkpoint_report(run) if problem is None] == [
+        "step-00000016", "step-00000012", "step-00000004"]  # step-8 went; step-4 stays
+    assert "step-00000004" in err and "eval.json" in err, err

@@ -12,7 +12,8 @@ A checkpoint is written into a temporary folder, flushed, and renamed into place
 only then is ``latest`` replaced (``os.replace`` is atomic). A checkpoint is
 *intact* when every file its manifest lists is present with the recorded size and
 hash; readers take the newest intact one (:func:`newest_intact`) and say when they
-skip a broken one. Retention never deletes the newest intact checkpoint, and a full
+skip a broken one. Retention never deletes the newest intact checkpoint, nor a folder
+holding a file headwise did not write (it says so), and a full
 disk while saving leaves the previous checkpoint as it was. A folder is removed by
 renaming it to a temporary name first; the temporary folders of a save or removal that
 was killed are swept by the next save.
@@ -28,6 +29,7 @@ import random
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -183,11 +185,27 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, trainer_state: d
             raise DiskFullError(errno.ENOSPC, f"the disk is full: could not write checkpoint {name} in {root} "
                                 f"({kept}); free some space and resume with --resume") from e
         raise
-    # retention: the newest `keep` folders, and never the newest intact one (the one just written)
+    # retention: the newest `keep` folders, and never the newest intact one (the one just written),
+    # nor one that holds a file of someone else's (a user's eval.json)
     for old in _step_dirs(root)[keep:]:
-        if old != final:
-            _remove(old)
+        if old == final:
+            continue
+        foreign = _foreign_files(old)
+        if foreign:
+            print(f"warning: checkpoint {old.name} is kept beyond the newest {keep}: it holds "
+                  f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which headwise did not write; "
+                  f"move that out of {old} and the next save removes the checkpoint", file=sys.stderr)
+            continue
+        _remove(old)
     return final
+
+
+def _foreign_files(path: Path) -> list[str]:
+    """What the checkpoint folder ``path`` holds besides the files a save writes there."""
+    try:
+        return sorted(p.name for p in path.iterdir() if p.name not in (*FILES, MANIFEST))
+    except OSError:  # (not readable: rmtree then says what stops it, where that matters)
+        return []
 
 
 #: the errors of a write refused for want of room: a full disk, a quota, a file past the size limit
