@@ -262,6 +262,18 @@ def test_an_int8_decoder_on_the_cpu_stays_causal_and_its_kv_cache_gives_the_full
     assert torch.equal(model.generate(ids, 12, temperature=0), full)
 
 
+def test_an_int8_decoder_keeps_its_token_scales_through_save_and_load(tmp_path):
+    from headwise.formats import Int8Linear, load_quantized, save_quantized
+    from headwise.models import Decoder
+
+    model = quantize(Decoder(ModelConfig(vocab_size=50, d_model=32, n_layers=1, n_heads=4)), "int8")
+    back = load_quantized(save_quantized(model, tmp_path / "d.safetensors"))
+    assert all(m.token_scales for m in back.modules() if isinstance(m, Int8Linear))
+    ids = torch.randint(0, 50, (2, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), model(ids), rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------ Hugging Face import
 @pytest.mark.parametrize("dtype,needle", [
     ("bfloat16", "got 'bfloat16' (a str: give torch.bfloat16)"),  # was: "Invalid device string: 'bfloat16'"

@@ -137,6 +137,11 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
         _to_bf16(model, device)
     elif format == "int8":
         model = _to_int8(model, kernel, stats or {}, smooth_alpha)
+        if any(isinstance(m, Decoder) for m in model.modules()):
+            # causal: a token must not see later ones through the CPU op's one scale per tensor
+            for m in model.modules():
+                if isinstance(m, Int8Linear):
+                    m.token_scales = True
     if attention == "int8":
         for m in model.modules():
             if isinstance(m, MultiHeadAttention):

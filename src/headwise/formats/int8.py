@@ -9,10 +9,11 @@ Activations are quantised at every call, from the values of that call:
 * CPU (kernel ``"qcpu"``): PyTorch's quantized CPU op ``quantized::linear_dynamic``
   on weights packed once (oneDNN on CPUs with AMX-INT8, else the engine in
   ``torch.backends.quantized.engine``: x86/fbgemm/onednn/qnnpack). The op quantises
-  its input per tensor (asymmetric uint8 from the tensor's min/max); each token is first
-  divided by its own ``max|x|`` and the range pinned to [-1, 1] (see ``Int8Linear._qcpu``),
-  so activations get one scale per token and a token's result never depends on the
-  others (a causal model stays causal). It accumulates in int32. On CPUs without VNNI it
+  its input per tensor (asymmetric uint8: scale and zero point from the tensor's
+  min/max), so a token's result depends on the other tokens of the call. In a decoder
+  (``Int8Linear.token_scales``) each token is first divided by its own ``max|x|`` and the
+  range pinned to [-1, 1] (``Int8Linear._qcpu_per_token``): one scale per token, and a
+  causal model stays causal. It accumulates in int32. On CPUs without VNNI it
   uses 7-bit activations (``reduce_range``) so that the int16 pair sums of
   ``vpmaddubsw`` cannot saturate.
 * CUDA (kernel ``"int_mm"``): per-token symmetric int8 activations
@@ -142,6 +143,9 @@ class Int8Linear(nn.Module):
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.in_features, self.out_features = in_features, out_features
         self.kernel = kernel
+        #: qcpu: one activation scale per token, not per tensor (:func:`quantize` sets it in
+        #: decoders, whose tokens must not see later ones through the scale)
+        self.token_scales = False
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8,
                                                         device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
@@ -213,12 +217,12 @@ class Int8Linear(nn.Module):
     def _cached(self, kernel: str, build):
         key = (kernel, self.weight_int8.device, self.weight_int8.data_ptr(), self.weight_int8._version,
                self.weight_scale._version, None if self.bias is None else self.bias._version,
-               cpu_int8_engine() if kernel == "qcpu" else None)
+               cpu_int8_engine() if kernel.startswith("qcpu") else None)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, build())
         return self._cache[1]
 
-    def _packed(self):
+    def _packed(self, with_bias: bool = True):
         def build():
             n = self.out_features
             previous = torch.backends.quantized.engine
@@ -230,10 +234,11 @@ class Int8Linear(nn.Module):
                     qw = torch._make_per_channel_quantized_tensor(
                         self.weight_int8.cpu(), self.weight_scale.double().cpu(),
                         torch.zeros(n, dtype=torch.long), 0)
-                    return torch.ops.quantized.linear_prepack(qw, None)  # (the bias is added after the row scale)
+                    bias = self.bias.cpu() if with_bias and self.bias is not None else None
+                    return torch.ops.quantized.linear_prepack(qw, bias)
                 finally:
                     torch.backends.quantized.engine = previous
-        return self._cached("qcpu", build)
+        return self._cached("qcpu" if with_bias else "qcpu-unbiased", build)
 
     def _int_mm_weight(self) -> Tensor:
         def build():
@@ -257,8 +262,12 @@ class Int8Linear(nn.Module):
         if self.smoothed:
             x2 = x2.float() / self.input_smooth
         kernel = self._kernel(x.device)
-        if kernel == "qcpu":
-            y = self._qcpu(x2.float())
+        if kernel == "qcpu" and self.token_scales:
+            y = self._qcpu_per_token(x2.float())
+        elif kernel == "qcpu":
+            with _quiet_quantized_ops():
+                y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed(),
+                                                       not _cpu_has_vnni())
         elif kernel == "int_mm":
             y = self._int_mm(x2)
         else:
@@ -268,23 +277,25 @@ class Int8Linear(nn.Module):
                 y = y + self.bias
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
-    def _qcpu(self, x2: Tensor) -> Tensor:
-        """``quantized::linear_dynamic`` of ``x2 (M, K)`` float32 with a scale per token.
-        The op quantises its input with one scale for the whole tensor, from its min and
-        max, which made each token's result depend on the other tokens of the batch (a
-        causal model's on later ones). So each row is first divided by its own ``max|x|``
-        and two rows of +1 and -1 are appended: the tensor's range is then [-1, 1] whatever
-        the rows hold, the op's scale a constant, and each row's result (times its ``max|x|``
-        afterwards) its own."""
-        amax = x2.abs().amax(dim=1, keepdim=True)
-        amax = torch.where(amax > 0, amax, torch.ones_like(amax))
-        pins = torch.ones(2, x2.shape[1], dtype=x2.dtype, device=x2.device)
-        pins[1] = -1
+    def _qcpu_per_token(self, x2: Tensor) -> Tensor:
+        """``quantized::linear_dynamic`` of ``x2 (M, K)`` float32 with a scale per token
+        (:attr:`token_scales`). The op quantises its input with one scale for the whole
+        tensor, from its min and max, which makes each token's result depend on the other
+        tokens of the batch (a causal model's on later ones). So each row is first divided
+        by its own ``max|x|`` and two rows of +1 and -1 are appended: the tensor's range is
+        then [-1, 1] whatever the rows hold, the op's scale a constant, and each row's
+        result (times its ``max|x|`` afterwards) its own. The extra passes cost ~45% of an
+        encoder's int8 forward, which is why only decoders take them."""
+        m = x2.shape[0]
+        amax = torch.maximum(x2.amax(dim=1, keepdim=True), x2.amin(dim=1, keepdim=True).neg_())
+        amax = torch.where(amax > 0, amax, 1.0)
+        rows = torch.empty(m + 2, x2.shape[1], dtype=x2.dtype, device=x2.device)
+        torch.div(x2, amax, out=rows[:m])
+        rows[m], rows[m + 1] = 1.0, -1.0
         with _quiet_quantized_ops():
-            y = torch.ops.quantized.linear_dynamic(torch.cat([x2 / amax, pins]), self._packed(),
-                                                   not _cpu_has_vnni())
-        y = y[:-2].mul_(amax)  # in place: a new (M, N) output costs more than the GEMM's own
-        return y if self.bias is None else y.add_(self.bias)
+            y = torch.ops.quantized.linear_dynamic(rows, self._packed(with_bias=False), not _cpu_has_vnni())[:m]
+        # in place: a new (M, N) output costs more than the GEMM's own
+        return y.mul_(amax) if self.bias is None else torch.addcmul(self.bias, y, amax, out=y)
 
     def _int_mm(self, x2: Tensor) -> Tensor:
         w = self._int_mm_weight()
@@ -298,7 +309,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, kernel={self.kernel!r}, smoothed={self.smoothed}")
+                f"bias={self.bias is not None}, kernel={self.kernel!r}, smoothed={self.smoothed}"
+                + (", token_scales=True" if self.token_scales else ""))
 
 
 class _StraightThrough(torch.autograd.Function):
