@@ -290,3 +290,19 @@ def test_from_pretrained_dtype_that_is_not_a_float_dtype_is_refused(tmp_path, dt
         from_pretrained(tmp_path / "m", dtype=dtype)
     assert needle in str(e.value) and "torch.fp16" not in str(e.value)
     assert from_pretrained(tmp_path / "m", dtype=torch.bfloat16).model.lm_head.weight.dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------ KV caches
+def test_decoder_kv_caches_of_different_lengths_are_refused_not_half_used():
+    """was: the new tokens were placed after block 0's cached ones and block 1 attended to
+    its own (empty) cache only: logits of a sequence no one asked for, without a word."""
+    from headwise.models import Decoder
+
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_len=64)).eval()
+    filled = model.new_kv_caches()
+    model(torch.randint(0, 50, (2, 3)), filled)
+    with pytest.raises(ValueError, match=r"kv_caches must all hold the same number of tokens .*got \[3, 0\]"):
+        model(torch.randint(0, 50, (2, 1)), [filled[0], model.new_kv_caches()[1]])
+    with pytest.raises(TypeError, match="kv_caches must hold KVCache objects .* got dict at index 1"):
+        model(torch.randint(0, 50, (2, 1)), [filled[0], {}])

@@ -91,6 +91,15 @@ class Decoder(nn.Module):
                 f"kv_caches must hold one KVCache per block ({len(self.blocks)}), "
                 f"got {len(kv_caches)}"
             )
+        if kv_caches is not None:
+            bad = [i for i, c in enumerate(kv_caches) if not isinstance(c, KVCache)]
+            if bad:
+                raise TypeError(f"kv_caches must hold KVCache objects (new_kv_caches()), got "
+                                f"{type(kv_caches[bad[0]]).__name__} at index {bad[0]}")
+            lengths = [len(c) for c in kv_caches]
+            if len(set(lengths)) > 1:  # (was: the new tokens placed after block 0's, the others' ignored)
+                raise ValueError(f"kv_caches must all hold the same number of tokens (one sequence's keys "
+                                 f"per block), got {lengths}; reset() them all for a new sequence")
         offset = len(kv_caches[0]) if kv_caches is not None else 0
         x = self.embeddings(input_ids, offset=offset)
         for i, block in enumerate(self.blocks):
