@@ -343,3 +343,30 @@ def test_retention_keeps_a_checkpoint_folder_holding_a_users_file(world, capsys)
     assert [name for name, problem in checkpoint_report(run) if problem is None] == [
         "step-00000016", "step-00000012", "step-00000004"]  # step-8 went; step-4 stays
     assert "step-00000004" in err and "eval.json" in err, err
+
+
+def test_overwrite_keeps_what_the_user_put_in_the_checkpoints_folder(world, capsys):
+    """``--overwrite`` moved the whole checkpoints folder aside and deleted it, with a copy the
+    user kept there (``checkpoints/step-old``, which no reader takes for a checkpoint) and a
+    file of theirs: both gone without a word. Now only the checkpoints and their pointer go;
+    the user's entries stay, and are named."""
+    run = _copy(world, "overwrite-users-checkpoint-copy")
+    import shutil
+
+    shutil.copytree(run / "checkpoints" / "step-00000004", run / "checkpoints" / "step-old")
+    (run / "checkpoints" / "README").write_text("the good one is step-old")
+    before = _files(run)
+    # an overwrite that fails at its start puts the old run back as it was
+    refused_line([*tiny_cli_args(world["corpus"], run, "--no-report", "--overwrite"), "--batch-size", "100000"],
+                 capsys)
+    assert _files(run) == before
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".headwise-replaced")]
+    assert main(tiny_cli_args(world["corpus"], run, "--no-report", "--overwrite")) == 0
+    out = capsys.readouterr().out
+    assert (run / "checkpoints" / "README").read_text() == "the good one is step-old"
+    assert (run / "checkpoints" / "step-old" / "model.safetensors").read_bytes() == (
+        world["ref"] / "checkpoints" / "step-00000004" / "model.safetensors").read_bytes()
+    assert "step-old" in out and "README" in out, out
+    assert [name for name, problem in checkpoint_report(run) if problem is None] == ["step-00000008", "step-00000004"]
+    assert _same_weights(run, world["ref"])
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".headwise-replaced")]

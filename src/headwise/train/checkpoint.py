@@ -41,6 +41,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "newest_intact", "checkpoint_step",
+           "is_checkpoint_entry",
            "verify_checkpoint", "checkpoint_report", "CheckpointError", "DiskFullError", "rng_state", "set_rng_state",
            "interruption_note"]
 
@@ -120,6 +121,14 @@ def _step_dirs(root: Path) -> list[Path]:
 #: the temporary folders of saves (``.step-N.tmp-XXXX``) and removals (``.step-N.removed``):
 #: never a checkpoint, and no name a user would give a folder of theirs
 _TEMPORARY = re.compile(r"\.step-\d+\.(tmp-[a-z0-9_]+|removed)")
+
+
+def is_checkpoint_entry(name: str) -> bool:
+    """Whether ``name``, in a run's checkpoints folder, is what saves write there: a checkpoint
+    (``step-N``), the ``latest`` pointer (or its temporary) or a save's or removal's
+    temporary folder. Anything else there is someone else's (a copy kept, a note)."""
+    return (name in ("latest", ".latest.tmp") or re.fullmatch(r"step-\d+", name) is not None
+            or _TEMPORARY.fullmatch(name) is not None)
 
 
 def _remove(path: Path) -> None:

@@ -3,7 +3,8 @@
 * A manifest (``.headwise-run.json``) lists the entries headwise writes into the
   directory. ``--overwrite`` removes only those, never a file headwise did not write,
   and refuses folders without a manifest, the working folder, its parents and the
-  home folder.
+  home folder. In the checkpoints folder it removes only checkpoints: a copy the user
+  kept there (``checkpoints/step-old``) or a note stays.
 * The old run is first moved aside inside the folder (renames are atomic) and deleted
   only once the new run has started; a failed start puts it back. A failed fresh
   start removes what it created, so the corrected command is not refused.
@@ -24,6 +25,8 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from .checkpoint import is_checkpoint_entry
 
 __all__ = ["RunDir", "RunDirError", "RunLockedError", "MANIFEST", "RUN_ENTRIES", "register_run_entry",
            "owned_entries", "claim_entries", "unclaim_entries", "replace_file", "naming_errors"]
@@ -247,6 +250,8 @@ class RunDir:
         for name in manifest["entries"]:
             if name == LOCK or not (self.path / name).exists():
                 continue
+            if name == "checkpoints" and self._move_checkpoints_aside():
+                continue
             os.replace(self.path / name, self._aside / name)
             self._moved.append(name)
         # leftovers of an earlier overwrite that was killed before it finished
@@ -254,6 +259,26 @@ class RunDir:
             if p.name.startswith(_ASIDE) and p != self._aside:
                 os.replace(p, self._aside / p.name)
                 self._moved.append(p.name)
+
+    def _move_checkpoints_aside(self) -> bool:
+        """Move the old run's checkpoints aside, leaving in the checkpoints folder what saves
+        do not write (a copy the user kept, a note); False, moving nothing, when it holds
+        nothing else (the folder then goes whole)."""
+        folder = self.path / "checkpoints"
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+        entries = sorted(p.name for p in folder.iterdir())
+        kept = [e for e in entries if not is_checkpoint_entry(e)]
+        if not kept:
+            return False
+        print(f"--overwrite: keeping {len(kept)} entr{'y' if len(kept) == 1 else 'ies'} headwise did not write in "
+              f"{folder}: {', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}")
+        (self._aside / "checkpoints").mkdir()
+        for e in entries:
+            if e not in kept:
+                os.replace(folder / e, self._aside / "checkpoints" / e)
+                self._moved.append(f"checkpoints/{e}")
+        return True
 
     def _write_manifest(self) -> None:
         entries = sorted({*RUN_ENTRIES, LOCK, MANIFEST})
@@ -318,10 +343,10 @@ class RunDir:
     def discard(self) -> None:
         """A new run failed before its first checkpoint (a setting it cannot use): remove
         what it wrote, as :meth:`abort` does for a failed start, so the corrected command
-        is not refused. A resumed run, or one whose ``checkpoints`` folder holds anything,
+        is not refused. A resumed run, or one whose ``checkpoints`` folder holds a checkpoint,
         is left as it is (it is what ``--resume`` continues from)."""
         ckpts = self.path / "checkpoints"
-        if not self._new or (ckpts.is_dir() and any(ckpts.iterdir())):
+        if not self._new or (ckpts.is_dir() and any(is_checkpoint_entry(p.name) for p in ckpts.iterdir())):
             return
         # entries of the user's that --overwrite kept: a manifest stays too, so that
         # --overwrite still works there (without them the folder is left empty)
@@ -344,6 +369,8 @@ class RunDir:
         if self._aside is not None:
             for name in self._moved:
                 os.replace(self._aside / name, self.path / name)
+            if (self._aside / "checkpoints").is_dir():  # (emptied: the checkpoints of a kept folder)
+                (self._aside / "checkpoints").rmdir()
             self._aside.rmdir()
             self._aside = None
             self._moved = []
