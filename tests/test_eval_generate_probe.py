@@ -306,3 +306,24 @@ def test_decoder_kv_caches_of_different_lengths_are_refused_not_half_used():
         model(torch.randint(0, 50, (2, 1)), [filled[0], model.new_kv_caches()[1]])
     with pytest.raises(TypeError, match="kv_caches must hold KVCache objects .* got dict at index 1"):
         model(torch.randint(0, 50, (2, 1)), [filled[0], {}])
+
+
+# ------------------------------------------------------------------ Hugging Face export
+def test_save_pretrained_leaves_a_users_file_of_its_temporary_names_alone(tmp_path):
+    """was: overwrite=True wrote the weights to FOLDER/model.safetensors.tmp and the config to
+    FOLDER/config.json.tmp, then renamed them away: a user's files of those names were lost."""
+    from headwise.models import Decoder
+    from headwise.models.hf import from_pretrained, save_pretrained
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    mine = {name: f"the user's own {name}" for name in ("model.safetensors.tmp", "config.json.tmp", "notes.txt")}
+    for name, text in mine.items():
+        (folder / name).write_text(text)
+    model = Decoder(ModelConfig(vocab_size=60, d_model=24, n_layers=1, n_heads=4)).eval()
+    save_pretrained(model, folder, overwrite=True)
+    assert {name: (folder / name).read_text() for name in mine} == mine
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*mine, "config.json", "model.safetensors"])
+    ids = torch.randint(0, 60, (1, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained(folder).model(ids), model(ids), rtol=0, atol=0)

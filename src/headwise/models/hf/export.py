@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +104,19 @@ def save_pretrained(
 
     # Write to temporary names, then rename: an interrupted export never leaves a
     # config.json beside half a weights file.
-    tmp_w, tmp_c = out / (SAFETENSORS + ".tmp"), out / "config.json.tmp"
-    save_file(theirs, str(tmp_w), metadata={"format": "pt"})
-    with open(tmp_c, "w", encoding="utf-8") as f:
-        json.dump(hf_cfg, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp_w, out / SAFETENSORS)
-    os.replace(tmp_c, out / "config.json")
+    # The names are new ones of our own (never a file already there), removed if the export fails.
+    tag = uuid.uuid4().hex
+    tmp_w, tmp_c = out / f".{SAFETENSORS}.{tag}.tmp", out / f".config.json.{tag}.tmp"
+    try:
+        save_file(theirs, str(tmp_w), metadata={"format": "pt"})
+        with open(tmp_c, "w", encoding="utf-8") as f:
+            json.dump(hf_cfg, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp_w, out / SAFETENSORS)
+        os.replace(tmp_c, out / "config.json")
+    finally:
+        for tmp in (tmp_w, tmp_c):
+            tmp.unlink(missing_ok=True)
 
     tok = tokenizer if tokenizer is not None else loaded.tokenizer
     if tok is not None:
