@@ -370,3 +370,15 @@ def test_overwrite_keeps_what_the_user_put_in_the_checkpoints_folder(world, caps
     assert [name for name, problem in checkpoint_report(run) if problem is None] == ["step-00000008", "step-00000004"]
     assert _same_weights(run, world["ref"])
     assert not [p.name for p in run.iterdir() if p.name.startswith(".headwise-replaced")]
+
+
+def test_a_resume_refusing_no_sanity_checks_names_the_flag_given(world, capsys):
+    """``--resume --no-sanity-checks`` on a run saved with its sanity checks on was refused
+    naming "--sanity-checks False", a flag that does not exist; the line now names
+    --no-sanity-checks, the flag given."""
+    run = _copy(world, "resume-no-sanity-checks")
+    settings = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**settings, "sanity_checks": True}, indent=2) + "\n")
+    line = refused_line(["train", "--out", str(run), "--resume", "--no-sanity-checks", "--quiet", "--no-report"],
+                        capsys)
+    assert "--no-sanity-checks" in line and "--sanity-checks False" not in line, line

@@ -64,9 +64,11 @@ def resumed_config(saved: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
                if k not in RESUMABLE_CHANGES and k != "out" and getattr(saved, k) != v}
     if refused:
         k, v = next(iter(refused.items()))
-        flag = "--" + k.replace("_", "-")
+        # the flag given, and its value (--no-sanity-checks is the one flag named otherwise than its setting)
+        given = "--no-sanity-checks (sanity checks off)" if k == "sanity_checks" and v is False else \
+            f"--{k.replace('_', '-')} {v!r}"
         raise ValueError(
-            f"--resume cannot change the run's settings: {flag} {v!r} differs from the saved "
+            f"--resume cannot change the run's settings: {given} differs from the saved "
             f"{getattr(saved, k)!r}" + (f" (and {', '.join(sorted(refused)[1:])})" if len(refused) > 1 else "")
             + f"; only {', '.join('--' + c.replace('_', '-') for c in RESUMABLE_CHANGES)} may change. "
             f"Start a new run (another --out) to change it"
