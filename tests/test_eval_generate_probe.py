@@ -327,3 +327,19 @@ def test_save_pretrained_leaves_a_users_file_of_its_temporary_names_alone(tmp_pa
     ids = torch.randint(0, 60, (1, 5))
     with torch.no_grad():
         torch.testing.assert_close(from_pretrained(folder).model(ids), model(ids), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mask,error,needle", [
+    (torch.ones(2, 3, dtype=torch.long), TypeError, "must return a bool tensor (True = count the token), got dtype "
+                                                    "torch.int64; give mask.bool()"),
+    (torch.ones(6, dtype=torch.bool), ValueError, "mask of the output's tokens, shape (2, 3), got (6,)"),
+    (torch.ones(2, 2, dtype=torch.bool), ValueError, "shape (2, 3), got (2, 2)"),  # was: an IndexError
+], ids=["long", "flat", "short"])
+def test_compare_formats_tokens_mask_that_is_not_a_bool_mask_of_the_tokens_is_refused(mask, error, needle):
+    """was: an integer 0/1 mask (an attention_mask) was taken as indices, comparing rows 0 and 1
+    over and over: the cosine of other tokens than the mask's, without a word."""
+    torch.manual_seed(0)
+    ref, other = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    with pytest.raises(error) as e:
+        compare_formats(ref, other, [torch.randn(2, 3, 4)], layers=[], tokens=lambda _: mask)
+    assert needle in str(e.value), str(e.value)

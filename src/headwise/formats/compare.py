@@ -74,6 +74,19 @@ def _per_token(output: Tensor, batch: Any) -> Tensor:
     return output
 
 
+def _token_mask(keep: Any, output: Tensor) -> Tensor:
+    """``tokens(batch)``'s mask, checked: a bool tensor shaped as the output's tokens (an
+    integer 0/1 mask would index rows 0 and 1 over and over, not select tokens)."""
+    if not isinstance(keep, Tensor) or keep.dtype != torch.bool:
+        what = f"dtype {keep.dtype}" if isinstance(keep, Tensor) else type(keep).__name__
+        raise TypeError(f"tokens(batch) must return a bool tensor (True = count the token), got {what}"
+                        + ("; give mask.bool()" if isinstance(keep, Tensor) else ""))
+    if keep.shape != output.shape[:-1]:
+        raise ValueError(f"tokens(batch) must return a mask of the output's tokens, shape "
+                         f"{tuple(output.shape[:-1])}, got {tuple(keep.shape)}")
+    return keep
+
+
 def _calls(captured: dict[str, dict[str, list[Tensor]]], name: str) -> list[tuple[Tensor, Tensor]]:
     """The outputs of module ``name`` in a batch's forward, call by call: (fp32, quantised)."""
     ref, q = captured["ref"].get(name, []), captured["q"].get(name, [])
@@ -151,7 +164,7 @@ def compare_formats(
             captured["q"].clear()
             ref = _per_token(_first_tensor(forward(model_fp32, batch)), batch)
             got = _per_token(_first_tensor(forward(model_q, batch)), batch)
-            keep = None if tokens is None else tokens(batch).to(ref.device)
+            keep = None if tokens is None else _token_mask(tokens(batch), ref).to(ref.device)
             out_stats.add(ref, got, keep)
             for name in layers:
                 for a, b in _calls(captured, name):
