@@ -382,3 +382,23 @@ def test_a_resume_refusing_no_sanity_checks_names_the_flag_given(world, capsys):
     line = refused_line(["train", "--out", str(run), "--resume", "--no-sanity-checks", "--quiet", "--no-report"],
                         capsys)
     assert "--no-sanity-checks" in line and "--sanity-checks False" not in line, line
+
+
+def test_a_kill_while_the_report_is_rewritten_leaves_it_to_be_written_again(world, capsys):
+    """report.html removed from a finished, told run and told again (``--resume``), killed
+    while report.html was being written: story.json still named that story, so every
+    later ``--resume`` re-printed the summary and left the half-written report.html as
+    it was. Now the record is dropped before the story is told again, and the next
+    ``--resume`` writes the report whole."""
+    run = _copy(world, "report-killed")
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    (run / "report.html").unlink()
+    kill = _KILL_WRITING_SUMMARY.replace('startswith("summary.txt")', 'startswith("report.html")')
+    argv = ["train", "--out", str(run), "--resume", "--quiet"]
+    code = textwrap.dedent(kill) + f"import sys\nfrom headwise.cli import main\nsys.exit(main({argv!r}))\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert not (run / "report.html").read_text().rstrip().endswith("</html>")  # half of it
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert (run / "report.html").read_text().rstrip().endswith("</html>")

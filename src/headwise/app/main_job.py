@@ -215,6 +215,10 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
                 not report or (run_dir / "report.html").is_file()):
             out(summary_path.read_text().rstrip("\n"))
             return 0
+    if getattr(trainer, "is_main", True):
+        # the record of the story told goes before it is told again: a kill while the report or
+        # the summary is rewritten then never leaves a record naming half of either
+        story_path.unlink(missing_ok=True)
     if report:
         attach_head_recorder(trainer)
     checks = _keep_check_lines(trainer)
@@ -239,10 +243,7 @@ def tell_story(trainer: Any, *, report: bool = True, conllu: str | Path | None =
     if failed:
         text += f"\n\n(no report: the inspection failed: {failed})"
     if getattr(trainer, "is_main", True):
-        # the record of what summary.txt tells goes first, and each file is replaced whole:
-        # a kill meanwhile never leaves a record naming another (or half a) summary
-        story_path.unlink(missing_ok=True)
-        replace_file(summary_path, text + "\n")
+        replace_file(summary_path, text + "\n")  # (each replaced whole)
         if not failed:  # a failed inspection is tried again by the next --resume
             replace_file(story_path, json.dumps({
                 "key": _story_key(trainer, conllu, report), "validation": val, "baselines": base.to_dict(),
