@@ -343,3 +343,32 @@ def test_compare_formats_tokens_mask_that_is_not_a_bool_mask_of_the_tokens_is_re
     with pytest.raises(error) as e:
         compare_formats(ref, other, [torch.randn(2, 3, 4)], layers=[], tokens=lambda _: mask)
     assert needle in str(e.value), str(e.value)
+
+
+def _strict_json(text: str):
+    """``json.loads`` that refuses NaN and Infinity, as every JSON parser but Python's does."""
+    def refuse(word):
+        raise ValueError(f"not JSON: {word}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_compare_formats_reports_none_not_nan_where_there_is_no_value():
+    """was: NaN for the relative change of a metric that is 0 in fp32 and for a layer that
+    counted no token, which `headwise eval --format` printed as NaN: not JSON (jq refuses it)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    report = compare_formats(model, model, [torch.randn(2, 3, 4)], layers=["0"],
+                             tokens=lambda _: torch.zeros(2, 3, dtype=torch.bool),
+                             task=lambda m: {"accuracy": 0.0, "loss": 2.0})
+    assert report["task"]["relative"] == {"accuracy": None, "loss": 0.0}
+    assert report["output"] == {"cosine": None, "cosine_min": None, "rel_l1": None}
+    assert report["min_layer_cosine"] is None and report["max_layer_rel_l1"] is None
+    _strict_json(json.dumps(report))
+
+
+def test_eval_format_prints_json_that_strict_parsers_read(runs, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["eval", str(runs["rtd"]), "--device", "cpu", "--format", "bf16", "--batches", "1"]) == 0
+    report = _strict_json(capsys.readouterr().out)
+    zero = [k for k, v in report["task"]["fp32"].items() if v == 0]  # (gen_accuracy after 2 steps)
+    assert zero and all(report["task"]["relative"][k] is None for k in zero)

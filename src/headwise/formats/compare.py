@@ -50,8 +50,8 @@ class _Stats:
         self.abs_ref += float(a.abs().sum())
 
     def report(self) -> dict[str, float]:
-        if not self.n:  # no token counted: no cosine to report
-            return {"cosine": math.nan, "cosine_min": math.nan, "rel_l1": math.nan}
+        if not self.n:  # no token counted: no cosine to report (None: JSON has no NaN)
+            return {"cosine": None, "cosine_min": None, "rel_l1": None}
         return {"cosine": self.cos_sum / self.n, "cosine_min": self.cos_min,
                 "rel_l1": self.abs_err / max(self.abs_ref, 1e-30)}
 
@@ -135,7 +135,9 @@ def compare_formats(
         ``{"layers": {name: stats}, "output": stats, "min_layer_cosine",
         "max_layer_rel_l1", "n_batches", "n_tokens", "task"}`` where ``task`` (present
         only with ``task``) is ``{"fp32": m, "quantized": m, "delta": q - f,
-        "relative": (q - f) / |f|}``.
+        "relative": (q - f) / |f|}``. A value there is none to give (no token counted,
+        no layer compared, a relative change of a metric that is 0 in fp32) is None, not
+        NaN, which JSON cannot hold (``headwise eval --format`` prints the report).
     """
     forward = forward if forward is not None else (lambda m, b: m(b))
     layers = default_layers(model_fp32) if layers is None else list(layers)
@@ -181,8 +183,10 @@ def compare_formats(
     report: dict[str, Any] = {
         "layers": layer_reports,
         "output": out_stats.report(),
-        "min_layer_cosine": min((r["cosine"] for r in layer_reports.values()), default=float("nan")),
-        "max_layer_rel_l1": max((r["rel_l1"] for r in layer_reports.values()), default=float("nan")),
+        "min_layer_cosine": min((r["cosine"] for r in layer_reports.values() if r["cosine"] is not None),
+                                default=None),
+        "max_layer_rel_l1": max((r["rel_l1"] for r in layer_reports.values() if r["rel_l1"] is not None),
+                                default=None),
         "n_batches": n_batches,
         "n_tokens": out_stats.n,
     }
@@ -192,6 +196,6 @@ def compare_formats(
             "fp32": f,
             "quantized": q,
             "delta": {k: q[k] - f[k] for k in f if k in q},
-            "relative": {k: (q[k] - f[k]) / abs(f[k]) if f[k] else float("nan") for k in f if k in q},
+            "relative": {k: (q[k] - f[k]) / abs(f[k]) if f[k] else None for k in f if k in q},
         }
     return report
