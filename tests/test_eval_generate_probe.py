@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from tiny_runs import refused_line as _refused
 from tiny_runs import write_corpus
 
 from headwise.cli import main
@@ -372,3 +373,33 @@ def test_eval_format_prints_json_that_strict_parsers_read(runs, capsys):
     report = _strict_json(capsys.readouterr().out)
     zero = [k for k, v in report["task"]["fp32"].items() if v == 0]  # (gen_accuracy after 2 steps)
     assert zero and all(report["task"]["relative"][k] is None for k in zero)
+
+
+@pytest.mark.parametrize("damage,error,needle", [
+    ("index_list", ValueError, "model.safetensors.index.json has no weight_map from tensor names to shard files "
+                               "(got NoneType)"),  # was: AttributeError 'list' object has no attribute 'values'
+    ("index_no_map", ValueError, "has no weight_map"),  # was: KeyError 'weight_map', called config.json's
+    ("bin_garbage", ValueError, "pytorch_model.bin is not a PyTorch weights file that torch.load reads safely "
+                                "(Unsupported operand"),  # was: pickle's UnpicklingError, a traceback
+])
+def test_from_pretrained_of_a_damaged_weights_index_or_bin_names_the_file(tmp_path, capsys, damage, error, needle):
+    from headwise.models import Decoder
+    from headwise.models.hf import from_pretrained, save_pretrained
+
+    folder = tmp_path / "m"
+    save_pretrained(Decoder(ModelConfig(vocab_size=60, d_model=24, n_layers=1, n_heads=4)), folder)
+    (folder / "model.safetensors").unlink()
+    if damage == "index_list":
+        (folder / "model.safetensors.index.json").write_text('["model-1.safetensors"]')
+    elif damage == "index_no_map":
+        (folder / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    else:
+        (folder / "pytorch_model.bin").write_bytes(b"garbage")
+    with pytest.raises(error) as e:
+        from_pretrained(folder)
+    assert needle in str(e.value), str(e.value)
+    text = tmp_path / "t.txt"
+    text.write_text("a few words\n")
+    line = _refused(["inspect", str(folder), "--text", str(text), "--out", str(tmp_path / "o"), "--device", "cpu"],
+                    capsys)
+    assert needle.split(" (")[0] in line and "config.json lacks" not in line

@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -99,10 +101,8 @@ def read_hf_weights(folder: str | os.PathLike) -> dict[str, Tensor]:
         if not file.is_file():
             continue
         if name.endswith(".index.json"):
-            with open(file, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
             out: dict[str, Tensor] = {}
-            for shard in shards:
+            for shard in _index_shards(file):
                 out.update(_read_one(folder / shard))
             return out
         return _read_one(file)
@@ -111,10 +111,39 @@ def read_hf_weights(folder: str | os.PathLike) -> dict[str, Tensor]:
     )
 
 
+def _index_shards(file: Path) -> list[str]:
+    """The shard files a ``*.index.json`` names in its ``weight_map``; a damaged index is
+    a ValueError naming it (was: AttributeError, or a KeyError read as config.json's)."""
+    with open(file, encoding="utf-8") as f:
+        try:
+            index = json.load(f)
+        except json.JSONDecodeError as e:  # (still one: callers may catch it to name the file)
+            raise json.JSONDecodeError(f"{file} is not a JSON index ({e.msg})", e.doc, e.pos) from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{file} has no weight_map from tensor names to shard files "
+                         f"(got {type(weight_map).__name__}); is it damaged?")
+    return sorted(set(weight_map.values()))
+
+
 def _read_one(file: Path) -> dict[str, Tensor]:
     if not file.is_file():
         raise FileNotFoundError(f"weights shard {file} named by the index file is missing")
     if file.suffix == ".safetensors":
         return load_file(str(file), device="cpu")
     # weights_only: a .bin is a pickle; never execute code from a downloaded file.
-    return torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise ValueError(f"{file} is not a PyTorch weights file that torch.load reads safely "
+                         f"({_load_error(e)}); is it damaged, or a pickle of more than tensors?") from None
+
+
+def _load_error(e: Exception) -> str:
+    """The reason in torch.load's long message: the weights-only unpickler's own words, or
+    the first sentence."""
+    text = str(e).strip()
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(\n\n|$)", text, re.S)
+    if m:
+        return m.group(1).strip()
+    return text.split(". ")[0].splitlines()[0] if text else type(e).__name__
