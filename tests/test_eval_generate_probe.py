@@ -403,3 +403,16 @@ def test_from_pretrained_of_a_damaged_weights_index_or_bin_names_the_file(tmp_pa
     line = _refused(["inspect", str(folder), "--text", str(text), "--out", str(tmp_path / "o"), "--device", "cpu"],
                     capsys)
     assert needle.split(" (")[0] in line and "config.json lacks" not in line
+
+
+# ------------------------------------------------------------------ plan
+@pytest.mark.parametrize("argv,needle", [
+    (["--preset", "gpt2-small", "--n-kv-heads", "5"],
+     "--n-heads 12 (preset gpt2-small's), --head-dim 64 (preset gpt2-small's), --n-kv-heads 5: n_kv_heads (5) "
+     "must divide n_heads (12)"),
+    (["--preset", "gpt2-small", "--d-model", "1000"],
+     "--d-model 1000, --n-heads 12 (preset gpt2-small's): n_heads (12) must divide d_model (1000)"),
+])
+def test_plan_of_an_impossible_head_layout_names_the_flags_and_where_each_value_came_from(argv, needle, capsys):
+    """was: 'n_kv_heads (5) must divide n_heads (12)', naming no flag (and not that 12 was the preset's)."""
+    assert needle in _refused(["plan", *argv, "--top", "0"], capsys)

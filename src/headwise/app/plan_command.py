@@ -102,7 +102,15 @@ def _config(args) -> tuple[str, AttentionConfig]:
         base.n_kv_heads if same_heads else None
     )
     layers = pick(args.layers, "n_layers", 1)
-    cfg = AttentionConfig(d_model, n_heads, head_dim, n_kv, layers)
+    try:
+        cfg = AttentionConfig(d_model, n_heads, head_dim, n_kv, layers)
+    except ValueError as e:  # (was: "n_kv_heads (5) must divide n_heads (12)", naming no flag)
+        shapes = [f"{flag} {value}" + ("" if given is not None else f" (preset {args.preset}'s)")
+                  for flag, given, value in (("--d-model", args.d_model, d_model), ("--n-heads", args.n_heads, n_heads),
+                                             ("--head-dim", args.head_dim, head_dim),
+                                             ("--n-kv-heads", args.n_kv_heads, n_kv))
+                  if value is not None]
+        raise ValueError(f"{', '.join(shapes)}: {e}") from None
     return (args.preset or "custom"), cfg
 
 
