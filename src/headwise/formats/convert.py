@@ -72,8 +72,10 @@ def quantize(model: nn.Module, format: str, *, inplace: bool = False, attention:
     * ``"int8"``: every ``nn.Linear`` (MLP, heads, ELECTRA's ``embed_proj``) becomes an
       :class:`Int8Linear` and every :class:`MultiHeadAttention` an
       :class:`Int8MultiHeadAttention` (int8 fused QKV and output projections).
-      Embeddings and norms stay float32. CPU: PyTorch's quantized CPU kernels; CUDA:
-      ``torch._int_mm``.
+      Embeddings and norms stay float32. CPU: PyTorch's quantized CPU kernels, one
+      activation scale per tensor, or per token in a model holding a :class:`Decoder`
+      (:attr:`Int8Linear.token_scales`: no token sees a later one through the scale);
+      CUDA: ``torch._int_mm``, per token.
 
     Args:
         model: a float32 model (any ``nn.Module``; headwise models can also be saved
