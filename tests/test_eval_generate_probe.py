@@ -416,3 +416,20 @@ def test_from_pretrained_of_a_damaged_weights_index_or_bin_names_the_file(tmp_pa
 def test_plan_of_an_impossible_head_layout_names_the_flags_and_where_each_value_came_from(argv, needle, capsys):
     """was: 'n_kv_heads (5) must divide n_heads (12)', naming no flag (and not that 12 was the preset's)."""
     assert needle in _refused(["plan", *argv, "--top", "0"], capsys)
+
+
+# ------------------------------------------------------------------ sampling
+def test_top_k_holds_at_a_huge_temperature_where_denormals_are_flushed():
+    """was: at temperature 1.7e308 logits within 0.5 of each other scaled to subnormals, which
+    flush to 0 where denormals are flushed (the trainer sets it): all tied with the k-th, so
+    top_k=5 drew among all 50 tokens."""
+    from headwise.models.decoder import _sample
+
+    was = bool(torch.tensor(1e-310, dtype=torch.float64).mul(1.0) == 0)  # flushing already?
+    flushed = torch.set_flush_denormal(True)
+    try:
+        logits = (torch.arange(50, dtype=torch.float32) * 0.01)[None].repeat(2000, 1)
+        drawn = _sample(logits, 1.7e308, 5, torch.Generator().manual_seed(0))
+    finally:
+        torch.set_flush_denormal(was)
+    assert flushed and set(drawn.tolist()) == {45, 46, 47, 48, 49}

@@ -200,9 +200,14 @@ def _sample(
     # in float64 (which holds any temperature the CLI accepts), shifted to a maximum of 0 first:
     # a tiny temperature gives -inf for all but the best tokens, never inf - inf = nan
     logits = logits.double()
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    logits = logits - logits.amax(dim=-1, keepdim=True)
+    # the top k before the temperature: a huge one makes the scaled logits subnormal, flushed
+    # to 0 where denormals are, and ties at 0 kept every token in the draw (was: --top-k ignored)
+    drop = None
     if top_k is not None:  # generate checked it is below the vocabulary size
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        drop = logits < torch.topk(logits, top_k, dim=-1).values[:, -1:]
+    logits = logits / temperature
+    if drop is not None:
+        logits = logits.masked_fill(drop, float("-inf"))
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
