@@ -177,9 +177,9 @@ def train_tokenizer(
             rule). Refused for the other kinds, which do not normalise.
     """
     check_choice("kind", kind, KINDS)
-    check_int("min_frequency", min_frequency, minimum=0, none_ok=True)
     if min_frequency is None:
         min_frequency = 1 if kind == "char" else 2
+    check_int("min_frequency", min_frequency, minimum=0)
     if kind != "wordpiece":
         given = {k: v for k, v in (("lowercase", lowercase), ("strip_accents", strip_accents))
                  if v is not None}
