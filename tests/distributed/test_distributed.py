@@ -9,7 +9,7 @@ Each multi-process test starts real processes (torchrun, or ``headwise train
 * head-parallel training through the trainer (torchrun -m headwise train --tp 2) too;
 * a rank SIGKILLed mid-run leaves the last checkpoint intact; the run resumes from
   it on 1 rank and ends where the uninterrupted single-process run ends;
-* Ctrl-C sent to the --nproc launcher alone stops its workers too.
+* SIGINT or SIGTERM sent to the --nproc launcher alone stops its workers too.
 """
 
 import json
@@ -281,15 +281,17 @@ def test_max_time_stops_every_rank_at_the_same_step(world):
     assert latest_checkpoint(out).name == "step-00000001"
 
 
-def test_ctrl_c_sent_to_the_launcher_alone_stops_its_workers(world):
-    """``kill -INT`` of the ``--nproc`` launcher's pid (a process manager's stop, not a
-    terminal's Ctrl-C to the whole group): was, the launcher said 'interrupted; its last
-    checkpoint is step-...' while its workers trained on to the end, so the run finished
-    after the note and the launcher exited only then."""
+@pytest.mark.parametrize("sig, status, how", [("SIGINT", 130, "interrupted"),
+                                              ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_a_signal_to_the_launcher_alone_stops_its_workers(world, sig, status, how):
+    """``kill -INT`` or ``kill -TERM`` of the ``--nproc`` launcher's pid (a process
+    manager's or a scheduler's stop, not a terminal's Ctrl-C to the whole group): was, on
+    SIGINT the launcher said 'interrupted; its last checkpoint is step-...' while its
+    workers trained on to the end, and exited only then; on SIGTERM it died without a word."""
     import signal
     import time
 
-    out = world["root"] / "sigint"
+    out = world["root"] / f"signal-{sig}"
     cfg = _cfg(world["corpus"], out, steps=100_000, checkpoint_every=2, eval_every=100_000)
     proc = subprocess.Popen(  # SIGINT at its default (a background job's may be ignored)
         [sys.executable, "-m", "headwise.cli", "train", "--nproc", "2", *_cli_args(cfg)],
@@ -300,7 +302,7 @@ def test_ctrl_c_sent_to_the_launcher_alone_stops_its_workers(world):
         while latest_checkpoint(out) is None:
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
             time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGINT)
+        os.kill(proc.pid, getattr(signal, sig))
         text, _ = proc.communicate(timeout=60)
     finally:
         try:
@@ -308,8 +310,8 @@ def test_ctrl_c_sent_to_the_launcher_alone_stops_its_workers(world):
         except ProcessLookupError:
             pass
         proc.wait()
-    assert proc.returncode == 130, text[-3000:]
+    assert proc.returncode == status, text[-3000:]
     kept = latest_checkpoint(out)
-    assert f"its last checkpoint is {kept.name}" in text, text[-3000:]
+    assert f"headwise train: {how}; its last checkpoint is {kept.name}" in text, text[-3000:]
     time.sleep(2)
     assert latest_checkpoint(out) == kept  # no worker trains on

@@ -220,11 +220,11 @@ def run_train(args: argparse.Namespace, *, story=None) -> int:
     """Train as ``args`` say. ``story(trainer) -> exit status``, when given, takes over
     the single-process Trainer before it runs (headwise.app: train, inspect, summarise).
     Ctrl-C is one line saying what the run keeps and how to resume it, status 130; so is
-    SIGTERM (what a scheduler sends a job it stops) for a single process, status 143."""
+    SIGTERM (what a scheduler sends a job it stops), status 143, for a single process or
+    the --nproc launcher (which stops its workers first)."""
     cfg, given = config_from_args(args)
     try:
-        with _sigterm_as_interrupt(single=getattr(args, "nproc", 1) == 1 and getattr(args, "tp", 1) == 1
-                                   and not in_distributed_env()):
+        with _sigterm_as_interrupt(single=not in_distributed_env()):
             return _run_train(args, cfg, given, story)
     except KeyboardInterrupt:
         print(f"headwise train: {interruption_note(Path(cfg.out))}", file=sys.stderr)
@@ -241,7 +241,8 @@ class _Terminated(BaseException):
 @contextlib.contextmanager
 def _sigterm_as_interrupt(single: bool):
     """Within, SIGTERM raises :class:`_Terminated` in the main thread of a single-process
-    run (torchrun and the --nproc launcher handle their workers' signals themselves)."""
+    run or of the --nproc launcher (whose workers it then interrupts; under torchrun each
+    rank is left to torchrun's own handling)."""
     if not single or threading.current_thread() is not threading.main_thread():
         yield
         return
