@@ -433,3 +433,26 @@ def test_top_k_holds_at_a_huge_temperature_where_denormals_are_flushed():
     finally:
         torch.set_flush_denormal(was)
     assert flushed and set(drawn.tolist()) == {45, 46, 47, 48, 49}
+
+
+def test_greedy_decoding_with_top_k_is_refused_not_ignored():
+    from headwise.models import Decoder
+
+    dec = Decoder(ModelConfig(vocab_size=20, d_model=16, n_layers=1, n_heads=2, max_len=16))
+    with pytest.raises(ValueError, match=r"top_k=5 with temperature=0: greedy decoding .* changes nothing"):
+        dec.generate(torch.zeros(1, 2, dtype=torch.long), 3, temperature=0, top_k=5)
+
+
+def test_generate_stops_where_a_document_of_the_corpus_ends(tmp_path, monkeypatch, capsys):
+    """was: generation ran past the end-of-text token into the start of another document
+    (the decoded text dropped the token itself, so two documents read as one)."""
+    monkeypatch.setenv("HEADWISE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": "ab"}) + "\n" for _ in range(600)))
+    run = tmp_path / "run"
+    assert main(["train", "--objective", "clm", "--corpus", str(tmp_path / "docs.jsonl"), "--out", str(run),
+                 "--tokenizer-kind", "char", "--steps", "150", "--warmup", "1", "--lr", "1e-2", "--batch-size", "8",
+                 "--block-len", "17", "--model", "n_layers=1,d_model=32,n_heads=2,d_ff=64,max_len=32",
+                 "--no-sanity-checks", "--no-report", "--quiet", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "a", "--temperature", "0", "--max-new-tokens", "12"]) == 0
+    assert capsys.readouterr().out.strip() == "ab"

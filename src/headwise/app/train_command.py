@@ -140,7 +140,8 @@ def register(sub) -> None:
     gen.add_argument("run", type=run_directory, metavar="RUN",
                      help="a clm run directory (with run.json and a checkpoint)")
     gen.add_argument("--prompt", default="", help="text to continue (default: start from end-of-text)")
-    gen.add_argument("--max-new-tokens", type=nonneg_int, default=100, help="tokens to add")
+    gen.add_argument("--max-new-tokens", type=nonneg_int, default=100,
+                     help="tokens to add, at most: it stops at end-of-text, where a document of the corpus ends")
     gen.add_argument("--temperature", type=nonneg_float, default=0.8, help="softmax temperature; 0 is greedy")
     gen.add_argument("--top-k", type=positive_int, default=None,
                      help=f"sample among the K most likely tokens, K below the run's vocabulary size "
@@ -429,7 +430,7 @@ def run_generate(args: argparse.Namespace) -> int:
                          f"so every token stays in the draw and --top-k does nothing; give --top-k "
                          f"{vocab - 1} or less")
     # the default leaves out nothing from a vocabulary of TOP_K tokens or fewer: sample among every token
-    top_k = args.top_k if args.top_k is not None else (TOP_K if TOP_K < vocab else None)
+    top_k = args.top_k if args.top_k is not None else (TOP_K if TOP_K < vocab and args.temperature else None)
     unknown = tok.unknown_characters(args.prompt)
     if unknown:
         print(f"headwise generate: warning: --prompt has {len(unknown)} character(s) outside the run's "
@@ -445,8 +446,10 @@ def run_generate(args: argparse.Namespace) -> int:
                          f"positions (max_len={max_len}); {fix}")
     x = torch.tensor([ids], dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
+    # it stops at the end of a document, as the corpus's documents end (its blocks join them
+    # with end-of-text): what follows would be the start of another, unrelated one
     out = run.objective.model.generate(x, args.max_new_tokens, temperature=args.temperature,
-                                       top_k=top_k, generator=g)
+                                       top_k=top_k, eos_id=tok.eos_id, generator=g)
     print(tok.decode(out[0].tolist()))
     return 0
 

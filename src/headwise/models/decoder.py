@@ -140,7 +140,7 @@ class Decoder(nn.Module):
             max_new_tokens: number of tokens to add (>= 0).
             temperature: softmax temperature, finite and >= 0; ``0`` means greedy (argmax).
             top_k: sample only among the ``top_k`` most likely tokens, fewer than the
-                ``vocab_size`` (None: among every token).
+                ``vocab_size`` (None: among every token); not with ``temperature=0``.
             eos_id: once a sequence emits it, the rest of its row is filled with it;
                 generation stops early when every row has finished.
             generator: random source for sampling (on the model's device).
@@ -159,6 +159,9 @@ class Decoder(nn.Module):
         vocab = self.cfg.vocab_size
         check_int("top_k", top_k, none_ok=True, maximum=vocab - 1,
                   what=f"a positive int below vocab_size={vocab} (None samples among every token)")
+        if temperature == 0 and top_k is not None:  # (was: taken, and ignored)
+            raise ValueError(f"top_k={top_k} with temperature=0: greedy decoding takes the most likely token, "
+                             "so top_k changes nothing; drop top_k or give a temperature above 0")
         check_int("eos_id", eos_id, none_ok=True, minimum=0, maximum=vocab - 1,
                   what=f"a token id in [0, {vocab})")
         left = self.positions_left(input_ids.shape[1])
