@@ -1,5 +1,6 @@
 """Argument checks shared by every layer: the one home of "an int that is not a bool",
-"a finite real number in a range", "one of these choices" and "a key-lengths tensor".
+"a finite real number in a range", "one of these choices" and "a key-lengths tensor";
+and :func:`naming_errors`, which makes a failed write name its file.
 
 Each check raises with the argument's name, what it got and what is accepted, and
 returns the value (so ``self.n = check_int("n", n)`` reads as one statement). This module
@@ -8,15 +9,17 @@ imports only torch: it sits below every package (docs/architecture.md).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = ["is_int", "is_real", "check_int", "check_real", "check_choice", "check_setting",
-           "check_switch", "check_key_lengths"]
+           "check_switch", "check_key_lengths", "naming_errors"]
 
 
 def is_int(value: Any) -> bool:
@@ -139,3 +142,15 @@ def check_key_lengths(key_lengths: Any, batch: int, k_len: int, device: torch.de
             raise ValueError(
                 f"key_lengths must lie in [0, {k_len}] (the key length), got values in [{lo}, {hi}]"
             )
+
+
+@contextlib.contextmanager
+def naming_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Within, an OSError that names no file (a write's: a full disk, a file past the size
+    limit) is raised again naming ``path``: "RUN/metrics.jsonl: File too large"."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e

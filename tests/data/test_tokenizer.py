@@ -183,3 +183,21 @@ def test_char_tokenizer_keeps_only_characters_seen_min_frequency_times():
     assert "x" in train_tokenizer(texts, "char", vocab_size=64).backend.get_vocab()  # default: all kept
     with pytest.raises(ValueError, match=r"min_frequency=9: no character of the corpus occurs that often"):
         train_tokenizer(texts, "char", vocab_size=64, min_frequency=9)
+
+
+def test_a_tokenizer_that_cannot_be_saved_for_want_of_room_names_its_file(tmp_path, monkeypatch):
+    """was: '[Errno 28] No space left on device', naming no file (headwise train printed
+    just that when its tokenizer cache's disk was full), and the partial temporary file stayed."""
+    import errno
+    from pathlib import Path
+
+    tok = train_tokenizer(["abc abd"] * 3, "char", vocab_size=64)
+
+    def full(self, *a, **k):
+        self.open("w").close()  # the partial file a full disk leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match=r"No space left on device: '.*tokenizer\.json'"):
+        tok.save(tmp_path / "t")
+    assert list((tmp_path / "t").iterdir()) == []

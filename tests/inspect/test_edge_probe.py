@@ -119,3 +119,21 @@ def test_syntax_probe_of_a_sentence_whose_last_word_gets_no_piece(tmp_path):
     counts = dict(zip(result.probe.relations, result.probe.counts.tolist(), strict=True))
     # the words with pieces are scored; the one without (and the arc to it) is not
     assert counts["det"] == counts["nsubj"] == 1 and counts.get("punct", 0) == 0
+
+
+def test_a_report_that_cannot_be_written_for_want_of_room_names_its_file(tmp_path, monkeypatch):
+    """was: '[Errno 27] File too large', naming neither measures.json nor report.html."""
+    import errno
+    from pathlib import Path
+
+    tok = train_tokenizer(["the cat sat on the mat"] * 5, "char", vocab_size=64)
+    torch.manual_seed(0)
+    model = Decoder(ModelConfig(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=64)).eval()
+    result = inspect_model(model, ["the cat sat on the mat"], tok, induction=False)
+
+    def too_large(self, *a, **k):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(Path, "write_text", too_large)
+    with pytest.raises(OSError, match=r"File too large: '.*measures\.json'"):
+        write_report(result, tmp_path / "rep", figures=False)

@@ -41,7 +41,7 @@ import numpy as np
 from tokenizers import Encoding
 from tokenizers import Tokenizer as _HFTokenizer
 
-from ..checks import check_choice, check_int
+from ..checks import check_choice, check_int, naming_errors
 from ..protocols import WordPieces
 
 __all__ = ["Tokenizer", "TokenizerKind", "KINDS", "TOKENIZER_FILE", "word_ids"]
@@ -279,8 +279,12 @@ class Tokenizer:
                     "pass overwrite=True to replace it, or save into another folder"
                 )
         tmp = directory / f".{TOKENIZER_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            with naming_errors(path):  # (a full disk named no file)
+                tmp.write_text(self.to_json(), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..checks import naming_errors
 from .report_figures import write_figures
 from .report_page import page_html
 from .report_view import (
@@ -130,13 +131,15 @@ def write_report(result: Result, out_dir: str | os.PathLike, *, title: str = "",
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     path = out / "measures.json"
-    path.write_text(json.dumps(d, allow_nan=False))
+    with naming_errors(path):  # (a full disk named no file)
+        path.write_text(json.dumps(d, allow_nan=False))
     written[path.name] = path
     if figures:
         for p in write_figures(d, out, pruning_metric):
             written[p.name] = p
     view = report_data(d, title=title, command=command, pruning_metric=pruning_metric, timeline=timeline)
     path = out / "report.html"
-    path.write_text(page_html(d, view, [n for n in written if n.endswith(".png")]), encoding="utf-8")
+    with naming_errors(path):
+        path.write_text(page_html(d, view, [n for n in written if n.endswith(".png")]), encoding="utf-8")
     written[path.name] = path
     return written

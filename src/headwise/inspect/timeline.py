@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checks import is_int
+from ..checks import is_int, naming_errors
 from ..train.metrics import jsonl_lines
 from ..train.rundir import register_run_entry
 from .capture import capture, context_length, eval_mode, is_causal, n_layers_heads
@@ -235,7 +235,7 @@ class HeadRecorder:
     def record(self, step: int) -> dict[str, Any]:
         """Measure now and append the row for ``step``; returns it."""
         row = {"step": int(step), **self.measure()}
-        with open(self.path, "a", encoding="utf-8") as f:
+        with naming_errors(self.path), open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         return row
 

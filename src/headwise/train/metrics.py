@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..checks import is_int, is_real
-from .rundir import naming_errors
+from ..checks import is_int, is_real, naming_errors
 
 __all__ = ["MetricsLog", "plot_loss_curve", "jsonl_lines"]
 

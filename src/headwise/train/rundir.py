@@ -18,18 +18,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
+from ..checks import naming_errors
 from .checkpoint import is_checkpoint_entry
 
 __all__ = ["RunDir", "RunDirError", "RunLockedError", "MANIFEST", "RUN_ENTRIES", "register_run_entry",
-           "owned_entries", "claim_entries", "unclaim_entries", "replace_file", "naming_errors"]
+           "owned_entries", "claim_entries", "unclaim_entries", "replace_file"]
 
 MANIFEST = ".headwise-run.json"
 LOCK = ".lock"
@@ -69,18 +69,6 @@ def _read_manifest(folder: Path) -> dict | None:
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         return None
     return data
-
-
-@contextlib.contextmanager
-def naming_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Within, an OSError that names no file (a write's: a full disk, a file past the size
-    limit) is raised again naming ``path``: "RUN/metrics.jsonl: File too large"."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename is not None or e.errno is None:
-            raise
-        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def replace_file(path: str | os.PathLike, data: str | bytes) -> None:
