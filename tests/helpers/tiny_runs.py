@@ -4,6 +4,8 @@ small enough that a run of a few steps takes a second or two on a CPU."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,3 +74,33 @@ def two_step_mlm_run(root: Path, **model) -> Iterator[Path]:
                        log_every=1, checkpoint_every=2, dropout=0.0, device="cpu", **kw)
         Trainer(cfg, progress=False).run()
         yield root / "run"
+
+
+# the process kills itself halfway through writing a file whose name starts with NAME
+# (whatever writes it, under any temporary name beside it)
+_KILL_WRITING = """
+import builtins, io, os, signal
+from pathlib import Path
+real_open = io.open
+def killing_open(file, mode="r", *a, **k):
+    f = real_open(file, mode, *a, **k)
+    if isinstance(file, (str, os.PathLike)) and Path(file).name.startswith({name!r}) and "w" in mode:
+        write = f.write
+        def half_then_die(data):
+            write(data[: len(data) // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        f.write = half_then_die
+    return f
+io.open = builtins.open = killing_open
+import sys
+from headwise.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def run_killed_while_writing(name: str, argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``headwise ARGV`` in a child process that SIGKILLs itself halfway through writing
+    the first file whose name starts with ``name``."""
+    code = _KILL_WRITING.format(name=name, argv=argv)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import tiny_cfg, tiny_cli_args, write_corpus
+from tiny_runs import run_killed_while_writing, tiny_cfg, tiny_cli_args, write_corpus
 
 from headwise.cli import main
 from headwise.train import Trainer
@@ -51,25 +51,6 @@ def _rows(run: Path) -> list[tuple]:
     return [(r["step"], r["split"], r["loss"]) for r in rows]
 
 
-# the process kills itself halfway through writing run.json (whatever writes it, under any name)
-_KILL_WRITING_RUN_JSON = """
-    import builtins, io, os, signal
-    from pathlib import Path
-    real_open = io.open
-    def killing_open(file, mode="r", *a, **k):
-        f = real_open(file, mode, *a, **k)
-        if isinstance(file, (str, os.PathLike)) and Path(file).name.startswith("run.json") and "w" in mode:
-            write = f.write
-            def half_then_die(data):
-                write(data[: len(data) // 2])
-                f.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            f.write = half_then_die
-        return f
-    io.open = builtins.open = killing_open
-"""
-
-
 def test_a_kill_while_a_resume_rewrites_run_json_leaves_the_run_resumable(world, capsys):
     """``--resume --steps 12`` rewrites run.json; killed meanwhile, it used to leave a
     truncated run.json, and every later ``--resume`` stopped with "run.json is damaged"
@@ -77,9 +58,7 @@ def test_a_kill_while_a_resume_rewrites_run_json_leaves_the_run_resumable(world,
     run = _copy(world, "killed-rewriting-run-json")
     before = (run / "run.json").read_bytes()
     argv = ["train", "--out", str(run), "--resume", "--steps", "12", "--quiet", "--no-report"]
-    code = textwrap.dedent(_KILL_WRITING_RUN_JSON) + f"from headwise.cli import main\nmain({argv!r})\n"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**os.environ})
+    done = run_killed_while_writing("run.json", argv)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert (run / "run.json").read_bytes() == before
     assert main(argv) == 0, capsys.readouterr().err

@@ -6,13 +6,12 @@ import resource
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import refused_line, tiny_cfg, tiny_cli_args, write_corpus
+from tiny_runs import refused_line, run_killed_while_writing, tiny_cfg, tiny_cli_args, write_corpus
 
 from headwise.cli import main
 from headwise.train import Trainer
@@ -135,25 +134,6 @@ def test_a_story_record_that_is_no_json_object_is_told_again(world, capsys, text
     assert json.loads((run / "story.json").read_text())["key"]["step"] == STEPS
 
 
-# the process kills itself halfway through writing summary.txt (under whatever name it writes it)
-_KILL_WRITING_SUMMARY = """
-    import builtins, io, os, signal
-    from pathlib import Path
-    real_open = io.open
-    def killing_open(file, mode="r", *a, **k):
-        f = real_open(file, mode, *a, **k)
-        if isinstance(file, (str, os.PathLike)) and Path(file).name.startswith("summary.txt") and "w" in mode:
-            write = f.write
-            def half_then_die(data):
-                write(data[: len(data) // 2])
-                f.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            f.write = half_then_die
-        return f
-    io.open = builtins.open = killing_open
-"""
-
-
 def test_a_kill_while_the_summary_is_written_never_reprints_half_a_summary(world, capsys):
     """A finished run told with --no-report, then told again with the report (a --resume
     without --no-report) and killed while summary.txt was being rewritten: the next
@@ -162,9 +142,7 @@ def test_a_kill_while_the_summary_is_written_never_reprints_half_a_summary(world
     replaced whole or not at all, and the record of what it tells is dropped first."""
     run = _told(world, "story-killed")
     argv = ["train", "--out", str(run), "--resume", "--quiet"]
-    code = (textwrap.dedent(_KILL_WRITING_SUMMARY)
-            + f"import sys\nfrom headwise.cli import main\nsys.exit(main({argv!r}))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = run_killed_while_writing("summary.txt", argv)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--no-report"]) == 0
@@ -393,10 +371,8 @@ def test_a_kill_while_the_report_is_rewritten_leaves_it_to_be_written_again(worl
     run = _copy(world, "report-killed")
     assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
     (run / "report.html").unlink()
-    kill = _KILL_WRITING_SUMMARY.replace('startswith("summary.txt")', 'startswith("report.html")')
     argv = ["train", "--out", str(run), "--resume", "--quiet"]
-    code = textwrap.dedent(kill) + f"import sys\nfrom headwise.cli import main\nsys.exit(main({argv!r}))\n"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = run_killed_while_writing("report.html", argv)
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     assert not (run / "report.html").read_text().rstrip().endswith("</html>")  # half of it
     capsys.readouterr()
